@@ -1,0 +1,273 @@
+"""The GTP method as pure functions on tensors (METHOD.md sections 1-4).
+
+Shapes: B images, H heads, n tokens in a block (prefix included), N patch tokens,
+C channels, p0 prefix tokens (CLS, distillation, registers) that come first.
+Nothing here knows about timm; `gtp.patch` wires these functions into a model.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+GRAPHS = ("spatial", "semantic", "mixed")
+SELECTIONS = (
+    "mixed_attn_max", "mixed_attn_mean",
+    "diag_attn_max", "diag_attn_mean",
+    "img_attn_max", "img_attn_mean",
+    "sum_attn_max", "sum_attn_mean",
+    "cls_attn_max", "cls_attn_mean",
+    "cos_sim_max", "cos_sim_mean",
+    "random",
+)
+PROPAGATIONS = ("graph", "mean", "none")
+
+
+# --------------------------------------------------------------------------- graph
+def spatial_adjacency(grid_h: int, grid_w: int, device=None) -> Tensor:
+    """8-neighbour grid adjacency, no self loops: [N, N] float with N = grid_h * grid_w."""
+    rows = torch.arange(grid_h, device=device).repeat_interleave(grid_w)
+    cols = torch.arange(grid_w, device=device).repeat(grid_h)
+    dr = (rows[:, None] - rows[None, :]).abs()
+    dc = (cols[:, None] - cols[None, :]).abs()
+    adj = (dr <= 1) & (dc <= 1)
+    adj.fill_diagonal_(False)
+    return adj.float()
+
+
+def semantic_adjacency(x: Tensor, num_neighbours: int) -> Tensor:
+    """Directed kNN graph on cosine similarity, no self loops.
+
+    x: [B, N, C] patch tokens. Returns [B, N, N] float, row i has ones at the
+    `num_neighbours` tokens most similar to token i.
+    """
+    x = F.normalize(x.float(), dim=-1)
+    sim = x @ x.transpose(1, 2)
+    sim.diagonal(dim1=1, dim2=2).fill_(-math.inf)
+    nbrs = sim.topk(num_neighbours, dim=-1).indices
+    return torch.zeros_like(sim).scatter_(-1, nbrs, 1.0)
+
+
+def normalise_adjacency(adj: Tensor) -> Tensor:
+    """W = D^-1/2 A D^-1/2 with D the row sums of A: [..., N, N] -> [..., N, N]."""
+    d = adj.sum(-1).clamp(min=1e-12).rsqrt()  # a token with no edge keeps a zero row
+    return d.unsqueeze(-1) * adj * d.unsqueeze(-2)
+
+
+def build_graph(
+        x: Tensor,
+        grid_size: tuple[int, int],
+        graph: str = "mixed",
+        num_neighbours: int = 8,
+) -> Tensor:
+    """The normalised token graph W of METHOD.md section 1.
+
+    x: [B, N, C] patch tokens after the position embedding. Returns W: [B, N, N] float32.
+    """
+    B = x.shape[0]
+    adj = None
+    if graph in ("spatial", "mixed"):
+        adj = spatial_adjacency(*grid_size, device=x.device).expand(B, -1, -1)
+    if graph in ("semantic", "mixed"):
+        sem = semantic_adjacency(x, num_neighbours)
+        adj = sem if adj is None else torch.maximum(adj, sem)
+    if adj is None:
+        raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
+    return normalise_adjacency(adj)
+
+
+# ------------------------------------------------------------------------ attention
+def kth_smallest(values: Tensor, k: int) -> Tensor:
+    """Exact k-th smallest value (1-based) of each row: [R, L] -> [R].
+
+    Equal to `values.kthvalue(k, dim=1).values`, but several times cheaper for long
+    rows: a strided sample brackets the answer, one pass counts the entries below
+    the bracket, and only the few entries inside it are sorted. Rows whose bracket
+    misses fall back to `kthvalue`, so the result is always exact.
+    """
+    R, L = values.shape
+    if L < 4096:
+        return values.kthvalue(k, dim=1).values
+    stride = max(1, L // 512)
+    sample = values[:, ::stride].sort(dim=1).values  # [R, S]
+    S = sample.shape[1]
+    centre = (k - 0.5) / L * S
+    margin = 3.0 * math.sqrt(S) + 2.0  # a few standard deviations of a sample quantile
+    lo = sample[:, max(0, int(centre - margin))].unsqueeze(1)
+    hi = sample[:, min(S - 1, int(centre + margin))].unsqueeze(1)
+    below_lo = values < lo
+    upto_hi = values <= hi
+    n_below = below_lo.view(torch.uint8).sum(1, dtype=torch.int32)
+    n_upto = upto_hi.view(torch.uint8).sum(1, dtype=torch.int32)
+    inside = upto_hi.logical_xor_(below_lo)  # lo <= v <= hi
+    rank = k - n_below  # rank of the answer among the entries inside the bracket
+    n_inside = n_upto - n_below
+    hit = (rank >= 1) & (rank <= n_inside)
+    if not bool(hit.all()):  # bracket missed: make those rows bring nothing
+        inside &= hit.unsqueeze(1)
+        n_inside = n_inside * hit
+    # Compact the entries inside the bracket into a padded [R, width] block.
+    row, col = inside.nonzero(as_tuple=True)
+    starts = torch.cumsum(n_inside, 0) - n_inside
+    pos = torch.arange(row.numel(), device=values.device) - starts[row]
+    width = max(1, int(n_inside.max()))
+    block = values.new_full((R, width), math.inf)
+    block[row, pos] = values[row, col]
+    block = block.sort(dim=1).values
+    result = block.gather(1, (rank.clamp(1, width) - 1).long().unsqueeze(1)).squeeze(1)
+    if not bool(hit.all()):
+        missed = (~hit).nonzero(as_tuple=True)[0]
+        result[missed] = values[missed].kthvalue(k, dim=1).values
+    return result
+
+
+def num_zeroed(n: int, sparsity: float) -> int:
+    """floor(n^2 (1 - theta)): entries zeroed per head in an n x n attention map."""
+    return int(n * n * (1.0 - sparsity))
+
+
+def sparsify_attention(attn: Tensor, sparsity: float) -> Tensor:
+    """Zero the floor(n^2 (1 - theta)) smallest entries of each head's map, in place.
+
+    attn: [B, H, n, n] softmax output. No renormalisation (METHOD.md section 2).
+    Entries equal to the threshold value are zeroed too.
+    """
+    B, H, n, _ = attn.shape
+    k = num_zeroed(n, sparsity)
+    if sparsity >= 1.0 or k <= 0:
+        return attn
+    flat = attn.reshape(B * H, n * n)
+    work = flat if flat.dtype == torch.float32 else flat.float()
+    threshold = kth_smallest(work, k).to(attn.dtype).view(B, H, 1, 1)
+    return attn.masked_fill_(attn <= threshold, 0.0)
+
+
+def attention_map(
+        q: Tensor,
+        k: Tensor,
+        size: Optional[Tensor] = None,
+) -> Tensor:
+    """Softmax attention with proportional attention (+ log s_j on key j).
+
+    q, k: [B, H, n, d] (q already scaled). size: [B, n] token sizes or None (no
+    token scale). Returns the map [B, H, n, n].
+    """
+    logits = q @ k.transpose(-2, -1)
+    if size is not None:
+        logits = logits + size.log().to(logits.dtype)[:, None, None, :]
+    return logits.softmax(dim=-1)
+
+
+# ------------------------------------------------------------------------ selection
+def selection_scores(
+        attn: Tensor,
+        num_prefix: int,
+        selection: str = "mixed_attn_max",
+        generator: Optional[torch.Generator] = None,
+) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """Score every patch token; the lowest scores are propagated (METHOD.md section 3).
+
+    attn: [B, H, n, n]; patch tokens are columns num_prefix.. of it. Returns
+    (score [B, N], regeneration difficulty [B, N] or None, broadcasting ability
+    [B, N] or None); the factors are returned for the strategies that use them.
+    """
+    p0 = num_prefix
+    B, H, n, _ = attn.shape
+    attn = attn.float()
+    reduce = selection.rsplit("_", 1)[-1]
+    if selection == "random":
+        score = torch.rand(B, n - p0, device=attn.device, generator=generator)
+        return score, None, None
+    if reduce not in ("max", "mean"):
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+
+    def over_heads(t: Tensor) -> Tensor:  # [B, H, N] -> [B, N]
+        return t.amax(1) if reduce == "max" else t.mean(1)
+
+    kind = selection[: -len(reduce) - 1]
+    if kind == "cls_attn":
+        if p0 == 0:
+            raise ValueError(f"selection {selection!r} needs a CLS token; this model has none")
+        return over_heads(attn[:, :, 0, p0:]), None, None
+    if kind == "cos_sim":
+        rows = F.normalize(over_heads(attn[:, :, p0:, :]), dim=-1)  # [B, N, n] attention rows
+        return -(rows @ rows.transpose(1, 2)).sum(-1), None, None
+    regeneration = over_heads(attn.diagonal(dim1=-2, dim2=-1)[:, :, p0:])
+    broadcasting = over_heads(attn[:, :, :, p0:].sum(-2))
+    if kind == "mixed_attn":
+        score = regeneration * broadcasting
+    elif kind == "sum_attn":
+        score = regeneration + broadcasting
+    elif kind == "diag_attn":
+        score = regeneration
+    elif kind == "img_attn":
+        score = broadcasting
+    else:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    return score, regeneration, broadcasting
+
+
+def split_tokens(score: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
+    """Indices of the propagated and of the kept patch tokens: score [B, N] -> ([B, P], [B, N-P]).
+
+    Both index lists are sorted ascending, so kept tokens keep their relative order.
+    """
+    B, N = score.shape
+    prop = score.topk(num_prop, dim=1, largest=False).indices.sort(dim=1).values
+    keep_mask = torch.ones_like(score, dtype=torch.bool).scatter_(1, prop, False)
+    keep = keep_mask.nonzero(as_tuple=True)[1].view(B, N - num_prop)
+    return prop, keep
+
+
+# ---------------------------------------------------------------------- propagation
+def _gather_rows(t: Tensor, idx: Tensor) -> Tensor:
+    """t: [B, N, ...], idx: [B, M] -> [B, M, ...]."""
+    if t.dim() == 2:
+        return t.gather(1, idx)
+    return t.gather(1, idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
+
+
+def propagate(
+        x: Tensor,
+        size: Tensor,
+        graph: Optional[Tensor],
+        prop: Tensor,
+        keep: Tensor,
+        num_prefix: int,
+        propagation: str = "graph",
+        alpha: float = 0.1,
+) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    """Remove the propagated patch tokens, pushing their features into the kept ones.
+
+    x: [B, n, C] all tokens; size: [B, n]; graph: W [B, N, N] over patch tokens
+    (only needed for "graph"); prop [B, P] and keep [B, N-P] index patch tokens.
+    Returns (x, size, W, weights): the reduced tokens and sizes, the graph
+    restricted to the survivors, and the propagation weights alpha * W[K, R]
+    [B, N-P, P] for "graph" (None otherwise).
+    """
+    p0 = num_prefix
+    prefix_x, patch_x = x[:, :p0], x[:, p0:]
+    prefix_s, patch_s = size[:, :p0], size[:, p0:]
+    x_keep, s_keep = _gather_rows(patch_x, keep), _gather_rows(patch_s, keep)
+    weights = None
+    new_graph = None
+    if propagation == "graph":
+        w_k = _gather_rows(graph, keep)  # [B, N-P, N]
+        w_kr = w_k.gather(2, prop.unsqueeze(1).expand(-1, keep.shape[1], -1))
+        weights = alpha * w_kr
+        x_prop, s_prop = _gather_rows(patch_x, prop), _gather_rows(patch_s, prop)
+        x_keep = x_keep + (weights.to(x.dtype) @ x_prop)
+        s_keep = s_keep + (weights @ s_prop.unsqueeze(-1).to(weights.dtype)).squeeze(-1).to(s_keep.dtype)
+        new_graph = w_k.gather(2, keep.unsqueeze(1).expand(-1, keep.shape[1], -1))
+    elif propagation == "mean":
+        x_prop, s_prop = _gather_rows(patch_x, prop), _gather_rows(patch_s, prop)
+        x_keep = torch.cat([x_keep, x_prop.mean(1, keepdim=True)], dim=1)
+        s_keep = torch.cat([s_keep, s_prop.sum(1, keepdim=True)], dim=1)  # it stands for all of them
+    elif propagation != "none":
+        raise ValueError(f"propagation must be one of {PROPAGATIONS}, got {propagation!r}")
+    x = torch.cat([prefix_x, x_keep], dim=1)
+    size = torch.cat([prefix_s, s_keep], dim=1)
+    return x, size, new_graph, weights

@@ -1,0 +1,254 @@
+"""Patch a timm VisionTransformer in place with GTP. The one module that knows timm's internals.
+
+Like ToMe, each transformer block's class is swapped for a subclass whose forward
+runs attention -> selection -> propagation -> MLP; the weights are untouched.
+State shared by the blocks of one forward (token sizes, the graph W, original
+patch ids while tracing) lives in one `GTPState` object on the model.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import functional as G
+from .config import PUBLISHED, GTPConfig, make_config
+from .trace import Edges, LayerTrace, Trace, edges_from_adjacency
+
+
+class GTPState:
+    """Per-model, per-forward state shared by the patched blocks."""
+
+    def __init__(self, config: GTPConfig, num_prefix: int, grid_size: tuple[int, int]):
+        self.config = config
+        self.num_prefix = num_prefix
+        self.grid_size = grid_size          # set again by the patch-embed hook on every forward
+        self.recorder: Optional[Trace] = None
+        # Per forward:
+        self.size: Optional[Tensor] = None  # [B, n] token sizes
+        self.graph: Optional[Tensor] = None  # [B, N, N] W restricted to the current patch tokens
+        self.ids: Optional[Tensor] = None   # [B, N] original patch ids (only while tracing)
+
+    def start(self, x: Tensor) -> None:
+        """Called by block 0 with its input x: [B, n, C] (after pos-embed and norm_pre)."""
+        cfg, p0, rec = self.config, self.num_prefix, self.recorder
+        B, n, _ = x.shape
+        N = n - p0
+        if self.grid_size[0] * self.grid_size[1] != N:
+            raise RuntimeError(f"patch grid {self.grid_size} does not match the {N} patch tokens")
+        self.size = torch.ones(B, n, device=x.device, dtype=torch.float32)
+        patches = x[:, p0:]
+        needs_graph = cfg.propagation == "graph" and any(cfg.num_prop)
+        self.graph = G.build_graph(patches, self.grid_size, cfg.graph, cfg.num_neighbours) if needs_graph else None
+        self.ids = None
+        if rec is not None:
+            self.ids = torch.arange(N, device=x.device).expand(B, N)
+            rec.grid_size, rec.num_prefix, rec.config = self.grid_size, p0, cfg.as_dict()
+            rec.layers = []
+            rec.spatial_edges = edges_from_adjacency(G.spatial_adjacency(*self.grid_size, device=x.device))
+            unit = F.normalize(patches.detach().float(), dim=-1)
+            rec.similarity = unit @ unit.transpose(1, 2)
+            semantic = G.semantic_adjacency(patches.detach(), min(cfg.num_neighbours, N - 1))
+            rec.semantic_edges = [edges_from_adjacency(a) for a in semantic]
+
+
+def _attend(attn: nn.Module, x: Tensor, size: Optional[Tensor], sparsity: float,
+            need_map: bool, keep_before: bool = False) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """timm `Attention.forward` with token scale and sparsification.
+
+    x: [B, n, C]. Returns (output [B, n, C], the map used [B, H, n, n] or None,
+    a copy of the map before sparsification when `keep_before`, else None).
+    """
+    B, n, C = x.shape
+    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
+    qkv = attn.qkv(x).reshape(B, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    amap = before = None
+    if need_map or keep_before or sparsity < 1.0:
+        amap = G.attention_map(q * attn.scale, k, size)
+        if keep_before:
+            before = amap.clone()
+        amap = G.sparsify_attention(amap, sparsity)
+        out = amap.to(v.dtype) @ v
+    else:  # no map needed: the fused kernel, with token scale as an additive bias
+        bias = None if size is None else size.log().to(q.dtype)[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    out = out.transpose(1, 2).reshape(B, n, attn.attn_dim)
+    out = attn.norm(out)
+    if gate is not None:
+        out = out * gate
+    return attn.proj_drop(attn.proj(out)), amap, before
+
+
+def _gtp_block_class(block_cls: type) -> type:
+    """A subclass of a timm Block whose forward runs GTP."""
+
+    class GTPBlock(block_cls):
+        _gtp_state: GTPState
+        _gtp_index: int
+
+        def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
+            state = self._gtp_state
+            cfg, p0, rec = state.config, state.num_prefix, state.recorder
+            if attn_mask is not None or is_causal:
+                raise ValueError("GTP-patched models do not take an attention mask")
+            if self._gtp_index == 0:
+                state.start(x)
+            num_prop = cfg.num_prop[self._gtp_index]
+            n = x.shape[1]
+            if n - p0 <= num_prop:
+                num_prop = 0  # a block with no more than P patch tokens left propagates none
+            if rec is None and num_prop == 0 and cfg.sparsity >= 1.0 and not cfg.token_scale:
+                return super().forward(x)  # exactly timm's block
+
+            size = state.size if cfg.token_scale else None
+            y, amap, before = _attend(self.attn, self.norm1(x), size, cfg.sparsity,
+                                      need_map=num_prop > 0, keep_before=rec is not None)
+            x = x + self.drop_path1(self.ls1(y))
+
+            score = regeneration = broadcasting = None
+            prop = x.new_empty(x.shape[0], 0, dtype=torch.long)
+            weights = None
+            keep = None
+            if num_prop > 0:
+                score, regeneration, broadcasting = G.selection_scores(amap, p0, cfg.selection)
+                prop, keep = G.split_tokens(score, num_prop)
+                x, state.size, state.graph, weights = G.propagate(
+                    x, state.size, state.graph, prop, keep, p0, cfg.propagation, cfg.alpha)
+            if rec is not None:
+                self._record(rec, state, n, x.shape[1], amap, before, score, regeneration,
+                             broadcasting, prop, keep, weights)
+            return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+        def _record(self, rec, state, n_in, n_out, amap, before, score, regeneration,
+                    broadcasting, prop, keep, weights) -> None:
+            cfg, p0 = state.config, state.num_prefix
+            ids = state.ids
+            B = ids.shape[0]
+            candidates = ids
+            if keep is not None:
+                ids = ids.gather(1, keep)
+                if cfg.propagation == "mean":
+                    ids = torch.cat([ids, ids.new_full((B, 1), -1)], dim=1)
+                state.ids = ids
+            edges = []
+            if weights is not None:
+                src_ids = candidates.gather(1, prop)            # [B, P]
+                dst_ids = candidates.gather(1, keep)            # [B, N-P]
+                for b in range(B):
+                    k_i, r_i = weights[b].nonzero(as_tuple=True)
+                    edges.append(Edges(src_ids[b, r_i], dst_ids[b, k_i], weights[b, k_i, r_i].float()))
+            after_f, before_f = amap.float(), before.float()
+            zeroed = ((after_f == 0) & (before_f != 0)).float().mean((-2, -1))
+            removed = (before_f - after_f).sum((-2, -1)) / before_f.sum((-2, -1))
+            rec.layers.append(LayerTrace(
+                block=self._gtp_index,
+                tokens_in=n_in,
+                tokens_out=n_out,
+                candidates=candidates,
+                score=score,
+                regeneration=regeneration,
+                broadcasting=broadcasting,
+                propagated=candidates.gather(1, prop),
+                kept=ids,
+                sizes=state.size[:, p0:].clone(),
+                edges=edges,
+                zeroed_fraction=zeroed,
+                mass_removed=removed,
+                attn_before=before if rec.record_attention else None,
+                attn_after=amap if rec.record_attention else None,
+            ))
+
+    GTPBlock.__name__ = f"GTP{block_cls.__name__}"
+    GTPBlock.__qualname__ = GTPBlock.__name__
+    return GTPBlock
+
+
+def _grid_hook(state: GTPState):
+    def hook(patch_embed: nn.Module, args) -> None:
+        img = args[0]
+        if hasattr(patch_embed, "dynamic_feat_size"):
+            state.grid_size = tuple(patch_embed.dynamic_feat_size(img.shape[-2:]))
+    return hook
+
+
+def _check_model(model: nn.Module) -> None:
+    from timm.models.vision_transformer import Block, VisionTransformer
+    from timm.layers import Attention
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"gtp.patch supports timm VisionTransformer models; got {type(model).__name__}")
+    for i, blk in enumerate(model.blocks):
+        base = getattr(blk, "_gtp_original_class", type(blk))
+        if not issubclass(base, Block) or not isinstance(blk.attn, Attention):
+            raise ValueError(f"block {i} is a {base.__name__} with {type(blk.attn).__name__}; "
+                             "gtp.patch supports timm's Block with its standard Attention")
+    if getattr(model, "attn_pool", None) is not None:
+        raise ValueError("gtp.patch does not support attention-pool heads")
+
+
+def patch(
+        model: nn.Module,
+        num_prop: Union[int, Sequence[int]] = PUBLISHED["num_prop"],
+        sparsity: float = PUBLISHED["sparsity"],
+        alpha: float = PUBLISHED["alpha"],
+        graph: str = PUBLISHED["graph"],
+        num_neighbours: int = PUBLISHED["num_neighbours"],
+        selection: str = PUBLISHED["selection"],
+        propagation: str = PUBLISHED["propagation"],
+        token_scale: bool = PUBLISHED["token_scale"],
+) -> nn.Module:
+    """Apply GTP to a timm VisionTransformer in place and return it.
+
+    Args:
+        num_prop: P, patch tokens propagated per block: one int, or a list with one per block.
+        sparsity: theta in (0, 1], the share of attention entries kept (1 = off).
+        alpha: weight of the propagated features.
+        graph: "spatial", "semantic" or "mixed".
+        num_neighbours: M, the semantic graph's neighbours per token.
+        selection: scoring strategy; "mixed_attn_max" is the published one.
+        propagation: "graph" (published), "mean" or "none" (pruning).
+        token_scale: proportional attention on the token sizes.
+
+    Calling it again reconfigures the model; `gtp.unpatch` restores it.
+    """
+    _check_model(model)
+    grid = tuple(model.patch_embed.grid_size)
+    config = make_config(
+        depth=len(model.blocks), num_patches=grid[0] * grid[1], num_prefix=model.num_prefix_tokens,
+        num_prop=num_prop, sparsity=sparsity, alpha=alpha, graph=graph, num_neighbours=num_neighbours,
+        selection=selection, propagation=propagation, token_scale=token_scale,
+    )
+    state = getattr(model, "_gtp_state", None)
+    if state is not None:
+        state.config = config
+        return model
+    state = GTPState(config, model.num_prefix_tokens, grid)
+    model._gtp_state = state
+    model._gtp_hook = model.patch_embed.register_forward_pre_hook(_grid_hook(state))
+    for i, blk in enumerate(model.blocks):
+        blk._gtp_original_class = blk.__class__
+        blk.__class__ = _gtp_block_class(blk.__class__)
+        blk._gtp_state = state
+        blk._gtp_index = i
+    return model
+
+
+def unpatch(model: nn.Module) -> nn.Module:
+    """Undo `gtp.patch`: the model behaves exactly as before it was patched."""
+    if getattr(model, "_gtp_state", None) is None:
+        return model
+    model._gtp_hook.remove()
+    for blk in model.blocks:
+        blk.__class__ = blk._gtp_original_class
+        del blk._gtp_original_class, blk._gtp_state, blk._gtp_index
+    del model._gtp_state, model._gtp_hook
+    return model
+
+
+def config_of(model: nn.Module) -> Optional[GTPConfig]:
+    """The GTP configuration of a patched model, or None."""
+    state = getattr(model, "_gtp_state", None)
+    return None if state is None else state.config
