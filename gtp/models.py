@@ -1,0 +1,333 @@
+"""The timm ViTs GTP Explorer supports, and loading them with whatever weights can be had offline.
+
+Weights are looked for in this order, and the first that exists is used:
+  1. `weights=` given: that local .safetensors / .pth / .pt file (an error if it cannot be loaded);
+  2. `<name>.safetensors` in $GTP_WEIGHTS_DIR, then in the repo's sibling `shared/weights/`;
+  3. the local Hugging Face (or torch hub) cache of the model's timm weights;
+  4. the Hugging Face hub, only when not offline (HF_HUB_OFFLINE) and the hub answers a quick probe;
+  5. otherwise a seeded random initialisation (`pretrained=False`): runs, but predicts nothing meaningful.
+Nothing here waits more than a couple of seconds on the network, and hub errors never escape.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+from urllib.parse import urlparse
+
+import timm
+import timm.data
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor, nn
+
+_log = logging.getLogger(__name__)
+
+# name -> short description, in the order the UI lists them.
+SUPPORTED_MODELS: "OrderedDict[str, str]" = OrderedDict([
+    ("deit_tiny_patch16_224", "DeiT-Tiny/16, 224 px, ImageNet-1k (5.7M params)"),
+    ("deit_small_patch16_224", "DeiT-Small/16, 224 px, ImageNet-1k (22M params)"),
+    ("deit_base_patch16_224", "DeiT-Base/16, 224 px, ImageNet-1k (86M params; the paper's main model)"),
+    ("deit_small_distilled_patch16_224", "DeiT-Small/16 distilled (CLS + distillation token), ImageNet-1k"),
+    ("vit_small_patch16_224.augreg_in21k_ft_in1k", "ViT-S/16 AugReg, ImageNet-21k -> 1k"),
+    ("vit_base_patch16_224.augreg_in21k_ft_in1k", "ViT-B/16 AugReg, ImageNet-21k -> 1k"),
+    ("vit_small_patch14_dinov2", "DINOv2 ViT-S/14 backbone at 224 px, no classifier head (features only)"),
+])
+
+# Extra timm.create_model arguments; DINOv2 is run at 224 px (16 x 16 patches) and headless.
+_CREATE_KWARGS: dict[str, dict[str, Any]] = {
+    "vit_small_patch14_dinov2": dict(img_size=224, num_classes=0),
+}
+
+RANDOM_SEED = 0          # random fallback weights: the same model every time
+PROBE_TIMEOUT_S = 2.0    # how long the hub connectivity probe may take
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+_TRUTHY = {"1", "true", "yes", "on"}
+_hub_reachable: Optional[bool] = None  # the probe's answer, cached per process
+
+
+@dataclass
+class LoadedModel:
+    """A supported model ready for inference, with how to feed it and read it."""
+    model: nn.Module                     # eval mode, on the requested device
+    name: str                            # a key of SUPPORTED_MODELS
+    source: str                          # "hub", "file" or "random"
+    pretrained: bool                     # False for a random initialisation
+    message: str                         # one sentence: where the weights came from
+    data_config: dict                    # timm.data.resolve_data_config: input_size, mean, std, ...
+    transform: Callable[[Image.Image], Tensor]  # RGB PIL image -> [3, H, W]
+    class_names: Optional[list[str]]     # 1000 ImageNet class names; None for a headless model
+    has_head: bool                       # False when the model outputs features, not logits
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        """(H, W) the model takes."""
+        return tuple(self.data_config["input_size"][1:])
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or name not in SUPPORTED_MODELS:
+        raise ValueError(f"unknown model {name!r}; supported models: {', '.join(SUPPORTED_MODELS)}")
+    return name
+
+
+def _resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"invalid device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    return dev
+
+
+def _is_offline() -> bool:
+    """HF_HUB_OFFLINE read live (huggingface_hub only reads it at import)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUTHY:
+        return True
+    try:
+        from huggingface_hub import constants
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:
+        return False
+
+
+def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the HF hub answers a TCP connection within `timeout` seconds (cached per process).
+
+    Runs in a daemon thread because DNS lookups ignore socket timeouts.
+    """
+    global _hub_reachable
+    if _hub_reachable is None:
+        try:
+            from huggingface_hub import constants
+            url = urlparse(constants.ENDPOINT)
+        except Exception:
+            url = urlparse("https://huggingface.co")
+        host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+        result: list[bool] = []
+
+        def probe() -> None:
+            try:
+                socket.create_connection((host, port), timeout=timeout).close()
+                result.append(True)
+            except OSError:
+                result.append(False)
+
+        t = threading.Thread(target=probe, daemon=True)
+        t.start()
+        t.join(timeout)
+        _hub_reachable = bool(result and result[0])
+    return _hub_reachable
+
+
+def weight_candidates(name: str) -> list[Path]:
+    """Local files looked for, in order, when no weights are given: `<name>.safetensors`
+    in $GTP_WEIGHTS_DIR, then in the repo's sibling (or own) `shared/weights/`."""
+    dirs = []
+    if os.environ.get("GTP_WEIGHTS_DIR"):
+        dirs.append(Path(os.environ["GTP_WEIGHTS_DIR"]).expanduser())
+    dirs += [_REPO_ROOT.parent / "shared" / "weights", _REPO_ROOT / "shared" / "weights"]
+    return [d / f"{name}.safetensors" for d in dirs]
+
+
+def _cached_hub_file(name: str) -> Optional[str]:
+    """The model's timm weights if already in the local HF or torch hub cache, else None."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            files = (cfg.hf_hub_filename,) if getattr(cfg, "hf_hub_filename", None) else _HUB_FILES
+            for fname in files:
+                path = try_to_load_from_cache(cfg.hf_hub_id, fname)
+                if isinstance(path, str) and os.path.isfile(path):
+                    return path
+        except Exception as e:  # a broken cache is just no cache
+            _log.debug("HF cache lookup failed for %s: %s", name, e)
+    if cfg.url:  # timm's older torch-hub download location
+        path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def _create(name: str, **kwargs) -> nn.Module:
+    return timm.create_model(name, **_CREATE_KWARGS.get(name, {}), **kwargs)
+
+
+def _create_from_file(name: str, path: Union[str, Path]) -> nn.Module:
+    """timm's own pretrained loading from a local file: unwraps 'model'/'state_dict' checkpoints,
+    strips 'module.', runs the model's checkpoint filter (e.g. DINOv2 / original-repo layouts),
+    loads strictly and reads .pth with torch.load(weights_only=True) (no arbitrary pickles)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"weights file not found: {path}")
+    if path.suffix.lower() not in (".safetensors", ".pth", ".pt", ".bin"):
+        raise ValueError(f"weights must be a .safetensors, .pth, .pt or .bin file; got {path.name}")
+    try:
+        return _create(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    except Exception as e:
+        why = " ".join(str(e).split()) or type(e).__name__
+        why = why if len(why) <= 300 else why[:297] + "..."
+        raise ValueError(f"could not load weights for {name} from {path} (do they belong to this "
+                         f"model?): {why}") from None
+
+
+def _create_random(name: str) -> nn.Module:
+    """Seeded random initialisation that leaves the global RNG untouched
+    (the same weights as `torch.manual_seed(RANDOM_SEED); timm.create_model(name)`)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        return _create(name, pretrained=False)
+
+
+def _random_message(name: str, why: str) -> str:
+    return (f"No pretrained weights for {name} ({why}): using RANDOM weights, so predictions are "
+            f"meaningless; pass a local .safetensors/.pth file with weights=/--weights, or put "
+            f"{name}.safetensors in $GTP_WEIGHTS_DIR.")
+
+
+def _hub_or_random(name: str) -> tuple[nn.Module, str, bool, str]:
+    """(model, source, pretrained, message) without a user-given file."""
+    for path in weight_candidates(name):
+        if path.is_file():
+            try:
+                return _create_from_file(name, path), "file", True, f"Loaded {name} weights from {path}."
+            except ValueError as e:  # a bad candidate is skipped, not fatal
+                _log.warning("skipping %s: %s", path, e)
+    cached = _cached_hub_file(name)
+    if cached is not None:
+        try:
+            model = _create(name, pretrained=True, pretrained_cfg_overlay=dict(file=cached))
+            return model, "hub", True, f"Loaded pretrained {name} weights from the local model-hub cache ({cached})."
+        except Exception as e:
+            _log.warning("cached weights for %s did not load: %s", name, e)
+    if _is_offline():
+        return _create_random(name), "random", False, _random_message(name, "not cached and HF_HUB_OFFLINE is set")
+    if not hub_reachable():
+        return _create_random(name), "random", False, _random_message(name, "not cached and the model hub is unreachable")
+    try:
+        model = _create(name, pretrained=True)
+        return model, "hub", True, f"Downloaded pretrained {name} weights from the Hugging Face hub."
+    except Exception as e:
+        why = f"download failed: {type(e).__name__}"
+        return _create_random(name), "random", False, _random_message(name, why)
+
+
+def _class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names as timm describes them (e.g. 285: 'Egyptian cat',
+    0: 'tench, Tinca tinca'); synonyms are kept because first words repeat ('crane', 'maillot')."""
+    info = timm.data.ImageNetInfo()
+    return [info.index_to_description(i) for i in range(info.num_classes())]
+
+
+def load_model(
+        name: str,
+        weights: Union[str, Path, None] = None,
+        device: Union[str, torch.device, None] = None,
+) -> LoadedModel:
+    """Create a supported timm ViT in eval mode with the best weights available offline.
+
+    Args:
+        name: a key of SUPPORTED_MODELS (anything else raises ValueError before timm sees it).
+        weights: optional local .safetensors / .pth / .pt file (a raw state dict or a checkpoint
+            with 'model' / 'state_dict'); ValueError if missing or not loadable into the model.
+        device: e.g. "cpu", "cuda"; None = CUDA when available, else CPU.
+
+    Never raises on hub problems: without weights it falls back to a seeded random model
+    (`pretrained=False`, `source="random"`, with a message saying so).
+    """
+    _check_name(name)
+    dev = _resolve_device(device)
+    if weights is not None and str(weights).strip():
+        model = _create_from_file(name, weights)
+        source, pretrained = "file", True
+        message = f"Loaded {name} weights from {Path(weights).expanduser()}."
+    else:
+        model, source, pretrained, message = _hub_or_random(name)
+    model = model.eval().to(dev)
+    # The model's own input size, not its pretrained config's (DINOv2's config says 518 px).
+    img_size = tuple(model.patch_embed.img_size)
+    data_config = timm.data.resolve_data_config(args=dict(input_size=(3, *img_size)), model=model)
+    has_head = getattr(model, "num_classes", 0) > 0
+    return LoadedModel(
+        model=model, name=name, source=source, pretrained=pretrained, message=message,
+        data_config=data_config,
+        transform=timm.data.create_transform(**data_config, is_training=False),
+        class_names=_class_names() if has_head and model.num_classes == 1000 else None,
+        has_head=has_head,
+    )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB: first frame of animations, EXIF rotation applied,
+    transparency composited on white, 16/32-bit and float greyscale scaled to 0..255."""
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # broken EXIF is not worth failing on
+        pass
+    mode = image.mode
+    if mode == "RGB":
+        return image.copy()
+    if mode.startswith("I") or mode == "F":
+        import numpy as np
+        a = np.asarray(image, dtype=np.float64)
+        if mode.startswith("I;16"):
+            a = a / 257.0                     # 16-bit full range -> 8-bit
+        elif a.size and (a.min() < 0 or a.max() > 255):
+            lo, hi = float(a.min()), float(a.max())
+            a = (a - lo) * (255.0 / max(hi - lo, 1e-12))
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: Union[str, Path]) -> Image.Image:
+    """Open an image file as RGB; ValueError with a one-line reason if it cannot be read."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except Exception as e:
+        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+
+
+def preprocess(image: Image.Image, loaded: LoadedModel) -> Tensor:
+    """A PIL image of any mode -> the model's input [1, 3, H, W], on the model's device."""
+    try:
+        rgb = to_rgb(image)
+    except Exception as e:
+        raise ValueError(f"cannot convert a {image.mode} image to RGB: {e}") from None
+    return loaded.transform(rgb).unsqueeze(0).to(loaded.device)
+
+
+def top_k(logits: Tensor, class_names: Optional[list[str]], k: int = 5) -> list[tuple[int, str, float]]:
+    """The k most probable classes of one image's logits [C]: (index, name, probability)."""
+    probs = logits.detach().float().reshape(-1).softmax(-1)
+    p, idx = probs.topk(min(k, probs.numel()))
+    return [(int(i), class_names[int(i)] if class_names else f"class {int(i)}", float(q))
+            for q, i in zip(p, idx)]
