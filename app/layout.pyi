@@ -1,0 +1,512 @@
+"""The Gradio interface: components, and the events that tie them to inference and figures.
+
+Reading order: the input component, the error wrapper, the handlers (one per kind of event),
+then `build_demo`, which lays out the page and wires the events.
+
+Two kinds of events:
+  * "run" events (a new photo, new hyper-parameters, the Run button, the `explore` API) run the
+    models once, through one shared queue slot (`concurrency_id="gtp_models"`);
+  * "view" events (sliders, graph kind, picked token, head) only redraw from the exploration kept
+    in the session's `gr.State`; they never touch a model.
+"""
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import gradio as gr
+from PIL import Image
+
+import gtp
+from gtp.models import SUPPORTED_MODELS
+
+from . import figures as F
+from .examples import example_paths, load_sweep, published_results
+from .inference import (
+    DEFAULT_MODEL, PUBLISHED_SETTINGS, Exploration, Settings, default_batch_size, device_name,
+    explore_photo, get_model, measure_throughput, weights_banner,
+)
+from .photos import PhotoError, open_photo
+
+TITLE = "GTP Explorer: Graph-based Token Propagation on pretrained ViTs"
+PAPER = "https://arxiv.org/abs/2311.03035"
+LEARN_TEXT = (Path(__file__).with_name("learn.md")).read_text(encoding="utf-8")
+LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
+RUN_QUEUE = dict(concurrency_id="gtp_models", concurrency_limit=1, trigger_mode="always_last")
+VIEW_QUEUE = dict(concurrency_id="gtp_views", concurrency_limit=4, trigger_mode="always_last",
+                  show_progress="hidden", api_visibility="undocumented")
+CSS = """
+.gtp-banner-random {background: #fff3cd; border: 1px solid #e0b000; border-radius: 6px; padding: 6px 10px;}
+.gtp-banner-ok {background: #e8f5e9; border: 1px solid #66bb6a; border-radius: 6px; padding: 6px 10px;}
+"""
+
+from gradio.events import Dependency
+
+class PhotoInput(gr.Image):
+    """gr.Image that hands the app the uploaded file's path WITHOUT decoding it.
+
+    Stock gr.Image opens the file with PIL before the app sees it, so a damaged file or a
+    decompression bomb would fail inside Gradio with an unhelpful message; here
+    `app.photos.open_photo` does all decoding, safely. The browser side is the stock image
+    component (`is_template`).
+    """
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Optional[str]:
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):  # webcam/paste sent inline
+            header, _, data = payload.url.partition(",")
+            suffix = "." + header.split("/")[-1].split(";")[0] if "/" in header else ".img"
+            tmp = tempfile.NamedTemporaryFile(delete=False, suffix=suffix, dir=self.GRADIO_CACHE)
+            with tmp:
+                tmp.write(base64.b64decode(data))
+            return tmp.name
+        return payload.path
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn the app's ValueErrors (bad photo, impossible hyper-parameters, bad files) into a
+    gr.Error the person sees; anything else is a bug and is reported as one, without
+    taking the server down."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except ValueError as e:  # PhotoError is a ValueError
+            raise gr.Error(str(e), title="Cannot do that") from None
+        except Exception as e:  # noqa: BLE001 - keep serving, say what broke
+            raise gr.Error(f"Internal error ({type(e).__name__}): {e}", title="Something went wrong") from e
+    return wrapper
+
+
+# ----------------------------------------------------------------------------- text panels
+
+
+def banner_markdown(exp: Exploration) -> str:
+    from .inference import get_model as _get  # the slot is cached: no reload
+    loaded = _get(exp.settings.model, exp.settings.weights).loaded
+    return ("⚠️ " if not loaded.pretrained else "✅ ") + weights_banner(loaded)
+
+
+def _banner_update(exp: Exploration):
+    random = not exp.pretrained
+    return gr.Markdown(banner_markdown(exp), elem_classes=["gtp-banner-random" if random else "gtp-banner-ok"])
+
+
+def metrics_markdown(exp: Exploration) -> str:
+    """The prediction panel's numbers; every one measured in this run."""
+    p = exp.prediction
+    g, lat = p["gmacs"], p["latency_ms"]
+    lines = []
+    if exp.has_head:
+        verdict = "✅ **top-1 agrees**" if p["agree"] else "⚠️ **top-1 differs**"
+        lines.append(f"{verdict}: full says *{p['full']['top5'][0]['label']}*, GTP says "
+                     f"*{p['gtp']['top5'][0]['label']}*; {p['top5_overlap']}/5 of the top-5 shared.")
+        if not exp.pretrained:
+            lines.append("*(Random weights: these classes mean nothing; the costs below are real.)*")
+    else:
+        lines.append(f"This checkpoint has no classifier head: **cosine similarity of the final features, "
+                     f"full vs GTP = {p['feature_cosine_similarity']:.4f}** (1 = identical).")
+    lines += [
+        "",
+        "| measured now | full model | GTP |",
+        "|---|---|---|",
+        f"| GMACs per image | {g['full']:.3f} | {g['gtp']:.3f} (−{g['reduction_percent']:.1f}%) |",
+        f"| latency (ms) | {lat['full']:.1f} | {lat['gtp']:.1f} |",
+        f"| tokens after the last block | {exp.trace.layers[0].tokens_in} | {exp.trace.layers[-1].tokens_out} |",
+        "",
+        f"Latency: {lat['how']}. GMACs: PyTorch FLOP counter / 2.",
+    ]
+    if exp.photo.notes:
+        lines.append(f"Input: {'; '.join(exp.photo.notes)}.")
+    return "\n".join(lines)
+
+
+def _labels(exp: Exploration) -> tuple[Any, Any]:
+    if not exp.has_head:
+        note = "no classifier head (features only)"
+        return gr.Label(value=None, label=f"Full model: {note}"), gr.Label(value=None, label=f"GTP: {note}")
+    tag = "" if exp.pretrained else " (random weights)"
+    full = {t["label"]: t["probability"] for t in exp.prediction["full"]["top5"]}
+    reduced = {t["label"]: t["probability"] for t in exp.prediction["gtp"]["top5"]}
+    g = exp.prediction["gmacs"]
+    return (gr.Label(value=full, label=f"Full model, {g['full']:.2f} GMACs{tag}"),
+            gr.Label(value=reduced, label=f"GTP, {g['gtp']:.2f} GMACs{tag}"))
+
+
+def attention_markdown(stats: dict) -> str:
+    return (f"Block {stats['block']}, head {stats['head']}, {stats['tokens']} tokens: sparsification zeroed "
+            f"**{100 * stats['zeroed_fraction']:.1f}%** of the entries, which held **{100 * stats['mass_removed']:.1f}%** "
+            f"of the attention mass (all heads: {100 * stats['zeroed_fraction_all_heads']:.1f}% zeroed, "
+            f"{100 * stats['mass_removed_all_heads']:.1f}% of the mass). Measured in this run.")
+
+
+def neighbours_markdown(exp: Exploration, kind: str, token: int) -> str:
+    gh, gw = exp.trace.grid_size
+    near = F.neighbours_of(exp, kind, token)
+    parts = [f"**Token {token}** (row {token // gw}, column {token % gw})."]
+    if near["spatial"]:
+        parts.append(f"Spatial neighbours: {', '.join(map(str, sorted(near['spatial'])))}.")
+    if near["semantic"]:
+        parts.append(f"Its M = {len(near['semantic'])} most similar tokens (semantic edges): "
+                     f"{', '.join(map(str, near['semantic']))}.")
+    parts.append("Click a patch on the graph to pick another token.")
+    return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------- handlers
+
+
+def _settings(model: str, weights: Optional[str], num_prop: float, schedule: str, sparsity: float,
+              alpha: float, num_neighbours: float, graph: str, selection: str, propagation: str,
+              token_scale: bool) -> Settings:
+    """Settings from the raw UI values (sliders send floats)."""
+    def whole(value: Any, name: str) -> int:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a whole number; got {value!r}") from None
+        if number != int(number):
+            raise ValueError(f"{name} must be a whole number; got {value!r}")
+        return int(number)
+    return Settings(model=model or DEFAULT_MODEL, num_prop=whole(num_prop, "num_prop (P)"),
+                    schedule=schedule or "", sparsity=float(sparsity), alpha=float(alpha),
+                    num_neighbours=whole(num_neighbours, "num_neighbours (M)"), graph=graph,
+                    selection=selection, propagation=propagation, token_scale=bool(token_scale),
+                    weights=weights or None)
+
+
+def _clamp(value: Any, low: int, high: int, default: int) -> int:
+    try:
+        return min(max(int(value), low), high)
+    except (TypeError, ValueError):
+        return default
+
+
+def draw_layer(exp: Optional[Exploration], block: Any):
+    """Layer walk panels for block `block` (1-based)."""
+    if exp is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    b = _clamp(block, 1, exp.depth, 1) - 1
+    return F.layer_frame(exp, b), F.size_overlay(exp, b), F.tokens_chart(exp, b)
+
+
+def draw_graph(exp: Optional[Exploration], kind: str, token: Any):
+    if exp is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    t = _clamp(token, 0, exp.trace.num_patches - 1, exp.trace.num_patches // 2)
+    return F.graph_figure(exp, kind, t), F.similarity_figure(exp, t), neighbours_markdown(exp, kind, t)
+
+
+def draw_attention(exp: Optional[Exploration], block: Any, head: Any):
+    if exp is None:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    b = _clamp(block, 1, exp.depth, 1) - 1
+    h = _clamp(head, 0, exp.num_heads - 1, 0)
+    before, after, stats = F.attention_figures(exp, b, h)
+    return before, after, attention_markdown(stats), F.cls_attention_figure(exp, b, h)
+
+
+_TRADEOFF_CACHE: dict = {}
+
+
+def draw_tradeoff(exp: Optional[Exploration], sweep: Optional[list]) -> Image.Image:
+    """The published trade-off with what was measured now (cached: it rarely changes)."""
+    current = None if exp is None else dict(exp.prediction["gmacs"], model=exp.model_name)
+    key = (json.dumps(current, sort_keys=True), json.dumps(sweep or [], sort_keys=True))
+    if key not in _TRADEOFF_CACHE:
+        if len(_TRADEOFF_CACHE) > 32:
+            _TRADEOFF_CACHE.clear()
+        _TRADEOFF_CACHE[key] = F.tradeoff_chart(published_results(), current, sweep or ())
+    return _TRADEOFF_CACHE[key]
+
+
+def run(photo_path: Optional[str], model: str, weights_file: Optional[str], num_prop: float, schedule: str,
+        sparsity: float, alpha: float, num_neighbours: float, graph: str, selection: str, propagation: str,
+        token_scale: bool, block: Any, graph_kind: str, token: Any, attn_block: Any, head: Any,
+        sweep: Optional[list]):
+    """A new photo or new hyper-parameters: run the models once and redraw every panel."""
+    if not photo_path:  # the photo was cleared: leave everything as it is
+        return [gr.skip()] * len(RUN_OUTPUT_NAMES)
+    photo = open_photo(photo_path)
+    settings = _settings(model, weights_file, num_prop, schedule, sparsity, alpha, num_neighbours,
+                         graph, selection, propagation, token_scale)
+    exp = explore_photo(photo, settings)
+    block = _clamp(block, 1, exp.depth, 1)
+    attn_block = _clamp(attn_block, 1, exp.depth, 1)
+    head = _clamp(head, 0, exp.num_heads - 1, 0)
+    token = _clamp(token, 0, exp.trace.num_patches - 1, exp.trace.num_patches // 2)
+    full_label, gtp_label = _labels(exp)
+    status = f"Ran `{exp.model_name}` on {device_name()}."
+    if exp.photo.notes:
+        status += f" Input: {'; '.join(exp.photo.notes)}."
+    return [
+        exp, _banner_update(exp), status, full_label, gtp_label, metrics_markdown(exp),
+        gr.Slider(maximum=exp.depth, value=block), *draw_layer(exp, block),
+        gr.Number(value=token, maximum=exp.trace.num_patches - 1), *draw_graph(exp, graph_kind, token),
+        gr.Slider(maximum=exp.depth, value=attn_block), gr.Slider(maximum=exp.num_heads - 1, value=head),
+        *draw_attention(exp, attn_block, head), draw_tradeoff(exp, sweep),
+    ]
+
+
+RUN_OUTPUT_NAMES = [
+    "state", "banner", "status", "full_label", "gtp_label", "metrics",
+    "block", "layer_img", "sizes_img", "tokens_img",
+    "token", "graph_img", "similarity_img", "neighbours_md",
+    "attn_block", "head", "attn_before", "attn_after", "attn_md", "cls_img", "tradeoff_img",
+]
+
+
+def explore(image: str, model: str = DEFAULT_MODEL, num_prop: float = PUBLISHED_SETTINGS.num_prop,
+            schedule: str = "", sparsity: float = PUBLISHED_SETTINGS.sparsity,
+            alpha: float = PUBLISHED_SETTINGS.alpha, num_neighbours: float = PUBLISHED_SETTINGS.num_neighbours,
+            graph: str = PUBLISHED_SETTINGS.graph, selection: str = PUBLISHED_SETTINGS.selection,
+            propagation: str = PUBLISHED_SETTINGS.propagation,
+            token_scale: bool = PUBLISHED_SETTINGS.token_scale) -> tuple[dict, dict]:
+    """Run the full and the GTP model on an image.
+
+    Returns (prediction, trace summary): the prediction holds both top-5s (or, for a headless
+    model, the cosine similarity of the final features), whether top-1 agrees, GMACs and latency
+    of each, measured now; the trace summary is `gtp.Trace.summary()`: per block the propagated
+    and kept patch ids, token sizes, propagation edges and attention sparsity.
+    """
+    photo = open_photo(image)
+    settings = _settings(model, None, num_prop, schedule, sparsity, alpha, num_neighbours, graph,
+                         selection, propagation, token_scale)
+    exp = explore_photo(photo, settings)
+    return exp.prediction, exp.trace.summary()
+
+
+def published_preset():
+    """The published setting (P=8, theta=0.6, alpha=0.1, M=8, mixed graph, mixed_attn_max,
+    graph propagation, token scale on)."""
+    p = gtp.PUBLISHED
+    return (p["num_prop"], "", p["sparsity"], p["alpha"], p["num_neighbours"], p["graph"], p["selection"],
+            p["propagation"], p["token_scale"])
+
+
+def throughput(exp: Optional[Exploration], batch_size: Any) -> str:
+    if exp is None:
+        raise gr.Error("Run a photo first: throughput is measured for the current model and setting.")
+    r = measure_throughput(exp.settings, int(batch_size), exp.photo)
+    return (f"**Measured now** on {r['device']}, batch size {r['batch_size']} ({r['model']}, median of "
+            f"{r['timed_batches']} batches after a warm-up): full model **{r['full_img_per_s']:.1f} img/s**, "
+            f"GTP **{r['gtp_img_per_s']:.1f} img/s** (×{r['speed_up']:.2f}).")
+
+
+def load_sweep_file(path: Optional[str], exp: Optional[Exploration]):
+    if not path:
+        return None, "No sweep loaded.", draw_tradeoff(exp, None)
+    records, message = load_sweep(path)
+    return records, message + " Shown as “your measurements”.", draw_tradeoff(exp, records)
+
+
+def downloads(exp: Optional[Exploration]) -> tuple[str, str]:
+    """The layer walk as an animated GIF and the trace as JSON (`gtp.Trace.summary()`)."""
+    if exp is None:
+        raise gr.Error("Run a photo first.")
+    folder = Path(tempfile.mkdtemp(prefix="gtp_downloads_"))
+    gif = F.animation_gif(exp, str(folder / f"gtp_layers_{exp.model_name}.gif"))
+    trace_path = folder / f"gtp_trace_{exp.model_name}.json"
+    summary = {"prediction": exp.prediction, "trace": exp.trace.summary()}
+    trace_path.write_text(json.dumps(summary), encoding="utf-8")
+    return gif, str(trace_path)
+
+
+def startup():
+    """On page load: show the first example and say at once whether real weights are loaded."""
+    loaded = get_model(DEFAULT_MODEL).loaded
+    text = ("⚠️ " if not loaded.pretrained else "✅ ") + weights_banner(loaded)
+    examples = example_paths()
+    banner = gr.Markdown(text, elem_classes=["gtp-banner-ok" if loaded.pretrained else "gtp-banner-random"])
+    return (examples[0] if examples else None), banner
+
+
+def toggle_play(playing: bool, block: Any, exp: Optional[Exploration]):
+    """Play / pause the layer walk; playing from the last block starts again at block 1."""
+    if exp is None:
+        return gr.skip(), gr.skip(), False, gr.skip()
+    playing = not playing
+    restart = playing and _clamp(block, 1, exp.depth, 1) >= exp.depth
+    return (gr.Timer(active=playing), gr.Button("⏸ Pause" if playing else "▶ Play"), playing,
+            1 if restart else gr.skip())
+
+
+def advance(block: Any, exp: Optional[Exploration]):
+    """One tick of the animation: the next block, stopping after the last."""
+    if exp is None:
+        return gr.skip(), gr.Timer(active=False), gr.Button("▶ Play"), False
+    depth = exp.depth
+    nxt = _clamp(block, 1, depth, 1) + 1
+    if nxt >= depth:
+        return depth, gr.Timer(active=False), gr.Button("▶ Play"), False
+    return nxt, gr.skip(), gr.skip(), gr.skip()
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+def build_demo() -> gr.Blocks:
+    """The whole app (not launched)."""
+    selections = list(gtp.SELECTIONS)
+    with gr.Blocks(title="GTP Explorer") as demo:
+        state = gr.State(None)
+        sweep_state = gr.State(None)
+        playing = gr.State(False)
+        gr.Markdown(f"# {TITLE}\nAn interactive look at [GTP-ViT (Xu et al., WACV 2024)]({PAPER}): "
+                    "watch a ViT drop tokens block by block and push them along a token graph, with no retraining.")
+        banner = gr.Markdown("Loading the default model…", elem_id="gtp-banner")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=320):
+                photo = PhotoInput(label="Photo (upload, paste or webcam)", type="filepath", image_mode=None,
+                                   sources=["upload", "clipboard", "webcam"], height=300, elem_id="gtp-photo")
+                gr.Examples(examples=[[p] for p in example_paths()], inputs=[photo], label="Example photos (CC0 / public domain)")
+                model = gr.Dropdown([(f"{name}: {text}", name) for name, text in SUPPORTED_MODELS.items()],
+                                    value=DEFAULT_MODEL, label="Model", elem_id="gtp-model")
+                with gr.Accordion("Your own weights", open=False):
+                    weights = gr.File(label="Weights file for the chosen model (.safetensors / .pth)",
+                                      file_types=[".safetensors", ".pth", ".pt", ".bin"], type="filepath")
+                    gr.Markdown("Or set the environment variable `GTP_WEIGHTS_DIR` to a folder holding "
+                                "`<model name>.safetensors` before starting the app.")
+                with gr.Accordion("GTP hyper-parameters", open=True):
+                    num_prop = gr.Slider(0, 64, value=gtp.PUBLISHED["num_prop"], step=1, label="P (num_prop): tokens propagated per block")
+                    schedule = gr.Textbox(value="", label="Per-block P schedule (optional)",
+                                          placeholder="e.g. 0,0,8,8,8,8,8,8,8,8,8,8 — one per block; overrides P",
+                                          info="Press Enter to apply.")
+                    sparsity = gr.Slider(0.05, 1.0, value=gtp.PUBLISHED["sparsity"], step=0.05, label="θ (sparsity): share of attention entries kept (1 = off)")
+                    alpha = gr.Slider(0.0, 1.0, value=gtp.PUBLISHED["alpha"], step=0.01, label="α (alpha): weight of propagated features")
+                    num_neighbours = gr.Slider(1, 32, value=gtp.PUBLISHED["num_neighbours"], step=1, label="M (num_neighbours): semantic graph neighbours")
+                    graph = gr.Dropdown(list(gtp.GRAPHS), value=gtp.PUBLISHED["graph"], label="Graph")
+                    selection = gr.Dropdown(selections, value=gtp.PUBLISHED["selection"], label="Selection")
+                    propagation = gr.Dropdown(list(gtp.PROPAGATIONS), value=gtp.PUBLISHED["propagation"], label="Propagation")
+                    token_scale = gr.Checkbox(value=gtp.PUBLISHED["token_scale"], label="Token scale (proportional attention)")
+                    preset = gr.Button("Published setting", elem_id="gtp-preset")
+                run_button = gr.Button("Run", variant="primary", elem_id="gtp-run")
+                status = gr.Markdown("", elem_id="gtp-status")
+            with gr.Column(scale=2):
+                with gr.Tabs():
+                    with gr.Tab("Prediction", id="prediction"):
+                        with gr.Row():
+                            full_label = gr.Label(num_top_classes=5, label="Full model", elem_id="gtp-full")
+                            gtp_label = gr.Label(num_top_classes=5, label="GTP", elem_id="gtp-gtp")
+                        metrics = gr.Markdown("", elem_id="gtp-metrics")
+                    with gr.Tab("Layer walk", id="layers"):
+                        with gr.Row():
+                            block = gr.Slider(1, 12, value=1, step=1, label="Block", elem_id="gtp-block", scale=4)
+                            play = gr.Button("▶ Play", scale=1, elem_id="gtp-play")
+                        with gr.Row():
+                            layer_img = _figure_image("Tokens propagated in this block", "gtp-layer")
+                            sizes_img = _figure_image("Token sizes", "gtp-sizes")
+                        tokens_img = _figure_image("Tokens remaining per block", "gtp-tokens")
+                        gr.Markdown("Red: propagated in this block. Dark: propagated earlier. Yellow lines: from each "
+                                    "propagated token to the tokens receiving its features, thicker for a larger weight α·W.")
+                    with gr.Tab("Graphs", id="graphs"):
+                        with gr.Row():
+                            graph_kind = gr.Radio(list(F.GRAPH_KINDS), value="spatial + semantic", label="Show", elem_id="gtp-graph-kind")
+                            token = gr.Number(value=98, precision=0, minimum=0, label="Token (or click the graph)", elem_id="gtp-token")
+                        with gr.Row():
+                            graph_img = _figure_image("Token graph (click a patch)", "gtp-graph")
+                            similarity_img = _figure_image("Semantic similarity", "gtp-similarity")
+                        neighbours_md = gr.Markdown("")
+                    with gr.Tab("Attention", id="attention"):
+                        with gr.Row():
+                            attn_block = gr.Slider(1, 12, value=1, step=1, label="Block", elem_id="gtp-attn-block")
+                            head = gr.Slider(0, 5, value=0, step=1, label="Head", elem_id="gtp-head")
+                        with gr.Row():
+                            attn_before = _figure_image("Before sparsification", "gtp-attn-before")
+                            attn_after = _figure_image("After sparsification", "gtp-attn-after")
+                        attn_md = gr.Markdown("")
+                        cls_img = _figure_image("CLS attention over the photo", "gtp-cls")
+                    with gr.Tab("Trade-off", id="tradeoff"):
+                        tradeoff_img = _figure_image("Top-1 vs GMACs", "gtp-tradeoff", height=None)
+                        with gr.Row():
+                            batch_size = gr.Number(value=default_batch_size(), precision=0, minimum=1, maximum=256,
+                                                   label="Batch size", scale=1)
+                            measure = gr.Button("Measure throughput", scale=1, elem_id="gtp-measure")
+                        throughput_md = gr.Markdown(f"Throughput is measured on this server ({device_name()}) when you press the button.")
+                        sweep_file = gr.File(label="Your sweep results (JSON or CSV from `python -m gtp sweep`)",
+                                             file_types=[".json", ".csv"], type="filepath")
+                        sweep_md = gr.Markdown("")
+                    with gr.Tab("Learn", id="learn"):
+                        gr.Markdown(LEARN_TEXT, latex_delimiters=LATEX)
+                        gr.Markdown("### Downloads")
+                        make_downloads = gr.Button("Prepare the layer-walk GIF and the trace JSON", elem_id="gtp-downloads")
+                        with gr.Row():
+                            gif_file = gr.File(label="Layer walk (GIF)")
+                            trace_file = gr.File(label="Trace (JSON)")
+        timer = gr.Timer(0.8, active=False)
+        # Hidden outputs of the `explore` API endpoint.
+        api_prediction = gr.JSON(visible=False)
+        api_summary = gr.JSON(visible=False)
+        api_trigger = gr.Button(visible=False)
+
+        # --- run events: the models run once per new photo or setting
+        controls = [model, weights, num_prop, schedule, sparsity, alpha, num_neighbours, graph, selection,
+                    propagation, token_scale]
+        run_inputs = [photo, *controls, block, graph_kind, token, attn_block, head, sweep_state]
+        outputs = dict(state=state, banner=banner, status=status, full_label=full_label, gtp_label=gtp_label,
+                       metrics=metrics, block=block, layer_img=layer_img, sizes_img=sizes_img, tokens_img=tokens_img,
+                       token=token, graph_img=graph_img, similarity_img=similarity_img, neighbours_md=neighbours_md,
+                       attn_block=attn_block, head=head, attn_before=attn_before, attn_after=attn_after,
+                       attn_md=attn_md, cls_img=cls_img, tradeoff_img=tradeoff_img)
+        run_outputs = [outputs[name] for name in RUN_OUTPUT_NAMES]
+        run_fn = user_errors(run)
+        triggers = [photo.change, run_button.click, model.input, weights.upload, schedule.submit,
+                    graph.input, selection.input, propagation.input, token_scale.input,
+                    num_prop.release, sparsity.release, alpha.release, num_neighbours.release]
+        gr.on(triggers, run_fn, inputs=run_inputs, outputs=run_outputs, api_visibility="undocumented", **RUN_QUEUE)
+        preset.click(published_preset, outputs=[num_prop, schedule, sparsity, alpha, num_neighbours, graph,
+                                                 selection, propagation, token_scale],
+                     api_visibility="undocumented").then(
+            run_fn, inputs=run_inputs, outputs=run_outputs, api_visibility="undocumented", **RUN_QUEUE)
+        api_trigger.click(user_errors(explore), inputs=[photo, *[c for c in controls if c is not weights]],
+                          outputs=[api_prediction, api_summary], api_name="explore", **RUN_QUEUE)
+        measure.click(user_errors(throughput), inputs=[state, batch_size], outputs=[throughput_md],
+                      api_visibility="undocumented", **RUN_QUEUE)
+
+        # --- view events: redraw from the exploration in `state`, never rerun a model
+        block.change(user_errors(draw_layer), inputs=[state, block], outputs=[layer_img, sizes_img, tokens_img], **VIEW_QUEUE)
+        gr.on([graph_kind.change, token.change], user_errors(draw_graph), inputs=[state, graph_kind, token],
+              outputs=[graph_img, similarity_img, neighbours_md], **VIEW_QUEUE)
+        graph_img.select(_pick_token, inputs=[state], outputs=[token], **VIEW_QUEUE)
+        similarity_img.select(_pick_token, inputs=[state], outputs=[token], **VIEW_QUEUE)
+        gr.on([attn_block.change, head.change], user_errors(draw_attention), inputs=[state, attn_block, head],
+              outputs=[attn_before, attn_after, attn_md, cls_img], **VIEW_QUEUE)
+        sweep_file.change(user_errors(load_sweep_file), inputs=[sweep_file, state],
+                          outputs=[sweep_state, sweep_md, tradeoff_img], **VIEW_QUEUE)
+        make_downloads.click(user_errors(downloads), inputs=[state], outputs=[gif_file, trace_file],
+                             api_visibility="undocumented")
+        play.click(toggle_play, inputs=[playing, block, state], outputs=[timer, play, playing, block],
+                   api_visibility="undocumented", show_progress="hidden")
+        timer.tick(advance, inputs=[block, state], outputs=[block, timer, play, playing],
+                   api_visibility="undocumented", show_progress="hidden", trigger_mode="always_last")
+        demo.load(user_errors(startup), outputs=[photo, banner], api_visibility="undocumented")
+    return demo
+
+
+def _figure_image(label: str, elem_id: str, height: Optional[int] = 460) -> gr.Image:
+    """An output image for a figure; PNG keeps thin lines and colour maps exact."""
+    return gr.Image(label=label, type="pil", format="png", interactive=False, elem_id=elem_id,
+                    height=height, buttons=["download", "fullscreen"])
+
+
+def _pick_token(exp: Optional[Exploration], evt: gr.SelectData):
+    """A click on a photo panel picks the patch under it."""
+    if exp is None or not evt.index:
+        return gr.skip()
+    x, y = float(evt.index[0]), float(evt.index[1])
+    if not (0 <= x < F.DISPLAY and 0 <= y < F.DISPLAY):  # e.g. on a colour bar
+        return gr.skip()
+    return F.token_at(exp, x, y)
