@@ -49,27 +49,30 @@ CSS = """
 """
 
 
-class PhotoInput(gr.Image):
-    """gr.Image that hands the app the uploaded file's path WITHOUT decoding it.
+def photo_input(**kwargs: Any) -> gr.Image:
+    """A gr.Image (type="filepath") that hands the app the uploaded file's path WITHOUT decoding it.
 
     Stock gr.Image opens the file with PIL before the app sees it, so a damaged file or a
     decompression bomb would fail inside Gradio with an unhelpful message; here
-    `app.photos.open_photo` does all decoding, safely. The browser side is the stock image
-    component (`is_template`).
+    `app.photos.open_photo` does all decoding, safely. The override is per instance: a subclass
+    would make Gradio write a .pyi stub next to this file at import.
     """
-    is_template = True
+    image = gr.Image(type="filepath", **kwargs)
 
-    def preprocess(self, payload: Any) -> Optional[str]:
+    def preprocess(payload: Any) -> Optional[str]:
         if payload is None:
             return None
         if payload.url and payload.url.startswith("data:"):  # webcam/paste sent inline
             header, _, data = payload.url.partition(",")
             suffix = "." + header.split("/")[-1].split(";")[0] if "/" in header else ".img"
-            tmp = tempfile.NamedTemporaryFile(delete=False, suffix=suffix, dir=self.GRADIO_CACHE)
-            with tmp:
+            tmp = tempfile.NamedTemporaryFile(delete=False, suffix=suffix, dir=image.GRADIO_CACHE)
+            with tmp, contextlib.suppress(ValueError):  # undecodable: an empty file, reported as such
                 tmp.write(base64.b64decode(data))
             return tmp.name
         return payload.path
+
+    image.preprocess = preprocess
+    return image
 
 
 FIGURE_DIR = Path(tempfile.mkdtemp(prefix="gtp_figures_"))
@@ -393,7 +396,7 @@ def build_demo() -> gr.Blocks:
         banner = gr.Markdown("Loading the default model…", elem_id="gtp-banner")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
-                photo = PhotoInput(label="Photo (upload, paste or webcam)", type="filepath", image_mode=None,
+                photo = photo_input(label="Photo (upload, paste or webcam)", image_mode=None,
                                    sources=["upload", "clipboard", "webcam"], height=300, elem_id="gtp-photo")
                 gr.Examples(examples=[[p] for p in example_paths()], inputs=[photo], label="Example photos (CC0 / public domain)")
                 model = gr.Dropdown([(f"{name}: {text}", name) for name, text in SUPPORTED_MODELS.items()],
