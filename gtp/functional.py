@@ -213,10 +213,13 @@ def selection_scores(
 def split_tokens(score: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
     """Indices of the propagated and of the kept patch tokens: score [B, N] -> ([B, P], [B, N-P]).
 
-    Both index lists are sorted ascending, so kept tokens keep their relative order.
+    Ties go to the lower index (a stable sort), so the choice is deterministic even
+    where sparsification zeroes whole factors. Both index lists are sorted
+    ascending, so kept tokens keep their relative order.
     """
     B, N = score.shape
-    prop = score.topk(num_prop, dim=1, largest=False).indices.sort(dim=1).values
+    order = score.sort(dim=1, stable=True).indices
+    prop = order[:, :num_prop].sort(dim=1).values
     keep_mask = torch.ones_like(score, dtype=torch.bool).scatter_(1, prop, False)
     keep = keep_mask.nonzero(as_tuple=True)[1].view(B, N - num_prop)
     return prop, keep

@@ -1,0 +1,160 @@
+"""Throughput of the unpatched and the reduced models, measured side by side in one run.
+
+Machines are noisy, so the models are timed interleaved (round-robin, the order
+rotated each round) and each one's median is reported; the ratios come from
+those medians, never from separate runs.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import statistics
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .flops import gmacs
+
+DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def time_interleaved(
+        models: dict[str, nn.Module],
+        x: torch.Tensor,
+        repeats: int = 10,
+        warmup: int = 2,
+        dtype: torch.dtype = torch.float32,
+) -> dict[str, list[float]]:
+    """Seconds per forward of each model on x, measured round-robin.
+
+    Returns name -> list of `repeats` timings.
+    """
+    device = x.device
+    names = list(models)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    with torch.inference_mode(), _autocast(device, dtype):
+        for name in names:
+            for _ in range(warmup):
+                models[name](x)
+        _sync(device)
+        for r in range(repeats):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                _sync(device)
+                start = time.perf_counter()
+                models[name](x)
+                _sync(device)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def benchmark(
+        model: nn.Module,
+        methods: dict[str, Callable[[nn.Module], nn.Module]],
+        batch_sizes: Sequence[int] = (32,),
+        img_size: int = 224,
+        device: Optional[str] = None,
+        dtype: str = "float32",
+        repeats: int = 10,
+        warmup: int = 2,
+        log: Callable[[str], None] = print,
+) -> dict:
+    """Throughput of `model` reduced by each method, the first method being the reference.
+
+    methods: name -> function that patches a copy of the model in place
+    (e.g. {"full": lambda m: m, "gtp": lambda m: gtp.patch(m, num_prop=8)}).
+    Returns a JSON-ready dict with img/s, ratios to the first method and GMACs.
+    """
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch_dtype = DTYPES[dtype]
+    if dev.type == "cpu" and torch_dtype == torch.float16:
+        raise ValueError("fp16 autocast is for CUDA; use bf16 on CPU")
+    models = {}
+    for name, apply in methods.items():
+        m = apply(copy.deepcopy(model)).eval()
+        models[name] = m
+    macs = {name: gmacs(m, img_size) for name, m in models.items()}
+    for m in models.values():
+        m.to(dev)
+    reference = next(iter(models))
+    result = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "dtype": dtype, "img_size": img_size, "repeats": repeats,
+        "torch": torch.__version__, "gmacs": macs, "runs": [],
+    }
+    for batch in batch_sizes:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, 3, img_size, img_size, generator=gen).to(dev)
+        times = time_interleaved(models, x, repeats, warmup, torch_dtype)
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        run = {
+            "batch_size": batch,
+            "img_per_s": {name: batch / med for name, med in medians.items()},
+            "speedup": {name: medians[reference] / med for name, med in medians.items()},
+            "median_s": medians,
+        }
+        result["runs"].append(run)
+        log(format_run(run, macs, reference))
+    return result
+
+
+def format_run(run: dict, macs: dict[str, float], reference: str) -> str:
+    lines = [f"batch {run['batch_size']}:"]
+    for name, ips in run["img_per_s"].items():
+        lines.append(
+            f"  {name:<10} {ips:9.1f} img/s  {run['speedup'][name]:5.3f}x vs {reference}"
+            f"   {macs[name]:6.3f} GMACs ({macs[reference] / macs[name]:5.3f}x fewer)")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .cli import add_gtp_arguments  # the GTP options, shared with `predict`
+    parser.add_argument("--model", default="deit_small_patch16_224", help="a supported model name")
+    parser.add_argument("--weights", default=None, help="local .safetensors/.pth file")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[32])
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
+                        help="autocast dtype (float32 = no autocast)")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    add_gtp_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from . import patch
+    from .cli import gtp_kwargs
+    from .models import load_model
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = load_model(args.model, weights=args.weights, device="cpu")
+    kwargs = gtp_kwargs(args)
+    methods = {"full": lambda m: m, "gtp": lambda m: patch(m, **kwargs)}
+    print(f"model {args.model} ({loaded.source} weights), GTP {kwargs}", file=sys.stderr)
+    result = benchmark(loaded.model, methods, args.batch_size, args.img_size, args.device,
+                       args.dtype, args.repeats, args.warmup)
+    result["model"] = args.model
+    result["gtp"] = kwargs
+    print(f"device {result['device']}, dtype {result['dtype']}, median of {args.repeats} interleaved repeats")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0

@@ -1,0 +1,230 @@
+"""gtp.patch against the unpatched model and against the slow reference of METHOD.md."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gtp
+from gtp import functional as G
+from reference import reference_forward
+from conftest import dinov2_model, random_model
+
+EXACT_MODELS = [
+    "deit_tiny_patch16_224",
+    "deit_small_patch16_224",
+    "deit_base_patch16_224",
+    "deit_small_distilled_patch16_224",
+    "vit_small_patch16_224.augreg_in21k_ft_in1k",
+]
+
+
+def images(n: int = 2, size: int = 224, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_identity(model: torch.nn.Module, x: torch.Tensor) -> None:
+    with torch.inference_mode():
+        expected = model(x)
+        gtp.patch(model, num_prop=0, sparsity=1.0, token_scale=False)
+        got = model(x)
+        gtp.unpatch(model)
+        restored = model(x)
+    assert (got - expected).abs().max() <= 1e-5
+    assert torch.equal(restored, expected)
+
+
+# ------------------------------------------------------------------- exactness
+@pytest.mark.parametrize("name", EXACT_MODELS)
+def test_no_reduction_reproduces_the_unpatched_model(name):
+    assert_identity(random_model(name), images())
+
+
+def test_no_reduction_reproduces_real_dinov2():
+    assert_identity(dinov2_model(), images())
+
+
+def test_traced_identity_forward_matches_too():
+    """The traced path runs explicit attention instead of timm's: still within 1e-5."""
+    model = random_model("deit_tiny_patch16_224")
+    x = images()
+    with torch.inference_mode():
+        expected = model(x)
+        gtp.patch(model, num_prop=0, sparsity=1.0, token_scale=False)
+        with gtp.trace(model):
+            got = model(x)
+    assert (got - expected).abs().max() <= 1e-5
+
+
+# ---------------------------------------------------------------- faithfulness
+BASE = dict(num_prop=6, sparsity=0.6, alpha=0.1, graph="mixed", num_neighbours=8,
+            selection="mixed_attn_max", propagation="graph", token_scale=True)
+CASES = (
+    [dict(BASE)]
+    + [dict(BASE, graph=g) for g in ("spatial", "semantic")]
+    + [dict(BASE, selection=s) for s in gtp.SELECTIONS if s not in ("mixed_attn_max", "random")]
+    + [dict(BASE, propagation=p) for p in ("mean", "none")]
+    + [dict(BASE, propagation=p, sparsity=s, token_scale=t)
+       for p in ("graph", "mean", "none") for s in (1.0, 0.6) for t in (True, False)]
+    + [dict(BASE, num_neighbours=3, alpha=0.5), dict(BASE, num_prop=[0, 20, 3, 0, 40, 5, 9, 1, 0, 30, 2, 60])]
+)
+
+
+@pytest.mark.parametrize("cfg", CASES, ids=lambda c: "-".join(str(v) for v in c.values()).replace(" ", ""))
+def test_matches_the_reference_loop(cfg):
+    model = random_model("deit_tiny_patch16_224")
+    x = images(2)
+    gtp.patch(model, **cfg)
+    with torch.inference_mode(), gtp.trace(model) as rec:
+        logits = model(x)
+    for i in range(x.shape[0]):
+        ref_logits, ref_prop = reference_forward(model, x[i], **cfg)
+        got_prop = [sorted(layer.propagated[i].tolist()) for layer in rec.layers]
+        assert got_prop == ref_prop
+        assert torch.allclose(logits[i], ref_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_matches_the_reference_with_a_distillation_token():
+    model = random_model("deit_small_distilled_patch16_224")
+    x = images(1)
+    gtp.patch(model, **BASE)
+    with torch.inference_mode(), gtp.trace(model) as rec:
+        logits = model(x)
+    ref_logits, ref_prop = reference_forward(model, x[0], **BASE)
+    assert [sorted(layer.propagated[0].tolist()) for layer in rec.layers] == ref_prop
+    assert torch.allclose(logits[0], ref_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_global_pool_model_without_prefix_tokens():
+    model = random_model("vit_small_patch16_224", class_token=False, global_pool="avg")
+    assert model.num_prefix_tokens == 0
+    x = images(1)
+    gtp.patch(model, **dict(BASE, selection="img_attn_mean"))
+    with torch.inference_mode(), gtp.trace(model) as rec:
+        logits = model(x)
+    ref_logits, ref_prop = reference_forward(model, x[0], **dict(BASE, selection="img_attn_mean"))
+    assert [sorted(layer.propagated[0].tolist()) for layer in rec.layers] == ref_prop
+    assert torch.allclose(logits[0], ref_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_register_tokens_are_never_propagated():
+    model = random_model("vit_small_patch16_224", reg_tokens=4)
+    assert model.num_prefix_tokens == 5
+    x = images(1)
+    gtp.patch(model, **BASE)
+    with torch.inference_mode(), gtp.trace(model) as rec:
+        logits = model(x)
+    ref_logits, ref_prop = reference_forward(model, x[0], **BASE)
+    assert [sorted(layer.propagated[0].tolist()) for layer in rec.layers] == ref_prop
+    assert torch.allclose(logits[0], ref_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_each_image_of_a_batch_gets_what_it_gets_alone():
+    model = gtp.patch(random_model("deit_tiny_patch16_224"), **BASE)
+    x = images(4)
+    with torch.inference_mode():
+        with gtp.trace(model) as rec:
+            batch = model(x)
+        for i in range(4):
+            with gtp.trace(model) as alone:
+                single = model(x[i:i + 1])
+            assert torch.allclose(single[0], batch[i], atol=1e-5)
+            for lb, la in zip(rec.layers, alone.layers):
+                assert torch.equal(lb.propagated[i], la.propagated[0])
+    # and the images really were treated differently
+    assert not torch.equal(rec.layers[0].propagated[0], rec.layers[0].propagated[1])
+
+
+def test_graph_propagation_with_zero_alpha_is_pruning():
+    model = random_model("deit_tiny_patch16_224")
+    x = images()
+    with torch.inference_mode():
+        gtp.patch(model, **dict(BASE, alpha=0.0))
+        graph = model(x)
+        gtp.patch(model, **dict(BASE, propagation="none"))
+        none = model(x)
+    assert torch.allclose(graph, none, atol=1e-6)
+
+
+def test_other_input_sizes_use_the_patch_embedding_grid():
+    model = random_model("deit_tiny_patch16_224", img_size=(160, 256))
+    gtp.patch(model, **BASE)
+    x = torch.randn(1, 3, 160, 256, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode(), gtp.trace(model) as rec:
+        logits = model(x)
+    assert rec.grid_size == (10, 16)
+    assert rec.layers[0].tokens_in == 1 + 160
+    ref_logits, ref_prop = reference_forward(model, x[0], **BASE)
+    assert [sorted(layer.propagated[0].tolist()) for layer in rec.layers] == ref_prop
+    assert torch.allclose(logits[0], ref_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_large_schedule_never_removes_the_last_patch_tokens():
+    model = gtp.patch(random_model("deit_tiny_patch16_224"), num_prop=100)
+    with torch.inference_mode(), gtp.trace(model) as rec:
+        model(images(1))
+    assert rec.tokens_per_block()[0] == 197 - 100
+    assert rec.tokens_per_block()[-1] == 197 - 100  # 96 patch tokens left <= P: no more propagation
+
+
+# ----------------------------------------------------------------- validation
+@pytest.mark.parametrize("bad, message", [
+    (dict(num_prop=196), r"\[0, 195\]"),
+    (dict(num_prop=-1), r"\[0, 195\]"),
+    (dict(num_prop=[8] * 11), "12 entries"),
+    (dict(sparsity=0.0), r"\(0, 1\]"),
+    (dict(sparsity=1.5), r"\(0, 1\]"),
+    (dict(alpha=-0.1), ">= 0"),
+    (dict(graph="knn"), "spatial, semantic, mixed"),
+    (dict(selection="best"), "mixed_attn_max"),
+    (dict(propagation="diffuse"), "graph, mean, none"),
+    (dict(num_neighbours=0), r"\[1, 195\]"),
+])
+def test_bad_parameters_name_the_valid_range(bad, message):
+    model = random_model("deit_tiny_patch16_224")
+    with pytest.raises(ValueError, match=message):
+        gtp.patch(model, **bad)
+
+
+def test_patch_again_reconfigures_and_unpatch_restores():
+    model = random_model("deit_tiny_patch16_224")
+    x = images(1)
+    with torch.inference_mode():
+        expected = model(x)
+        gtp.patch(model, num_prop=8)
+        gtp.patch(model, num_prop=16)
+        assert gtp.config_of(model).num_prop == [16] * 12
+        with gtp.trace(model) as rec:
+            model(x)
+        assert rec.tokens_per_block()[0] == 197 - 16
+        gtp.unpatch(model)
+        assert torch.equal(model(x), expected)
+    assert gtp.config_of(model) is None
+
+
+# ---------------------------------------------------------------- pure functions
+def test_kth_smallest_equals_kthvalue():
+    gen = torch.Generator().manual_seed(0)
+    for rows, length in [(3, 100), (24, 38809), (5, 20000)]:
+        logits = torch.randn(rows, length, generator=gen) * 3
+        values = logits.softmax(-1)
+        values[0, :50] = values[0, 7]  # ties
+        for k in (1, 17, length // 3, int(0.4 * length), length - 1, length):
+            assert torch.equal(G.kth_smallest(values, k), values.kthvalue(k, dim=1).values)
+
+
+def test_sparsify_zeroes_exactly_the_smallest_entries():
+    attn = torch.randn(2, 3, 50, 50, generator=torch.Generator().manual_seed(0)).softmax(-1)
+    out = G.sparsify_attention(attn.clone(), 0.6)
+    k = int(50 * 50 * 0.4)
+    assert ((out == 0).flatten(2).sum(-1) == k).all()
+    kept_min = torch.where(out > 0, out, torch.inf).flatten(2).amin(-1)
+    zeroed_max = torch.where(out == 0, attn, -torch.inf).flatten(2).amax(-1)
+    assert (zeroed_max < kept_min).all()
+
+
+def test_graph_normalisation_and_neighbours():
+    w = G.build_graph(torch.randn(1, 16, 8), (4, 4), "spatial")[0]
+    assert (w > 0).sum(1).tolist() == [3, 5, 5, 3, 5, 8, 8, 5, 5, 8, 8, 5, 3, 5, 5, 3]
+    assert torch.isclose(w[0, 1], torch.tensor(1 / (3 * 5) ** 0.5))
+    sem = G.semantic_adjacency(torch.randn(2, 16, 8), 4)
+    assert (sem.sum(-1) == 4).all() and (sem.diagonal(dim1=1, dim2=2) == 0).all()
