@@ -14,26 +14,22 @@ def _graph(patches: torch.Tensor, grid: tuple[int, int], graph: str, num_neighbo
     """METHOD.md section 1 for one image: patches [N, C] -> W [N, N]."""
     N = patches.shape[0]
     gh, gw = grid
-    adj = torch.zeros(N, N)
+    adj = [[0.0] * N for _ in range(N)]
     if graph in ("spatial", "mixed"):
         for i in range(N):
             for j in range(N):
                 if i != j and abs(i // gw - j // gw) <= 1 and abs(i % gw - j % gw) <= 1:
-                    adj[i, j] = 1.0
+                    adj[i][j] = 1.0
     if graph in ("semantic", "mixed"):
         unit = patches / patches.norm(dim=-1, keepdim=True)
-        sim = unit @ unit.T
+        sim = (unit @ unit.T).tolist()
         for i in range(N):
-            others = sorted((j for j in range(N) if j != i), key=lambda j: -float(sim[i, j]))
+            others = sorted((j for j in range(N) if j != i), key=lambda j: -sim[i][j])
             for j in others[:num_neighbours]:
-                adj[i, j] = 1.0
-    deg = adj.sum(1)
-    w = torch.zeros(N, N)
-    for i in range(N):
-        for j in range(N):
-            if adj[i, j]:
-                w[i, j] = adj[i, j] / math.sqrt(deg[i] * deg[j])
-    return w
+                adj[i][j] = 1.0
+    deg = [sum(row) for row in adj]
+    w = [[adj[i][j] / math.sqrt(deg[i] * deg[j]) if adj[i][j] else 0.0 for j in range(N)] for i in range(N)]
+    return torch.tensor(w)
 
 
 def _attention(blk, x: torch.Tensor, size: list[float], token_scale: bool, sparsity: float):

@@ -1,0 +1,213 @@
+"""`python -m gtp eval` (gtp.evaluate): folder layouts, numbers equal to counting by hand,
+label-free fidelity, and torchrun with 2 CPU processes giving the one-process result."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gtp
+from gtp import cli
+from gtp.evaluate import Evaluator, class_index, imagenet_classes, scan_folder, shard_batches
+
+from conftest import ROOT, random_model
+
+PHOTOS = [ROOT / "assets" / n for n in ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")]
+MODEL = "deit_tiny_patch16_224"
+
+
+@pytest.fixture(scope="module")
+def photos():
+    missing = [p for p in PHOTOS if not p.exists()]
+    if missing:
+        pytest.skip(f"real photos missing from assets/: {missing}")
+    return PHOTOS
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    from gtp.models import load_model
+    return load_model(MODEL, device="cpu")  # offline: the seeded random deit_tiny
+
+
+def _put(folder: Path, photo: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(photo, folder / photo.name)
+
+
+def test_class_index_from_folder_names():
+    wnids, names = imagenet_classes()
+    assert class_index("n01440764", names, wnids) == 0
+    assert class_index("281", names, wnids) == 281
+    assert class_index("tabby", names, wnids) == 281
+    assert class_index("Tabby_Cat", names, wnids) == 281
+    assert class_index("egyptian-cat", names, wnids) == 285
+    assert class_index("tench, Tinca tinca", names, wnids) == 0
+    with pytest.raises(ValueError, match="ambiguous"):
+        class_index("crane", names, wnids)       # a bird and a machine
+    with pytest.raises(ValueError, match="no class"):
+        class_index("not a class", names, wnids)
+    with pytest.raises(ValueError):
+        class_index("n99999999", names, wnids)
+    with pytest.raises(ValueError):
+        class_index("1000", names, wnids)
+
+
+def test_scan_folder_layouts(tmp_path, photos):
+    flat = tmp_path / "flat"
+    for p in photos:
+        _put(flat, p)
+    (flat / "notes.txt").write_text("not an image")
+    s = scan_folder(flat)
+    assert not s.labelled and len(s) == 4
+    lab = tmp_path / "lab"
+    _put(lab / "n01440764", photos[0])
+    _put(lab / "281" / "deeper", photos[1])   # images anywhere below a class folder
+    _put(lab / "281", photos[2])
+    s = scan_folder(lab)
+    assert s.labelled and s.labels == [281, 281, 0] and s.folders == {"281": 281, "n01440764": 0}
+    sub = scan_folder(lab, limit=2)
+    assert len(sub) == 2 and sub.labels == [s.labels[s.paths.index(p)] for p in sub.paths]
+    _put(lab, photos[3])
+    with pytest.raises(ValueError, match="both"):
+        scan_folder(lab)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        scan_folder(tmp_path / "empty")
+    with pytest.raises(ValueError, match="not found"):
+        scan_folder(tmp_path / "missing")
+
+
+def test_shards_cover_every_image_once():
+    for n, b, w in [(10, 3, 2), (3, 1, 2), (1, 4, 3), (7, 2, 4)]:
+        got = sorted(i for r in range(w) for batch in shard_batches(n, b, r, w) for i in batch)
+        assert got == list(range(n))
+    assert shard_batches(7, 2, 0, 1) == [[0, 1], [2, 3], [4, 5], [6]]
+    assert shard_batches(7, 2, 1, 2) == [[2, 3], [6]]
+
+
+@torch.inference_mode()
+def test_eval_equals_counting_by_hand(tmp_path, photos, loaded):
+    from gtp.models import load_image
+    model = loaded.model
+    xs = [loaded.transform(load_image(p)).unsqueeze(0) for p in photos]
+    full = [model(x)[0] for x in xs]
+    # Labels: the full model's own top-1 for two photos (so top-1 is not trivially 0), others fixed.
+    labels = [int(full[0].argmax()), int(full[1].argmax()), 281, 285]
+    wnids, _ = imagenet_classes()
+    scheme = [lambda c: wnids[c], str, lambda c: "tabby_cat", lambda c: "Egyptian cat"]
+    data = tmp_path / "labelled"
+    names: dict[int, str] = {}
+    for photo, label, name in zip(photos, labels, scheme):
+        _put(data / names.setdefault(label, name(label)), photo)
+
+    gtp.patch(model, num_prop=8)
+    red = [model(x)[0] for x in xs]
+    gmacs_gtp = gtp.gmacs(model)
+    gtp.unpatch(model)
+
+    def hits(outs, k):
+        return sum(int(label in o.topk(k).indices.tolist()) for o, label in zip(outs, labels))
+
+    kl = [float((F.softmax(f.double(), -1) * (F.log_softmax(f.double(), -1) - F.log_softmax(r.double(), -1))).sum())
+          for f, r in zip(full, red)]
+    feats = []
+    for x in xs:
+        f = model.forward_head(model.forward_features(x), pre_logits=True)
+        gtp.patch(model, num_prop=8)
+        g = model.forward_head(model.forward_features(x), pre_logits=True)
+        gtp.unpatch(model)
+        feats.append(float(F.cosine_similarity(f.double(), g.double())))
+
+    out = tmp_path / "res"
+    rc = cli.main(["eval", "--model", MODEL, "--data", str(data), "--batch-size", "3", "--no-progress",
+                   "--num-prop", "8", "--out", str(out)])
+    assert rc == 0
+    rec = json.loads((tmp_path / "res.json").read_text())
+    assert rec["images"] == 4 and rec["labelled"] and rec["method"] == "gtp" and rec["num_prop"] == 8
+    assert rec["full_top1"] == 100.0 * hits(full, 1) / 4
+    assert rec["full_top5"] == 100.0 * hits(full, 5) / 4
+    assert rec["top1"] == 100.0 * hits(red, 1) / 4
+    assert rec["top5"] == 100.0 * hits(red, 5) / 4
+    assert rec["full_top1"] >= 50.0
+    agree = sum(int(f.argmax() == r.argmax()) for f, r in zip(full, red))
+    assert rec["agreement"] == 100.0 * agree / 4
+    assert rec["kl"] == pytest.approx(sum(kl) / 4, abs=1e-6)
+    assert rec["cosine"] == pytest.approx(sum(feats) / 4, abs=1e-6)
+    assert rec["cosine_min"] == pytest.approx(min(feats), abs=1e-6)
+    assert rec["gmacs"] == pytest.approx(gmacs_gtp, abs=1e-6)
+    assert rec["full_gmacs"] == pytest.approx(gtp.gmacs(model), abs=1e-6)
+    assert set(rec["timing"]) >= {"img_per_s", "full_img_per_s", "speedup", "world_size", "device"}
+    rows = list(csv.DictReader(open(tmp_path / "res.csv")))
+    assert len(rows) == 1 and float(rows[0]["top1"]) == rec["top1"] and "timing.img_per_s" in rows[0]
+
+
+@torch.inference_mode()
+def test_unlabelled_and_headless_report_fidelity_only(tmp_path, photos, loaded):
+    flat = tmp_path / "flat"
+    for p in photos[:2]:
+        _put(flat, p)
+    images = scan_folder(flat)
+    ev = Evaluator(loaded.model, images, loaded.transform, True, 224, batch_size=2, progress=False)
+    rec = ev.measure("tome", 8)
+    assert rec["top1"] is None and rec["full_top1"] is None and not rec["labelled"]
+    assert rec["agreement"] is not None and rec["kl"] >= 0 and 0 < rec["cosine"] <= 1
+    full = ev.measure("full")  # the cached reference, nothing recomputed
+    assert full["cosine"] == 1.0 and full["kl"] == 0.0 and full["agreement"] == 100.0
+    headless = random_model(MODEL, num_classes=0)
+    ev = Evaluator(headless, images, loaded.transform, False, 224, batch_size=2, progress=False)
+    rec = ev.measure("gtp", 8)
+    assert rec["agreement"] is None and rec["kl"] is None and rec["top1"] is None
+    assert 0 < rec["cosine"] < 1 and rec["gmacs"] < rec["full_gmacs"]
+
+
+def test_cli_errors_are_one_line(tmp_path, photos, capsys):
+    lab = tmp_path / "bad"
+    _put(lab / "crane", photos[0])
+    assert cli.main(["eval", "--model", MODEL, "--data", str(lab), "--no-progress"]) == 2
+    assert "ambiguous" in capsys.readouterr().err
+
+
+def _torchrun_available() -> bool:
+    try:
+        import torch.distributed.run  # noqa: F401
+        return torch.distributed.is_available() and torch.distributed.is_gloo_available()
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _torchrun_available(), reason="torch.distributed / gloo unavailable")
+def test_torchrun_two_cpu_processes_give_the_one_process_result(tmp_path, photos):
+    data = tmp_path / "data"
+    for photo, folder in zip(photos[:3], ("n01440764", "281", "281")):
+        _put(data / folder, photo)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    args = ["eval", "--model", MODEL, "--data", str(data), "--batch-size", "1", "--no-progress",
+            "--device", "cpu", "--num-prop", "8"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    one = subprocess.run([sys.executable, "-m", "gtp", *args, "--out", str(tmp_path / "one")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(port),
+                          "-m", "gtp", *args, "--out", str(tmp_path / "two")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr
+    a = json.loads((tmp_path / "one.json").read_text())
+    b = json.loads((tmp_path / "two.json").read_text())
+    assert a.pop("timing")["world_size"] == 1
+    assert b.pop("timing")["world_size"] == 2
+    assert a == b
+    assert a["images"] == 3
+    assert two.stdout.count("top-1 agreement") == 1  # rank 0 alone reports
