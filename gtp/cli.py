@@ -1,4 +1,4 @@
-"""Command line: `python -m gtp predict|bench|models ...`.
+"""Command line: `python -m gtp predict|bench|eval|sweep|models ...`.
 
 Bad input (unknown model, bad hyper-parameters, unreadable image or weights) ends
 with one line on stderr and exit code 2, never a traceback.
@@ -172,6 +172,21 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         from . import bench
         bench.add_arguments(be)
     be.set_defaults(func=_run_bench)
+
+    from . import evaluate, sweep  # the eval and sweep subcommands (gtp/evaluate.py, gtp/sweep.py)
+    ev = sub.add_parser("eval", help="top-1/top-5, agreement, KL, cosine, GMACs, img/s on an image folder",
+                        description="Evaluate the full and the reduced model on an image folder "
+                                    "(see gtp/evaluate.py; runs under torchrun too).")
+    _add_model_arguments(ev)
+    evaluate.add_arguments(ev)
+    add_gtp_arguments(ev)
+    ev.set_defaults(func=evaluate.main)
+
+    sw = sub.add_parser("sweep", help="resumable grid / random search over P, theta, alpha, M",
+                        description="Sweep GTP settings and baselines on an image folder (see gtp/sweep.py).")
+    _add_model_arguments(sw)
+    sweep.add_arguments(sw)
+    sw.set_defaults(func=sweep.main)
 
     mo = sub.add_parser("models", help="list the supported models")
     mo.set_defaults(func=_run_models)

@@ -1,0 +1,210 @@
+"""Sweep GTP's hyper-parameters, with the baselines beside it: `python -m gtp sweep`.
+
+Grid search runs every combination of the given P (--num-prop), theta (--sparsity),
+alpha (--alpha) and M (--num-neighbours) lists for each method in --methods; random
+search (--search random --trials N --seed S) runs N combinations drawn without
+replacement from that same grid. Methods other than gtp only read P (see
+`gtp.baselines`), so their duplicates collapse to one run per P. A "full" record
+(the unpatched model) is always included. Every configuration is measured by
+`gtp.evaluate.Evaluator` on the same images against one cached run of the full model.
+
+Resumable: the result file is rewritten (atomically) after each configuration, and
+configurations whose key is already in it are skipped, so rerunning the same command
+after an interruption computes only what is missing; a finished sweep computes nothing.
+
+Result file (--out FILE.json; FILE.csv is written beside it): a JSON list of flat
+records, one per configuration, in the order computed. Each record:
+
+  model          timm model name                        "deit_small_patch16_224"
+  weights        where the weights came from            "file" | "hub" | "random"
+  data           absolute path of the image folder
+  limit          --limit used (null = all images)
+  images         number of images measured
+  labelled       true when top-1/top-5 could be counted
+  method         "full" | "gtp" | "tome" | "pruning" | "evit"
+  num_prop       P per block (r for tome; 0 for full); an int or a per-block list
+  sparsity       theta (null where the method has none)
+  alpha          propagation weight (null unless propagation is "graph")
+  graph          "spatial" | "semantic" | "mixed" (null unless propagation is "graph")
+  num_neighbours M (null unless the graph has a semantic part)
+  selection      token selection strategy (null for full / tome)
+  propagation    "graph" | "mean" | "none" (null for full / tome)
+  token_scale    proportional attention on token sizes (null for full)
+  gmacs          GMACs of one image with the method (gtp.gmacs)
+  full_gmacs     GMACs of the full model
+  top1, top5     accuracy in percent with the method (null without labels or head)
+  full_top1, full_top5   the same for the full model
+  agreement      percent of images whose top-1 equals the full model's (null for headless models)
+  kl             mean KL(p_full || p_method) in nats (null for headless models)
+  cosine         mean cosine similarity of the final (pre-logits) features with the full model's
+  cosine_min     the lowest of those
+  timing         {device, world_size, batch_size, img_per_s, full_img_per_s, speedup}: the only
+                 fields that change between identical runs
+
+The key that identifies a configuration (for resuming) is every field above from
+`model` to `token_scale` except `images` and `labelled`.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+from .baselines import METHODS, describe
+from .config import PUBLISHED
+from .evaluate import (Evaluator, add_data_arguments, close_distributed, init_distributed,
+                       make_evaluator, write_csv, write_json)
+from .functional import GRAPHS, PROPAGATIONS, SELECTIONS
+
+KEY_FIELDS = ("model", "weights", "data", "limit", "method", "num_prop", "sparsity", "alpha", "graph",
+              "num_neighbours", "selection", "propagation", "token_scale")
+DEFAULT_GRID = dict(num_prop=[4, 8, 12, 16], sparsity=[0.6, 0.8, 1.0], alpha=[0.1], num_neighbours=[8])
+
+
+def record_key(record: dict) -> str:
+    """The identity of a configuration in a result file (see the module docstring)."""
+    return json.dumps([record.get(k) for k in KEY_FIELDS])
+
+
+def plan(
+        methods: Sequence[str] = ("gtp",),
+        num_prop: Sequence[int] = DEFAULT_GRID["num_prop"],
+        sparsity: Sequence[float] = DEFAULT_GRID["sparsity"],
+        alpha: Sequence[float] = DEFAULT_GRID["alpha"],
+        num_neighbours: Sequence[int] = DEFAULT_GRID["num_neighbours"],
+        search: str = "grid",
+        trials: Optional[int] = None,
+        seed: int = 0,
+        **fixed: Any,
+) -> list[tuple[str, int, dict]]:
+    """The configurations to run: (method, P, gtp options), "full" first, duplicates removed.
+
+    fixed: the other GTP options (graph, selection, propagation, token_scale).
+    """
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {m!r}")
+    if search not in ("grid", "random"):
+        raise ValueError(f"search must be grid or random; got {search!r}")
+    combos = [(m, p, dict(fixed, sparsity=t, alpha=a, num_neighbours=k))
+              for m in methods if m != "full"
+              for p, t, a, k in itertools.product(num_prop, sparsity, alpha, num_neighbours)]
+    if search == "random":
+        if trials is None or trials < 1:
+            raise ValueError("random search needs --trials N (N >= 1)")
+        combos = random.Random(seed).sample(combos, min(trials, len(combos)))
+    configs, seen = [], set()
+    for m, p, opts in [("full", 0, {})] + combos:
+        key = json.dumps([m, describe(m, p, **opts)], sort_keys=True)
+        if key not in seen:  # e.g. tome at one P under several theta
+            seen.add(key)
+            configs.append((m, p, opts))
+    return configs
+
+
+def load_records(path: Union[str, Path]) -> list[dict]:
+    """The records of an existing result file ([] when there is none)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        records = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not a sweep result file (bad JSON: {e}); move it away to start afresh")
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"{path} is not a sweep result file (expected a JSON list of records)")
+    return records
+
+
+def run_sweep(
+        evaluator: Evaluator,
+        configs: Sequence[tuple[str, int, dict]],
+        out: Union[str, Path],
+        log=None,
+) -> tuple[list[dict], int]:
+    """Measure each configuration not yet in `out`; returns (all records, number computed).
+
+    Rank 0 reads and rewrites the file; under torchrun the other ranks follow its list.
+    """
+    out = Path(out)
+    d = evaluator.dist
+    records = load_records(out) if d.is_main else []
+    if d.active:
+        import torch.distributed as dist
+        box = [records]
+        dist.broadcast_object_list(box, src=0)
+        records = box[0]
+    done = {record_key(r) for r in records}
+    meta = {**evaluator.meta, "limit": evaluator.images.limit}
+    computed = 0
+    for method, amount, opts in configs:
+        key = record_key({**meta, "method": method, **describe(method, amount, **opts)})
+        if key in done:
+            continue
+        record = evaluator.measure(method, amount, **opts)
+        computed += 1
+        done.add(key)
+        records.append(record)
+        if d.is_main:
+            write_json(records, out)
+            write_csv(records, out.with_suffix(".csv"))
+            if log:
+                log(_line(record))
+    return records, computed
+
+
+def _line(r: dict) -> str:
+    def f(v: Any, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+    return (f"{r['method']:8} P={json.dumps(r['num_prop']):>3} theta={f(r['sparsity'], 'g'):>4} "
+            f"alpha={f(r['alpha'], 'g'):>4} M={f(r['num_neighbours'], 'd'):>2} | {f(r['gmacs'], '.3f')} GMACs | "
+            f"top-1 {f(r['top1'], '.2f')} | agree {f(r['agreement'], '.2f')} | kl {f(r['kl'], '.5f')} | "
+            f"cos {r['cosine']:.5f}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `sweep` options besides the model ones."""
+    add_data_arguments(parser)
+    parser.add_argument("--out", required=True, metavar="FILE.json",
+                        help="result file: read to resume, rewritten after each configuration")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=["gtp"],
+                        help="methods to sweep (default gtp; full is always included)")
+    g = parser.add_argument_group("search space (lists)")
+    g.add_argument("--num-prop", type=int, nargs="+", default=DEFAULT_GRID["num_prop"], metavar="P")
+    g.add_argument("--sparsity", type=float, nargs="+", default=DEFAULT_GRID["sparsity"], metavar="THETA")
+    g.add_argument("--alpha", type=float, nargs="+", default=DEFAULT_GRID["alpha"], metavar="A")
+    g.add_argument("--num-neighbours", type=int, nargs="+", default=DEFAULT_GRID["num_neighbours"], metavar="M")
+    g.add_argument("--search", choices=("grid", "random"), default="grid")
+    g.add_argument("--trials", type=int, default=None, help="configurations drawn by random search")
+    g.add_argument("--seed", type=int, default=0, help="random search seed (default 0)")
+    f = parser.add_argument_group("fixed GTP options (defaults: the published setting)")
+    f.add_argument("--graph", choices=GRAPHS, default=PUBLISHED["graph"])
+    f.add_argument("--selection", choices=SELECTIONS, default=PUBLISHED["selection"])
+    f.add_argument("--propagation", choices=PROPAGATIONS, default=PUBLISHED["propagation"])
+    f.add_argument("--no-token-scale", action="store_true")
+
+
+def main(args: argparse.Namespace) -> int:
+    """`python -m gtp sweep`."""
+    out = Path(args.out)
+    if out.suffix.lower() != ".json":
+        raise ValueError(f"--out must name a .json file; got {out}")
+    configs = plan(args.methods, args.num_prop, args.sparsity, args.alpha, args.num_neighbours,
+                   args.search, args.trials, args.seed, graph=args.graph, selection=args.selection,
+                   propagation=args.propagation, token_scale=not args.no_token_scale)
+    d = init_distributed(args.device)
+    try:
+        ev, _ = make_evaluator(args, d)
+        if d.is_main:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            print(f"{len(configs)} configurations planned; results in {out}", file=sys.stderr)
+        records, computed = run_sweep(ev, configs, out, log=print if d.is_main else None)
+        if d.is_main:
+            print(f"{computed} computed, {len(configs) - computed} already in {out}", file=sys.stderr)
+    finally:
+        close_distributed(d)
+    return 0

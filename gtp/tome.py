@@ -1,0 +1,223 @@
+"""Token Merging (ToMe; Bolya et al., "Token Merging: Your ViT but Faster", ICLR 2023).
+
+Our own implementation from the paper's description, used as GTP's main baseline at
+equal token counts (r merged tokens per block = P propagated tokens per block, so the
+GMACs match). Off the shelf: no training, the weights are untouched.
+
+Per block, between the attention and the MLP (as in the paper):
+  1. the similarity metric is the attention KEYS, averaged over heads: [B, n, d];
+  2. the patch tokens are split alternately into sets A (even positions) and B (odd
+     positions); prefix tokens (CLS, distillation, registers) are in neither set,
+     so they are never merged;
+  3. each A token draws an edge to its most cosine-similar B token; the r A tokens
+     with the most similar edges are merged into their B partner (several may share
+     one partner) by a size-weighted average; sizes add up;
+  4. tokens keep their relative order (kept A tokens stay where they were).
+Proportional attention: every later attention adds log(size_j) to the logits of key j.
+
+The first section is pure maths on tensors (no timm); the second patches a timm
+VisionTransformer in place by swapping block classes, like `gtp.patch`.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+# ------------------------------------------------------------------------ pure maths
+class Matching(NamedTuple):
+    """The result of bipartite soft matching on N patch tokens (positions 0 .. N-1).
+
+    src: [B, r] positions of the A tokens merged away (ascending).
+    dst: [B, r] positions of the B tokens each of them merges into.
+    keep: [B, N - r] positions of the surviving patch tokens (ascending).
+    """
+    src: Tensor
+    dst: Tensor
+    keep: Tensor
+
+
+def bipartite_soft_matching(metric: Tensor, r: int, num_prefix: int = 1) -> Matching:
+    """Pick r patch tokens to merge (ToMe, section 3.2 of the paper).
+
+    metric: [B, n, d] one vector per token (prefix tokens first); only the patch tokens
+    metric[:, num_prefix:] take part. A = even patch positions, B = odd ones.
+    r is clipped to the size of A. Returns a `Matching` in patch positions.
+    """
+    B = metric.shape[0]
+    patches = F.normalize(metric[:, num_prefix:].float(), dim=-1)
+    N = patches.shape[1]
+    a, b = patches[:, ::2], patches[:, 1::2]  # [B, Na, d], [B, Nb, d]
+    r = max(0, min(r, a.shape[1], b.shape[1]))
+    scores = a @ b.transpose(1, 2)  # [B, Na, Nb] cosine similarity
+    best, partner = scores.max(dim=-1)  # each A token's most similar B token
+    chosen = best.topk(r, dim=-1).indices.sort(dim=-1).values  # [B, r] in A-indices
+    src = chosen * 2
+    dst = partner.gather(1, chosen) * 2 + 1
+    keep_mask = torch.ones(B, N, dtype=torch.bool, device=metric.device).scatter_(1, src, False)
+    keep = keep_mask.nonzero(as_tuple=True)[1].view(B, N - r)
+    return Matching(src, dst, keep)
+
+
+def merge_wavg(x: Tensor, size: Tensor, match: Matching, num_prefix: int = 1) -> tuple[Tensor, Tensor]:
+    """Merge the matched tokens by a size-weighted average; sizes add up.
+
+    x: [B, n, C] all tokens (prefix first); size: [B, n] tokens' sizes (patches they
+    stand for). Returns (x [B, n - r, C], size [B, n - r]); prefix tokens pass unchanged.
+    """
+    p0 = num_prefix
+    prefix_x, patch_x = x[:, :p0], x[:, p0:]
+    prefix_s, patch_s = size[:, :p0], size[:, p0:]
+    C = x.shape[-1]
+    if match.src.shape[1] == 0:
+        return x, size
+    s = patch_s.to(x.dtype).unsqueeze(-1)  # [B, N, 1]
+    src_idx = match.src.unsqueeze(-1)
+    dst_idx = match.dst.unsqueeze(-1)
+    # Only the B tokens that receive something change: sum(s x) / sum(s) over each group.
+    src_w = (patch_x * s).gather(1, src_idx.expand(-1, -1, C))  # [B, r, C]
+    src_s = s.gather(1, src_idx)  # [B, r, 1]
+    num = (patch_x * s).scatter_add(1, dst_idx.expand(-1, -1, C), src_w)
+    den = s.scatter_add(1, dst_idx, src_s)
+    receives = torch.zeros_like(patch_s, dtype=torch.bool).scatter_(1, match.dst, True).unsqueeze(-1)
+    merged = torch.where(receives, num / den, patch_x)  # untouched tokens stay bit-exact
+    new_s = patch_s.scatter_add(1, match.dst, patch_s.gather(1, match.src))
+    keep = match.keep
+    merged = merged.gather(1, keep.unsqueeze(-1).expand(-1, -1, C))
+    new_s = new_s.gather(1, keep)
+    return torch.cat([prefix_x, merged], dim=1), torch.cat([prefix_s, new_s], dim=1)
+
+
+def proportional_attention(q: Tensor, k: Tensor, v: Tensor, size: Optional[Tensor],
+                           scale: float, fused: bool = True) -> Tensor:
+    """softmax(q k^T * scale + log s_j) v.
+
+    q, k, v: [B, H, n, d]; size: [B, n] or None (plain attention). Returns [B, H, n, d].
+    The fused kernel takes the size term as an additive mask; `fused=False` runs the
+    explicit matmuls (which PyTorch's FLOP counter can see on CPU).
+    """
+    bias = None if size is None else size.log().to(q.dtype)[:, None, None, :]
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    logits = (q * scale) @ k.transpose(-2, -1)
+    if bias is not None:
+        logits = logits + bias
+    return logits.softmax(dim=-1) @ v
+
+
+# ------------------------------------------------------------------- timm patching
+class ToMeState:
+    """Per-model, per-forward state shared by the patched blocks."""
+
+    def __init__(self, r: list[int], num_prefix: int, prop_attn: bool):
+        self.r = r                          # tokens merged in each block
+        self.num_prefix = num_prefix
+        self.prop_attn = prop_attn
+        self.size: Optional[Tensor] = None  # [B, n] token sizes; None until the first merge
+
+
+def _attend_keys(attn: nn.Module, x: Tensor, size: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """timm `Attention.forward` with proportional attention, also returning the keys.
+
+    x: [B, n, C]. Returns (output [B, n, C], keys [B, H, n, d]).
+    """
+    B, n, C = x.shape
+    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
+    qkv = attn.qkv(x).reshape(B, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    out = proportional_attention(q, k, v, size, attn.scale, fused=getattr(attn, "fused_attn", True))
+    out = out.transpose(1, 2).reshape(B, n, attn.attn_dim)
+    out = attn.norm(out)
+    if gate is not None:
+        out = out * gate
+    return attn.proj_drop(attn.proj(out)), k
+
+
+def _tome_block_class(block_cls: type) -> type:
+    """A subclass of a timm Block whose forward merges tokens between attention and MLP."""
+
+    class ToMeBlock(block_cls):
+        _tome_state: ToMeState
+        _tome_index: int
+
+        def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
+            state = self._tome_state
+            p0 = state.num_prefix
+            if attn_mask is not None or is_causal:
+                raise ValueError("ToMe-patched models do not take an attention mask")
+            if self._tome_index == 0:
+                state.size = None
+            r = min(state.r[self._tome_index], (x.shape[1] - p0) // 2)
+            if r == 0 and state.size is None:
+                return super().forward(x)  # nothing merged yet: exactly timm's block
+            size = state.size if state.prop_attn else None
+            y, keys = _attend_keys(self.attn, self.norm1(x), size)
+            x = x + self.drop_path1(self.ls1(y))
+            if r > 0:
+                match = bipartite_soft_matching(keys.mean(1), r, p0)
+                current = state.size if state.size is not None else x.new_ones(x.shape[:2], dtype=torch.float32)
+                x, state.size = merge_wavg(x, current, match, p0)
+            return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+    ToMeBlock.__name__ = f"ToMe{block_cls.__name__}"
+    ToMeBlock.__qualname__ = ToMeBlock.__name__
+    return ToMeBlock
+
+
+def patch(model: nn.Module, r: Union[int, Sequence[int]] = 8, prop_attn: bool = True) -> nn.Module:
+    """Apply ToMe to a timm VisionTransformer in place and return it.
+
+    Args:
+        r: tokens merged per block: one int, or a list with one per block.
+        prop_attn: proportional attention on the token sizes (the paper's default).
+
+    Calling it again reconfigures the model; `gtp.tome.unpatch` restores it.
+    """
+    from timm.layers import Attention
+    from timm.models.vision_transformer import Block, VisionTransformer
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"gtp.tome.patch supports timm VisionTransformer models; got {type(model).__name__}")
+    if getattr(model, "_gtp_state", None) is not None:
+        raise ValueError("the model is patched with GTP; call gtp.unpatch(model) first")
+    if getattr(model, "attn_pool", None) is not None:
+        raise ValueError("gtp.tome.patch does not support attention-pool heads")
+    depth = len(model.blocks)
+    schedule = [r] * depth if isinstance(r, int) else list(r)
+    if len(schedule) != depth or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in schedule):
+        raise ValueError(f"r must be an int >= 0 or a list of {depth} of them; got {r!r}")
+    state = getattr(model, "_tome_state", None)
+    if state is not None:
+        state.r, state.prop_attn = schedule, bool(prop_attn)
+        return model
+    for i, blk in enumerate(model.blocks):
+        if not isinstance(blk, Block) or not isinstance(blk.attn, Attention):
+            raise ValueError(f"block {i} is a {type(blk).__name__}; gtp.tome.patch supports timm's Block")
+    state = ToMeState(schedule, model.num_prefix_tokens, bool(prop_attn))
+    model._tome_state = state
+    for i, blk in enumerate(model.blocks):
+        blk._tome_original_class = blk.__class__
+        blk.__class__ = _tome_block_class(blk.__class__)
+        blk._tome_state = state
+        blk._tome_index = i
+    return model
+
+
+def unpatch(model: nn.Module) -> nn.Module:
+    """Undo `gtp.tome.patch`: the model behaves exactly as before."""
+    if getattr(model, "_tome_state", None) is None:
+        return model
+    for blk in model.blocks:
+        blk.__class__ = blk._tome_original_class
+        del blk._tome_original_class, blk._tome_state, blk._tome_index
+    del model._tome_state
+    return model
+
+
+def sizes_of(model: nn.Module) -> Optional[Tensor]:
+    """Token sizes [B, n] after the last forward of a ToMe-patched model (None before any merge)."""
+    state = getattr(model, "_tome_state", None)
+    return None if state is None else state.size
