@@ -544,7 +544,7 @@ def format_record(r: dict) -> str:
              f"{f(r['full_gmacs'], '8.3f')} {f(r['timing']['full_img_per_s'], '9.1f')}",
              f"{r['method']:10} {f(r['top1'], '8.2f')} {f(r['top5'], '8.2f')} "
              f"{f(r['gmacs'], '8.3f')} {f(r['timing']['img_per_s'], '9.1f')}",
-             f"top-1 agreement {f(r['agreement'], '.2f')}% | KL(full||{r['method']}) {f(r['kl'], '.5f')} | "
+             f"top-1 agreement {f(r['agreement'], '.2f')}{'' if r['agreement'] is None else '%'} | KL(full||{r['method']}) {f(r['kl'], '.5f')} | "
              f"cosine {f(r['cosine'], '.5f')} (min {f(r['cosine_min'], '.5f')})"]
     return "\n".join(lines)
 
