@@ -181,7 +181,7 @@ def attention_map(
     """
     logits = q @ k.transpose(-2, -1)
     if size is not None:
-        logits = logits + size.log().to(logits.dtype)[:, None, None, :]
+        logits.add_(size.log().to(logits.dtype)[:, None, None, :])
     return logits.softmax(dim=-1)
 
 

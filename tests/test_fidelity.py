@@ -7,8 +7,8 @@ Measured here (4 photos of assets/, 224 px): gtp 0.9865, the same tokens dropped
 0.9843, the CLS-attention pruning preset 0.9895, EViT-style fusion 0.9897, ToMe 0.9990.
 So graph propagation beats dropping the tokens GTP selects, but the published GTP setting
 (tuned on DeiT-B) does NOT beat CLS-attention pruning on this model: its selection and its
-sparsification (theta = 0.6) cost more than propagation gains. That comparison is kept as
-an expected failure rather than tuned until it passes.
+sparsification (theta = 0.6) cost more than propagation gains. That comparison is printed
+by scripts/fidelity.py and reported, not asserted, and no setting was tuned to pass.
 """
 from __future__ import annotations
 
@@ -62,10 +62,3 @@ def test_gtp_propagation_beats_dropping_the_same_tokens(rows):
     assert rows["gtp"]["cosine"] > rows["gtp-drop"]["cosine"]
     assert 0.9 < rows["gtp"]["cosine"] < 1.0
     assert rows["tome"]["cosine"] > 0.9  # reported beside GTP, not ranked
-
-
-@pytest.mark.xfail(reason="measured: the CLS-attention pruning preset (0.9895) keeps DINOv2's CLS feature "
-                          "closer than published GTP (0.9865) on these 4 photos; see the module docstring",
-                   strict=False)
-def test_gtp_beats_the_cls_attention_pruning_preset(rows):
-    assert rows["gtp"]["cosine"] > rows["pruning"]["cosine"]
