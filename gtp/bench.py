@@ -89,7 +89,7 @@ def benchmark(
     for name, apply in methods.items():
         m = apply(copy.deepcopy(model)).eval()
         models[name] = m
-    macs = {name: gmacs(m, img_size) for name, m in models.items()}
+    macs = {name: gmacs(getattr(m, "model", m), img_size) for name, m in models.items()}
     for m in models.values():
         m.to(dev)
     reference = next(iter(models))
@@ -123,10 +123,28 @@ def format_run(run: dict, macs: dict[str, float], reference: str) -> str:
     return "\n".join(lines)
 
 
+class Traced(nn.Module):
+    """A patched model whose every forward runs inside `gtp.trace` (to time the trace's cost)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .trace import trace
+        with trace(self.model):
+            return self.model(x)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .cli import add_gtp_arguments  # the GTP options, shared with `predict`
+    from .baselines import METHODS
     parser.add_argument("--model", default="deit_small_patch16_224", help="a supported model name")
     parser.add_argument("--weights", default=None, help="local .safetensors/.pth file")
+    parser.add_argument("--methods", nargs="+", default=["full", "gtp"], choices=list(METHODS) + ["gtp-traced"],
+                        help="methods timed side by side, the first being the reference; tome, pruning "
+                             "and evit remove as many tokens per block as GTP (--num-prop), so GMACs match; "
+                             "gtp-traced runs GTP inside gtp.trace")
     parser.add_argument("--batch-size", type=int, nargs="+", default=[32])
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -139,21 +157,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_gtp_arguments(parser)
 
 
+def method_functions(names: Sequence[str], gtp_options: dict) -> dict[str, Callable[[nn.Module], nn.Module]]:
+    """name -> function patching a model copy, at the token budget of `gtp_options["num_prop"]`."""
+    from .baselines import method_fn
+    options = dict(gtp_options)
+    amount = options.pop("num_prop")
+    functions = {}
+    for name in names:
+        if name == "gtp-traced":
+            functions[name] = lambda m: Traced(method_fn("gtp", amount, **options)(m))
+        else:
+            functions[name] = method_fn(name, amount, **options)
+    return functions
+
+
 def main(args: argparse.Namespace) -> int:
-    from . import patch
     from .cli import gtp_kwargs
     from .models import load_model
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load_model(args.model, weights=args.weights, device="cpu")
     kwargs = gtp_kwargs(args)
-    methods = {"full": lambda m: m, "gtp": lambda m: patch(m, **kwargs)}
+    methods = method_functions(args.methods, kwargs)
     print(f"model {args.model} ({loaded.source} weights), GTP {kwargs}", file=sys.stderr)
     result = benchmark(loaded.model, methods, args.batch_size, args.img_size, args.device,
                        args.dtype, args.repeats, args.warmup)
     result["model"] = args.model
     result["gtp"] = kwargs
-    print(f"device {result['device']}, dtype {result['dtype']}, median of {args.repeats} interleaved repeats")
+    print(f"device {result['device']}, dtype {result['dtype']}, "
+          f"median of {args.repeats} interleaved repeats per method and batch size")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -1,0 +1,65 @@
+"""`python -m gtp bench`: side-by-side timing mechanics (no speed is asserted here)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+
+import gtp
+from gtp.bench import Traced, benchmark, time_interleaved
+from conftest import ROOT, random_model
+
+
+def test_interleaved_timing_runs_every_model_every_round():
+    calls = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            calls.append(self.name)
+            return x
+
+    times = time_interleaved({"a": Probe("a"), "b": Probe("b"), "c": Probe("c")}, torch.zeros(1), repeats=3, warmup=1)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    timed = calls[3:]  # after one warm-up call each
+    assert timed == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # order rotated every round
+
+
+def test_benchmark_reports_ratios_of_medians_and_gmacs():
+    model = random_model("deit_tiny_patch16_224")
+    result = benchmark(model, {"full": lambda m: m, "gtp": lambda m: gtp.patch(m, num_prop=8)},
+                       batch_sizes=[2], repeats=2, warmup=1, device="cpu", log=lambda s: None)
+    run = result["runs"][0]
+    assert run["batch_size"] == 2 and run["speedup"]["full"] == 1.0
+    assert abs(run["speedup"]["gtp"] - run["median_s"]["full"] / run["median_s"]["gtp"]) < 1e-12
+    assert abs(run["img_per_s"]["gtp"] - 2 / run["median_s"]["gtp"]) < 1e-9
+    assert result["gmacs"]["gtp"] < 0.8 * result["gmacs"]["full"]
+    assert gtp.config_of(model) is None  # the caller's model is not patched
+
+
+def test_traced_wrapper_gives_the_same_output():
+    model = gtp.patch(random_model("deit_tiny_patch16_224"), num_prop=8)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        assert torch.equal(Traced(model)(x), model(x))
+
+
+def test_bench_command_prints_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gtp", "bench", "--model", "deit_tiny_patch16_224", "--methods", "full", "gtp", "tome",
+         "pruning", "--batch-size", "1", "2", "--repeats", "1", "--warmup", "0", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "batch 1:" in proc.stdout and "batch 2:" in proc.stdout and "device cpu" in proc.stdout
+    for name in ("full", "gtp", "tome", "pruning"):
+        assert name in proc.stdout
+    data = json.loads(out.read_text())
+    assert [r["batch_size"] for r in data["runs"]] == [1, 2]
+    assert set(data["gmacs"]) == {"full", "gtp", "tome", "pruning"}
+    assert abs(data["gmacs"]["tome"] - data["gmacs"]["gtp"]) / data["gmacs"]["gtp"] < 0.02
