@@ -102,18 +102,18 @@ def _label(img: Image.Image, text: str) -> Image.Image:
 
 
 def _colour_bar(img: Image.Image, cmap: str, left: str, right: str, title: str) -> Image.Image:
-    """Append a colour bar with its end labels under an image."""
-    bar_h, pad = 12, 4
-    out = Image.new("RGB", (img.width, img.height + bar_h + 22), (255, 255, 255))
+    """Append a colour bar under an image: end labels beside the bar, the title under it."""
+    bar_h, pad = 12, 5
+    out = Image.new("RGB", (img.width, img.height + bar_h + 2 * pad + 16), (255, 255, 255))
     out.paste(img, (0, 0))
     bar = Image.fromarray(np.repeat(_lut(cmap)[None], bar_h, axis=0), "RGB").resize((img.width // 2, bar_h))
-    x = (img.width - bar.width) // 2
-    out.paste(bar, (x, img.height + pad))
+    x, y = (img.width - bar.width) // 2, img.height + pad
+    out.paste(bar, (x, y))
     draw = ImageDraw.Draw(out)
-    y = img.height + pad + bar_h + 1
-    draw.text((x, y), left, fill=(0, 0, 0), font=_font(12))
-    draw.text((x + bar.width, y), right, fill=(0, 0, 0), font=_font(12), anchor="ra")
-    draw.text((img.width // 2, y), title, fill=(0, 0, 0), font=_font(12), anchor="ma")
+    mid = y + bar_h // 2
+    draw.text((x - 5, mid), left, fill=(0, 0, 0), font=_font(12), anchor="rm")
+    draw.text((x + bar.width + 5, mid), right, fill=(0, 0, 0), font=_font(12), anchor="lm")
+    draw.text((img.width // 2, y + bar_h + 2), title, fill=(0, 0, 0), font=_font(12), anchor="ma")
     return out
 
 
@@ -153,22 +153,25 @@ def layer_frame(exp: Exploration, block: int) -> Image.Image:
         draw.line([(0, r * ch), (DISPLAY, r * ch)], fill=(255, 255, 255, 55))
     for pid in _propagated_before(exp, block):
         draw.rectangle(_box(exp, pid), fill=FADED)
-    now = [int(i) for i in layer.propagated[0].tolist() if i >= 0]
-    for pid in now:
-        draw.rectangle(_box(exp, pid), fill=PROPAGATED_NOW + (120,), outline=PROPAGATED_NOW + (255,), width=2)
     img = Image.alpha_composite(img, over)
-    if layer.edges:
+    if layer.edges:  # the propagation lines, weakest first so the strongest lie on top
         edges = layer.edges[0]
         src, dst, w = edges.src.tolist(), edges.dst.tolist(), edges.weight.tolist()
         if w:
             lines = Image.new("RGBA", img.size, (0, 0, 0, 0))
             ldraw = ImageDraw.Draw(lines)
             w_max = max(w)
-            for s, d, wt in sorted(zip(src, dst, w), key=lambda e: e[2]):  # strongest on top
+            for s, d, wt in sorted(zip(src, dst, w), key=lambda e: e[2]):
                 share = wt / w_max if w_max > 0 else 0.0
-                ldraw.line([_centre(exp, s), _centre(exp, d)], fill=RECEIVER + (int(70 + 185 * share),),
-                           width=max(1, round(1 + 3 * share)))
+                ldraw.line([_centre(exp, s), _centre(exp, d)], fill=RECEIVER + (int(50 + 190 * share),),
+                           width=max(1, round(1 + 2 * share)))
             img = Image.alpha_composite(img, lines)
+    now = [int(i) for i in layer.propagated[0].tolist() if i >= 0]
+    marks = Image.new("RGBA", img.size, (0, 0, 0, 0))  # the propagated tokens, over the lines
+    mdraw = ImageDraw.Draw(marks)
+    for pid in now:
+        mdraw.rectangle(_box(exp, pid), fill=PROPAGATED_NOW + (150,), outline=(255, 255, 255, 255), width=2)
+    img = Image.alpha_composite(img, marks)
     img = img.convert("RGB")
     _label(img, f"block {block + 1}/{exp.depth}: {len(now)} propagated, {layer.tokens_out} tokens left")
     exp.figures[key] = img
@@ -298,15 +301,19 @@ def graph_figure(exp: Exploration, kind: str, token: Optional[int]) -> Image.Ima
             if (j, i) in seen and data["kind"] == "spatial":  # a spatial edge is drawn once
                 continue
             seen.add((i, j))
-            draw.line([_centre(exp, i), _centre(exp, j)], fill=EDGE_COLOURS[data["kind"]] + (70,), width=1)
+            alpha = 90 if data["kind"] == "spatial" else 45  # long semantic edges would hide the photo
+            draw.line([_centre(exp, i), _centre(exp, j)], fill=EDGE_COLOURS[data["kind"]] + (alpha,), width=1)
         exp.figures[base_key] = Image.alpha_composite(img, lines).convert("RGB")
     img = exp.figures[base_key].copy()
     if token is not None and 0 <= token < exp.trace.num_patches:
         draw = ImageDraw.Draw(img)
-        for _, j, data in graph.out_edges(token, data=True):
+        for _, j, data in graph.out_edges(token, data=True):  # dark halo, then the colour
+            draw.line([_centre(exp, token), _centre(exp, j)], fill=(0, 0, 0), width=5)
             draw.line([_centre(exp, token), _centre(exp, j)], fill=EDGE_COLOURS[data["kind"]], width=3)
         for j in graph.successors(token):
-            draw.rectangle(_box(exp, j), outline=EDGE_COLOURS[graph.edges[token, j]["kind"]], width=3)
+            draw.rectangle(_box(exp, j), outline=(0, 0, 0), width=4)
+            draw.rectangle(_box(exp, j), outline=EDGE_COLOURS[graph.edges[token, j]["kind"]], width=2)
+        draw.rectangle(_box(exp, token), outline=(0, 0, 0), width=5)
         draw.rectangle(_box(exp, token), outline=(255, 255, 255), width=3)
     return _label(img, f"{kind} graph" + (f", token {token}" if token is not None else ""))
 

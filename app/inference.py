@@ -153,11 +153,12 @@ class ModelSlot:
         finally:
             gtp.unpatch(self.model)
 
-    def gmacs_of(self, config_key: Optional[tuple]) -> float:
-        """GMACs of the model as configured now, counted once per configuration."""
-        if config_key not in self.gmacs:
+    def gmacs_of(self, config_key: Optional[tuple], count: bool = True) -> Optional[float]:
+        """GMACs of the model as configured now (hold `lock`), counted once per configuration;
+        None when not counted yet and `count` is False (counting takes seconds on a CPU)."""
+        if config_key not in self.gmacs and count:
             self.gmacs[config_key] = gtp.gmacs(self.model, img_size=self.loaded.img_size)
-        return self.gmacs[config_key]
+        return self.gmacs.get(config_key)
 
 
 MODELS = LRU(int(os.environ.get("GTP_APP_MODEL_CACHE", "2")))
@@ -175,6 +176,21 @@ def get_model(name: str, weights: Optional[str] = None) -> ModelSlot:
             slot = ModelSlot(load_model(name, weights=weights, device=DEVICE))
             MODELS.put(key, slot)
         return slot
+
+
+def wait_idle(timeout: float = 120.0) -> bool:
+    """Wait until no model is running (e.g. before a test process exits: torch aborts the
+    interpreter if it is torn down under a running forward). True if idle in time."""
+    deadline = time.monotonic() + timeout
+    for _ in range(2):  # twice, a moment apart: a queued event may just be starting
+        with _models_lock:
+            slots = list(MODELS.values())
+        for slot in slots:
+            if not slot.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return False
+            slot.lock.release()
+        time.sleep(0.5)
+    return True
 
 
 def weights_banner(loaded: LoadedModel) -> str:
@@ -268,11 +284,20 @@ def _config_key(model: torch.nn.Module) -> tuple:
 LATENCY_REPEATS = 3 if DEVICE.type == "cpu" else 10
 
 
+def _gmacs_entry(full: Optional[float], reduced: Optional[float]) -> Optional[dict]:
+    if full is None or reduced is None:
+        return None
+    return {"full": round(full, 4), "gtp": round(reduced, 4),
+            "reduction_percent": round(100 * (1 - reduced / full), 2)}
+
+
 @gpu
 @torch.inference_mode()
-def run_models(photo: Photo, settings: Settings) -> Exploration:
+def run_models(photo: Photo, settings: Settings, count_gmacs: bool = True) -> Exploration:
     """Run the full and the GTP model once each on the photo (plus a traced GTP forward).
 
+    With `count_gmacs=False`, GMACs not counted before for this setting are left None (see
+    `complete_gmacs`), so the UI can show every panel first.
     Raises ValueError for impossible hyper-parameters (from `gtp.patch`) or unusable weights.
     """
     slot = get_model(settings.model, settings.weights)
@@ -284,9 +309,9 @@ def run_models(photo: Photo, settings: Settings) -> Exploration:
             with gtp.trace(model, attention=True) as rec:
                 model(x)                         # also warms the GTP path up for the timing
             gtp_out, gtp_ms = _timed(model, x, LATENCY_REPEATS)
-            gtp_gmacs = slot.gmacs_of(config_key)
+            gtp_gmacs = slot.gmacs_of(config_key, count=count_gmacs)
         full_out, full_ms = _timed(slot.model, x, LATENCY_REPEATS)
-        full_gmacs = slot.gmacs_of(None)
+        full_gmacs = slot.gmacs_of(None, count=count_gmacs)
 
     prediction: dict[str, Any] = {
         "model": loaded.name,
@@ -295,8 +320,7 @@ def run_models(photo: Photo, settings: Settings) -> Exploration:
         "device": device_name(),
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("model", "weights")},
         "gtp_config": rec.config,
-        "gmacs": {"full": round(full_gmacs, 4), "gtp": round(gtp_gmacs, 4),
-                  "reduction_percent": round(100 * (1 - gtp_gmacs / full_gmacs), 2)},
+        "gmacs": _gmacs_entry(full_gmacs, gtp_gmacs),
         "latency_ms": {"full": round(full_ms, 2), "gtp": round(gtp_ms, 2),
                        "how": f"median of {LATENCY_REPEATS} runs, batch 1, on {device_name()}"},
         "tokens_per_block": rec.tokens_per_block(),
@@ -321,22 +345,38 @@ def run_models(photo: Photo, settings: Settings) -> Exploration:
     )
 
 
+@gpu
+@torch.inference_mode()
+def complete_gmacs(exp: Exploration) -> bool:
+    """Count the GMACs an exploration was run without (in place). True if it had to count."""
+    if exp.prediction["gmacs"] is not None:
+        return False
+    slot = get_model(exp.settings.model, exp.settings.weights)
+    with slot.lock:
+        with slot.patched(exp.settings) as model:
+            reduced = slot.gmacs_of(_config_key(model))
+        full = slot.gmacs_of(None)
+    exp.prediction["gmacs"] = _gmacs_entry(full, reduced)
+    return True
+
+
 RESULTS = LRU(int(os.environ.get("GTP_APP_RESULT_CACHE", "8")))
 _results_lock = threading.Lock()
 
 
-def explore_photo(photo: Photo, settings: Settings) -> Exploration:
+def explore_photo(photo: Photo, settings: Settings, count_gmacs: bool = True) -> Exploration:
     """`run_models`, answered from the result cache when this photo and setting were seen."""
     digest = hashlib.sha1(photo.image.tobytes()).hexdigest()
     key = (digest, photo.image.size, tuple(photo.notes), settings)  # notes: they are part of the answer
     with _results_lock:
         hit = RESULTS.get_or_none(key)
-    if hit is not None:
-        return hit
-    result = run_models(photo, settings)
-    with _results_lock:
-        RESULTS.put(key, result)
-    return result
+    if hit is None:
+        hit = run_models(photo, settings, count_gmacs=count_gmacs)
+        with _results_lock:
+            RESULTS.put(key, hit)
+    if count_gmacs:
+        complete_gmacs(hit)
+    return hit
 
 
 # ----------------------------------------------------------------------------- throughput

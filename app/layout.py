@@ -15,6 +15,7 @@ import base64
 import contextlib
 import functools
 import json
+import math
 import os
 import tempfile
 import uuid
@@ -31,8 +32,8 @@ from gtp.models import SUPPORTED_MODELS
 from . import figures as F
 from .examples import example_paths, load_sweep, published_results
 from .inference import (
-    DEFAULT_MODEL, PUBLISHED_SETTINGS, Exploration, Settings, default_batch_size, device_name,
-    explore_photo, get_model, measure_throughput, weights_banner,
+    DEFAULT_MODEL, PUBLISHED_SETTINGS, Exploration, Settings, complete_gmacs, default_batch_size,
+    device_name, explore_photo, get_model, measure_throughput, weights_banner,
 )
 from .photos import PhotoError, open_photo
 
@@ -123,7 +124,7 @@ def user_errors(fn: Callable) -> Callable:
 def banner_markdown(exp: Exploration) -> str:
     from .inference import get_model as _get  # the slot is cached: no reload
     loaded = _get(exp.settings.model, exp.settings.weights).loaded
-    return ("⚠️ " if not loaded.pretrained else "✅ ") + weights_banner(loaded)
+    return ("⚠ " if not loaded.pretrained else "") + weights_banner(loaded)
 
 
 def _banner_update(exp: Exploration):
@@ -135,9 +136,13 @@ def metrics_markdown(exp: Exploration) -> str:
     """The prediction panel's numbers; every one measured in this run."""
     p = exp.prediction
     g, lat = p["gmacs"], p["latency_ms"]
+    if g is None:
+        gmacs_row = "| GMACs per image | counting… | counting… |"
+    else:
+        gmacs_row = f"| GMACs per image | {g['full']:.3f} | {g['gtp']:.3f} (−{g['reduction_percent']:.1f}%) |"
     lines = []
     if exp.has_head:
-        verdict = "✅ **top-1 agrees**" if p["agree"] else "⚠️ **top-1 differs**"
+        verdict = "✓ **top-1 agrees**" if p["agree"] else "⚠ **top-1 differs**"
         lines.append(f"{verdict}: full says *{p['full']['top5'][0]['label']}*, GTP says "
                      f"*{p['gtp']['top5'][0]['label']}*; {p['top5_overlap']}/5 of the top-5 shared.")
         if not exp.pretrained:
@@ -149,7 +154,7 @@ def metrics_markdown(exp: Exploration) -> str:
         "",
         "| measured now | full model | GTP |",
         "|---|---|---|",
-        f"| GMACs per image | {g['full']:.3f} | {g['gtp']:.3f} (−{g['reduction_percent']:.1f}%) |",
+        gmacs_row,
         f"| latency (ms) | {lat['full']:.1f} | {lat['gtp']:.1f} |",
         f"| tokens after the last block | {exp.trace.layers[0].tokens_in} | {exp.trace.layers[-1].tokens_out} |",
         "",
@@ -162,14 +167,13 @@ def metrics_markdown(exp: Exploration) -> str:
 
 def _labels(exp: Exploration) -> tuple[Any, Any]:
     if not exp.has_head:
-        note = "no classifier head (features only)"
-        return gr.Label(value=None, label=f"Full model: {note}"), gr.Label(value=None, label=f"GTP: {note}")
+        return gr.Label(value=None, visible=False), gr.Label(value=None, visible=False)
     tag = "" if exp.pretrained else " (random weights)"
     full = {t["label"]: t["probability"] for t in exp.prediction["full"]["top5"]}
     reduced = {t["label"]: t["probability"] for t in exp.prediction["gtp"]["top5"]}
-    g = exp.prediction["gmacs"]
-    return (gr.Label(value=full, label=f"Full model, {g['full']:.2f} GMACs{tag}"),
-            gr.Label(value=reduced, label=f"GTP, {g['gtp']:.2f} GMACs{tag}"))
+    g = exp.prediction["gmacs"] or {"full": math.nan, "gtp": math.nan}
+    return (gr.Label(value=full, label=f"Full model, {g['full']:.2f} GMACs{tag}", visible=True),
+            gr.Label(value=reduced, label=f"GTP, {g['gtp']:.2f} GMACs{tag}", visible=True))
 
 
 def attention_markdown(stats: dict) -> str:
@@ -250,7 +254,8 @@ _TRADEOFF_CACHE: dict = {}
 
 def draw_tradeoff(exp: Optional[Exploration], sweep: Optional[list]) -> str:
     """The published trade-off with what was measured now (cached: it rarely changes)."""
-    current = None if exp is None else dict(exp.prediction["gmacs"], model=exp.model_name)
+    gmacs = None if exp is None else exp.prediction["gmacs"]
+    current = None if gmacs is None else dict(gmacs, model=exp.model_name)
     key = (json.dumps(current, sort_keys=True), json.dumps(sweep or [], sort_keys=True))
     if key not in _TRADEOFF_CACHE:
         if len(_TRADEOFF_CACHE) > 32:
@@ -269,13 +274,14 @@ def run(photo_path: Optional[str], model: str, weights_file: Optional[str], num_
     photo = open_photo(photo_path)
     settings = _settings(model, weights_file, num_prop, schedule, sparsity, alpha, num_neighbours,
                          graph, selection, propagation, token_scale)
-    exp = explore_photo(photo, settings)
+    exp = explore_photo(photo, settings, count_gmacs=False)  # GMACs may follow in `fill_gmacs`
     block = _clamp(block, 1, exp.depth, 1)
     attn_block = _clamp(attn_block, 1, exp.depth, 1)
     head = _clamp(head, 0, exp.num_heads - 1, 0)
     token = _clamp(token, 0, exp.trace.num_patches - 1, exp.trace.num_patches // 2)
     full_label, gtp_label = _labels(exp)
-    status = f"Ran `{exp.model_name}` on {device_name()}."
+    w, h = exp.photo.original_size
+    status = f"Ran `{exp.model_name}` on a {w} × {h} photo, on {device_name()}."
     if exp.photo.notes:
         status += f" Input: {'; '.join(exp.photo.notes)}."
     return [
@@ -285,6 +291,15 @@ def run(photo_path: Optional[str], model: str, weights_file: Optional[str], num_
         gr.Slider(maximum=exp.depth, value=attn_block), gr.Slider(maximum=exp.num_heads - 1, value=head),
         *draw_attention(exp, attn_block, head), draw_tradeoff(exp, sweep),
     ]
+
+
+def fill_gmacs(exp: Optional[Exploration], sweep: Optional[list]):
+    """After `run`: count the GMACs of a setting seen for the first time (seconds on a CPU),
+    then update the panels that show them."""
+    if exp is None or not complete_gmacs(exp):
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    full_label, gtp_label = _labels(exp)
+    return metrics_markdown(exp), full_label, gtp_label, draw_tradeoff(exp, sweep)
 
 
 RUN_OUTPUT_NAMES = [
@@ -351,13 +366,15 @@ def downloads(exp: Optional[Exploration]) -> tuple[str, str]:
     return gif, str(trace_path)
 
 
-def startup():
-    """On page load: show the first example and say at once whether real weights are loaded."""
+def startup(photo_path: Optional[str]):
+    """On page load: say at once whether real weights are loaded, and show the first example
+    (unless a photo is already there)."""
     loaded = get_model(DEFAULT_MODEL).loaded
-    text = ("⚠️ " if not loaded.pretrained else "✅ ") + weights_banner(loaded)
+    text = ("⚠ " if not loaded.pretrained else "") + weights_banner(loaded)
     examples = example_paths()
     banner = gr.Markdown(text, elem_classes=["gtp-banner-ok" if loaded.pretrained else "gtp-banner-random"])
-    return (examples[0] if examples else None), banner
+    photo = examples[0] if examples and not photo_path else gr.skip()
+    return photo, banner
 
 
 def toggle_play(playing: bool, block: Any, exp: Optional[Exploration]):
@@ -435,7 +452,7 @@ def build_demo() -> gr.Blocks:
                         with gr.Row():
                             layer_img = _figure_image("Tokens propagated in this block", "gtp-layer")
                             sizes_img = _figure_image("Token sizes", "gtp-sizes")
-                        tokens_img = _figure_image("Tokens remaining per block", "gtp-tokens")
+                        tokens_img = _figure_image("Tokens remaining per block", "gtp-tokens", height=None)
                         gr.Markdown("Red: propagated in this block. Dark: propagated earlier. Yellow lines: from each "
                                     "propagated token to the tokens receiving its features, thicker for a larger weight α·W.")
                     with gr.Tab("Graphs", id="graphs"):
@@ -492,11 +509,16 @@ def build_demo() -> gr.Blocks:
         triggers = [photo.change, run_button.click, model.input, weights.upload, schedule.submit,
                     graph.input, selection.input, propagation.input, token_scale.input,
                     num_prop.release, sparsity.release, alpha.release, num_neighbours.release]
-        gr.on(triggers, run_fn, inputs=run_inputs, outputs=run_outputs, api_visibility="undocumented", **RUN_QUEUE)
+        gmacs_args = dict(fn=user_errors(fill_gmacs), inputs=[state, sweep_state],
+                          outputs=[metrics, full_label, gtp_label, tradeoff_img], api_visibility="undocumented",
+                          show_progress="hidden", **RUN_QUEUE)
+        gr.on(triggers, run_fn, inputs=run_inputs, outputs=run_outputs, api_visibility="undocumented",
+              **RUN_QUEUE).success(**gmacs_args)
         preset.click(published_preset, outputs=[num_prop, schedule, sparsity, alpha, num_neighbours, graph,
                                                  selection, propagation, token_scale],
                      api_visibility="undocumented").then(
-            run_fn, inputs=run_inputs, outputs=run_outputs, api_visibility="undocumented", **RUN_QUEUE)
+            run_fn, inputs=run_inputs, outputs=run_outputs, api_visibility="undocumented", **RUN_QUEUE
+        ).success(**gmacs_args)
         api_trigger.click(user_errors(explore), inputs=[photo, *[c for c in controls if c is not weights]],
                           outputs=[api_prediction, api_summary], api_name="explore", **RUN_QUEUE)
         measure.click(user_errors(throughput), inputs=[state, batch_size], outputs=[throughput_md],
@@ -518,7 +540,7 @@ def build_demo() -> gr.Blocks:
                    api_visibility="undocumented", show_progress="hidden")
         timer.tick(advance, inputs=[block, state], outputs=[block, timer, play, playing],
                    api_visibility="undocumented", show_progress="hidden", trigger_mode="always_last")
-        demo.load(user_errors(startup), outputs=[photo, banner], api_visibility="undocumented")
+        demo.load(user_errors(startup), inputs=[photo], outputs=[photo, banner], api_visibility="undocumented")
     return demo
 
 

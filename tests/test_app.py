@@ -31,7 +31,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from app import figures as F  # noqa: E402
 from app import layout as L  # noqa: E402
 from app.examples import EXAMPLE_PHOTOS, load_sweep, parse_sweep, published_results  # noqa: E402
-from app.inference import Settings, parse_schedule  # noqa: E402
+from app.inference import Settings, parse_schedule, wait_idle  # noqa: E402
 from app.photos import PhotoError, open_photo  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +55,7 @@ def url():
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+        wait_idle()  # a follow-up event may still be counting GMACs
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +253,18 @@ def test_ui_run_fills_every_panel(ui_outputs):
     assert "zeroed" in out["attn_md"]
 
 
+def test_gmacs_of_a_new_setting_follow_the_panels():
+    out = dict(zip(L.RUN_OUTPUT_NAMES, L.run(CAT, "deit_tiny_patch16_224", None, 13, "", 0.6, 0.1, 8, "mixed",
+                                            "mixed_attn_max", "graph", True, 1, "spatial", 98, 1, 0, None)))
+    exp = out["state"]
+    assert exp.prediction["gmacs"] is None and "counting" in out["metrics"]  # P = 13 is new here
+    metrics, full_label, gtp_label, chart = L.fill_gmacs(exp, None)
+    g = exp.prediction["gmacs"]
+    assert 0 < g["gtp"] < g["full"] and f"{g['gtp']:.3f}" in metrics and _is_picture(chart)
+    assert L.fill_gmacs(exp, None)[0] is not None  # counted once: the next call only skips
+    assert exp.prediction["gmacs"] == g
+
+
 def test_view_events_never_rerun_the_model(ui_outputs, monkeypatch):
     exp = ui_outputs[0]
 
@@ -267,6 +280,34 @@ def test_view_events_never_rerun_the_model(ui_outputs, monkeypatch):
         assert _is_picture(graph_img) and _is_picture(sim_img) and "Token 17" in md
     before, after, md, cls = L.draw_attention(exp, 12, exp.num_heads - 1)
     assert _is_picture(before) and _is_picture(after) and _is_picture(cls) and "mass" in md
+
+
+@pytest.mark.parametrize("propagation, num_prop, schedule", [("mean", 8, ""), ("none", 8, ""), ("graph", 0, ""),
+                                                         ("graph", 8, "0,0,0,0,0,0,20,20,20,20,20,20")])
+def test_every_figure_draws_for_other_settings(propagation, num_prop, schedule):
+    out = L.run(CAT, "deit_tiny_patch16_224", None, num_prop, schedule, 0.6, 0.1, 8, "mixed", "mixed_attn_max",
+                propagation, True, 1, "semantic", 98, 1, 0, None)
+    exp = out[0]
+    for b in range(1, 13):
+        assert all(_is_picture(p) for p in L.draw_layer(exp, b))
+        before, after, _, cls = L.draw_attention(exp, b, 1)
+        assert _is_picture(before) and _is_picture(after) and _is_picture(cls)
+    assert _is_picture(L.draw_graph(exp, "spatial + semantic", 0)[0])
+    gif, _ = L.downloads(exp)
+    assert Image.open(gif).n_frames == 12
+
+
+def test_user_weights_file(tmp_path):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="could not load weights"):
+        L.run(CAT, "deit_tiny_patch16_224", str(bad), 8, "", 0.6, 0.1, 8, "mixed", "mixed_attn_max", "graph",
+              True, 1, "semantic", 98, 1, 0, None)
+    if DINOV2_FILE.exists():
+        out = dict(zip(L.RUN_OUTPUT_NAMES, L.run(
+            CAT, "vit_small_patch14_dinov2", str(DINOV2_FILE), 8, "", 0.6, 0.1, 8, "mixed", "mixed_attn_max",
+            "graph", True, 1, "semantic", 98, 1, 0, None)))
+        assert out["state"].pretrained and "cosine similarity" in out["metrics"]
 
 
 def test_attention_after_sparsification_has_zeros(ui_outputs):

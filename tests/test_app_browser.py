@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
 PHOTO = ROOT / "assets" / "coffee.png"
+DINOV2_FILE = ROOT.parent / "shared" / "weights" / "vit_small_patch14_dinov2.safetensors"
 MODEL_TIMEOUT_MS = 240_000   # a cold model load plus a run on a busy 2-core machine
 VIEW_TIMEOUT_MS = 30_000
 
@@ -38,6 +39,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def url():
+    from app.inference import wait_idle
     from app.layout import CSS, create_app
     demo = create_app()
     port = free_port()
@@ -46,6 +48,7 @@ def url():
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+        wait_idle()  # a follow-up event may still be counting GMACs
 
 
 @pytest.fixture(scope="module")
@@ -169,12 +172,28 @@ def test_walkthrough(page):
     open_tab(page, "Learn")
     page.wait_for_selector(".katex", timeout=VIEW_TIMEOUT_MS)
     assert page.locator("a[href='https://arxiv.org/abs/2311.03035']").count() >= 1
+    page.locator("#gtp-downloads").click()
+    page.wait_for_function(
+        "() => document.body.innerText.includes('.gif') && document.body.innerText.includes('.json')",
+        timeout=MODEL_TIMEOUT_MS)
     shot(page, "6_learn")
 
     # The published preset puts the controls back and reruns.
     open_tab(page, "Prediction")
-    set_slider(page, "gtp-block", 1)
     page.locator("#gtp-preset").click()
     page.wait_for_function(
         "() => document.querySelector('#gtp-metrics').innerText.includes('GMACs')", timeout=MODEL_TIMEOUT_MS)
+
+    # A headless checkpoint (the real DINOv2 weights, where present): feature similarity, no classes.
+    if DINOV2_FILE.exists():
+        page.locator("#gtp-model input").click()
+        page.get_by_role("option", name="vit_small_patch14_dinov2", exact=False).click()
+        page.wait_for_function(
+            "() => document.querySelector('#gtp-metrics').innerText.includes('cosine similarity')",
+            timeout=MODEL_TIMEOUT_MS)
+        assert "Weights:" in page.locator("#gtp-banner").inner_text()
+        page.wait_for_function(  # the GMACs of this new model follow the panels
+            "() => !document.querySelector('#gtp-metrics').innerText.includes('counting')",
+            timeout=MODEL_TIMEOUT_MS)
+        shot(page, "7_dinov2")
     assert not page.errors, page.errors
