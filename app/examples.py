@@ -64,11 +64,12 @@ def _records(data: Any) -> list[dict]:
     return []
 
 
-def _percent(value: float | None) -> float | None:
-    """Accuracies given as fractions (0..1) become percentages."""
-    if value is None:
-        return None
-    return value * 100 if 0 <= value <= 1 else value
+def _as_percent(values: list[float | None]) -> list[float | None]:
+    """A column given as fractions (every value within 0..1) becomes percentages."""
+    present = [v for v in values if v is not None]
+    if present and all(0 <= v <= 1 for v in present):
+        return [None if v is None else v * 100 for v in values]
+    return values
 
 
 def parse_sweep(text: str, name: str = "sweep") -> tuple[list[dict], str]:
@@ -101,8 +102,12 @@ def parse_sweep(text: str, name: str = "sweep") -> tuple[list[dict], str]:
             skipped += 1
             continue
         label = ", ".join(f"{k}={lowered[k]}" for k in _LABEL_KEYS if lowered.get(k) not in (None, ""))
-        records.append({"gmacs": values["gmacs"], "top1": _percent(values["top1"]),
-                        "agreement": _percent(values["agreement"]), "label": label})
+        method = str(lowered.get("method") or "").strip() or "sweep"
+        records.append({"gmacs": values["gmacs"], "top1": values["top1"], "agreement": values["agreement"],
+                        "method": method, "label": label})
+    for field in ("top1", "agreement"):
+        for record, value in zip(records, _as_percent([r[field] for r in records])):
+            record[field] = value
     if not records:
         raise ValueError(
             f"{name} has no usable records: each needs a 'gmacs' value and a 'top1' or 'agreement' "

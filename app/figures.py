@@ -10,7 +10,6 @@ reports them); the id -1 (a token made by `propagation="mean"`) has no place and
 from __future__ import annotations
 
 import io
-import math
 from functools import lru_cache
 from typing import Optional, Sequence
 
@@ -437,20 +436,27 @@ def tradeoff_chart(published: dict, current: Optional[dict] = None,
                    label=f"full model now: {current['full']:.2f} GMACs (measured)")
     top1 = [r for r in sweep if r.get("top1") is not None]
     agreement = [r for r in sweep if r.get("top1") is None and r.get("agreement") is not None]
-    if top1:
-        ax.scatter([r["gmacs"] for r in top1], [r["top1"] for r in top1], color="black", marker="x", s=40,
-                   zorder=5, label="your measurements: top-1")
-    if agreement:
+    markers = "xP+1*v"
+    for i, method in enumerate(sorted({r.get("method", "sweep") for r in top1})):
+        pts = [r for r in top1 if r.get("method", "sweep") == method]
+        ax.scatter([r["gmacs"] for r in pts], [r["top1"] for r in pts], color="black", marker=markers[i % 6],
+                   s=45, zorder=5, label=f"your measurements: {method} top-1")
+    if agreement:  # a different quantity: its own axis
         ax2 = ax.twinx()
-        ax2.scatter([r["gmacs"] for r in agreement], [r["agreement"] for r in agreement], color="tab:gray",
-                    marker="+", s=60, label="your measurements: agreement with full model")
-        ax2.set_ylabel("your measurements: agreement with full model (%)", fontsize=8)
-        ax2.legend(loc="lower center", fontsize=7)
+        for i, method in enumerate(sorted({r.get("method", "sweep") for r in agreement})):
+            pts = [r for r in agreement if r.get("method", "sweep") == method]
+            ax2.scatter([r["gmacs"] for r in pts], [r["agreement"] for r in pts], color="tab:gray",
+                        marker=markers[i % 6], s=45, label=f"your measurements: {method} agreement")
+        ax2.set_ylabel("your measurements: top-1 agreement with the full model (%)", fontsize=8)
     ax.set_xlabel("GMACs per image")
     ax.set_ylabel("ImageNet-1K top-1 (%)")
     ax.set_title(f"DeiT-B, no fine-tuning: published results ({CITATION})", fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    handles, labels = ax.get_legend_handles_labels()
+    if agreement:  # one legend for both axes
+        more = ax2.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, fontsize=7, loc="lower right")
     img = _to_image(fig)
     return img
 

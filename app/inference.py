@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import statistics
 import threading
 import time
 from collections import OrderedDict
@@ -193,16 +192,16 @@ def wait_idle(timeout: float = 120.0) -> bool:
     return True
 
 
-def weights_banner(loaded: LoadedModel) -> str:
+def weights_banner(name: str, pretrained: bool, message: str) -> str:
     """A plain statement of where the weights came from; loud when they are random."""
-    if loaded.pretrained:
-        return f"Weights: {loaded.message}"
+    if pretrained:
+        return f"Weights: {message}"
     return (
-        f"**Predictions come from randomly initialised weights**: no pretrained weights for "
-        f"`{loaded.name}` could be had here, so the classes below are meaningless (the token "
+        f"⚠ **Predictions come from randomly initialised weights**: no pretrained weights for "
+        f"`{name}` could be had here, so the classes below are meaningless (the token "
         f"graphs, selection and costs are still real computations of this random network). "
         f"To use real weights, upload a `.safetensors`/`.pth` file under *Your own weights*, or "
-        f"put `{loaded.name}.safetensors` in the folder named by the `GTP_WEIGHTS_DIR` "
+        f"put `{name}.safetensors` in the folder named by the `GTP_WEIGHTS_DIR` "
         f"environment variable and restart.")
 
 
@@ -235,7 +234,8 @@ def _sync() -> None:
 
 
 def _timed(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> tuple[torch.Tensor, float]:
-    """The output of `model(x)` and the median wall time of `repeats` runs, in milliseconds."""
+    """The output of `model(x)` and the best wall time of `repeats` runs, in milliseconds
+    (the best, not the mean: other work on the machine only ever adds time)."""
     times = []
     out = None
     for _ in range(repeats):
@@ -244,7 +244,7 @@ def _timed(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> tuple[torch
         out = model(x)
         _sync()
         times.append((time.perf_counter() - start) * 1000)
-    return out, statistics.median(times)
+    return out, min(times)
 
 
 def _unnormalise(x: torch.Tensor, data_config: dict) -> Image.Image:
@@ -281,7 +281,7 @@ def _config_key(model: torch.nn.Module) -> tuple:
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(cfg.items()))
 
 
-LATENCY_REPEATS = 3 if DEVICE.type == "cpu" else 10
+LATENCY_REPEATS = 2 if DEVICE.type == "cpu" else 10  # CPU: keeps a new photo within ~1 s
 
 
 def _gmacs_entry(full: Optional[float], reduced: Optional[float]) -> Optional[dict]:
@@ -322,7 +322,7 @@ def run_models(photo: Photo, settings: Settings, count_gmacs: bool = True) -> Ex
         "gtp_config": rec.config,
         "gmacs": _gmacs_entry(full_gmacs, gtp_gmacs),
         "latency_ms": {"full": round(full_ms, 2), "gtp": round(gtp_ms, 2),
-                       "how": f"median of {LATENCY_REPEATS} runs, batch 1, on {device_name()}"},
+                       "how": f"best of {LATENCY_REPEATS} runs, batch 1, on {device_name()}"},
         "tokens_per_block": rec.tokens_per_block(),
         "input_notes": photo.notes,
     }
@@ -393,7 +393,7 @@ def measure_throughput(settings: Settings, batch_size: int, photo: Optional[Phot
     """Images per second of the full and the GTP model on this device, measured now.
 
     Uses the photo repeated `batch_size` times (random pixels without one); one warm-up batch,
-    then the median of `timed_batches` batches.
+    then the best of `timed_batches` batches.
     """
     batch_size = int(batch_size)
     if not 1 <= batch_size <= 256:

@@ -15,7 +15,6 @@ import base64
 import contextlib
 import functools
 import json
-import math
 import os
 import tempfile
 import uuid
@@ -35,7 +34,7 @@ from .inference import (
     DEFAULT_MODEL, PUBLISHED_SETTINGS, Exploration, Settings, complete_gmacs, default_batch_size,
     device_name, explore_photo, get_model, measure_throughput, weights_banner,
 )
-from .photos import PhotoError, open_photo
+from .photos import open_photo
 
 TITLE = "GTP Explorer: Graph-based Token Propagation on pretrained ViTs"
 PAPER = "https://arxiv.org/abs/2311.03035"
@@ -122,14 +121,12 @@ def user_errors(fn: Callable) -> Callable:
 
 
 def banner_markdown(exp: Exploration) -> str:
-    from .inference import get_model as _get  # the slot is cached: no reload
-    loaded = _get(exp.settings.model, exp.settings.weights).loaded
-    return ("⚠ " if not loaded.pretrained else "") + weights_banner(loaded)
+    return weights_banner(exp.model_name, exp.pretrained, exp.weights_message)
 
 
 def _banner_update(exp: Exploration):
-    random = not exp.pretrained
-    return gr.Markdown(banner_markdown(exp), elem_classes=["gtp-banner-random" if random else "gtp-banner-ok"])
+    style = "gtp-banner-ok" if exp.pretrained else "gtp-banner-random"
+    return gr.Markdown(banner_markdown(exp), elem_classes=[style])
 
 
 def metrics_markdown(exp: Exploration) -> str:
@@ -171,9 +168,10 @@ def _labels(exp: Exploration) -> tuple[Any, Any]:
     tag = "" if exp.pretrained else " (random weights)"
     full = {t["label"]: t["probability"] for t in exp.prediction["full"]["top5"]}
     reduced = {t["label"]: t["probability"] for t in exp.prediction["gtp"]["top5"]}
-    g = exp.prediction["gmacs"] or {"full": math.nan, "gtp": math.nan}
-    return (gr.Label(value=full, label=f"Full model, {g['full']:.2f} GMACs{tag}", visible=True),
-            gr.Label(value=reduced, label=f"GTP, {g['gtp']:.2f} GMACs{tag}", visible=True))
+    g = exp.prediction["gmacs"]
+    cost = {k: "GMACs counting…" if g is None else f"{g[k]:.2f} GMACs" for k in ("full", "gtp")}
+    return (gr.Label(value=full, label=f"Full model, {cost['full']}{tag}", visible=True),
+            gr.Label(value=reduced, label=f"GTP, {cost['gtp']}{tag}", visible=True))
 
 
 def attention_markdown(stats: dict) -> str:
@@ -341,8 +339,12 @@ def published_preset():
 def throughput(exp: Optional[Exploration], batch_size: Any) -> str:
     if exp is None:
         raise gr.Error("Run a photo first: throughput is measured for the current model and setting.")
-    r = measure_throughput(exp.settings, int(batch_size), exp.photo)
-    return (f"**Measured now** on {r['device']}, batch size {r['batch_size']} ({r['model']}, median of "
+    try:
+        batch = int(batch_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"batch size must be a whole number; got {batch_size!r}") from None
+    r = measure_throughput(exp.settings, batch, exp.photo)
+    return (f"**Measured now** on {r['device']}, batch size {r['batch_size']} ({r['model']}, best of "
             f"{r['timed_batches']} batches after a warm-up): full model **{r['full_img_per_s']:.1f} img/s**, "
             f"GTP **{r['gtp_img_per_s']:.1f} img/s** (×{r['speed_up']:.2f}).")
 
@@ -370,7 +372,7 @@ def startup(photo_path: Optional[str]):
     """On page load: say at once whether real weights are loaded, and show the first example
     (unless a photo is already there)."""
     loaded = get_model(DEFAULT_MODEL).loaded
-    text = ("⚠ " if not loaded.pretrained else "") + weights_banner(loaded)
+    text = weights_banner(loaded.name, loaded.pretrained, loaded.message)
     examples = example_paths()
     banner = gr.Markdown(text, elem_classes=["gtp-banner-ok" if loaded.pretrained else "gtp-banner-random"])
     photo = examples[0] if examples and not photo_path else gr.skip()

@@ -6,7 +6,6 @@ error message and leave the server answering the next good request.
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import json
 import os
 import socket
@@ -409,7 +408,7 @@ def test_sweep_loader_is_tolerant(tmp_path):
     csv_file = tmp_path / "sweep.csv"
     csv_file.write_text("model,num_prop,GMACs,Acc1\ndeit_base_patch16_224,8,13.1,0.814\n")
     got, _ = load_sweep(csv_file)
-    assert got == [{"gmacs": 13.1, "top1": pytest.approx(81.4), "agreement": None,
+    assert got == [{"gmacs": 13.1, "top1": pytest.approx(81.4), "agreement": None, "method": "sweep",
                     "label": "model=deit_base_patch16_224, num_prop=8"}]
     got, _ = parse_sweep(json.dumps(records[:1]))  # a bare list
     assert len(got) == 1
@@ -420,6 +419,25 @@ def test_sweep_loader_is_tolerant(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ValueError):
         load_sweep(binary)
+
+
+def test_sweep_loader_reads_the_gtp_sweep_format(tmp_path):
+    """Records as `python -m gtp sweep` documents them: percents, nulls, lists, nested timing."""
+    common = dict(model="deit_small_patch16_224", weights="random", data="/data", limit=None, images=50,
+                  labelled=False, top1=None, top5=None, full_top1=None, full_top5=None, kl=0.1, cosine=0.99,
+                  cosine_min=0.9, full_gmacs=4.599, timing={"device": "cpu", "img_per_s": 10.0})
+    records = [
+        dict(common, method="full", num_prop=0, sparsity=None, alpha=None, gmacs=4.599, agreement=100.0),
+        dict(common, method="gtp", num_prop=8, sparsity=0.6, alpha=0.1, gmacs=3.437, agreement=0.8),
+        dict(common, method="tome", num_prop=[8] * 12, sparsity=None, alpha=None, gmacs=3.3, agreement=96.0),
+    ]
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(records))
+    got, message = load_sweep(path)
+    assert [r["method"] for r in got] == ["full", "gtp", "tome"]
+    assert [r["agreement"] for r in got] == [100.0, 0.8, 96.0]  # percents stay percents
+    assert all(r["top1"] is None for r in got) and "3 record" in message
+    assert _is_picture(L.deliver(F.tradeoff_chart(published_results(), None, got)))
 
 
 def test_tradeoff_chart_with_sweep_and_labels(tmp_path, ui_outputs):
