@@ -102,11 +102,17 @@ def parse_schedule(text: Optional[str]) -> Optional[list[int]]:
 
 
 class LRU(OrderedDict):
-    """A tiny least-recently-used dict."""
+    """A tiny least-recently-used dict: storing beyond `capacity` drops the oldest entry."""
 
     def __init__(self, capacity: int):
         super().__init__()
         self.capacity = capacity
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.capacity:
+            self.popitem(last=False)
 
     def get_or_none(self, key: Any) -> Any:
         if key not in self:
@@ -116,9 +122,6 @@ class LRU(OrderedDict):
 
     def put(self, key: Any, value: Any) -> None:
         self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.capacity:
-            self.popitem(last=False)
 
 
 @dataclass
@@ -221,7 +224,7 @@ class Exploration:
     num_heads: int
     trace: gtp.Trace                  # the GTP forward, recorded with attention maps
     prediction: dict                  # JSON-ready: top-5s, agreement, GMACs, latency
-    figures: dict = field(default_factory=dict)  # cache of drawn figures, keyed by view
+    figures: LRU = field(default_factory=lambda: LRU(64))  # drawn figures by view (~0.6 MB each)
 
     @property
     def depth(self) -> int:
@@ -272,6 +275,19 @@ def _to_cpu(rec: gtp.Trace) -> gtp.Trace:
     for obj in [rec, *rec.layers]:
         for f in fields(obj):
             setattr(obj, f.name, move(getattr(obj, f.name)))
+    return rec
+
+
+def _compact(rec: gtp.Trace) -> gtp.Trace:
+    """The trace as kept for drawing: on the CPU, attention maps in bfloat16 (half the memory
+    of float32 for the largest part of a trace; exact zeros stay zero, and the sparsity
+    statistics were computed by the library in full precision)."""
+    if DEVICE.type != "cpu":
+        rec = _to_cpu(rec)
+    for layer in rec.layers:
+        if layer.attn_before is not None:
+            layer.attn_before = layer.attn_before.to(torch.bfloat16)
+            layer.attn_after = layer.attn_after.to(torch.bfloat16)
     return rec
 
 
@@ -341,7 +357,7 @@ def run_models(photo: Photo, settings: Settings, count_gmacs: bool = True) -> Ex
         settings=settings, photo=photo, model_input=_unnormalise(x, loaded.data_config),
         model_name=loaded.name, pretrained=loaded.pretrained, weights_message=loaded.message,
         has_head=loaded.has_head, num_heads=int(slot.model.blocks[0].attn.num_heads),
-        trace=_to_cpu(rec) if DEVICE.type != "cpu" else rec, prediction=prediction,
+        trace=_compact(rec), prediction=prediction,
     )
 
 

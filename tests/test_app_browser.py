@@ -178,8 +178,13 @@ def test_walkthrough(page):
         timeout=MODEL_TIMEOUT_MS)
     shot(page, "6_learn")
 
-    # The published preset puts the controls back and reruns.
+    # An example photo (rocket.jpg, 640 x 427) runs like an upload.
     open_tab(page, "Prediction")
+    page.locator("button.gallery-item").filter(has=page.locator("img[src$='rocket.jpg']")).click()
+    page.wait_for_function(
+        "() => document.querySelector('#gtp-status').innerText.includes('640 × 427')", timeout=MODEL_TIMEOUT_MS)
+
+    # The published preset puts the controls back and reruns.
     page.locator("#gtp-preset").click()
     page.wait_for_function(
         "() => document.querySelector('#gtp-metrics').innerText.includes('GMACs')", timeout=MODEL_TIMEOUT_MS)
