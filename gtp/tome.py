@@ -15,6 +15,15 @@ Per block, between the attention and the MLP (as in the paper):
   4. tokens keep their relative order (kept A tokens stay where they were).
 Proportional attention: every later attention adds log(size_j) to the logits of key j.
 
+Source tracking (optional, `patch(..., trace_source=True)`; off by default, so the plain
+forward does no extra work), as ToMe's own `trace_source`: a per-token source matrix
+[B, n, n0] says which of the n0 tokens that entered block 1 (prefix first, then the N0
+patches) each token stands for; it is merged like the features, by adding the rows of
+the tokens merged away into their partners' rows. So each row sums to the token's size.
+Alongside, each token keeps the original id of the token it started as (surviving B
+tokens keep their own id), which gives, per block, the original patch ids of the r tokens
+that stopped being their own token there (`merged_ids_of`).
+
 The first section is pure maths on tensors (no timm); the second patches a timm
 VisionTransformer in place by swapping block classes, like `gtp.patch`.
 """
@@ -91,6 +100,23 @@ def merge_wavg(x: Tensor, size: Tensor, match: Matching, num_prefix: int = 1) ->
     return torch.cat([prefix_x, merged], dim=1), torch.cat([prefix_s, new_s], dim=1)
 
 
+def merge_sum(x: Tensor, match: Matching, num_prefix: int = 1) -> Tensor:
+    """Merge the matched tokens by adding the rows merged away into their partners' rows.
+
+    x: [B, n, K] one row per token (prefix first), e.g. the source matrix. Returns
+    [B, n - r, K]; prefix rows and rows that receive nothing pass unchanged.
+    """
+    if match.src.shape[1] == 0:
+        return x
+    p0 = num_prefix
+    prefix_x, patch_x = x[:, :p0], x[:, p0:]
+    K = x.shape[-1]
+    moved = patch_x.gather(1, match.src.unsqueeze(-1).expand(-1, -1, K))
+    merged = patch_x.scatter_add(1, match.dst.unsqueeze(-1).expand(-1, -1, K), moved)
+    merged = merged.gather(1, match.keep.unsqueeze(-1).expand(-1, -1, K))
+    return torch.cat([prefix_x, merged], dim=1)
+
+
 def proportional_attention(q: Tensor, k: Tensor, v: Tensor, size: Optional[Tensor],
                            scale: float, fused: bool = True) -> Tensor:
     """softmax(q k^T * scale + log s_j) v.
@@ -112,11 +138,31 @@ def proportional_attention(q: Tensor, k: Tensor, v: Tensor, size: Optional[Tenso
 class ToMeState:
     """Per-model, per-forward state shared by the patched blocks."""
 
-    def __init__(self, r: list[int], num_prefix: int, prop_attn: bool):
+    def __init__(self, r: list[int], num_prefix: int, prop_attn: bool, trace_source: bool = False):
         self.r = r                          # tokens merged in each block
         self.num_prefix = num_prefix
         self.prop_attn = prop_attn
         self.size: Optional[Tensor] = None  # [B, n] token sizes; None until the first merge
+        self.trace_source = trace_source
+        self.source: Optional[Tensor] = None  # [B, n, n0] tokens each token stands for (trace_source)
+        self.ids: Optional[Tensor] = None     # [B, n - num_prefix] original patch id each patch token started as
+        self.merged: list[Tensor] = []        # per block: [B, r_i] original patch ids merged away there
+
+    def start_source(self, x: Tensor) -> None:
+        """Block 1: every token stands for itself."""
+        B, n, _ = x.shape
+        self.source = torch.eye(n, device=x.device, dtype=torch.float32).expand(B, n, n).clone()
+        self.ids = torch.arange(n - self.num_prefix, device=x.device).expand(B, -1).clone()
+        self.merged = []
+
+    def record_merge(self, match: Optional[Matching], x: Tensor) -> None:
+        """Bookkeeping of one block's merge (match None: nothing merged in this block)."""
+        if match is None:
+            self.merged.append(self.ids.new_empty(x.shape[0], 0))
+            return
+        self.merged.append(self.ids.gather(1, match.src))
+        self.ids = self.ids.gather(1, match.keep)
+        self.source = merge_sum(self.source, match, self.num_prefix)
 
 
 def _attend_keys(attn: nn.Module, x: Tensor, size: Optional[Tensor]) -> tuple[Tensor, Tensor]:
@@ -151,16 +197,23 @@ def _tome_block_class(block_cls: type) -> type:
                 raise ValueError("ToMe-patched models do not take an attention mask")
             if self._tome_index == 0:
                 state.size = None
+                if state.trace_source:
+                    state.start_source(x)
             r = min(state.r[self._tome_index], (x.shape[1] - p0) // 2)
             if r == 0 and state.size is None:
+                if state.trace_source:
+                    state.record_merge(None, x)
                 return super().forward(x)  # nothing merged yet: exactly timm's block
             size = state.size if state.prop_attn else None
             y, keys = _attend_keys(self.attn, self.norm1(x), size)
             x = x + self.drop_path1(self.ls1(y))
+            match = None
             if r > 0:
                 match = bipartite_soft_matching(keys.mean(1), r, p0)
                 current = state.size if state.size is not None else x.new_ones(x.shape[:2], dtype=torch.float32)
                 x, state.size = merge_wavg(x, current, match, p0)
+            if state.trace_source:
+                state.record_merge(match, x)
             return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
     ToMeBlock.__name__ = f"ToMe{block_cls.__name__}"
@@ -168,12 +221,16 @@ def _tome_block_class(block_cls: type) -> type:
     return ToMeBlock
 
 
-def patch(model: nn.Module, r: Union[int, Sequence[int]] = 8, prop_attn: bool = True) -> nn.Module:
+def patch(model: nn.Module, r: Union[int, Sequence[int]] = 8, prop_attn: bool = True,
+          trace_source: bool = False) -> nn.Module:
     """Apply ToMe to a timm VisionTransformer in place and return it.
 
     Args:
         r: tokens merged per block: one int, or a list with one per block.
         prop_attn: proportional attention on the token sizes (the paper's default).
+        trace_source: keep, during each forward, which original tokens every token stands
+            for (`sources_of`) and which patches were merged away in each block
+            (`merged_ids_of`). Off by default: it costs time and memory.
 
     Calling it again reconfigures the model; `gtp.tome.unpatch` restores it.
     """
@@ -191,12 +248,12 @@ def patch(model: nn.Module, r: Union[int, Sequence[int]] = 8, prop_attn: bool = 
         raise ValueError(f"r must be an int >= 0 or a list of {depth} of them; got {r!r}")
     state = getattr(model, "_tome_state", None)
     if state is not None:
-        state.r, state.prop_attn = schedule, bool(prop_attn)
+        state.r, state.prop_attn, state.trace_source = schedule, bool(prop_attn), bool(trace_source)
         return model
     for i, blk in enumerate(model.blocks):
         if not isinstance(blk, Block) or not isinstance(blk.attn, Attention):
             raise ValueError(f"block {i} is a {type(blk).__name__}; gtp.tome.patch supports timm's Block")
-    state = ToMeState(schedule, model.num_prefix_tokens, bool(prop_attn))
+    state = ToMeState(schedule, model.num_prefix_tokens, bool(prop_attn), bool(trace_source))
     model._tome_state = state
     for i, blk in enumerate(model.blocks):
         blk._tome_original_class = blk.__class__
@@ -221,3 +278,21 @@ def sizes_of(model: nn.Module) -> Optional[Tensor]:
     """Token sizes [B, n] after the last forward of a ToMe-patched model (None before any merge)."""
     state = getattr(model, "_tome_state", None)
     return None if state is None else state.size
+
+
+def sources_of(model: nn.Module) -> Optional[Tensor]:
+    """The source matrix [B, n, n0] after the last forward of a model patched with
+    `trace_source=True` (None otherwise): entry [b, i, j] is 1 when token i stands for the
+    j-th token that entered block 1 (prefix tokens first, then the patches in row-major
+    order), else 0. Each row sums to the token's size."""
+    state = getattr(model, "_tome_state", None)
+    return None if state is None or not state.trace_source else state.source
+
+
+def merged_ids_of(model: nn.Module) -> Optional[list[Tensor]]:
+    """Per block, the original patch ids (0 .. N0-1, row-major on the patch grid) of the
+    tokens merged away in that block, [B, r_i] each, after the last forward of a model
+    patched with `trace_source=True` (None otherwise). A token is named by the patch it
+    started as; the patches it had absorbed earlier go with it into its partner."""
+    state = getattr(model, "_tome_state", None)
+    return None if state is None or not state.trace_source else list(state.merged)

@@ -144,3 +144,84 @@ def test_distilled_model_keeps_both_prefix_tokens():
     assert sizes.shape == (1, 198 - 96) and sizes.sum() == 198
     assert sizes[0, :2].tolist() == [1.0, 1.0]
     assert torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------ source tracking
+
+
+@torch.inference_mode()
+def test_source_rows_sum_to_token_sizes_and_cover_every_patch(tiny, images):
+    tome.patch(tiny, r=8, trace_source=True)
+    try:
+        tiny(images)
+        source, sizes, merged = tome.sources_of(tiny), tome.sizes_of(tiny), tome.merged_ids_of(tiny)
+        ids = tiny._tome_state.ids  # the patch each surviving patch token started as
+    finally:
+        tome.unpatch(tiny)
+    n = 197 - 12 * 8
+    assert source.shape == (2, n, 197)
+    torch.testing.assert_close(source.sum(-1), sizes)            # each row sums to the token's size
+    assert torch.equal(source.sum(1), torch.ones(2, 197))         # every original token is in exactly one
+    assert ((source == 0) | (source == 1)).all()
+    assert torch.equal(source[:, 0, 0], torch.ones(2))            # CLS stands for itself only
+    assert source[:, 0].sum().item() == 2
+    # merged ids per block: r each, distinct, and never a surviving token's own patch
+    assert len(merged) == 12 and all(m.shape == (2, 8) for m in merged)
+    for b in range(2):
+        gone = torch.cat([m[b] for m in merged])
+        assert gone.unique().numel() == 96 and gone.min() >= 0 and gone.max() < 196
+        # with the surviving tokens' own patches, they name every patch exactly once
+        survivors = ids[b].tolist()
+        assert sorted(gone.tolist() + survivors) == list(range(196))
+        assert all(source[b, 1 + i, 1 + pid] == 1 for i, pid in enumerate(survivors))
+
+
+@torch.inference_mode()
+def test_merged_ids_name_tokens_whose_patches_moved_into_partners(tiny, images):
+    """After the forward, a merged-away patch lives in a row of size > 1 (its partner's)."""
+    tome.patch(tiny, r=[4] * 6 + [0] * 6, trace_source=True)
+    try:
+        tiny(images)
+        source, merged = tome.sources_of(tiny), tome.merged_ids_of(tiny)
+    finally:
+        tome.unpatch(tiny)
+    assert [m.shape[1] for m in merged] == [4] * 6 + [0] * 6
+    for b in range(2):
+        for pid in torch.cat([m[b] for m in merged]).tolist():
+            row = source[b, :, 1 + pid].nonzero().item()
+            assert row >= 1 and source[b, row].sum() >= 2
+
+
+@torch.inference_mode()
+def test_r0_with_source_tracking_removes_nothing_and_changes_nothing(tiny, images):
+    ref = tiny(images)
+    tome.patch(tiny, r=0, trace_source=True)
+    try:
+        out = tiny(images)
+        merged, source = tome.merged_ids_of(tiny), tome.sources_of(tiny)
+    finally:
+        tome.unpatch(tiny)
+    assert torch.equal(out, ref)
+    assert len(merged) == 12 and all(m.shape == (2, 0) for m in merged)
+    assert torch.equal(source, torch.eye(197).expand(2, 197, 197))
+
+
+@torch.inference_mode()
+def test_source_tracking_is_off_by_default_and_does_not_change_outputs(tiny, images):
+    tome.patch(tiny, r=8)
+    try:
+        plain = tiny(images)
+        assert tome.sources_of(tiny) is None and tome.merged_ids_of(tiny) is None
+        assert tiny._tome_state.source is None
+        tome.patch(tiny, r=8, trace_source=True)  # reconfigure in place
+        traced = tiny(images)
+    finally:
+        tome.unpatch(tiny)
+    assert torch.equal(plain, traced)
+
+
+def test_merge_sum_adds_rows():
+    x = torch.tensor([[[1.0, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1]]])
+    match = Matching(src=torch.tensor([[0, 2]]), dst=torch.tensor([[1, 1]]), keep=torch.tensor([[1, 3]]))
+    y = tome.merge_sum(x, match, num_prefix=1)
+    assert y.tolist() == [[[1, 0, 0, 0, 0], [0, 1, 1, 1, 0], [0, 0, 0, 0, 1]]]
