@@ -7,7 +7,7 @@ Nothing here knows about timm; `gtp.patch` wires these functions into a model.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -200,6 +200,48 @@ def attention_map(
     if size is not None:
         logits.add_(size.log().to(logits.dtype)[:, None, None, :])
     return logits.softmax(dim=-1)
+
+
+def attention(
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        size: Optional[Tensor] = None,
+        sparsity: float = 1.0,
+        reduce: Optional[Callable[[Tensor], tuple]] = None,
+        keep_maps: bool = False,
+        chunk: int = 0,
+) -> tuple[Tensor, Optional[tuple], Optional[tuple[Tensor, Tensor]]]:
+    """GTP attention: token scale, sparsification, the map used for A @ V (METHOD.md section 2).
+
+    q, k, v: [B, H, n, d] (q already scaled); size: [B, n] or None. `reduce` maps
+    a (sparsified) map [b, H, n, n] to a tuple of per-image tensors [b, ...] (or
+    None), e.g. the selection scores, so the full map need not be kept.
+    Images are processed `chunk` at a time (0 = all at once): a few images' maps
+    stay in the CPU cache between the steps, which roughly halves their cost.
+    Returns (output [B, H, n, d], the reductions concatenated over images,
+    (map before, map after sparsification) when keep_maps).
+    """
+    B = q.shape[0]
+    step = B if chunk <= 0 else chunk
+    outs, reduced, before, after = [], [], [], []
+    for i in range(0, B, step):
+        sl = slice(i, i + step)
+        amap = attention_map(q[sl], k[sl], None if size is None else size[sl])
+        if keep_maps:
+            before.append(amap.clone())
+        amap = sparsify_attention(amap, sparsity)
+        if keep_maps:
+            after.append(amap)
+        if reduce is not None:
+            reduced.append(reduce(amap))
+        outs.append(amap.to(v.dtype) @ v[sl])
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    parts = None
+    if reduce is not None:
+        parts = tuple(None if r[0] is None else torch.cat(r) for r in zip(*reduced))
+    maps = (torch.cat(before), torch.cat(after)) if keep_maps else None
+    return out, parts, maps
 
 
 # ------------------------------------------------------------------------ selection

@@ -17,6 +17,9 @@ from . import functional as G
 from .config import PUBLISHED, GTPConfig, make_config
 from .trace import Edges, LayerTrace, Trace, edges_from_adjacency
 
+# Images per attention chunk on CPU (see `functional.attention`); CUDA takes the batch at once.
+CPU_CHUNK = 4
+
 
 class GTPState:
     """Per-model, per-forward state shared by the patched blocks."""
@@ -55,24 +58,21 @@ class GTPState:
 
 
 def _attend(attn: nn.Module, x: Tensor, size: Optional[Tensor], sparsity: float,
-            need_map: bool, keep_before: bool = False) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    """timm `Attention.forward` with token scale and sparsification.
+            reduce=None, keep_maps: bool = False) -> tuple[Tensor, Optional[tuple], Optional[tuple]]:
+    """timm `Attention.forward` with GTP's attention (token scale, sparsification).
 
-    x: [B, n, C]. Returns (output [B, n, C], the map used [B, H, n, n] or None,
-    a copy of the map before sparsification when `keep_before`, else None).
+    x: [B, n, C]. Returns (output [B, n, C], reduce's per-image results or None,
+    (map before, map after sparsification) [B, H, n, n] when keep_maps).
     """
     B, n, C = x.shape
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
     qkv = attn.qkv(x).reshape(B, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    amap = before = None
-    if need_map or keep_before or sparsity < 1.0:
-        amap = G.attention_map(q * attn.scale, k, size)
-        if keep_before:
-            before = amap.clone()
-        amap = G.sparsify_attention(amap, sparsity)
-        out = amap.to(v.dtype) @ v
+    reduced = maps = None
+    if reduce is not None or keep_maps or sparsity < 1.0:
+        chunk = 0 if x.is_cuda else CPU_CHUNK
+        out, reduced, maps = G.attention(q * attn.scale, k, v, size, sparsity, reduce, keep_maps, chunk)
     else:  # no map needed: the fused kernel, with token scale as an additive bias
         bias = None if size is None else size.log().to(q.dtype)[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
@@ -80,7 +80,7 @@ def _attend(attn: nn.Module, x: Tensor, size: Optional[Tensor], sparsity: float,
     out = attn.norm(out)
     if gate is not None:
         out = out * gate
-    return attn.proj_drop(attn.proj(out)), amap, before
+    return attn.proj_drop(attn.proj(out)), reduced, maps
 
 
 def _gtp_block_class(block_cls: type) -> type:
@@ -105,8 +105,12 @@ def _gtp_block_class(block_cls: type) -> type:
                 return super().forward(x)  # exactly timm's block
 
             size = state.size if cfg.token_scale else None
-            y, amap, before = _attend(self.attn, self.norm1(x), size, cfg.sparsity,
-                                      need_map=num_prop > 0, keep_before=rec is not None)
+
+            def select(amap: Tensor) -> tuple:  # scores per image, computed chunk by chunk
+                return G.selection_scores(amap, p0, cfg.selection)
+
+            y, scores, maps = _attend(self.attn, self.norm1(x), size, cfg.sparsity,
+                                      select if num_prop > 0 else None, keep_maps=rec is not None)
             x = x + self.drop_path1(self.ls1(y))
 
             score = regeneration = broadcasting = None
@@ -114,16 +118,16 @@ def _gtp_block_class(block_cls: type) -> type:
             weights = None
             keep = None
             if num_prop > 0:
-                score, regeneration, broadcasting = G.selection_scores(amap, p0, cfg.selection)
+                score, regeneration, broadcasting = scores
                 prop, keep = G.split_tokens(score, num_prop)
                 x, state.size, state.graph, weights = G.propagate(
                     x, state.size, state.graph, prop, keep, p0, cfg.propagation, cfg.alpha)
             if rec is not None:
-                self._record(rec, state, n, x.shape[1], amap, before, score, regeneration,
+                self._record(rec, state, n, x.shape[1], maps, score, regeneration,
                              broadcasting, prop, keep, weights)
             return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
-        def _record(self, rec, state, n_in, n_out, amap, before, score, regeneration,
+        def _record(self, rec, state, n_in, n_out, maps, score, regeneration,
                     broadcasting, prop, keep, weights) -> None:
             cfg, p0 = state.config, state.num_prefix
             ids = state.ids
@@ -141,6 +145,7 @@ def _gtp_block_class(block_cls: type) -> type:
                 for b in range(B):
                     k_i, r_i = weights[b].nonzero(as_tuple=True)
                     edges.append(Edges(src_ids[b, r_i], dst_ids[b, k_i], weights[b, k_i, r_i].float()))
+            before, amap = maps
             after_f, before_f = amap.float(), before.float()
             zeroed = ((after_f == 0) & (before_f != 0)).float().mean((-2, -1))
             removed = (before_f - after_f).sum((-2, -1)) / before_f.sum((-2, -1))
