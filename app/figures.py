@@ -410,6 +410,64 @@ def cls_attention_figure(exp: Exploration, block: int, head: int) -> Image.Image
     return img
 
 
+# ----------------------------------------------------------------------------- compare
+
+REMOVED_CMAP = "plasma"   # block in which a token left: dark (block 1) to yellow (last block)
+
+
+def _block_colour(block: int, depth: int) -> tuple[int, int, int]:
+    t = block / max(depth - 1, 1)
+    return tuple(int(v) for v in _lut(REMOVED_CMAP)[int(round(t * 255))])
+
+
+def _block_legend(img: Image.Image, depth: int, block: int) -> Image.Image:
+    """Append one numbered swatch per block under an image; blocks after `block` are hatched out."""
+    sw, pad = min(28, (img.width - 20) // depth), 5
+    out = Image.new("RGB", (img.width, img.height + sw + 2 * pad + 16), (255, 255, 255))
+    out.paste(img, (0, 0))
+    draw = ImageDraw.Draw(out)
+    x0, y = (img.width - sw * depth) // 2, img.height + pad
+    for b in range(depth):
+        box = (x0 + b * sw, y, x0 + (b + 1) * sw - 2, y + sw - 2)
+        colour = _block_colour(b, depth)
+        draw.rectangle(box, fill=colour if b <= block else (235, 235, 235),
+                       outline=(0, 0, 0) if b == block else None, width=2)
+        text = (0, 0, 0) if sum(colour) > 380 or b > block else (255, 255, 255)
+        draw.text(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), str(b + 1), fill=text, font=_font(11), anchor="mm")
+    draw.text((img.width // 2, y + sw + 1), "block in which the token left (white outline: this block)",
+              fill=(0, 0, 0), font=_font(12), anchor="ma")
+    return out
+
+
+def removed_figure(exp: Exploration, method: str, block: int) -> Image.Image:
+    """Which tokens the method removed up to block `block` (0-based) on the photo, each
+    patch shaded by the block in which its token left (the colour bar under the photo); the
+    tokens removed in block `block` itself are outlined in white. Drawn from the cached
+    comparison (`app.inference.compare_methods`)."""
+    comp = exp.comparison
+    key = ("removed", method, block)
+    if key in comp.figures:
+        return comp.figures[key]
+    result = comp.methods[method]
+    img = _base(exp).convert("RGBA")
+    over = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(over)
+    for b, ids in enumerate(result.removed[: block + 1]):
+        colour = _block_colour(b, comp.depth) + (185,)
+        for pid in ids:
+            if pid >= 0:
+                draw.rectangle(_box(exp, pid), fill=colour)
+    for pid in result.removed[block]:
+        if pid >= 0:
+            draw.rectangle(_box(exp, pid), outline=(255, 255, 255, 255), width=2)
+    img = Image.alpha_composite(img, over).convert("RGB")
+    gone = sum(len(ids) for ids in result.removed[: block + 1])
+    _label(img, f"{result.label}: {gone} tokens removed by block {block + 1}/{comp.depth}")
+    img = _block_legend(img, comp.depth, block)
+    comp.figures[key] = img
+    return img
+
+
 # ----------------------------------------------------------------------------- trade-off
 
 

@@ -225,6 +225,7 @@ class Exploration:
     trace: gtp.Trace                  # the GTP forward, recorded with attention maps
     prediction: dict                  # JSON-ready: top-5s, agreement, GMACs, latency
     figures: LRU = field(default_factory=lambda: LRU(64))  # drawn figures by view (~0.6 MB each)
+    comparison: Optional["Comparison"] = None  # GTP vs ToMe vs pruning, made on request (`compare_methods`)
 
     @property
     def depth(self) -> int:
@@ -393,6 +394,168 @@ def explore_photo(photo: Photo, settings: Settings, count_gmacs: bool = True) ->
     if count_gmacs:
         complete_gmacs(hit)
     return hit
+
+
+# ----------------------------------------------------------------------------- GTP vs ToMe vs pruning
+
+COMPARED = ("gtp", "tome", "pruning")  # names in `gtp.baselines.METHODS`
+METHOD_LABELS = {"full": "Full model", "gtp": "GTP", "tome": "ToMe", "pruning": "Pruning"}
+
+
+@dataclass
+class MethodResult:
+    """One token-reduction method on the photo, at the comparison's token budget."""
+    method: str                        # a key of gtp.baselines.METHODS
+    removed: list[list[int]]           # per block: original patch ids of the tokens that left there
+    tokens_per_block: list[int]        # tokens (prefix included) leaving each block
+    cosine: float                      # cosine similarity of the pre-logits features to the full model's
+    top5: Optional[list[dict]] = None  # classifier models only
+    agree: Optional[bool] = None       # top-1 equal to the full model's
+    kl: Optional[float] = None         # KL(p_full || p_method) of the softmax, in nats
+    gmacs: Optional[float] = None      # gtp.gmacs of the method as configured (None until counted)
+    gmacs_key: Any = None              # where the model slot caches those GMACs
+
+    @property
+    def label(self) -> str:
+        return METHOD_LABELS[self.method]
+
+    @property
+    def num_removed(self) -> int:
+        return sum(len(ids) for ids in self.removed)
+
+
+@dataclass
+class Comparison:
+    """GTP, ToMe and pruning on one photo with the same tokens removed per block (so equal GMACs),
+    each against the full model; made once per exploration, figures drawn from it."""
+    budget: list[int]                  # tokens each method removes per block (P; r for ToMe)
+    methods: dict[str, MethodResult]   # by method name, in COMPARED order
+    full_top5: Optional[list[dict]]    # classifier models only
+    full_gmacs: Optional[float]
+    has_head: bool
+    seconds: float                     # wall time of the four forwards, measured
+    figures: LRU = field(default_factory=lambda: LRU(48))
+
+    @property
+    def depth(self) -> int:
+        return len(self.budget)
+
+    def json(self) -> dict:
+        """JSON-ready numbers (for downloads and tests)."""
+        return {
+            "budget": self.budget, "full_gmacs": self.full_gmacs, "seconds": round(self.seconds, 3),
+            "full_top5": self.full_top5,
+            "methods": {name: {k: v for k, v in asdict(m).items() if k not in ("gmacs_key",)}
+                        for name, m in self.methods.items()},
+        }
+
+
+def _features_and_logits(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pre-logits features, output) of one forward; for a headless model both are the features."""
+    feats = model.forward_features(x)
+    return model.forward_head(feats, pre_logits=True), model.forward_head(feats)
+
+
+def _budget(settings: Settings, depth: int) -> list[int]:
+    schedule = parse_schedule(settings.schedule)
+    return schedule if schedule is not None else [int(settings.num_prop)] * depth
+
+
+@gpu
+@torch.inference_mode()
+def compare_methods(exp: Exploration, count_gmacs: bool = True) -> Comparison:
+    """GTP (the exploration's setting), ToMe and pruning (`gtp.baselines` presets) on the
+    exploration's photo, each removing the same number of tokens per block (P), against the
+    full model: which tokens left in which block, top-1 and its agreement with the full
+    model, KL divergence of the softmax, cosine similarity of the pre-logits features, GMACs.
+
+    Cached on the exploration (so per photo + setting): four forwards the first time, none
+    after. With `count_gmacs=False`, GMACs not counted before are left None (`complete_comparison_gmacs`).
+    """
+    from gtp import baselines, tome
+    if exp.comparison is not None:
+        if count_gmacs:
+            complete_comparison_gmacs(exp)
+        return exp.comparison
+    settings = exp.settings
+    slot = get_model(settings.model, settings.weights)
+    loaded = slot.loaded
+    x = preprocess(exp.photo.image, loaded)
+    budget = _budget(settings, exp.depth)
+    gtp_options = settings.patch_kwargs()
+    gtp_options.pop("num_prop")
+    start = time.perf_counter()
+    results: dict[str, MethodResult] = {}
+    with slot.lock:
+        try:
+            baselines.reset(slot.model)
+            full_feats, full_out = _features_and_logits(slot.model, x)
+            full_gmacs = slot.gmacs_of(None, count=count_gmacs)
+            for method in COMPARED:
+                try:
+                    model = baselines.apply_method(slot.model, method, budget, **gtp_options)
+                except ValueError as e:
+                    raise ValueError(f"Cannot run {METHOD_LABELS[method]} at this token budget on "
+                                     f"{loaded.name}: {e}") from None
+                if method == "tome":
+                    key = ("tome", tuple(budget))
+                    gmacs = slot.gmacs_of(key, count=count_gmacs)  # counted without source tracking
+                    tome.patch(model, r=budget, trace_source=True)
+                    feats, out = _features_and_logits(model, x)
+                    removed = [ids[0].tolist() for ids in tome.merged_ids_of(model)]
+                    n = tome.sources_of(model).shape[-1]  # tokens entering block 1
+                    tokens, left = [], n
+                    for ids in removed:
+                        left -= len(ids)
+                        tokens.append(left)
+                else:
+                    key = _config_key(model)  # the same key as the exploration's own GMACs
+                    gmacs = slot.gmacs_of(key, count=count_gmacs)
+                    with gtp.trace(model) as rec:
+                        feats, out = _features_and_logits(model, x)
+                    removed = [layer.propagated[0].tolist() for layer in rec.layers]
+                    tokens = rec.tokens_per_block()
+                cos = torch.nn.functional.cosine_similarity(full_feats.float().flatten(1), feats.float().flatten(1))
+                result = MethodResult(method=method, removed=removed, tokens_per_block=tokens,
+                                      cosine=round(float(cos[0]), 6), gmacs=gmacs, gmacs_key=key)
+                if loaded.has_head:
+                    log_p = full_out.double().log_softmax(-1)
+                    log_q = out.double().log_softmax(-1)
+                    result.kl = round(float((log_p.exp() * (log_p - log_q)).sum(-1)[0]), 6)
+                    result.top5 = _top5(out, loaded.class_names)
+                    result.agree = result.top5[0]["index"] == int(full_out[0].argmax())
+                results[method] = result
+        finally:
+            baselines.reset(slot.model)  # the model rests unpatched
+    comparison = Comparison(
+        budget=budget, methods=results, full_top5=_top5(full_out, loaded.class_names) if loaded.has_head else None,
+        full_gmacs=full_gmacs, has_head=loaded.has_head, seconds=time.perf_counter() - start)
+    exp.comparison = comparison
+    return comparison
+
+
+@gpu
+@torch.inference_mode()
+def complete_comparison_gmacs(exp: Exploration) -> bool:
+    """Count the GMACs a comparison was made without (in place). True if it had to count."""
+    from gtp import baselines
+    comp = exp.comparison
+    if comp is None or (comp.full_gmacs is not None and all(m.gmacs is not None for m in comp.methods.values())):
+        return False
+    slot = get_model(exp.settings.model, exp.settings.weights)
+    gtp_options = exp.settings.patch_kwargs()
+    gtp_options.pop("num_prop")
+    with slot.lock:
+        try:
+            baselines.reset(slot.model)
+            comp.full_gmacs = slot.gmacs_of(None)
+            for method, result in comp.methods.items():
+                if result.gmacs is None:
+                    baselines.apply_method(slot.model, method, comp.budget, **gtp_options)
+                    result.gmacs = slot.gmacs_of(result.gmacs_key)
+        finally:
+            baselines.reset(slot.model)
+    return True
 
 
 # ----------------------------------------------------------------------------- throughput

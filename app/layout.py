@@ -31,8 +31,9 @@ from gtp.models import SUPPORTED_MODELS
 from . import figures as F
 from .examples import example_paths, load_sweep, published_results
 from .inference import (
-    DEFAULT_MODEL, PUBLISHED_SETTINGS, Exploration, Settings, complete_gmacs, default_batch_size,
-    device_name, explore_photo, get_model, measure_throughput, weights_banner,
+    COMPARED, DEFAULT_MODEL, METHOD_LABELS, PUBLISHED_SETTINGS, Comparison, Exploration, Settings,
+    compare_methods, complete_comparison_gmacs, complete_gmacs, default_batch_size, device_name, explore_photo,
+    get_model, measure_throughput, weights_banner,
 )
 from .photos import open_photo
 
@@ -328,6 +329,86 @@ def explore(image: str, model: str = DEFAULT_MODEL, num_prop: float = PUBLISHED_
     return exp.prediction, exp.trace.summary()
 
 
+def compare_markdown(exp: Exploration, comp: Comparison) -> str:
+    """The compare view's numbers: every one measured on this photo, now."""
+    budget = comp.budget
+    same = len(set(budget)) == 1
+    per_block = f"{budget[0]} per block" if same else f"per block {', '.join(map(str, budget))}"
+    lines = [f"**Same photo, same token budget** ({per_block}, {sum(budget)} in all), so the same "
+             f"GMACs; each method against the full `{exp.model_name}`."]
+    if not exp.pretrained:
+        lines.append("*(Random weights: the classes mean nothing; the numbers are still measured on this network.)*")
+
+    def g(value: Optional[float]) -> str:
+        return "counting…" if value is None else f"{value:.3f}"
+    full_g = comp.full_gmacs
+    tokens_in = exp.trace.layers[0].tokens_in
+    if comp.has_head:
+        lines += ["", "| method | GMACs | removed | tokens left | top-1 | agrees | KL | cosine |",
+                  "|---|---|---|---|---|---|---|---|",
+                  f"| {METHOD_LABELS['full']} | {g(full_g)} | 0 | {tokens_in} | {comp.full_top5[0]['label']} | — | 0 | 1 |"]
+        for m in comp.methods.values():
+            agree = "✓ yes" if m.agree else "✗ no"
+            lines.append(f"| {m.label} | {g(m.gmacs)} | {m.num_removed} | {m.tokens_per_block[-1]} | "
+                         f"{m.top5[0]['label']} ({100 * m.top5[0]['probability']:.1f}%) | {agree} | "
+                         f"{m.kl:.4f} | {m.cosine:.4f} |")
+        lines += ["", "*agrees*: top-1 equal to the full model's; *KL*: KL(full ‖ method) of the softmax, in nats; "
+                      "*cosine*: cosine similarity of the pre-logits features to the full model's."]
+    else:
+        lines += ["", "This checkpoint has no classifier head: only the cosine similarity of the final features "
+                      "to the full model's.",
+                  "", "| method | GMACs | removed | tokens left | cosine of final features |",
+                  "|---|---|---|---|---|",
+                  f"| {METHOD_LABELS['full']} | {g(full_g)} | 0 | {tokens_in} | 1 |"]
+        for m in comp.methods.values():
+            lines.append(f"| {m.label} | {g(m.gmacs)} | {m.num_removed} | {m.tokens_per_block[-1]} | {m.cosine:.4f} |")
+        lines.append("")
+    for m in comp.methods.values():
+        if m.num_removed != sum(budget):
+            lines.append(f"⚠ {m.label} removed {m.num_removed} tokens, not {sum(budget)}: the budget is more "
+                         f"than it can take here (ToMe merges at most half the patch tokens of a block).\n")
+    gm = [m.gmacs for m in comp.methods.values()]
+    if all(v is not None for v in gm):
+        spread = 100 * (max(gm) - min(gm)) / min(gm)
+        lines.append(f"GMACs of the three differ by {spread:.2f}% (PyTorch FLOP counter / 2).")
+    lines.append(f"Four forwards (full, GTP, ToMe, pruning; batch 1) took {comp.seconds:.2f} s on {device_name()}. "
+                 "GTP uses the hyper-parameters on the left; ToMe merges r = P tokens per block (our "
+                 "implementation, `gtp.tome`); pruning drops the P tokens the CLS token attends to least "
+                 "(`gtp.baselines` preset).")
+    return "\n".join(lines)
+
+
+def draw_compare(exp: Optional[Exploration], block: Any):
+    """The compare view at block `block` (1-based), from the cached comparison (no model runs)."""
+    if exp is None or exp.comparison is None:
+        return [gr.skip()] * len(COMPARED)
+    b = _clamp(block, 1, exp.comparison.depth, exp.comparison.depth) - 1
+    return [deliver(F.removed_figure(exp, method, b)) for method in COMPARED]
+
+
+def compare(exp: Optional[Exploration], block: Any):
+    """The Compare tab opened (or its button pressed): run GTP, ToMe and pruning on the photo once
+    (cached per photo + setting), then draw. GMACs never counted before follow in `fill_compare_gmacs`."""
+    if exp is None:
+        return [gr.skip()] * (len(COMPARED) + 2)
+    comp = compare_methods(exp, count_gmacs=False)
+    block = _clamp(block, 1, comp.depth, comp.depth)
+    return [gr.Slider(maximum=comp.depth, value=block), *draw_compare(exp, block), compare_markdown(exp, comp)]
+
+
+def compare_if_open(exp: Optional[Exploration], is_open: bool, block: Any):
+    """After a run: refresh the compare view only when it is showing (it costs four forwards)."""
+    if not is_open:
+        return [gr.skip()] * (len(COMPARED) + 2)
+    return compare(exp, block)
+
+
+def fill_compare_gmacs(exp: Optional[Exploration]):
+    if exp is None or exp.comparison is None or not complete_comparison_gmacs(exp):
+        return gr.skip()
+    return compare_markdown(exp, exp.comparison)
+
+
 def published_preset():
     """The published setting (P=8, theta=0.6, alpha=0.1, M=8, mixed graph, mixed_attn_max,
     graph propagation, token scale on)."""
@@ -357,13 +438,16 @@ def load_sweep_file(path: Optional[str], exp: Optional[Exploration]):
 
 
 def downloads(exp: Optional[Exploration]) -> tuple[str, str]:
-    """The layer walk as an animated GIF and the trace as JSON (`gtp.Trace.summary()`)."""
+    """The layer walk as an animated GIF and the trace as JSON (`gtp.Trace.summary()`, with the
+    GTP / ToMe / pruning comparison when it was made)."""
     if exp is None:
         raise gr.Error("Run a photo first.")
     folder = Path(tempfile.mkdtemp(prefix="gtp_downloads_"))
     gif = F.animation_gif(exp, str(folder / f"gtp_layers_{exp.model_name}.gif"))
     trace_path = folder / f"gtp_trace_{exp.model_name}.json"
     summary = {"prediction": exp.prediction, "trace": exp.trace.summary()}
+    if exp.comparison is not None:
+        summary["comparison"] = exp.comparison.json()
     trace_path.write_text(json.dumps(summary), encoding="utf-8")
     return gif, str(trace_path)
 
@@ -442,12 +526,12 @@ def build_demo() -> gr.Blocks:
                 status = gr.Markdown("", elem_id="gtp-status")
             with gr.Column(scale=2):
                 with gr.Tabs():
-                    with gr.Tab("Prediction", id="prediction"):
+                    with gr.Tab("Prediction", id="prediction") as tab_prediction:
                         with gr.Row():
                             full_label = gr.Label(num_top_classes=5, label="Full model", elem_id="gtp-full")
                             gtp_label = gr.Label(num_top_classes=5, label="GTP", elem_id="gtp-gtp")
                         metrics = gr.Markdown("", elem_id="gtp-metrics")
-                    with gr.Tab("Layer walk", id="layers"):
+                    with gr.Tab("Layer walk", id="layers") as tab_layers:
                         with gr.Row():
                             block = gr.Slider(1, 12, value=1, step=1, label="Block", elem_id="gtp-block", scale=4)
                             play = gr.Button("▶ Play", scale=1, elem_id="gtp-play")
@@ -457,7 +541,7 @@ def build_demo() -> gr.Blocks:
                         tokens_img = _figure_image("Tokens remaining per block", "gtp-tokens", height=None)
                         gr.Markdown("Red: propagated in this block. Dark: propagated earlier. Yellow lines: from each "
                                     "propagated token to the tokens receiving its features, thicker for a larger weight α·W.")
-                    with gr.Tab("Graphs", id="graphs"):
+                    with gr.Tab("Graphs", id="graphs") as tab_graphs:
                         with gr.Row():
                             graph_kind = gr.Radio(list(F.GRAPH_KINDS), value="spatial + semantic", label="Show", elem_id="gtp-graph-kind")
                             token = gr.Number(value=98, precision=0, minimum=0, label="Token (or click the graph)", elem_id="gtp-token")
@@ -465,7 +549,7 @@ def build_demo() -> gr.Blocks:
                             graph_img = _figure_image("Token graph (click a patch)", "gtp-graph")
                             similarity_img = _figure_image("Semantic similarity", "gtp-similarity")
                         neighbours_md = gr.Markdown("")
-                    with gr.Tab("Attention", id="attention"):
+                    with gr.Tab("Attention", id="attention") as tab_attention:
                         with gr.Row():
                             attn_block = gr.Slider(1, 12, value=1, step=1, label="Block", elem_id="gtp-attn-block")
                             head = gr.Slider(0, 5, value=0, step=1, label="Head", elem_id="gtp-head")
@@ -474,7 +558,20 @@ def build_demo() -> gr.Blocks:
                             attn_after = _figure_image("After sparsification", "gtp-attn-after")
                         attn_md = gr.Markdown("")
                         cls_img = _figure_image("CLS attention over the photo", "gtp-cls")
-                    with gr.Tab("Trade-off", id="tradeoff"):
+                    with gr.Tab("Compare", id="compare", elem_id="gtp-compare-tab") as compare_tab:
+                        gr.Markdown("GTP, ToMe and pruning on the same photo with the same number of tokens removed "
+                                    "per block (P). Each patch is shaded by the block in which its token left: "
+                                    "propagated (GTP), merged into a partner (ToMe) or dropped (pruning).")
+                        with gr.Row():
+                            compare_block = gr.Slider(1, 12, value=12, step=1, label="Up to block",
+                                                      elem_id="gtp-compare-block", scale=4)
+                            compare_button = gr.Button("Compare", scale=1, elem_id="gtp-compare")
+                        with gr.Row():
+                            compare_imgs = [_figure_image(f"{METHOD_LABELS[m]}: tokens removed", f"gtp-compare-{m}",
+                                                          height=None) for m in COMPARED]
+                        compare_md = gr.Markdown("Open this tab or press *Compare* to run the three methods.",
+                                                 elem_id="gtp-compare-md")
+                    with gr.Tab("Trade-off", id="tradeoff") as tab_tradeoff:
                         tradeoff_img = _figure_image("Top-1 vs GMACs", "gtp-tradeoff", height=None)
                         with gr.Row():
                             batch_size = gr.Number(value=default_batch_size(), precision=0, minimum=1, maximum=256,
@@ -484,13 +581,14 @@ def build_demo() -> gr.Blocks:
                         sweep_file = gr.File(label="Your sweep results (JSON or CSV from `python -m gtp sweep`)",
                                              file_types=[".json", ".csv"], type="filepath")
                         sweep_md = gr.Markdown("")
-                    with gr.Tab("Learn", id="learn"):
+                    with gr.Tab("Learn", id="learn") as tab_learn:
                         gr.Markdown(LEARN_TEXT, latex_delimiters=LATEX)
                         gr.Markdown("### Downloads")
                         make_downloads = gr.Button("Prepare the layer-walk GIF and the trace JSON", elem_id="gtp-downloads")
                         with gr.Row():
                             gif_file = gr.File(label="Layer walk (GIF)")
                             trace_file = gr.File(label="Trace (JSON)")
+        compare_open = gr.State(False)
         timer = gr.Timer(0.8, active=False)
         # Hidden outputs of the `explore` API endpoint.
         api_prediction = gr.JSON(visible=False, label="prediction")
@@ -514,20 +612,35 @@ def build_demo() -> gr.Blocks:
         gmacs_args = dict(fn=user_errors(fill_gmacs), inputs=[state, sweep_state],
                           outputs=[metrics, full_label, gtp_label, tradeoff_img], api_visibility="undocumented",
                           show_progress="hidden", **RUN_QUEUE)
+        compare_outputs = [compare_block, *compare_imgs, compare_md]
+        compare_gmacs_args = dict(fn=user_errors(fill_compare_gmacs), inputs=[state], outputs=[compare_md],
+                                  api_visibility="undocumented", show_progress="hidden", **RUN_QUEUE)
+        compare_after_run = dict(fn=user_errors(compare_if_open), inputs=[state, compare_open, compare_block],
+                                 outputs=compare_outputs, api_visibility="undocumented", **RUN_QUEUE)
         gr.on(triggers, run_fn, inputs=run_inputs, outputs=run_outputs, api_visibility="undocumented",
-              **RUN_QUEUE).success(**gmacs_args)
+              **RUN_QUEUE).success(**gmacs_args).success(**compare_after_run).success(**compare_gmacs_args)
         preset.click(published_preset, outputs=[num_prop, schedule, sparsity, alpha, num_neighbours, graph,
                                                  selection, propagation, token_scale],
                      api_visibility="undocumented").then(
             run_fn, inputs=run_inputs, outputs=run_outputs, api_visibility="undocumented", **RUN_QUEUE
-        ).success(**gmacs_args)
+        ).success(**gmacs_args).success(**compare_after_run).success(**compare_gmacs_args)
         api_trigger.click(user_errors(explore), inputs=[photo, *[c for c in controls if c is not weights]],
                           outputs=[api_prediction, api_summary], api_name="explore", **RUN_QUEUE)
         measure.click(user_errors(throughput), inputs=[state, batch_size], outputs=[throughput_md],
                       api_visibility="undocumented", **RUN_QUEUE)
 
+        # --- the compare view: three more forwards, only when it is asked for (cached per photo + setting)
+        gr.on([compare_tab.select, compare_button.click], lambda: True, outputs=[compare_open],
+              api_visibility="undocumented", show_progress="hidden", queue=False).then(
+            user_errors(compare), inputs=[state, compare_block], outputs=compare_outputs,
+            api_visibility="undocumented", **RUN_QUEUE).success(**compare_gmacs_args)
+        for tab in (tab_prediction, tab_layers, tab_graphs, tab_attention, tab_tradeoff, tab_learn):
+            tab.select(lambda: False, outputs=[compare_open], api_visibility="undocumented",
+                       show_progress="hidden", queue=False)
+
         # --- view events: redraw from the exploration in `state`, never rerun a model
         block.change(user_errors(draw_layer), inputs=[state, block], outputs=[layer_img, sizes_img, tokens_img], **VIEW_QUEUE)
+        compare_block.change(user_errors(draw_compare), inputs=[state, compare_block], outputs=compare_imgs, **VIEW_QUEUE)
         gr.on([graph_kind.change, token.change], user_errors(draw_graph), inputs=[state, graph_kind, token],
               outputs=[graph_img, similarity_img, neighbours_md], **VIEW_QUEUE)
         graph_img.select(_pick_token, inputs=[state], outputs=[token], **VIEW_QUEUE)

@@ -352,6 +352,98 @@ def test_random_weights_banner_says_so(ui_outputs):
         assert "randomly initialised weights" in text and "GTP_WEIGHTS_DIR" in text
 
 
+# ----------------------------------------------------------------------------- compare view
+
+
+def _run(model: str, weights=None, num_prop=8, schedule="", photo=CAT):
+    return dict(zip(L.RUN_OUTPUT_NAMES, L.run(photo, model, weights, num_prop, schedule, 0.6, 0.1, 8, "mixed",
+                                             "mixed_attn_max", "graph", True, 1, "spatial", 98, 1, 0, None)))
+
+
+@pytest.fixture(scope="module")
+def compared():
+    """DeiT-S (the app's default) on a real photo, compared at the published P = 8."""
+    exp = _run("deit_small_patch16_224", photo=str(ROOT / "assets" / "rocket.jpg"))["state"]
+    out = L.compare(exp, 12)
+    return exp, out
+
+
+def test_compare_three_methods_same_budget_equal_gmacs(compared):
+    exp, out = compared
+    comp = exp.comparison
+    assert list(comp.methods) == ["gtp", "tome", "pruning"] and comp.budget == [8] * 12
+    for m in comp.methods.values():
+        assert [len(ids) for ids in m.removed] == [8] * 12, m.method   # the budget, block by block
+        ids = [i for block in m.removed for i in block]
+        assert len(set(ids)) == 96 and all(0 <= i < 196 for i in ids), m.method  # distinct patches
+        assert m.tokens_per_block == [197 - 8 * (b + 1) for b in range(12)]
+        assert -1.0001 <= m.cosine <= 1.0001 and m.kl >= 0 and isinstance(m.agree, bool)
+        assert len(m.top5) == 5
+    # GTP here is the exploration's own setting: the same top-5 as the prediction panel
+    assert comp.methods["gtp"].top5 == exp.prediction["gtp"]["top5"]
+    assert comp.full_top5 == exp.prediction["full"]["top5"]
+    # GMACs follow (counted once per configuration), equal within 2% across the three methods
+    md = L.fill_compare_gmacs(exp)
+    gm = {name: m.gmacs for name, m in comp.methods.items()}
+    assert all(3.2 < g < 3.6 for g in gm.values()), gm             # DeiT-S at P = 8: about 3.4
+    assert (max(gm.values()) - min(gm.values())) / min(gm.values()) < 0.02, gm
+    assert 4.4 < comp.full_gmacs < 4.8
+    assert f"{gm['tome']:.3f}" in md and "counting" not in md and "KL" in md
+    # the panels: the slider, three pictures, the numbers
+    slider, *images, text = out
+    assert len(images) == 3 and all(_is_picture(p) for p in images)
+    assert "Same photo, same token budget" in text and "ToMe" in text and "Pruning" in text
+    data = json.loads(Path(L.downloads(exp)[1]).read_text())
+    assert set(data["comparison"]["methods"]) == {"gtp", "tome", "pruning"}
+
+
+def test_compare_is_cached_and_block_slider_redraws_without_models(compared, monkeypatch):
+    exp, _ = compared
+    comp = exp.comparison
+
+    def forbidden(*a, **k):
+        raise AssertionError("the compare view ran a model again")
+    import app.inference as inference
+    monkeypatch.setattr(inference, "_features_and_logits", forbidden)
+    monkeypatch.setattr(inference, "run_models", forbidden)
+    again = L.compare(exp, 3)
+    assert exp.comparison is comp
+    pictures = []
+    for b in range(1, 13):
+        paths = L.draw_compare(exp, b)
+        assert len(paths) == 3 and all(_is_picture(p) for p in paths)
+        pictures.append(paths)
+    assert len({tuple(p) for p in pictures}) == 12             # every block looks different
+    assert L.draw_compare(exp, 5) == pictures[4]                # cached: the same files again
+    assert all(_is_picture(p) for p in again[1:4])
+    # only when the tab is open does a run refresh the comparison
+    import gradio as gr
+    assert L.compare_if_open(exp, False, 12) == [gr.skip()] * 5
+
+
+def test_compare_follows_a_per_block_schedule():
+    schedule = "0,0,0,0,0,0,20,20,20,20,20,20"
+    exp = _run("deit_tiny_patch16_224", schedule=schedule)["state"]
+    comp = L.compare(exp, 12) and exp.comparison
+    for m in comp.methods.values():
+        assert [len(ids) for ids in m.removed] == [int(p) for p in schedule.split(",")], m.method
+        assert m.tokens_per_block[-1] == 197 - 120
+    first = L.draw_compare(exp, 1)  # nothing removed yet in block 1: the plain photo, still a picture
+    assert all(_is_picture(p) for p in first)
+
+
+@pytest.mark.skipif(not DINOV2_FILE.exists(), reason="real DINOv2 weights not present")
+def test_compare_headless_model_reports_only_cosine():
+    exp = _run("vit_small_patch14_dinov2", weights=str(DINOV2_FILE))["state"]
+    slider, *images, text = L.compare(exp, 12)
+    for m in exp.comparison.methods.values():
+        assert m.kl is None and m.top5 is None and m.agree is None
+        assert 0.0 < m.cosine <= 1.0001
+        assert [len(ids) for ids in m.removed] == [8] * 12
+    assert "cosine of final features" in text and "KL" not in text
+    assert all(_is_picture(p) for p in images)
+
+
 # ----------------------------------------------------------------------------- photos, settings, files
 
 

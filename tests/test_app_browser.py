@@ -1,7 +1,8 @@
 """The app in a real browser: headless Debian Chromium driven by Python Playwright.
 
 Uploads a photo, waits for the models, moves the layer slider, plays the layer walk, switches
-views and tabs, clicks a patch, and checks every panel shows a non-empty picture. Screenshots go
+views and tabs, clicks a patch, opens the GTP / ToMe / pruning comparison, and checks every
+panel shows a non-empty picture. Screenshots go
 to artifacts/ (gitignored) for a person to look at. Skips where /usr/bin/chromium is absent;
 never downloads a browser.
 """
@@ -161,12 +162,28 @@ def test_walkthrough(page):
     assert "zeroed" in page.locator("body").inner_text()
     shot(page, "4_attention")
 
+    # Compare: opening the tab runs GTP, ToMe and pruning once; three pictures and the numbers.
+    open_tab(page, "Compare")
+    shown = {m: wait_for_image(page, f"gtp-compare-{m}", timeout=MODEL_TIMEOUT_MS) for m in ("gtp", "tome", "pruning")}
+    page.wait_for_function(
+        "() => document.querySelector('#gtp-compare-md').innerText.includes('Same photo, same token budget')",
+        timeout=MODEL_TIMEOUT_MS)
+    page.wait_for_function(  # the three methods' GMACs follow and agree
+        "() => document.querySelector('#gtp-compare-md').innerText.includes('GMACs of the three differ by')",
+        timeout=MODEL_TIMEOUT_MS)
+    text = page.locator("#gtp-compare-md").inner_text()
+    assert "ToMe" in text and "Pruning" in text and "GTP" in text
+    set_slider(page, "gtp-compare-block", 4)  # another block: redrawn from the cache
+    for m, src in shown.items():
+        wait_for_image(page, f"gtp-compare-{m}", other_than=src)
+    shot(page, "5_compare")
+
     # Trade-off: the published chart and a throughput measurement.
     open_tab(page, "Trade-off")
     wait_for_image(page, "gtp-tradeoff")
     page.locator("#gtp-measure").click()
     page.wait_for_function("() => document.body.innerText.includes('img/s')", timeout=MODEL_TIMEOUT_MS)
-    shot(page, "5_tradeoff")
+    shot(page, "6_tradeoff")
 
     # Learn: the formulas render (KaTeX) and the paper is linked.
     open_tab(page, "Learn")
@@ -176,7 +193,7 @@ def test_walkthrough(page):
     page.wait_for_function(
         "() => document.body.innerText.includes('.gif') && document.body.innerText.includes('.json')",
         timeout=MODEL_TIMEOUT_MS)
-    shot(page, "6_learn")
+    shot(page, "7_learn")
 
     # An example photo (rocket.jpg, 640 x 427) runs like an upload.
     open_tab(page, "Prediction")
@@ -200,5 +217,12 @@ def test_walkthrough(page):
         page.wait_for_function(  # the GMACs of this new model follow the panels
             "() => !document.querySelector('#gtp-metrics').innerText.includes('counting')",
             timeout=MODEL_TIMEOUT_MS)
-        shot(page, "7_dinov2")
+        shot(page, "8_dinov2")
+        open_tab(page, "Compare")  # headless: the comparison reports only the cosine of the features
+        page.wait_for_function(
+            "() => document.querySelector('#gtp-compare-md').innerText.includes('cosine of final features')",
+            timeout=MODEL_TIMEOUT_MS)
+        for m in ("gtp", "tome", "pruning"):
+            wait_for_image(page, f"gtp-compare-{m}")
+        shot(page, "9_dinov2_compare")
     assert not page.errors, page.errors
