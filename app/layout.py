@@ -341,16 +341,19 @@ def compare_markdown(exp: Exploration, comp: Comparison) -> str:
 
     def g(value: Optional[float]) -> str:
         return "counting…" if value is None else f"{value:.3f}"
+
+    def short(label: str) -> str:  # "lion, king of beasts, Panthera leo" -> "lion"
+        return label.split(",")[0]
     full_g = comp.full_gmacs
     tokens_in = exp.trace.layers[0].tokens_in
     if comp.has_head:
         lines += ["", "| method | GMACs | removed | tokens left | top-1 | agrees | KL | cosine |",
                   "|---|---|---|---|---|---|---|---|",
-                  f"| {METHOD_LABELS['full']} | {g(full_g)} | 0 | {tokens_in} | {comp.full_top5[0]['label']} | — | 0 | 1 |"]
+                  f"| {METHOD_LABELS['full']} | {g(full_g)} | 0 | {tokens_in} | {short(comp.full_top5[0]['label'])} | — | 0 | 1 |"]
         for m in comp.methods.values():
             agree = "✓ yes" if m.agree else "✗ no"
             lines.append(f"| {m.label} | {g(m.gmacs)} | {m.num_removed} | {m.tokens_per_block[-1]} | "
-                         f"{m.top5[0]['label']} ({100 * m.top5[0]['probability']:.1f}%) | {agree} | "
+                         f"{short(m.top5[0]['label'])} ({100 * m.top5[0]['probability']:.1f}%) | {agree} | "
                          f"{m.kl:.4f} | {m.cosine:.4f} |")
         lines += ["", "*agrees*: top-1 equal to the full model's; *KL*: KL(full ‖ method) of the softmax, in nats; "
                       "*cosine*: cosine similarity of the pre-logits features to the full model's."]
