@@ -25,13 +25,7 @@ PHOTOS = [ROOT / "assets" / n for n in ("chelsea.png", "coffee.png", "rocket.jpg
 MODEL = "deit_tiny_patch16_224"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One CPU thread: far faster than two on a busy 2-core machine, same results."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

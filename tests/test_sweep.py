@@ -20,13 +20,7 @@ RECORD_KEYS = {"model", "weights", "data", "limit", "images", "labelled", "metho
                "cosine_min", "timing"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One CPU thread: far faster than two on a busy 2-core machine, same results."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

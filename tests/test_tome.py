@@ -11,13 +11,7 @@ from gtp.tome import Matching, bipartite_soft_matching, merge_wavg, proportional
 from conftest import random_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One CPU thread: far faster than two on a busy 2-core machine, same results."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
