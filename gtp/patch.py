@@ -133,6 +133,7 @@ def _gtp_block_class(block_cls: type) -> type:
             ids = state.ids
             B = ids.shape[0]
             candidates = ids
+            propagated = candidates.gather(1, prop)             # [B, P]
             if keep is not None:
                 ids = ids.gather(1, keep)
                 if cfg.propagation == "mean":
@@ -140,11 +141,10 @@ def _gtp_block_class(block_cls: type) -> type:
                 state.ids = ids
             edges = []
             if weights is not None:
-                src_ids = candidates.gather(1, prop)            # [B, P]
-                dst_ids = candidates.gather(1, keep)            # [B, N-P]
+                receivers = candidates.gather(1, keep)          # [B, N-P]
                 for b in range(B):
                     k_i, r_i = weights[b].nonzero(as_tuple=True)
-                    edges.append(Edges(src_ids[b, r_i], dst_ids[b, k_i], weights[b, k_i, r_i].float()))
+                    edges.append(Edges(propagated[b, r_i], receivers[b, k_i], weights[b, k_i, r_i].float()))
             before, amap = maps
             after_f, before_f = amap.float(), before.float()
             zeroed = ((after_f == 0) & (before_f != 0)).float().mean((-2, -1))
@@ -157,7 +157,7 @@ def _gtp_block_class(block_cls: type) -> type:
                 score=score,
                 regeneration=regeneration,
                 broadcasting=broadcasting,
-                propagated=candidates.gather(1, prop),
+                propagated=propagated,
                 kept=ids,
                 sizes=state.size[:, p0:].clone(),
                 edges=edges,
