@@ -8,7 +8,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -30,31 +29,14 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from app import figures as F  # noqa: E402
 from app import layout as L  # noqa: E402
 from app.examples import EXAMPLE_PHOTOS, load_sweep, parse_sweep, published_results  # noqa: E402
-from app.inference import Settings, parse_schedule, wait_idle  # noqa: E402
+from app.inference import Settings, parse_schedule  # noqa: E402
+from conftest import free_port  # noqa: E402
 from app.photos import PhotoError, open_photo  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CAT = str(ROOT / "assets" / "chelsea.png")
 DINOV2_FILE = ROOT.parent / "shared" / "weights" / "vit_small_patch14_dinov2.safetensors"
 FAST = dict(model="deit_tiny_patch16_224")  # the cheapest model, for tests about plumbing
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def url():
-    demo = L.create_app()
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-        wait_idle()  # a follow-up event may still be counting GMACs
 
 
 @pytest.fixture(scope="module")

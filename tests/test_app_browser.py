@@ -9,7 +9,6 @@ never downloads a browser.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -30,26 +29,6 @@ PHOTO = ROOT / "assets" / "coffee.png"
 DINOV2_FILE = ROOT.parent / "shared" / "weights" / "vit_small_patch14_dinov2.safetensors"
 MODEL_TIMEOUT_MS = 240_000   # a cold model load plus a run on a busy 2-core machine
 VIEW_TIMEOUT_MS = 30_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def url():
-    from app.inference import wait_idle
-    from app.layout import CSS, create_app
-    demo = create_app()
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, css=CSS)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-        wait_idle()  # a follow-up event may still be counting GMACs
 
 
 @pytest.fixture(scope="module")
