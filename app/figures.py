@@ -183,20 +183,32 @@ def size_overlay(exp: Exploration, block: int) -> Image.Image:
     key = ("sizes", block)
     if key in exp.figures:
         return exp.figures[key]
-    gh, gw = _grid(exp)
     layer = exp.trace.layers[block]
-    values = np.full(gh * gw, np.nan)
-    for pid, s in zip(layer.kept[0].tolist(), layer.sizes[0].tolist()):
-        if pid >= 0:
-            values[pid] = s
+    values = _on_grid(exp, layer.kept[0].tolist(), layer.sizes[0].tolist())
     s_max = max(1.0 + 1e-6, max(float(l.sizes[0].max()) for l in exp.trace.layers))
-    rgb = _colourise(values, "viridis", 1.0, s_max)
-    rgb[np.isnan(values)] = (20, 20, 20)
-    img = Image.blend(_base(exp), _grid_image(exp, rgb.reshape(gh, gw, 3)), 0.6)
+    img = _heat_overlay(exp, values, "viridis", 1.0, s_max, 0.6)
     _label(img, f"token sizes after block {block + 1}")
     img = _colour_bar(img, "viridis", "1.00", f"{s_max:.3f}", "token size s")
     exp.figures[key] = img
     return img
+
+
+def _on_grid(exp, ids: list[int], vals: list[float]) -> np.ndarray:
+    """Per-patch values [gh * gw] from (original patch id, value) pairs; NaN where none (or id -1)."""
+    gh, gw = _grid(exp)
+    values = np.full(gh * gw, np.nan)
+    for pid, v in zip(ids, vals):
+        if pid >= 0:
+            values[pid] = v
+    return values
+
+
+def _heat_overlay(exp, values: np.ndarray, cmap: str, lo: float, hi: float, alpha: float) -> Image.Image:
+    """The photo blended with a per-patch heat map of `values` (NaN patches dark grey)."""
+    gh, gw = _grid(exp)
+    rgb = _colourise(values, cmap, lo, hi)
+    rgb[np.isnan(values)] = (20, 20, 20)
+    return Image.blend(_base(exp), _grid_image(exp, rgb.reshape(gh, gw, 3)), alpha)
 
 
 def _figure(width: float, height: float):
@@ -394,16 +406,10 @@ def cls_attention_figure(exp: Exploration, block: int, head: int) -> Image.Image
     elif layer.attn_after is None:
         img = placeholder("attention maps were not recorded")
     else:
-        gh, gw = _grid(exp)
         row = layer.attn_after[0, head, 0, rec.num_prefix:].float().cpu().numpy()
-        values = np.full(gh * gw, np.nan)
-        for pid, a in zip(layer.candidates[0].tolist(), row.tolist()):
-            if pid >= 0:
-                values[pid] = a
+        values = _on_grid(exp, layer.candidates[0].tolist(), row.tolist())
         hi = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
-        rgb = _colourise(values, "inferno", 0.0, hi)
-        rgb[np.isnan(values)] = (20, 20, 20)
-        img = Image.blend(_base(exp), _grid_image(exp, rgb.reshape(gh, gw, 3)), 0.65)
+        img = _heat_overlay(exp, values, "inferno", 0.0, hi, 0.65)
         _label(img, f"CLS attention, block {block + 1}, head {head}")
         img = _colour_bar(img, "inferno", "0", f"{hi:.3g}", "attention from CLS")
     exp.figures[key] = img
