@@ -8,8 +8,14 @@ The data folder (--data DIR) is one of:
       - a class name, e.g. `tabby` / `tabby cat` / `Egyptian_cat` (case, '_' and '-'
         ignored) matching the whole timm description or one of its comma-separated
         synonyms; a name shared by two classes (e.g. `crane`) is refused: use the wnid.
-  * unlabelled: image files directly in DIR (no subfolder). Then only label-free fidelity
-    is reported: top-1 agreement with the full model, KL(full || reduced), cosine.
+  * flat with a label file (`--labels FILE`), as ImageNet's validation set is shipped:
+    image files directly in DIR, and FILE gives each one's class. FILE is either
+      - Kaggle's `LOC_val_solution.csv` (ImageId,PredictionString; the first wnid counts), or
+      - one line per image, "NAME LABEL" or "NAME,LABEL" (e.g. the common `val.txt`),
+        LABEL being a wnid, an index number or a class name as for folders above.
+    NAME may leave out the extension. Every image in DIR needs a label; extra lines are ignored.
+  * unlabelled: image files directly in DIR (no subfolder) and no label file. Then only
+    label-free fidelity is reported: top-1 agreement with the full model, KL(full || reduced), cosine.
 Files PIL can open with the extensions in IMAGE_EXTENSIONS are used; the rest ignored.
 `--limit N` takes N images chosen by a seeded (seed 0) random permutation, so a
 small limit still spans the classes.
@@ -122,16 +128,51 @@ def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
 
 
+def read_labels(path: Union[str, Path], class_names: Sequence[str], wnids: Sequence[str]) -> dict[str, int]:
+    """Image name -> class index from a label file (the formats of the module docstring).
+
+    Names are kept as written and also without their extension, so either matches.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"label file not found: {path}")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    kaggle = bool(lines) and lines[0].replace(" ", "").lower() == "imageid,predictionstring"
+    labels: dict[str, int] = {}
+    for number, line in enumerate(lines[1:] if kaggle else lines, start=2 if kaggle else 1):
+        if kaggle:
+            name, _, rest = line.partition(",")
+            label = rest.split()[0] if rest.split() else ""
+        else:
+            name, _, label = line.replace(",", " ", 1).partition(" ")
+            label = label.strip()
+        if not label:
+            raise ValueError(f"{path.name} line {number}: expected 'NAME LABEL', got {line!r}")
+        try:
+            index = class_index(label, class_names, wnids)
+        except ValueError as e:
+            if number == 1 and not kaggle:
+                continue  # a header line such as "filename,label"
+            raise ValueError(f"{path.name} line {number}: {e}") from None
+        labels[name] = labels[Path(name).stem] = index
+    if not labels:
+        raise ValueError(f"{path.name} gives no labels")
+    return labels
+
+
 def scan_folder(
         root: Union[str, Path],
         class_names: Optional[Sequence[str]] = None,
         wnids: Optional[Sequence[str]] = None,
         limit: Optional[int] = None,
+        labels_file: Union[str, Path, None] = None,
 ) -> ImageSet:
     """Find the images of a data folder (see the module docstring for the layouts).
 
     class_names / wnids default to ImageNet-1k's. limit: keep this many images,
-    chosen by a seeded permutation, in their original order.
+    chosen by a seeded permutation, in their original order. labels_file: the
+    labels of a flat folder.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -148,6 +189,8 @@ def scan_folder(
     class_dirs = [(d, sorted(p for p in d.rglob("*") if _is_image(p))) for d in subdirs]
     class_dirs = [(d, files) for d, files in class_dirs if files]
     if class_dirs:
+        if labels_file is not None:
+            raise ValueError(f"{root} has class subfolders: a label file is for a flat folder of images")
         if loose:
             raise ValueError(f"{root} has both class subfolders and loose images "
                              f"(e.g. {loose[0].name}); use one layout")
@@ -160,6 +203,13 @@ def scan_folder(
         paths = loose
     if not paths:
         raise ValueError(f"no images found in {root} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    if labels_file is not None:
+        table = read_labels(labels_file, class_names, wnids)
+        missing = [p.name for p in paths if p.name not in table and p.stem not in table]
+        if missing:
+            raise ValueError(f"{len(missing)} image(s) have no label in {Path(labels_file).name} "
+                             f"(e.g. {missing[0]})")
+        labels = [table.get(p.name, table.get(p.stem)) for p in paths]
     if limit is not None:
         if limit < 1:
             raise ValueError(f"--limit must be >= 1; got {limit}")
@@ -553,7 +603,10 @@ def format_record(r: dict) -> str:
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """--data, --limit, --batch-size, --workers, --no-progress (shared with `gtp.sweep`)."""
     parser.add_argument("--data", required=True, metavar="DIR",
-                        help="image folder: class subfolders (wnid, index or class name) or flat (unlabelled)")
+                        help="image folder: class subfolders (wnid, index or class name), or flat "
+                             "(labelled by --labels, else unlabelled)")
+    parser.add_argument("--labels", default=None, metavar="FILE",
+                        help="labels of a flat folder: LOC_val_solution.csv or 'NAME LABEL' lines")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="use N images (a seeded random subset)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="B")
@@ -578,10 +631,13 @@ def make_evaluator(args: argparse.Namespace, d: Dist) -> tuple[Evaluator, Any]:
     if d.is_main:
         print(loaded.message, file=sys.stderr, flush=True)
     wnids, descriptions = imagenet_classes()
-    images = scan_folder(args.data, loaded.class_names or descriptions, wnids, args.limit)
+    images = scan_folder(args.data, loaded.class_names or descriptions, wnids, args.limit, args.labels)
     if images.labelled and not loaded.has_head and d.is_main:
         print(f"{args.model} has no classifier head: reporting feature fidelity only", file=sys.stderr)
-    meta = dict(model=args.model, weights=loaded.source, data=str(images.root.resolve()))
+    data = str(images.root.resolve())
+    if args.labels:
+        data += f" (labels: {Path(args.labels).expanduser().resolve()})"
+    meta = dict(model=args.model, weights=loaded.source, data=data)
     ev = Evaluator(loaded.model, images, loaded.transform, loaded.has_head, loaded.img_size,
                    args.batch_size, args.workers, d, not args.no_progress, meta)
     return ev, loaded

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import radix_select
+
 GRAPHS = ("spatial", "semantic", "mixed")
 SELECTIONS = (
     "mixed_attn_max", "mixed_attn_mean",
@@ -116,13 +118,32 @@ def _zero_upto_(values: Tensor, threshold: Tensor) -> None:
 
 
 def zero_smallest_(values: Tensor, k: int) -> Tensor:
-    """Zero, in place, the entries of each row not above its k-th smallest value: [R, L] -> [R, L].
+    """Zero, in place, the entries of each row not above its k-th smallest value.
 
-    Exactly `values[values <= values.kthvalue(k, dim=1, keepdim=True).values] = 0`,
-    for a fraction of the cost on long rows: a sample brackets the threshold, the
-    entries below the bracket are counted in one pass, and only the entries inside
-    it (a few percent) are ranked. Rows whose bracket misses take the plain path.
-    Returns the per-row threshold [R].
+    values: [R, L] with no NaN. Returns the per-row threshold [R]. Exactly
+    `values[values <= values.kthvalue(k, dim=1, keepdim=True).values] = 0`, for a
+    fraction of its cost: float32 CPU rows go to the compiled radix select
+    (`gtp.radix_select`, when numba is installed), everything else to
+    `zero_smallest_torch_`.
+    """
+    if (radix_select.available() and values.device.type == "cpu" and values.dtype == torch.float32
+            and values.is_contiguous() and not (values.requires_grad and torch.is_grad_enabled())):
+        threshold = radix_select.zero_smallest_(values, k)
+        skipped = threshold.isnan().nonzero(as_tuple=True)[0]  # rows with negative values
+        if len(skipped):
+            rows = values[skipped]
+            threshold[skipped] = zero_smallest_torch_(rows, k)
+            values[skipped] = rows
+        return threshold
+    return zero_smallest_torch_(values, k)
+
+
+def zero_smallest_torch_(values: Tensor, k: int) -> Tensor:
+    """`zero_smallest_` in PyTorch operations only (any device and dtype, autograd-safe).
+
+    A sample brackets the threshold, the entries below the bracket are counted in
+    one pass, and only the entries inside it (a few percent) are ranked. Rows whose
+    bracket misses take the plain path.
     """
     R, L = values.shape
     if L < 4096:
@@ -190,16 +211,25 @@ def attention_map(
         q: Tensor,
         k: Tensor,
         size: Optional[Tensor] = None,
+        scale: float = 1.0,
 ) -> Tensor:
     """Softmax attention with proportional attention (+ log s_j on key j).
 
-    q, k: [B, H, n, d] (q already scaled). size: [B, n] token sizes or None (no
-    token scale). Returns the map [B, H, n, n].
+    q, k: [B, H, n, d]. size: [B, n] token sizes or None (no token scale).
+    Returns the float32 map [B, H, n, n]: softmax(scale * q k^T + log s).
     """
-    logits = q @ k.transpose(-2, -1)
-    if size is not None:
-        logits.add_(size.log().to(logits.dtype)[:, None, None, :])
-    return logits.softmax(dim=-1)
+    B, H, n, d = q.shape
+    q3, k3 = q.reshape(B * H, n, d), k.reshape(B * H, n, d)
+    if size is None:
+        logits = torch.bmm(q3, k3.transpose(1, 2))
+        if scale != 1.0:
+            logits.mul_(scale)
+    else:  # one fused multiply-add: log s + scale * q k^T
+        bias = size.log().to(q.dtype).repeat_interleave(H, dim=0).unsqueeze(1)  # [B*H, 1, n]
+        logits = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=scale)
+    logits = logits.float()  # the softmax runs in float32 under autocast too
+    torch.softmax(logits, dim=-1, out=logits)  # in place: the map is the largest tensor here
+    return logits.view(B, H, n, n)
 
 
 def attention(
@@ -211,23 +241,25 @@ def attention(
         reduce: Optional[Callable[[Tensor], tuple]] = None,
         keep_maps: bool = False,
         chunk: int = 0,
+        scale: float = 1.0,
 ) -> tuple[Tensor, Optional[tuple], Optional[tuple[Tensor, Tensor]]]:
     """GTP attention: token scale, sparsification, the map used for A @ V (METHOD.md section 2).
 
-    q, k, v: [B, H, n, d] (q already scaled); size: [B, n] or None. `reduce` maps
-    a (sparsified) map [b, H, n, n] to a tuple of per-image tensors [b, ...] (or
-    None), e.g. the selection scores, so the full map need not be kept.
+    q, k, v: [B, H, n, d]; size: [B, n] or None; scale multiplies q k^T. `reduce`
+    maps a (sparsified) map [b, H, n, n] to a tuple of per-image tensors [b, ...]
+    (or None), e.g. the selection scores, so the full map need not be kept.
     Images are processed `chunk` at a time (0 = all at once): a few images' maps
     stay in the CPU cache between the steps, which roughly halves their cost.
     Returns (output [B, H, n, d], the reductions concatenated over images,
     (map before, map after sparsification) when keep_maps).
     """
-    B = q.shape[0]
+    B, H, n, d = q.shape
     step = B if chunk <= 0 else chunk
-    outs, reduced, before, after = [], [], [], []
+    out = v.new_empty(B, H, n, d)
+    reduced, before, after = [], [], []
     for i in range(0, B, step):
         sl = slice(i, i + step)
-        amap = attention_map(q[sl], k[sl], None if size is None else size[sl])
+        amap = attention_map(q[sl], k[sl], None if size is None else size[sl], scale)
         if keep_maps:
             before.append(amap.clone())
         amap = sparsify_attention(amap, sparsity)
@@ -235,8 +267,8 @@ def attention(
             after.append(amap)
         if reduce is not None:
             reduced.append(reduce(amap))
-        outs.append(amap.to(v.dtype) @ v[sl])
-    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        b = amap.shape[0]
+        torch.bmm(amap.view(b * H, n, n).to(v.dtype), v[sl].reshape(b * H, n, d), out=out[sl].view(b * H, n, d))
     parts = None
     if reduce is not None:
         parts = tuple(None if r[0] is None else torch.cat(r) for r in zip(*reduced))
@@ -320,40 +352,43 @@ def propagate(
         x: Tensor,
         size: Tensor,
         graph: Optional[Tensor],
+        ids: Tensor,
         prop: Tensor,
         keep: Tensor,
         num_prefix: int,
         propagation: str = "graph",
         alpha: float = 0.1,
-) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """Remove the propagated patch tokens, pushing their features into the kept ones.
 
-    x: [B, n, C] all tokens; size: [B, n]; graph: W [B, N, N] over patch tokens
-    (only needed for "graph"); prop [B, P] and keep [B, N-P] index patch tokens.
-    Returns (x, size, W, weights): the reduced tokens and sizes, the graph
-    restricted to the survivors, and the propagation weights alpha * W[K, R]
+    x: [B, n, C] all tokens; size: [B, n]; graph: W [B, N0, N0] over the ORIGINAL
+    patch tokens (only needed for "graph"); ids: [B, N] the original id of each
+    current patch token; prop [B, P] and keep [B, N-P] index the current patch
+    tokens. Restricting W to the survivors (W <- W[K, K]) is the same as indexing
+    the original W by their ids, so W itself is never gathered.
+    Returns (x, size, ids, weights): the reduced tokens, sizes and ids (the
+    "mean" token gets id -1), and the propagation weights alpha * W[K, R]
     [B, N-P, P] for "graph" (None otherwise).
     """
     p0 = num_prefix
     prefix_x, patch_x = x[:, :p0], x[:, p0:]
     prefix_s, patch_s = size[:, :p0], size[:, p0:]
-    x_keep, s_keep = _gather_rows(patch_x, keep), _gather_rows(patch_s, keep)
+    x_keep, s_keep, ids_keep = _gather_rows(patch_x, keep), _gather_rows(patch_s, keep), ids.gather(1, keep)
     weights = None
-    new_graph = None
     if propagation == "graph":
-        w_k = _gather_rows(graph, keep)  # [B, N-P, N]
-        w_kr = w_k.gather(2, prop.unsqueeze(1).expand(-1, keep.shape[1], -1))
-        weights = alpha * w_kr
+        N0 = graph.shape[-1]
+        pairs = ids_keep.unsqueeze(2) * N0 + ids.gather(1, prop).unsqueeze(1)  # [B, N-P, P] flat into W
+        weights = alpha * graph.flatten(1).gather(1, pairs.flatten(1)).view_as(pairs)
         x_prop, s_prop = _gather_rows(patch_x, prop), _gather_rows(patch_s, prop)
         x_keep = x_keep + (weights.to(x.dtype) @ x_prop)
         s_keep = s_keep + (weights @ s_prop.unsqueeze(-1).to(weights.dtype)).squeeze(-1).to(s_keep.dtype)
-        new_graph = w_k.gather(2, keep.unsqueeze(1).expand(-1, keep.shape[1], -1))
     elif propagation == "mean":
         x_prop, s_prop = _gather_rows(patch_x, prop), _gather_rows(patch_s, prop)
         x_keep = torch.cat([x_keep, x_prop.mean(1, keepdim=True)], dim=1)
         s_keep = torch.cat([s_keep, s_prop.sum(1, keepdim=True)], dim=1)  # it stands for all of them
+        ids_keep = torch.cat([ids_keep, ids_keep.new_full((ids.shape[0], 1), -1)], dim=1)
     elif propagation != "none":
         raise ValueError(f"propagation must be one of {PROPAGATIONS}, got {propagation!r}")
     x = torch.cat([prefix_x, x_keep], dim=1)
     size = torch.cat([prefix_s, s_keep], dim=1)
-    return x, size, new_graph, weights
+    return x, size, ids_keep, weights

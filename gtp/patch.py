@@ -31,8 +31,8 @@ class GTPState:
         self.recorder: Optional[Trace] = None
         # Per forward:
         self.size: Optional[Tensor] = None  # [B, n] token sizes
-        self.graph: Optional[Tensor] = None  # [B, N, N] W restricted to the current patch tokens
-        self.ids: Optional[Tensor] = None   # [B, N] original patch ids (only while tracing)
+        self.graph: Optional[Tensor] = None  # [B, N0, N0] W over the original patch tokens
+        self.ids: Optional[Tensor] = None   # [B, N] original id of each current patch token
 
     def start(self, x: Tensor) -> None:
         """Called by block 0 with its input x: [B, n, C] (after pos-embed and norm_pre)."""
@@ -45,9 +45,8 @@ class GTPState:
         patches = x[:, p0:]
         needs_graph = cfg.propagation == "graph" and any(cfg.num_prop)
         self.graph = G.build_graph(patches, self.grid_size, cfg.graph, cfg.num_neighbours) if needs_graph else None
-        self.ids = None
+        self.ids = torch.arange(N, device=x.device).expand(B, N)
         if rec is not None:
-            self.ids = torch.arange(N, device=x.device).expand(B, N)
             rec.grid_size, rec.num_prefix, rec.config = self.grid_size, p0, cfg.as_dict()
             rec.layers = []
             rec.spatial_edges = edges_from_adjacency(G.spatial_adjacency(*self.grid_size, device=x.device))
@@ -72,7 +71,7 @@ def _attend(attn: nn.Module, x: Tensor, size: Optional[Tensor], sparsity: float,
     reduced = maps = None
     if reduce is not None or keep_maps or sparsity < 1.0:
         chunk = 0 if x.is_cuda else CPU_CHUNK
-        out, reduced, maps = G.attention(q * attn.scale, k, v, size, sparsity, reduce, keep_maps, chunk)
+        out, reduced, maps = G.attention(q, k, v, size, sparsity, reduce, keep_maps, chunk, attn.scale)
     else:  # no map needed: the fused kernel, with token scale as an additive bias
         bias = None if size is None else size.log().to(q.dtype)[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
@@ -117,32 +116,25 @@ def _gtp_block_class(block_cls: type) -> type:
             prop = x.new_empty(x.shape[0], 0, dtype=torch.long)
             weights = None
             keep = None
+            candidates = state.ids
             if num_prop > 0:
                 score, regeneration, broadcasting = scores
                 prop, keep = G.split_tokens(score, num_prop)
-                x, state.size, state.graph, weights = G.propagate(
-                    x, state.size, state.graph, prop, keep, p0, cfg.propagation, cfg.alpha)
+                x, state.size, state.ids, weights = G.propagate(
+                    x, state.size, state.graph, state.ids, prop, keep, p0, cfg.propagation, cfg.alpha)
             if rec is not None:
                 self._record(rec, state, n, x.shape[1], maps, score, regeneration,
-                             broadcasting, prop, keep, weights)
+                             broadcasting, candidates, prop, keep, weights)
             return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
         def _record(self, rec, state, n_in, n_out, maps, score, regeneration,
-                    broadcasting, prop, keep, weights) -> None:
-            cfg, p0 = state.config, state.num_prefix
-            ids = state.ids
-            B = ids.shape[0]
-            candidates = ids
+                    broadcasting, candidates, prop, keep, weights) -> None:
+            p0 = state.num_prefix
             propagated = candidates.gather(1, prop)             # [B, P]
-            if keep is not None:
-                ids = ids.gather(1, keep)
-                if cfg.propagation == "mean":
-                    ids = torch.cat([ids, ids.new_full((B, 1), -1)], dim=1)
-                state.ids = ids
             edges = []
             if weights is not None:
                 receivers = candidates.gather(1, keep)          # [B, N-P]
-                for b in range(B):
+                for b in range(candidates.shape[0]):
                     k_i, r_i = weights[b].nonzero(as_tuple=True)
                     edges.append(Edges(propagated[b, r_i], receivers[b, k_i], weights[b, k_i, r_i].float()))
             before, amap = maps
@@ -158,7 +150,7 @@ def _gtp_block_class(block_cls: type) -> type:
                 regeneration=regeneration,
                 broadcasting=broadcasting,
                 propagated=propagated,
-                kept=ids,
+                kept=state.ids,
                 sizes=state.size[:, p0:].clone(),
                 edges=edges,
                 zeroed_fraction=zeroed,

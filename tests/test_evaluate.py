@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import gtp
 from gtp import cli
-from gtp.evaluate import Evaluator, class_index, imagenet_classes, scan_folder, shard_batches
+from gtp.evaluate import Evaluator, class_index, imagenet_classes, read_labels, scan_folder, shard_batches
 
 from conftest import ROOT, random_model
 
@@ -83,6 +83,19 @@ def test_scan_folder_layouts(tmp_path, photos):
     _put(lab, photos[3])
     with pytest.raises(ValueError, match="both"):
         scan_folder(lab)
+    with pytest.raises(ValueError, match="flat folder"):
+        scan_folder(lab, labels_file=tmp_path / "any.txt")
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"filename,label\n{photos[0].name},tabby\n{photos[1].stem},n01440764\n")
+    with pytest.raises(ValueError, match=r"2 image\(s\) have no label in labels.csv"):
+        scan_folder(flat, labels_file=labels)
+    labels.write_text(labels.read_text() + f"{photos[2].name},281\n{photos[3].name},999\n")
+    s = scan_folder(flat, labels_file=labels)
+    assert s.labelled and dict(zip((p.name for p in s.paths), s.labels)) == {
+        photos[0].name: 281, photos[1].name: 0, photos[2].name: 281, photos[3].name: 999}
+    labels.write_text(f"name label\n{photos[0].name} not-a-class\n")  # a header, then a bad label
+    with pytest.raises(ValueError, match="line 2: .*matches no class"):
+        read_labels(labels, *reversed(imagenet_classes()))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
         scan_folder(tmp_path / "empty")
@@ -150,6 +163,25 @@ def test_eval_equals_counting_by_hand(tmp_path, photos, loaded):
     assert set(rec["timing"]) >= {"img_per_s", "full_img_per_s", "speedup", "world_size", "device"}
     rows = list(csv.DictReader(open(tmp_path / "res.csv")))
     assert len(rows) == 1 and float(rows[0]["top1"]) == rec["top1"] and "timing.img_per_s" in rows[0]
+
+    # The same images in one flat folder, as ImageNet val is shipped, labelled by a file.
+    flat = tmp_path / "flat_val"
+    for photo in photos:
+        _put(flat, photo)
+    kaggle = tmp_path / "LOC_val_solution.csv"
+    kaggle.write_text("ImageId,PredictionString\n" + "".join(
+        f"{p.stem},{wnids[c]} 1 2 30 40 {wnids[c]} 5 6 70 80\n" for p, c in zip(photos, labels))
+        + "not_in_the_folder,n01440764 0 0 10 10\n")
+    val_txt = tmp_path / "val.txt"
+    val_txt.write_text("".join(f"{p.name} {c}\n" for p, c in zip(photos, labels)))
+    for labels_file in (kaggle, val_txt):
+        assert cli.main(["eval", "--model", MODEL, "--data", str(flat), "--labels", str(labels_file),
+                         "--batch-size", "3", "--no-progress", "--num-prop", "8",
+                         "--out", str(tmp_path / "flat_res")]) == 0
+        flat_rec = json.loads((tmp_path / "flat_res.json").read_text())
+        assert str(labels_file) in flat_rec["data"]
+        assert {k: v for k, v in flat_rec.items() if k not in ("timing", "data")} == \
+            {k: v for k, v in rec.items() if k not in ("timing", "data")}
 
 
 @torch.inference_mode()

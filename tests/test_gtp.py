@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import gtp
-from gtp import functional as G
+from gtp import functional as G, radix_select
 from reference import reference_forward
 from conftest import dinov2_model, random_model
 
@@ -190,8 +190,40 @@ def test_kth_smallest_equals_kthvalue():
         logits = torch.randn(rows, length, generator=gen) * 3
         values = logits.softmax(-1)
         values[0, :50] = values[0, 7]  # ties
+        values[1, : length // 2] = 0.0  # underflowed softmax entries
         for k in (1, 17, length // 3, int(0.4 * length), length - 1, length):
             assert torch.equal(G.kth_smallest(values, k), values.kthvalue(k, dim=1).values)
+
+
+@pytest.mark.parametrize("path", ["dispatch", "torch", "radix"])
+def test_zero_smallest_zeroes_what_kthvalue_names(path):
+    """Each implementation zeroes exactly the entries <= the k-th smallest, ties included."""
+    if path == "radix" and not radix_select.available():
+        pytest.skip("numba is not installed")
+    fn = {"dispatch": G.zero_smallest_, "torch": G.zero_smallest_torch_,
+          "radix": radix_select.zero_smallest_}[path]
+    gen = torch.Generator().manual_seed(1)
+    values = (torch.randn(6, 38809, generator=gen) * 4).softmax(-1)
+    values[0, ::3] = values[0, 5]                   # many ties at one value
+    values[2] = values[2].round(decimals=5)         # ties everywhere
+    values[3, :100] = float("inf")
+    for k in (1, 1000, 15523, 38809):
+        expected = values.clone()
+        threshold = expected.kthvalue(k, dim=1, keepdim=True).values
+        expected[expected <= threshold] = 0.0
+        got = values.clone()
+        assert torch.equal(fn(got, k), threshold.squeeze(1)) and torch.equal(got, expected)
+    if path != "radix":  # negative values: the radix kernel leaves such rows to the caller
+        signed = torch.randn(4, 5000, generator=gen)
+        expected = signed.clone()
+        expected[expected <= expected.kthvalue(2000, dim=1, keepdim=True).values] = 0.0
+        got = signed.clone()
+        fn(got, 2000)
+        assert torch.equal(got, expected)
+    else:
+        signed = torch.randn(2, 100, generator=gen)
+        kept = signed.clone()
+        assert radix_select.zero_smallest_(signed, 10).isnan().all() and torch.equal(signed, kept)
 
 
 def test_sparsify_zeroes_exactly_the_smallest_entries():

@@ -1,6 +1,7 @@
 """The per-layer trace, GMACs and reduced-precision / CUDA paths."""
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -91,12 +92,18 @@ def test_trace_graphs_and_json_summary():
     assert summary["layers"][3]["propagated"] == rec.layers[3].propagated[1].tolist()
 
 
-def test_untraced_forward_records_nothing():
+def test_untraced_forward_records_nothing(monkeypatch):
     model, _ = traced(dict(num_prop=8))
+
+    def no_record(*args, **kwargs):
+        raise AssertionError("an untraced forward built a trace record")
+
+    patch_module = importlib.import_module("gtp.patch")  # `gtp.patch` is the function
+    monkeypatch.setattr(patch_module, "LayerTrace", no_record)
+    monkeypatch.setattr(patch_module, "edges_from_adjacency", no_record)
     with torch.inference_mode():
         model(torch.randn(1, 3, 224, 224))
-    state = model._gtp_state
-    assert state.recorder is None and state.ids is None
+    assert model._gtp_state.recorder is None
 
 
 def test_trace_requires_a_patched_model():
