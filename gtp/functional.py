@@ -190,21 +190,28 @@ def num_zeroed(n: int, sparsity: float) -> int:
 
 
 def sparsify_attention(attn: Tensor, sparsity: float) -> Tensor:
-    """Zero the floor(n^2 (1 - theta)) smallest entries of each head's map, in place.
+    """Zero the floor(n^2 (1 - theta)) smallest entries of each head's map.
 
     attn: [B, H, n, n] softmax output. No renormalisation (METHOD.md section 2).
-    Entries equal to the threshold value are zeroed too.
+    Entries equal to the threshold value are zeroed too. In place, except where
+    autograd records attn (then a new tensor, so the softmax can be differentiated).
     """
     B, H, n, _ = attn.shape
     k = num_zeroed(n, sparsity)
     if sparsity >= 1.0 or k <= 0:
         return attn
-    if attn.dtype == torch.float32 and attn.is_contiguous():
+    if attn.dtype == torch.float32 and attn.is_contiguous() and not _needs_grad(attn):
         zero_smallest_(attn.view(B * H, n * n), k)
         return attn
-    flat = attn.reshape(B * H, n * n).float()  # reduced precision: rank in float32
+    flat = attn.detach().reshape(B * H, n * n).to(torch.float32, copy=True)  # rank in float32
     zero_smallest_(flat, k)
-    return attn.masked_fill_(flat.view_as(attn) == 0, 0.0)
+    zeroed = flat.view_as(attn) == 0
+    return attn.masked_fill(zeroed, 0.0) if _needs_grad(attn) else attn.masked_fill_(zeroed, 0.0)
+
+
+def _needs_grad(t: Tensor) -> bool:
+    """Whether autograd records ops on t (then no in-place or out= shortcuts)."""
+    return t.requires_grad and torch.is_grad_enabled()
 
 
 def attention_map(
@@ -228,6 +235,8 @@ def attention_map(
         bias = size.log().to(q.dtype).repeat_interleave(H, dim=0).unsqueeze(1)  # [B*H, 1, n]
         logits = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=scale)
     logits = logits.float()  # the softmax runs in float32 under autocast too
+    if _needs_grad(logits):
+        return logits.softmax(dim=-1).view(B, H, n, n)
     torch.softmax(logits, dim=-1, out=logits)  # in place: the map is the largest tensor here
     return logits.view(B, H, n, n)
 
@@ -255,8 +264,9 @@ def attention(
     """
     B, H, n, d = q.shape
     step = B if chunk <= 0 else chunk
-    out = v.new_empty(B, H, n, d)
-    reduced, before, after = [], [], []
+    grad = any(t is not None and _needs_grad(t) for t in (q, k, v, size))
+    out = None if grad else v.new_empty(B, H, n, d)  # chunks write into it (out= cannot be differentiated)
+    outs, reduced, before, after = [], [], [], []
     for i in range(0, B, step):
         sl = slice(i, i + step)
         amap = attention_map(q[sl], k[sl], None if size is None else size[sl], scale)
@@ -267,8 +277,14 @@ def attention(
             after.append(amap)
         if reduce is not None:
             reduced.append(reduce(amap))
-        b = amap.shape[0]
-        torch.bmm(amap.view(b * H, n, n).to(v.dtype), v[sl].reshape(b * H, n, d), out=out[sl].view(b * H, n, d))
+        if out is None:
+            outs.append(amap.to(v.dtype) @ v[sl])
+        else:
+            b = amap.shape[0]
+            torch.bmm(amap.view(b * H, n, n).to(v.dtype), v[sl].reshape(b * H, n, d),
+                      out=out[sl].view(b * H, n, d))
+    if out is None:
+        out = torch.cat(outs)
     parts = None
     if reduce is not None:
         parts = tuple(None if r[0] is None else torch.cat(r) for r in zip(*reduced))
@@ -341,11 +357,15 @@ def split_tokens(score: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
 
 
 # ---------------------------------------------------------------------- propagation
-def _gather_rows(t: Tensor, idx: Tensor) -> Tensor:
-    """t: [B, N, ...], idx: [B, M] -> [B, M, ...]."""
-    if t.dim() == 2:
-        return t.gather(1, idx)
-    return t.gather(1, idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
+def _take_rows(t: Tensor, idx: Tensor) -> Tensor:
+    """Rows idx of each image: t [B, n, ...], idx [B, m] -> [B, m, ...].
+
+    One index_select over the flattened rows: a plain copy per row, several times
+    cheaper on the CPU than a gather with an expanded index.
+    """
+    B, n = t.shape[:2]
+    flat = (idx + torch.arange(B, device=idx.device).unsqueeze(1) * n).flatten()
+    return t.reshape(B * n, *t.shape[2:]).index_select(0, flat).view(B, idx.shape[1], *t.shape[2:])
 
 
 def propagate(
@@ -370,25 +390,24 @@ def propagate(
     "mean" token gets id -1), and the propagation weights alpha * W[K, R]
     [B, N-P, P] for "graph" (None otherwise).
     """
+    if propagation not in PROPAGATIONS:
+        raise ValueError(f"propagation must be one of {PROPAGATIONS}, got {propagation!r}")
     p0 = num_prefix
-    prefix_x, patch_x = x[:, :p0], x[:, p0:]
-    prefix_s, patch_s = size[:, :p0], size[:, p0:]
-    x_keep, s_keep, ids_keep = _gather_rows(patch_x, keep), _gather_rows(patch_s, keep), ids.gather(1, keep)
+    B = x.shape[0]
+    prefix = torch.arange(p0, device=keep.device).expand(B, p0)
+    survivors = torch.cat([prefix, keep + p0], dim=1)  # [B, p0 + N-P] rows of x
+    x_new, s_new, ids_keep = _take_rows(x, survivors), _take_rows(size, survivors), ids.gather(1, keep)
     weights = None
     if propagation == "graph":
         N0 = graph.shape[-1]
         pairs = ids_keep.unsqueeze(2) * N0 + ids.gather(1, prop).unsqueeze(1)  # [B, N-P, P] flat into W
         weights = alpha * graph.flatten(1).gather(1, pairs.flatten(1)).view_as(pairs)
-        x_prop, s_prop = _gather_rows(patch_x, prop), _gather_rows(patch_s, prop)
-        x_keep = x_keep + (weights.to(x.dtype) @ x_prop)
-        s_keep = s_keep + (weights @ s_prop.unsqueeze(-1).to(weights.dtype)).squeeze(-1).to(s_keep.dtype)
+        x_prop, s_prop = _take_rows(x, prop + p0), _take_rows(size, prop + p0)
+        x_new[:, p0:] += weights.to(x.dtype) @ x_prop
+        s_new[:, p0:] += (weights @ s_prop.unsqueeze(-1).to(weights.dtype)).squeeze(-1).to(s_new.dtype)
     elif propagation == "mean":
-        x_prop, s_prop = _gather_rows(patch_x, prop), _gather_rows(patch_s, prop)
-        x_keep = torch.cat([x_keep, x_prop.mean(1, keepdim=True)], dim=1)
-        s_keep = torch.cat([s_keep, s_prop.sum(1, keepdim=True)], dim=1)  # it stands for all of them
-        ids_keep = torch.cat([ids_keep, ids_keep.new_full((ids.shape[0], 1), -1)], dim=1)
-    elif propagation != "none":
-        raise ValueError(f"propagation must be one of {PROPAGATIONS}, got {propagation!r}")
-    x = torch.cat([prefix_x, x_keep], dim=1)
-    size = torch.cat([prefix_s, s_keep], dim=1)
-    return x, size, ids_keep, weights
+        x_prop, s_prop = _take_rows(x, prop + p0), _take_rows(size, prop + p0)
+        x_new = torch.cat([x_new, x_prop.mean(1, keepdim=True)], dim=1)
+        s_new = torch.cat([s_new, s_prop.sum(1, keepdim=True)], dim=1)  # it stands for all of them
+        ids_keep = torch.cat([ids_keep, ids_keep.new_full((B, 1), -1)], dim=1)
+    return x_new, s_new, ids_keep, weights

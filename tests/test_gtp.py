@@ -183,6 +183,21 @@ def test_patch_again_reconfigures_and_unpatch_restores():
     assert gtp.config_of(model) is None
 
 
+def test_gradients_flow_through_a_patched_model():
+    """Training through GTP (sparsification included) works and computes the same forward."""
+    model = random_model("deit_tiny_patch16_224")
+    gtp.patch(model, num_prop=8, sparsity=0.6)
+    x = images(2)
+    with torch.inference_mode():
+        expected = model(x)
+    logits = model(x)
+    assert torch.allclose(logits, expected, atol=1e-5)
+    logits.logsumexp(-1).sum().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.blocks[5].attn.qkv.weight.grad.abs().sum() > 0
+
+
 # ---------------------------------------------------------------- pure functions
 def test_kth_smallest_equals_kthvalue():
     gen = torch.Generator().manual_seed(0)
