@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -129,8 +130,8 @@ def zero_smallest_(values: Tensor, k: int) -> Tensor:
     if (radix_select.available() and values.device.type == "cpu" and values.dtype == torch.float32
             and values.is_contiguous() and not (values.requires_grad and torch.is_grad_enabled())):
         threshold = radix_select.zero_smallest_(values, k)
-        skipped = threshold.isnan().nonzero(as_tuple=True)[0]  # rows with negative values
-        if len(skipped):
+        if bool(np.isnan(threshold.numpy()).any()):  # rows with negative values were skipped
+            skipped = threshold.isnan().nonzero(as_tuple=True)[0]
             rows = values[skipped]
             threshold[skipped] = zero_smallest_torch_(rows, k)
             values[skipped] = rows
@@ -348,24 +349,18 @@ def split_tokens(score: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
     where sparsification zeroes whole factors. Both index lists are sorted
     ascending, so kept tokens keep their relative order.
     """
-    B, N = score.shape
     order = score.sort(dim=1, stable=True).indices
-    prop = order[:, :num_prop].sort(dim=1).values
-    keep_mask = torch.ones_like(score, dtype=torch.bool).scatter_(1, prop, False)
-    keep = keep_mask.nonzero(as_tuple=True)[1].view(B, N - num_prop)
-    return prop, keep
+    return order[:, :num_prop].sort(dim=1).values, order[:, num_prop:].sort(dim=1).values
 
 
 # ---------------------------------------------------------------------- propagation
-def _take_rows(t: Tensor, idx: Tensor) -> Tensor:
-    """Rows idx of each image: t [B, n, ...], idx [B, m] -> [B, m, ...].
+def _rows(idx: Tensor, n: int) -> Tensor:
+    """Per-image row indices [B, m] -> indices [B*m] into the B*n rows of all images.
 
-    One index_select over the flattened rows: a plain copy per row, several times
-    cheaper on the CPU than a gather with an expanded index.
+    Rows are then copied with one index_select: several times cheaper on the CPU
+    than a gather with an expanded index.
     """
-    B, n = t.shape[:2]
-    flat = (idx + torch.arange(B, device=idx.device).unsqueeze(1) * n).flatten()
-    return t.reshape(B * n, *t.shape[2:]).index_select(0, flat).view(B, idx.shape[1], *t.shape[2:])
+    return (idx + torch.arange(idx.shape[0], device=idx.device).unsqueeze(1) * n).flatten()
 
 
 def propagate(
@@ -393,20 +388,25 @@ def propagate(
     if propagation not in PROPAGATIONS:
         raise ValueError(f"propagation must be one of {PROPAGATIONS}, got {propagation!r}")
     p0 = num_prefix
-    B = x.shape[0]
+    B, n, C = x.shape
+    rows_x, rows_s = x.reshape(B * n, C), size.reshape(B * n)
     prefix = torch.arange(p0, device=keep.device).expand(B, p0)
-    survivors = torch.cat([prefix, keep + p0], dim=1)  # [B, p0 + N-P] rows of x
-    x_new, s_new, ids_keep = _take_rows(x, survivors), _take_rows(size, survivors), ids.gather(1, keep)
+    survivors = _rows(torch.cat([prefix, keep + p0], dim=1), n)
+    x_new = rows_x.index_select(0, survivors).view(B, -1, C)
+    s_new = rows_s.index_select(0, survivors).view(B, -1)
+    ids_keep = ids.gather(1, keep)
     weights = None
+    if propagation != "none":
+        propagated = _rows(prop + p0, n)
+        x_prop = rows_x.index_select(0, propagated).view(B, -1, C)
+        s_prop = rows_s.index_select(0, propagated).view(B, -1)
     if propagation == "graph":
         N0 = graph.shape[-1]
         pairs = ids_keep.unsqueeze(2) * N0 + ids.gather(1, prop).unsqueeze(1)  # [B, N-P, P] flat into W
         weights = alpha * graph.flatten(1).gather(1, pairs.flatten(1)).view_as(pairs)
-        x_prop, s_prop = _take_rows(x, prop + p0), _take_rows(size, prop + p0)
         x_new[:, p0:] += weights.to(x.dtype) @ x_prop
         s_new[:, p0:] += (weights @ s_prop.unsqueeze(-1).to(weights.dtype)).squeeze(-1).to(s_new.dtype)
     elif propagation == "mean":
-        x_prop, s_prop = _take_rows(x, prop + p0), _take_rows(size, prop + p0)
         x_new = torch.cat([x_new, x_prop.mean(1, keepdim=True)], dim=1)
         s_new = torch.cat([s_new, s_prop.sum(1, keepdim=True)], dim=1)  # it stands for all of them
         ids_keep = torch.cat([ids_keep, ids_keep.new_full((B, 1), -1)], dim=1)
