@@ -23,6 +23,7 @@ cached on disk afterwards).
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import torch
@@ -121,8 +122,23 @@ def zero_smallest_(values: Tensor, k: int) -> Tensor:
         raise ValueError(f"k must be in [1, {L}], got {k}")
     thresholds = np.empty(R, np.float32)
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, R)))
-    _zero_rows(values.detach().numpy(), k, thresholds)
+    if _threadsafe_layer():
+        _zero_rows(values.detach().numpy(), k, thresholds)
+    else:  # numba's workqueue layer aborts on concurrent launches (e.g. from an app's worker threads)
+        with _launch_lock:
+            _zero_rows(values.detach().numpy(), k, thresholds)
     return torch.from_numpy(thresholds)
+
+
+_launch_lock = threading.Lock()
+
+
+def _threadsafe_layer() -> bool:
+    """Whether numba's threading layer (known after the first launch) takes concurrent launches."""
+    try:
+        return numba.threading_layer() in ("omp", "tbb")
+    except ValueError:  # no launch yet: the layer is not chosen
+        return False
 
 
 def warm_up() -> None:

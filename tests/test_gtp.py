@@ -1,6 +1,8 @@
 """gtp.patch against the unpatched model and against the slow reference of METHOD.md."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -249,6 +251,21 @@ def test_sparsify_zeroes_exactly_the_smallest_entries():
     kept_min = torch.where(out > 0, out, torch.inf).flatten(2).amin(-1)
     zeroed_max = torch.where(out == 0, attn, -torch.inf).flatten(2).amax(-1)
     assert (zeroed_max < kept_min).all()
+
+
+def test_zero_smallest_from_many_threads_at_once():
+    """An app serves several requests at once: concurrent calls stay exact."""
+    gen = torch.Generator().manual_seed(2)
+    values = [torch.rand(12, 38809, generator=gen) for _ in range(6)]
+    expected = [v.clone() for v in values]
+    for e in expected:
+        e[e <= e.kthvalue(15000, dim=1, keepdim=True).values] = 0.0
+    workers = [threading.Thread(target=G.zero_smallest_, args=(v, 15000)) for v in values]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert all(torch.equal(v, e) for v, e in zip(values, expected))
 
 
 def test_graph_normalisation_and_neighbours():
