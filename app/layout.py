@@ -329,6 +329,24 @@ def explore(image: str, model: str = DEFAULT_MODEL, num_prop: float = PUBLISHED_
     return exp.prediction, exp.trace.summary()
 
 
+def compare_api(image: str, model: str = DEFAULT_MODEL, num_prop: float = PUBLISHED_SETTINGS.num_prop,
+                schedule: str = "", sparsity: float = PUBLISHED_SETTINGS.sparsity,
+                alpha: float = PUBLISHED_SETTINGS.alpha, num_neighbours: float = PUBLISHED_SETTINGS.num_neighbours,
+                graph: str = PUBLISHED_SETTINGS.graph, selection: str = PUBLISHED_SETTINGS.selection,
+                propagation: str = PUBLISHED_SETTINGS.propagation,
+                token_scale: bool = PUBLISHED_SETTINGS.token_scale) -> dict:
+    """GTP (this setting), ToMe and pruning on an image, each removing the same tokens per block.
+
+    Returns the compare view's numbers, all measured now: per method the original patch
+    ids removed in each block, tokens per block, top-5, top-1 agreement with the full
+    model, KL divergence and cosine similarity to the full model, GMACs.
+    """
+    photo = open_photo(image)
+    settings = _settings(model, None, num_prop, schedule, sparsity, alpha, num_neighbours, graph,
+                         selection, propagation, token_scale)
+    return compare_methods(explore_photo(photo, settings)).json()
+
+
 def compare_markdown(exp: Exploration, comp: Comparison) -> str:
     """The compare view's numbers: every one measured on this photo, now."""
     budget = comp.budget
@@ -597,6 +615,8 @@ def build_demo() -> gr.Blocks:
         api_prediction = gr.JSON(visible=False, label="prediction")
         api_summary = gr.JSON(visible=False, label="trace_summary")
         api_trigger = gr.Button(visible=False)
+        api_comparison = gr.JSON(visible=False, label="comparison")
+        api_compare_trigger = gr.Button(visible=False)
 
         # --- run events: the models run once per new photo or setting
         controls = [model, weights, num_prop, schedule, sparsity, alpha, num_neighbours, graph, selection,
@@ -629,6 +649,8 @@ def build_demo() -> gr.Blocks:
         ).success(**gmacs_args).success(**compare_after_run).success(**compare_gmacs_args)
         api_trigger.click(user_errors(explore), inputs=[photo, *[c for c in controls if c is not weights]],
                           outputs=[api_prediction, api_summary], api_name="explore", **RUN_QUEUE)
+        api_compare_trigger.click(user_errors(compare_api), inputs=[photo, *[c for c in controls if c is not weights]],
+                                  outputs=[api_comparison], api_name="compare", **RUN_QUEUE)
         measure.click(user_errors(throughput), inputs=[state, batch_size], outputs=[throughput_md],
                       api_visibility="undocumented", **RUN_QUEUE)
 

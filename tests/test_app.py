@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -123,6 +124,30 @@ def test_explore_real_photo_with_defaults(client):
     assert all(len(layer["propagated"]) == 8 for layer in summary["layers"])
     assert summary["config"]["num_prop"] == [8] * 12
     assert summary["spatial_edges"] and summary["semantic_edges"]
+
+
+def test_compare_endpoint_matches_the_public_api(client):
+    """/compare: the same tokens removed per block by each method, numbers as the library gives them."""
+    import gtp
+    from app.inference import get_model, preprocess
+    from app.photos import open_photo
+    comparison = client.predict(handle_file(CAT), num_prop=4, api_name="/compare")
+    assert comparison["budget"] == [4] * 12
+    assert list(comparison["methods"]) == ["gtp", "tome", "pruning"]
+    for method in comparison["methods"].values():
+        assert [len(ids) for ids in method["removed"]] == [4] * 12
+        assert method["tokens_per_block"] == [197 - 4 * (i + 1) for i in range(12)]
+        assert -1.0 <= method["cosine"] <= 1.0 + 1e-6 and len(method["top5"]) == 5
+    slot = get_model("deit_small_patch16_224")
+    x = preprocess(open_photo(str(CAT)).image, slot.loaded)
+    with torch.inference_mode(), slot.lock:
+        gtp.patch(slot.model, num_prop=4)
+        try:
+            with gtp.trace(slot.model) as rec:
+                slot.model(x)
+        finally:
+            gtp.unpatch(slot.model)
+    assert comparison["methods"]["gtp"]["removed"] == [layer.propagated[0].tolist() for layer in rec.layers]
 
 
 def test_explore_hyperparameters_and_schedule(client):
