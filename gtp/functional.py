@@ -83,6 +83,11 @@ def build_graph(
 
 
 # ------------------------------------------------------------------------ attention
+def _needs_grad(t: Tensor) -> bool:
+    """Whether autograd records ops on t (then no in-place or out= shortcuts)."""
+    return t.requires_grad and torch.is_grad_enabled()
+
+
 def _kth_of_rows(values: Tensor, k: int) -> Tensor:
     """k-th smallest (1-based) of each row: [R, L] -> [R]; topk is far cheaper than kthvalue on CPU."""
     L = values.shape[1]
@@ -128,7 +133,7 @@ def zero_smallest_(values: Tensor, k: int) -> Tensor:
     `zero_smallest_torch_`.
     """
     if (radix_select.available() and values.device.type == "cpu" and values.dtype == torch.float32
-            and values.is_contiguous() and not (values.requires_grad and torch.is_grad_enabled())):
+            and values.is_contiguous() and not _needs_grad(values)):
         threshold = radix_select.zero_smallest_(values, k)
         if bool(np.isnan(threshold.numpy()).any()):  # rows with negative values were skipped
             skipped = threshold.isnan().nonzero(as_tuple=True)[0]
@@ -208,11 +213,6 @@ def sparsify_attention(attn: Tensor, sparsity: float) -> Tensor:
     zero_smallest_(flat, k)
     zeroed = flat.view_as(attn) == 0
     return attn.masked_fill(zeroed, 0.0) if _needs_grad(attn) else attn.masked_fill_(zeroed, 0.0)
-
-
-def _needs_grad(t: Tensor) -> bool:
-    """Whether autograd records ops on t (then no in-place or out= shortcuts)."""
-    return t.requires_grad and torch.is_grad_enabled()
 
 
 def attention_map(
