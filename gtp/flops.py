@@ -9,6 +9,16 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
+def _baddbmm_flops(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of x.baddbmm_(a, b), a: [B, m, k], b: [B, k, n]: the batched matmul, as for bmm."""
+    batch, m, k = a_shape
+    return 2 * batch * m * k * b_shape[2]
+
+
+# The counter knows the out-of-place baddbmm only; GTP's propagation runs it in place.
+_IN_PLACE = {torch.ops.aten.baddbmm_: _baddbmm_flops}
+
+
 @contextlib.contextmanager
 def _unfused_attention(model: nn.Module) -> Iterator[None]:
     """The FLOP counter cannot see timm's fused attention kernel on CPU: run the explicit path."""
@@ -36,7 +46,7 @@ def gmacs(model: nn.Module, img_size: Union[int, tuple[int, int]] = 224, seed: i
     was_training = model.training
     model.eval()
     try:
-        with _unfused_attention(model), torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        with _unfused_attention(model), torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=_IN_PLACE) as counter:
             model(x)
     finally:
         model.train(was_training)

@@ -404,8 +404,9 @@ def propagate(
         N0 = graph.shape[-1]
         pairs = ids_keep.unsqueeze(2) * N0 + ids.gather(1, prop).unsqueeze(1)  # [B, N-P, P] flat into W
         weights = alpha * graph.flatten(1).gather(1, pairs.flatten(1)).view_as(pairs)
-        x_new[:, p0:] += weights.to(x.dtype) @ x_prop
-        s_new[:, p0:] += (weights @ s_prop.unsqueeze(-1).to(weights.dtype)).squeeze(-1).to(s_new.dtype)
+        # In place on the kept rows: x_K += alpha W[K, R] x_R, s_K += alpha W[K, R] s_R.
+        x_new[:, p0:].baddbmm_(weights.to(x.dtype), x_prop)
+        s_new[:, p0:].unsqueeze(-1).baddbmm_(weights.to(s_new.dtype), s_prop.unsqueeze(-1))
     elif propagation == "mean":
         x_new = torch.cat([x_new, x_prop.mean(1, keepdim=True)], dim=1)
         s_new = torch.cat([s_new, s_prop.sum(1, keepdim=True)], dim=1)  # it stands for all of them

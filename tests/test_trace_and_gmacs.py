@@ -136,6 +136,18 @@ def test_gmacs_count_the_attention_products():
     assert linear_only == pytest.approx(expected, rel=1e-3)
 
 
+def test_gmacs_count_the_graph_and_the_propagation():
+    """Graph propagation costs what its matmuls cost: the kNN similarity once, alpha W[K, R] x_R per block."""
+    model = random_model("deit_tiny_patch16_224")
+    gtp.patch(model, num_prop=8, propagation="none")
+    dropped = gtp.gmacs(model)
+    gtp.patch(model, num_prop=8, propagation="graph")
+    C, P = 192, 8
+    similarity = 196 * 196 * C
+    propagation = sum((196 - P * i - P) * P * (C + 1) for i in range(12))  # features and sizes
+    assert gtp.gmacs(model) - dropped == pytest.approx((similarity + propagation) / 1e9, rel=1e-6)
+
+
 # ------------------------------------------------------ reduced precision, CUDA
 def test_bf16_autocast_on_cpu_agrees_with_float32():
     model = gtp.patch(random_model("deit_tiny_patch16_224"), num_prop=8, sparsity=0.6)
