@@ -46,7 +46,8 @@ def gmacs(model: nn.Module, img_size: Union[int, tuple[int, int]] = 224, seed: i
     was_training = model.training
     model.eval()
     try:
-        with _unfused_attention(model), torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=_IN_PLACE) as counter:
+        counter = FlopCounterMode(display=False, custom_mapping=_IN_PLACE)
+        with _unfused_attention(model), torch.inference_mode(), counter:
             model(x)
     finally:
         model.train(was_training)
