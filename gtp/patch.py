@@ -7,7 +7,7 @@ patch ids while tracing) lives in one `GTPState` object on the model.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -164,6 +164,27 @@ def _gtp_block_class(block_cls: type) -> type:
     return GTPBlock
 
 
+def swap_block_classes(model: nn.Module, subclass_of: Callable[[type], type], state: object, tag: str) -> None:
+    """Give each block of `model` the class `subclass_of(its class)`; weights stay as they are.
+
+    Each block keeps `_<tag>_original_class` (for `restore_block_classes`), `_<tag>_state`
+    (shared by all blocks) and `_<tag>_index` (its depth). Used by GTP ("gtp") and ToMe ("tome").
+    """
+    for i, blk in enumerate(model.blocks):
+        setattr(blk, f"_{tag}_original_class", blk.__class__)
+        blk.__class__ = subclass_of(blk.__class__)
+        setattr(blk, f"_{tag}_state", state)
+        setattr(blk, f"_{tag}_index", i)
+
+
+def restore_block_classes(model: nn.Module, tag: str) -> None:
+    """Undo `swap_block_classes(..., tag)`: every block is its original class again."""
+    for blk in model.blocks:
+        blk.__class__ = getattr(blk, f"_{tag}_original_class")
+        for name in ("original_class", "state", "index"):
+            delattr(blk, f"_{tag}_{name}")
+
+
 def _grid_hook(state: GTPState):
     def hook(patch_embed: nn.Module, args) -> None:
         img = args[0]
@@ -225,11 +246,7 @@ def patch(
     state = GTPState(config, model.num_prefix_tokens, grid)
     model._gtp_state = state
     model._gtp_hook = model.patch_embed.register_forward_pre_hook(_grid_hook(state))
-    for i, blk in enumerate(model.blocks):
-        blk._gtp_original_class = blk.__class__
-        blk.__class__ = _gtp_block_class(blk.__class__)
-        blk._gtp_state = state
-        blk._gtp_index = i
+    swap_block_classes(model, _gtp_block_class, state, "gtp")
     return model
 
 
@@ -238,9 +255,7 @@ def unpatch(model: nn.Module) -> nn.Module:
     if getattr(model, "_gtp_state", None) is None:
         return model
     model._gtp_hook.remove()
-    for blk in model.blocks:
-        blk.__class__ = blk._gtp_original_class
-        del blk._gtp_original_class, blk._gtp_state, blk._gtp_index
+    restore_block_classes(model, "gtp")
     del model._gtp_state, model._gtp_hook
     return model
 

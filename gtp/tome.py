@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .patch import restore_block_classes, swap_block_classes
+
 
 # ------------------------------------------------------------------------ pure maths
 class Matching(NamedTuple):
@@ -255,11 +257,7 @@ def patch(model: nn.Module, r: Union[int, Sequence[int]] = 8, prop_attn: bool = 
             raise ValueError(f"block {i} is a {type(blk).__name__}; gtp.tome.patch supports timm's Block")
     state = ToMeState(schedule, model.num_prefix_tokens, bool(prop_attn), bool(trace_source))
     model._tome_state = state
-    for i, blk in enumerate(model.blocks):
-        blk._tome_original_class = blk.__class__
-        blk.__class__ = _tome_block_class(blk.__class__)
-        blk._tome_state = state
-        blk._tome_index = i
+    swap_block_classes(model, _tome_block_class, state, "tome")
     return model
 
 
@@ -267,9 +265,7 @@ def unpatch(model: nn.Module) -> nn.Module:
     """Undo `gtp.tome.patch`: the model behaves exactly as before."""
     if getattr(model, "_tome_state", None) is None:
         return model
-    for blk in model.blocks:
-        blk.__class__ = blk._tome_original_class
-        del blk._tome_original_class, blk._tome_state, blk._tome_index
+    restore_block_classes(model, "tome")
     del model._tome_state
     return model
 
