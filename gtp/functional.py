@@ -220,21 +220,26 @@ def attention_map(
         k: Tensor,
         size: Optional[Tensor] = None,
         scale: float = 1.0,
+        out: Optional[Tensor] = None,
 ) -> Tensor:
     """Softmax attention with proportional attention (+ log s_j on key j).
 
     q, k: [B, H, n, d]. size: [B, n] token sizes or None (no token scale).
+    out: an optional float32 buffer of B*H*n*n elements to write the map into
+    (for float32 q and k, without autograd).
     Returns the float32 map [B, H, n, n]: softmax(scale * q k^T + log s).
     """
     B, H, n, d = q.shape
-    q3, k3 = q.reshape(B * H, n, d), k.reshape(B * H, n, d)
+    q3, k3 = q.reshape(B * H, n, d), k.reshape(B * H, n, d)  # views when B == 1
+    if out is not None:
+        out = out.view(B * H, n, n)
     if size is None:
-        logits = torch.bmm(q3, k3.transpose(1, 2))
+        logits = torch.bmm(q3, k3.transpose(1, 2), out=out)
         if scale != 1.0:
             logits.mul_(scale)
     else:  # one fused multiply-add: log s + scale * q k^T
         bias = size.log().to(q.dtype).repeat_interleave(H, dim=0).unsqueeze(1)  # [B*H, 1, n]
-        logits = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=scale)
+        logits = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=scale, out=out)
     logits = logits.float()  # the softmax runs in float32 under autocast too
     if _needs_grad(logits):
         return logits.softmax(dim=-1).view(B, H, n, n)
@@ -258,19 +263,28 @@ def attention(
     q, k, v: [B, H, n, d]; size: [B, n] or None; scale multiplies q k^T. `reduce`
     maps a (sparsified) map [b, H, n, n] to a tuple of per-image tensors [b, ...]
     (or None), e.g. the selection scores, so the full map need not be kept.
-    Images are processed `chunk` at a time (0 = all at once): a few images' maps
-    stay in the CPU cache between the steps, which roughly halves their cost.
+    Images are processed `chunk` at a time (0 = all at once): one image's maps
+    stay in the CPU cache between the steps, which roughly halves their cost, and
+    with chunk = 1 the per-image q, k and v are views (no copies).
     Returns (output [B, H, n, d], the reductions concatenated over images,
     (map before, map after sparsification) when keep_maps).
     """
     B, H, n, d = q.shape
-    step = B if chunk <= 0 else chunk
     grad = any(t is not None and _needs_grad(t) for t in (q, k, v, size))
+    if (q.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.float32
+            and not (grad or keep_maps)):
+        return _attention_image_by_image(q, k, v, size, sparsity, reduce, scale)
+    step = B if chunk <= 0 else chunk
     out = None if grad else v.new_empty(B, H, n, d)  # chunks write into it (out= cannot be differentiated)
+    # One map buffer serves every chunk unless the maps are kept.
+    reuse = not (grad or keep_maps) and q.dtype == torch.float32 and step < B
+    buffer = q.new_empty(step * H * n * n) if reuse else None
     outs, reduced, before, after = [], [], [], []
     for i in range(0, B, step):
         sl = slice(i, i + step)
-        amap = attention_map(q[sl], k[sl], None if size is None else size[sl], scale)
+        b = min(step, B - i)
+        amap = attention_map(q[sl], k[sl], None if size is None else size[sl], scale,
+                             None if buffer is None else buffer[: b * H * n * n])
         if keep_maps:
             before.append(amap.clone())
         amap = sparsify_attention(amap, sparsity)
@@ -281,7 +295,6 @@ def attention(
         if out is None:
             outs.append(amap.to(v.dtype) @ v[sl])
         else:
-            b = amap.shape[0]
             torch.bmm(amap.view(b * H, n, n).to(v.dtype), v[sl].reshape(b * H, n, d),
                       out=out[sl].view(b * H, n, d))
     if out is None:
@@ -291,6 +304,53 @@ def attention(
         parts = tuple(None if r[0] is None else torch.cat(r) for r in zip(*reduced))
     maps = (torch.cat(before), torch.cat(after)) if keep_maps else None
     return out, parts, maps
+
+
+def _attention_image_by_image(
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        size: Optional[Tensor],
+        sparsity: float,
+        reduce: Optional[Callable[[Tensor], tuple]],
+        scale: float,
+) -> tuple[Tensor, Optional[tuple], None]:
+    """`attention` for float32 CPU tensors without autograd, one image at a time.
+
+    The same operations as `attention` with chunk = 1, so the results are
+    identical; one map buffer serves every image and the per-image tensors are
+    views taken once, which saves most of the per-image overhead (a few dozen
+    small operations per image add up at batch 32).
+    """
+    B, H, n, d = q.shape
+    out = v.new_empty(B, H, n, d)
+    amap = q.new_empty(1, H, n, n)  # the map of the current image
+    flat = amap.view(H, n, n)
+    num_zero = num_zeroed(n, sparsity) if sparsity < 1.0 else 0
+    # A softmax map has no negative entries, so the kernel never leaves a row to the torch path.
+    zero = radix_select.zeroer(amap.view(H, n * n), num_zero) if num_zero > 0 and radix_select.available() else None
+    bias = None if size is None else size.log().unsqueeze(1)  # [B, 1, n]: + log s_j on key j
+    keys = k.transpose(-2, -1).unbind(0)
+    reduced = []
+    for i, (q_i, v_i, out_i) in enumerate(zip(q.unbind(0), v.unbind(0), out.unbind(0))):
+        if bias is None:
+            torch.bmm(q_i, keys[i], out=flat)
+            if scale != 1.0:
+                flat.mul_(scale)
+        else:
+            torch.baddbmm(bias[i], q_i, keys[i], alpha=scale, out=flat)
+        torch.softmax(flat, dim=-1, out=flat)
+        if zero is not None:
+            zero()
+        elif num_zero > 0:
+            sparsify_attention(amap, sparsity)
+        if reduce is not None:
+            reduced.append(reduce(amap))
+        torch.bmm(flat, v_i, out=out_i)
+    parts = None
+    if reduce is not None:
+        parts = tuple(None if r[0] is None else torch.cat(r) for r in zip(*reduced))
+    return out, parts, None
 
 
 # ------------------------------------------------------------------------ selection

@@ -18,7 +18,7 @@ from .config import PUBLISHED, GTPConfig, make_config
 from .trace import Edges, LayerTrace, Trace, edges_from_adjacency
 
 # Images per attention chunk on CPU (see `functional.attention`); CUDA takes the batch at once.
-CPU_CHUNK = 4
+CPU_CHUNK = 1
 
 
 class GTPState:

@@ -8,8 +8,9 @@ cache-friendly passes per row:
 
   1. a histogram of the top bits of each value (the bits of non-negative floats
      sort as integers) finds the bucket that holds the k-th smallest;
-  2. the entries inside that bucket (a few hundred) are collected and a
-     quickselect among them gives the exact k-th smallest t;
+  2. the entries inside that bucket are collected; a radix step on their next
+     bits narrows a large bucket, and a quickselect among the few entries left
+     gives the exact k-th smallest t;
   3. entries <= t are zeroed.
 
 The result is bit-identical to `values[values <= values.kthvalue(k).values] = 0`
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Callable
 
 import numpy as np
 import torch
@@ -70,43 +72,104 @@ if numba is not None:
                 return a[r]
         return a[r]
 
+    @numba.njit(cache=True, nogil=True)
+    def _kth_smallest(row_bits, k):  # pragma: no cover - compiled
+        """The k-th smallest (1-based) of one row, given as its float32 bits; NaN when
+        the row holds a negative value (or -0.0), whose bits do not sort as integers."""
+        L = row_bits.size
+        hist = np.zeros(1 << (31 - _SHIFT), np.int32)
+        sign = np.int32(0)
+        for i in range(L):
+            b = row_bits[i]
+            sign |= b
+            hist[(b & 0x7FFFFFFF) >> _SHIFT] += 1
+        if sign < 0:
+            return np.float32(np.nan)
+        rank, bucket = k - 1, 0  # rank: 0-based, among the entries of `bucket`
+        while hist[bucket] <= rank:
+            rank -= hist[bucket]
+            bucket += 1
+        # Collect the bucket's entries without a branch per entry: near-uniform maps
+        # (e.g. untrained models) put a few percent of a row in one bucket, which
+        # makes an `if` mispredict often.
+        n = hist[bucket]
+        inside = np.empty(n + 1, np.int32)
+        j = 0
+        for i in range(L):
+            b = row_bits[i]
+            inside[j] = b
+            j += (b >> _SHIFT) == bucket
+        # A large bucket is narrowed by the next 8 bits, and again, before the quickselect.
+        shift = _SHIFT
+        while n > 64 and shift > 0:
+            width = min(8, shift)
+            shift -= width
+            mask = (1 << width) - 1
+            digits = np.zeros(1 << width, np.int32)
+            for i in range(n):
+                digits[(inside[i] >> shift) & mask] += 1
+            digit = 0
+            while digits[digit] <= rank:
+                rank -= digits[digit]
+                digit += 1
+            m = 0
+            for i in range(n):
+                b = inside[i]
+                inside[m] = b
+                m += ((b >> shift) & mask) == digit
+            n = m
+        return _quickselect(inside.view(np.float32)[:n], rank)
+
     @numba.njit(cache=True, nogil=True, parallel=True)
     def _zero_rows(values, k, thresholds):  # pragma: no cover - compiled
         """values: float32 [R, L] (C order), zeroed in place; thresholds: float32 [R] out.
 
-        A row holding a negative value (or -0.0) is left alone with a NaN threshold:
-        the float bits order non-negative floats only.
+        A row holding a negative value (or -0.0) is left alone with a NaN threshold.
         """
         R, L = values.shape
         bits = values.view(np.int32)
         for r in numba.prange(R):
-            row, row_bits = values[r], bits[r]
-            hist = np.zeros(1 << (31 - _SHIFT), np.int32)
-            sign = np.int32(0)
-            for i in range(L):
-                b = row_bits[i]
-                sign |= b
-                hist[(b & 0x7FFFFFFF) >> _SHIFT] += 1
-            if sign < 0:
-                thresholds[r] = np.nan
-                continue
-            below, bucket = 0, 0
-            while below + hist[bucket] < k:
-                below += hist[bucket]
-                bucket += 1
-            inside = np.empty(hist[bucket], np.float32)
-            lo, hi = bucket << _SHIFT, (bucket + 1) << _SHIFT
-            j = 0
-            for i in range(L):
-                b = row_bits[i]
-                if lo <= b < hi:
-                    inside[j] = row[i]
-                    j += 1
-            t = _quickselect(inside, k - below - 1)
-            for i in range(L):
-                if row[i] <= t:
-                    row[i] = 0.0
+            t = _kth_smallest(bits[r], k)
             thresholds[r] = t
+            if np.isnan(t):
+                continue
+            row = values[r]
+            if t == np.inf:
+                row[:] = 0.0
+            else:  # v * (v > t) rather than a conditional store, which compiles to slow masked stores
+                for i in range(L):
+                    v = row[i]
+                    row[i] = v * np.float32(v > t)
+
+
+def zeroer(values: Tensor, k: int) -> Callable[[], np.ndarray]:
+    """A function that, on each call, zeroes in place the entries of each row of
+    `values` not above that row's k-th smallest, and returns the thresholds [R].
+
+    values: a contiguous float32 CPU tensor [R, L] (a buffer refilled between
+    calls); 1 <= k <= L. Rows holding a negative value are left untouched with a
+    NaN threshold (softmax maps have none). The checks and the thread setup are
+    done once here, so a call costs the kernel and little else.
+    """
+    if numba is None:
+        raise RuntimeError("numba is not installed")
+    if values.dtype != torch.float32 or values.device.type != "cpu" or not values.is_contiguous():
+        raise ValueError("values must be a contiguous float32 CPU tensor")
+    R, L = values.shape
+    if not (1 <= k <= L):
+        raise ValueError(f"k must be in [1, {L}], got {k}")
+    array, thresholds = values.detach().numpy(), np.empty(R, np.float32)
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, R)))
+
+    def zero() -> np.ndarray:
+        if _threadsafe_layer():
+            _zero_rows(array, k, thresholds)
+        else:  # numba's workqueue layer aborts on concurrent launches (e.g. from an app's worker threads)
+            with _launch_lock:
+                _zero_rows(array, k, thresholds)
+        return thresholds
+
+    return zero
 
 
 def zero_smallest_(values: Tensor, k: int) -> Tensor:
@@ -115,19 +178,7 @@ def zero_smallest_(values: Tensor, k: int) -> Tensor:
     values: a contiguous float32 CPU tensor; 1 <= k <= L. Rows holding a negative
     value are left untouched with a NaN threshold (softmax maps have none).
     """
-    if numba is None:
-        raise RuntimeError("numba is not installed")
-    R, L = values.shape
-    if not (1 <= k <= L):
-        raise ValueError(f"k must be in [1, {L}], got {k}")
-    thresholds = np.empty(R, np.float32)
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, R)))
-    if _threadsafe_layer():
-        _zero_rows(values.detach().numpy(), k, thresholds)
-    else:  # numba's workqueue layer aborts on concurrent launches (e.g. from an app's worker threads)
-        with _launch_lock:
-            _zero_rows(values.detach().numpy(), k, thresholds)
-    return torch.from_numpy(thresholds)
+    return torch.from_numpy(zeroer(values, k)())
 
 
 _launch_lock = threading.Lock()
