@@ -354,6 +354,73 @@ def _attention_image_by_image(
 
 
 # ------------------------------------------------------------------------ selection
+def _parse_selection(selection: str) -> tuple[str, str]:
+    """"mixed_attn_max" -> ("mixed_attn", "max"); raises on an unknown strategy."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    kind, _, reduce = selection.rpartition("_")
+    return kind, reduce
+
+
+def _over_heads(t: Tensor, reduce: str) -> Tensor:
+    """[B, H, ...] -> [B, ...]: max or mean over the heads."""
+    return t.amax(1) if reduce == "max" else t.mean(1)
+
+
+def selection_statistics(attn: Tensor, selection: str = "mixed_attn_max") -> tuple[Tensor, ...]:
+    """What a selection strategy reads from the attention map, image by image.
+
+    attn: [B, H, n, n]. Returns per-image tensors (so they can be taken chunk by
+    chunk and concatenated, while the map itself is overwritten):
+    ([B, H, n] diagonal, [B, H, n] column sums) for the regeneration and
+    broadcasting strategies, ([B, H, n] CLS row,) for cls_attn, ([B, n, n] map
+    reduced over heads,) for cos_sim, and ([B, n] placeholder,) for random,
+    which needs the shape only. `scores_from_statistics` turns them into scores.
+    """
+    kind, reduce = _parse_selection(selection)
+    attn = attn.float()
+    if kind == "random":
+        return (attn.new_empty(attn.shape[0], attn.shape[-1]),)
+    if kind == "cls_attn":
+        return (attn[:, :, 0].clone(),)
+    if kind == "cos_sim":
+        return (_over_heads(attn, reduce),)
+    return attn.diagonal(dim1=-2, dim2=-1).clone(), attn.sum(-2)
+
+
+def scores_from_statistics(
+        stats: tuple[Tensor, ...],
+        num_prefix: int,
+        selection: str = "mixed_attn_max",
+        generator: Optional[torch.Generator] = None,
+) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """Scores from `selection_statistics`; see `selection_scores` for what they are."""
+    p0 = num_prefix
+    kind, reduce = _parse_selection(selection)
+    if kind == "random":
+        B, n = stats[0].shape
+        return torch.rand(B, n - p0, device=stats[0].device, generator=generator), None, None
+    if kind == "cls_attn":
+        if p0 == 0:
+            raise ValueError(f"selection {selection!r} needs a CLS token; this model has none")
+        return _over_heads(stats[0][:, :, p0:], reduce), None, None
+    if kind == "cos_sim":
+        rows = F.normalize(stats[0][:, p0:, :], dim=-1)  # [B, N, n] attention rows of the patches
+        return -(rows @ rows.transpose(1, 2)).sum(-1), None, None
+    diagonal, column_sums = stats
+    regeneration = _over_heads(diagonal[:, :, p0:], reduce)
+    broadcasting = _over_heads(column_sums[:, :, p0:], reduce)
+    if kind == "mixed_attn":
+        score = regeneration * broadcasting
+    elif kind == "sum_attn":
+        score = regeneration + broadcasting
+    elif kind == "diag_attn":
+        score = regeneration
+    else:  # img_attn
+        score = broadcasting
+    return score, regeneration, broadcasting
+
+
 def selection_scores(
         attn: Tensor,
         num_prefix: int,
@@ -366,40 +433,7 @@ def selection_scores(
     (score [B, N], regeneration difficulty [B, N] or None, broadcasting ability
     [B, N] or None); the factors are returned for the strategies that use them.
     """
-    p0 = num_prefix
-    B, H, n, _ = attn.shape
-    attn = attn.float()
-    reduce = selection.rsplit("_", 1)[-1]
-    if selection == "random":
-        score = torch.rand(B, n - p0, device=attn.device, generator=generator)
-        return score, None, None
-    if reduce not in ("max", "mean"):
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-
-    def over_heads(t: Tensor) -> Tensor:  # [B, H, N] -> [B, N]
-        return t.amax(1) if reduce == "max" else t.mean(1)
-
-    kind = selection[: -len(reduce) - 1]
-    if kind == "cls_attn":
-        if p0 == 0:
-            raise ValueError(f"selection {selection!r} needs a CLS token; this model has none")
-        return over_heads(attn[:, :, 0, p0:]), None, None
-    if kind == "cos_sim":
-        rows = F.normalize(over_heads(attn[:, :, p0:, :]), dim=-1)  # [B, N, n] attention rows
-        return -(rows @ rows.transpose(1, 2)).sum(-1), None, None
-    regeneration = over_heads(attn.diagonal(dim1=-2, dim2=-1)[:, :, p0:])
-    broadcasting = over_heads(attn[:, :, :, p0:].sum(-2))
-    if kind == "mixed_attn":
-        score = regeneration * broadcasting
-    elif kind == "sum_attn":
-        score = regeneration + broadcasting
-    elif kind == "diag_attn":
-        score = regeneration
-    elif kind == "img_attn":
-        score = broadcasting
-    else:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-    return score, regeneration, broadcasting
+    return scores_from_statistics(selection_statistics(attn, selection), num_prefix, selection, generator)
 
 
 def split_tokens(score: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
@@ -465,8 +499,10 @@ def propagate(
         pairs = ids_keep.unsqueeze(2) * N0 + ids.gather(1, prop).unsqueeze(1)  # [B, N-P, P] flat into W
         weights = alpha * graph.flatten(1).gather(1, pairs.flatten(1)).view_as(pairs)
         # In place on the kept rows: x_K += alpha W[K, R] x_R, s_K += alpha W[K, R] s_R.
+        # (A batched product into the [B, N-P, 1] view of s falls back to one tiny
+        # product per image, so s takes a plain product and an add.)
         x_new[:, p0:].baddbmm_(weights.to(x.dtype), x_prop)
-        s_new[:, p0:].unsqueeze(-1).baddbmm_(weights.to(s_new.dtype), s_prop.unsqueeze(-1))
+        s_new[:, p0:] += torch.bmm(weights.to(s_new.dtype), s_prop.unsqueeze(-1)).squeeze(-1)
     elif propagation == "mean":
         x_new = torch.cat([x_new, x_prop.mean(1, keepdim=True)], dim=1)
         s_new = torch.cat([s_new, s_prop.sum(1, keepdim=True)], dim=1)  # it stands for all of them

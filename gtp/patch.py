@@ -105,10 +105,10 @@ def _gtp_block_class(block_cls: type) -> type:
 
             size = state.size if cfg.token_scale else None
 
-            def select(amap: Tensor) -> tuple:  # scores per image, computed chunk by chunk
-                return G.selection_scores(amap, p0, cfg.selection)
+            def select(amap: Tensor) -> tuple:  # what selection needs, taken chunk by chunk
+                return G.selection_statistics(amap, cfg.selection)
 
-            y, scores, maps = _attend(self.attn, self.norm1(x), size, cfg.sparsity,
+            y, stats, maps = _attend(self.attn, self.norm1(x), size, cfg.sparsity,
                                       select if num_prop > 0 else None, keep_maps=rec is not None)
             x = x + self.drop_path1(self.ls1(y))
 
@@ -118,7 +118,7 @@ def _gtp_block_class(block_cls: type) -> type:
             keep = None
             candidates = state.ids
             if num_prop > 0:
-                score, regeneration, broadcasting = scores
+                score, regeneration, broadcasting = G.scores_from_statistics(stats, p0, cfg.selection)
                 prop, keep = G.split_tokens(score, num_prop)
                 x, state.size, state.ids, weights = G.propagate(
                     x, state.size, state.graph, state.ids, prop, keep, p0, cfg.propagation, cfg.alpha)

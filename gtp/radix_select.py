@@ -86,6 +86,14 @@ if numba is not None:
         if sign < 0:
             return np.float32(np.nan)
         rank, bucket = k - 1, 0  # rank: 0-based, among the entries of `bucket`
+        while True:  # skip 64 buckets at a time (a vectorised sum): most leading ones are empty
+            count = 0
+            for b in range(bucket, bucket + 64):
+                count += hist[b]
+            if count > rank:
+                break
+            rank -= count
+            bucket += 64
         while hist[bucket] <= rank:
             rank -= hist[bucket]
             bucket += 1
