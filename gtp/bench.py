@@ -2,7 +2,10 @@
 
 Machines are noisy, so the models are timed interleaved (round-robin, the order
 rotated each round) and each one's median is reported; the ratios come from
-those medians, never from separate runs.
+those medians, never from separate runs. Each round also gives one ratio per
+model (the reference's time over the model's, taken a moment apart); their
+median and middle half show how far the machine's noise moves a ratio, so a
+difference inside that spread is not a difference.
 """
 from __future__ import annotations
 
@@ -107,18 +110,29 @@ def benchmark(
             "batch_size": batch,
             "img_per_s": {name: batch / med for name, med in medians.items()},
             "speedup": {name: medians[reference] / med for name, med in medians.items()},
+            "per_round_speedup": {name: paired_ratios(times[reference], t) for name, t in times.items()},
             "median_s": medians,
+            "times_s": times,
         }
         result["runs"].append(run)
         log(format_run(run, macs, reference))
     return result
 
 
+def paired_ratios(reference: Sequence[float], times: Sequence[float]) -> dict[str, float]:
+    """Round-by-round ratios reference / model: their median and quartiles (q1, q3)."""
+    ratios = [r / t for r, t in zip(reference, times)]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return {"median": statistics.median(ratios), "q1": q1, "q3": q3}
+
+
 def format_run(run: dict, macs: dict[str, float], reference: str) -> str:
     lines = [f"batch {run['batch_size']}:"]
     for name, ips in run["img_per_s"].items():
+        rounds = run["per_round_speedup"][name]
         lines.append(
             f"  {name:<10} {ips:9.1f} img/s  {run['speedup'][name]:5.3f}x vs {reference}"
+            f" (rounds: {rounds['q1']:5.3f}-{rounds['q3']:5.3f}x)"
             f"   {macs[name]:6.3f} GMACs ({macs[reference] / macs[name]:5.3f}x fewer)")
     return "\n".join(lines)
 
@@ -185,7 +199,8 @@ def main(args: argparse.Namespace) -> int:
     result["model"] = args.model
     result["gtp"] = kwargs
     print(f"device {result['device']}, dtype {result['dtype']}, "
-          f"median of {args.repeats} interleaved repeats per method and batch size")
+          f"median of {args.repeats} interleaved repeats per method and batch size; "
+          f"'rounds' is the middle half of the per-round ratios (the machine's noise)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

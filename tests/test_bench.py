@@ -33,11 +33,15 @@ def test_interleaved_timing_runs_every_model_every_round():
 def test_benchmark_reports_ratios_of_medians_and_gmacs():
     model = random_model("deit_tiny_patch16_224")
     result = benchmark(model, {"full": lambda m: m, "gtp": lambda m: gtp.patch(m, num_prop=8)},
-                       batch_sizes=[2], repeats=2, warmup=1, device="cpu", log=lambda s: None)
+                       batch_sizes=[2], repeats=3, warmup=1, device="cpu", log=lambda s: None)
     run = result["runs"][0]
     assert run["batch_size"] == 2 and run["speedup"]["full"] == 1.0
     assert abs(run["speedup"]["gtp"] - run["median_s"]["full"] / run["median_s"]["gtp"]) < 1e-12
     assert abs(run["img_per_s"]["gtp"] - 2 / run["median_s"]["gtp"]) < 1e-9
+    ratios = sorted(f / g for f, g in zip(run["times_s"]["full"], run["times_s"]["gtp"]))
+    rounds = run["per_round_speedup"]["gtp"]
+    assert rounds["median"] == ratios[1]  # three rounds: the quartiles lie halfway between neighbours
+    assert abs(rounds["q1"] - (ratios[0] + ratios[1]) / 2) < 1e-12 and abs(rounds["q3"] - (ratios[1] + ratios[2]) / 2) < 1e-12
     assert result["gmacs"]["gtp"] < 0.8 * result["gmacs"]["full"]
     assert gtp.config_of(model) is None  # the caller's model is not patched
 
