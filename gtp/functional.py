@@ -220,26 +220,21 @@ def attention_map(
         k: Tensor,
         size: Optional[Tensor] = None,
         scale: float = 1.0,
-        out: Optional[Tensor] = None,
 ) -> Tensor:
     """Softmax attention with proportional attention (+ log s_j on key j).
 
     q, k: [B, H, n, d]. size: [B, n] token sizes or None (no token scale).
-    out: an optional float32 buffer of B*H*n*n elements to write the map into
-    (for float32 q and k, without autograd).
     Returns the float32 map [B, H, n, n]: softmax(scale * q k^T + log s).
     """
     B, H, n, d = q.shape
     q3, k3 = q.reshape(B * H, n, d), k.reshape(B * H, n, d)  # views when B == 1
-    if out is not None:
-        out = out.view(B * H, n, n)
     if size is None:
-        logits = torch.bmm(q3, k3.transpose(1, 2), out=out)
+        logits = torch.bmm(q3, k3.transpose(1, 2))
         if scale != 1.0:
             logits.mul_(scale)
     else:  # one fused multiply-add: log s + scale * q k^T
         bias = size.log().to(q.dtype).repeat_interleave(H, dim=0).unsqueeze(1)  # [B*H, 1, n]
-        logits = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=scale, out=out)
+        logits = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=scale)
     logits = logits.float()  # the softmax runs in float32 under autocast too
     if _needs_grad(logits):
         return logits.softmax(dim=-1).view(B, H, n, n)
@@ -264,8 +259,9 @@ def attention(
     maps a (sparsified) map [b, H, n, n] to a tuple of per-image tensors [b, ...]
     (or None), e.g. the selection scores, so the full map need not be kept.
     Images are processed `chunk` at a time (0 = all at once): one image's maps
-    stay in the CPU cache between the steps, which roughly halves their cost, and
-    with chunk = 1 the per-image q, k and v are views (no copies).
+    stay in the CPU cache between the steps, which roughly halves their cost.
+    Float32 CPU tensors without autograd, maps not kept, always go image by image
+    (`_attention_image_by_image`, same operations, less overhead).
     Returns (output [B, H, n, d], the reductions concatenated over images,
     (map before, map after sparsification) when keep_maps).
     """
@@ -276,15 +272,10 @@ def attention(
         return _attention_image_by_image(q, k, v, size, sparsity, reduce, scale)
     step = B if chunk <= 0 else chunk
     out = None if grad else v.new_empty(B, H, n, d)  # chunks write into it (out= cannot be differentiated)
-    # One map buffer serves every chunk unless the maps are kept.
-    reuse = not (grad or keep_maps) and q.dtype == torch.float32 and step < B
-    buffer = q.new_empty(step * H * n * n) if reuse else None
     outs, reduced, before, after = [], [], [], []
     for i in range(0, B, step):
         sl = slice(i, i + step)
-        b = min(step, B - i)
-        amap = attention_map(q[sl], k[sl], None if size is None else size[sl], scale,
-                             None if buffer is None else buffer[: b * H * n * n])
+        amap = attention_map(q[sl], k[sl], None if size is None else size[sl], scale)
         if keep_maps:
             before.append(amap.clone())
         amap = sparsify_attention(amap, sparsity)
@@ -295,6 +286,7 @@ def attention(
         if out is None:
             outs.append(amap.to(v.dtype) @ v[sl])
         else:
+            b = amap.shape[0]
             torch.bmm(amap.view(b * H, n, n).to(v.dtype), v[sl].reshape(b * H, n, d),
                       out=out[sl].view(b * H, n, d))
     if out is None:
@@ -317,10 +309,11 @@ def _attention_image_by_image(
 ) -> tuple[Tensor, Optional[tuple], None]:
     """`attention` for float32 CPU tensors without autograd, one image at a time.
 
-    The same operations as `attention` with chunk = 1, so the results are
-    identical; one map buffer serves every image and the per-image tensors are
-    views taken once, which saves most of the per-image overhead (a few dozen
-    small operations per image add up at batch 32).
+    Per image, the operations of `attention_map`, `sparsify_attention` and A @ V
+    with chunk = 1, so the results are identical (a traced forward, which keeps
+    the maps, takes that path). One map buffer serves every image and the
+    per-image tensors are views taken once, which saves a few dozen small
+    operations per image (several milliseconds per block at batch 32).
     """
     B, H, n, d = q.shape
     out = v.new_empty(B, H, n, d)

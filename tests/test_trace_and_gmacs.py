@@ -106,6 +106,20 @@ def test_untraced_forward_records_nothing(monkeypatch):
     assert model._gtp_state.recorder is None
 
 
+@pytest.mark.parametrize("cfg", [dict(num_prop=8), dict(num_prop=8, sparsity=1.0, token_scale=False),
+                                 dict(num_prop=6, selection="cos_sim_mean"), dict(num_prop=6, selection="cls_attn_max")])
+def test_untraced_forward_computes_exactly_what_the_traced_one_does(cfg):
+    # The untraced CPU forward takes the image-by-image attention; the traced one keeps the maps.
+    model, rec = traced(cfg, batch=3)
+    x = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        with gtp.trace(model):
+            traced_logits = model(x)
+        logits = model(x)
+    assert torch.equal(logits, traced_logits)
+    assert torch.equal(model._gtp_state.ids, rec.layers[-1].kept)
+
+
 def test_trace_requires_a_patched_model():
     with pytest.raises(ValueError, match="gtp.patch"):
         with gtp.trace(random_model("deit_tiny_patch16_224")):
