@@ -313,15 +313,24 @@ def _attention_image_by_image(
     with chunk = 1, so the results are identical (a traced forward, which keeps
     the maps, takes that path). One map buffer serves every image and the
     per-image tensors are views taken once, which saves a few dozen small
-    operations per image (several milliseconds per block at batch 32).
+    operations per image (several milliseconds per block at batch 32). When
+    `reduce` is `diagonal_and_column_sums`, the kernel takes them in its zeroing
+    pass, the same sums `reduce` would compute from the zeroed map.
     """
     B, H, n, d = q.shape
     out = v.new_empty(B, H, n, d)
     amap = q.new_empty(1, H, n, n)  # the map of the current image
     flat = amap.view(H, n, n)
     num_zero = num_zeroed(n, sparsity) if sparsity < 1.0 else 0
-    # A softmax map has no negative entries, so the kernel never leaves a row to the torch path.
-    zero = radix_select.zeroer(amap.view(H, n * n), num_zero) if num_zero > 0 and radix_select.available() else None
+    # The kernel zeroes and, for the attention-based selections, sums the columns in one pass.
+    # A softmax map has no negative entries, so it never leaves a row to the torch path.
+    fused = reduce is diagonal_and_column_sums and radix_select.available()
+    zero = None
+    if fused or (num_zero > 0 and radix_select.available()):
+        zero = radix_select.zeroer(amap.view(H, n * n), num_zero, statistics=fused)
+    if fused:
+        diagonal, column_sums = q.new_empty(B, H, n), q.new_empty(B, H, n)
+        diagonals, sums = diagonal.numpy(), column_sums.numpy()
     bias = None if size is None else size.log().unsqueeze(1)  # [B, 1, n]: + log s_j on key j
     keys = k.transpose(-2, -1).unbind(0)
     reduced = []
@@ -333,13 +342,17 @@ def _attention_image_by_image(
         else:
             torch.baddbmm(bias[i], q_i, keys[i], alpha=scale, out=flat)
         torch.softmax(flat, dim=-1, out=flat)
-        if zero is not None:
+        if fused:
+            zero(diagonals[i], sums[i])
+        elif zero is not None:
             zero()
         elif num_zero > 0:
             sparsify_attention(amap, sparsity)
-        if reduce is not None:
+        if reduce is not None and not fused:
             reduced.append(reduce(amap))
         torch.bmm(flat, v_i, out=out_i)
+    if fused:
+        return out, (diagonal, column_sums), None
     parts = None
     if reduce is not None:
         parts = tuple(None if r[0] is None else torch.cat(r) for r in zip(*reduced))
@@ -348,9 +361,11 @@ def _attention_image_by_image(
 
 # ------------------------------------------------------------------------ selection
 def _parse_selection(selection: str) -> tuple[str, str]:
-    """"mixed_attn_max" -> ("mixed_attn", "max"); raises on an unknown strategy."""
+    """"mixed_attn_max" -> ("mixed_attn", "max"), "random" -> ("random", ""); raises on an unknown strategy."""
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    if selection == "random":
+        return "random", ""
     kind, _, reduce = selection.rpartition("_")
     return kind, reduce
 
@@ -370,14 +385,37 @@ def selection_statistics(attn: Tensor, selection: str = "mixed_attn_max") -> tup
     reduced over heads,) for cos_sim, and ([B, n] placeholder,) for random,
     which needs the shape only. `scores_from_statistics` turns them into scores.
     """
+    return statistics_function(selection)(attn)
+
+
+def statistics_function(selection: str) -> Callable[[Tensor], tuple[Tensor, ...]]:
+    """`selection_statistics` for one strategy, as a function of the map alone.
+
+    For the strategies that read the diagonal and the column sums, this is
+    `diagonal_and_column_sums` itself, which `attention` recognises and takes
+    inside the sparsification pass.
+    """
     kind, reduce = _parse_selection(selection)
-    attn = attn.float()
+    if kind in ("mixed_attn", "diag_attn", "img_attn", "sum_attn"):
+        return diagonal_and_column_sums
     if kind == "random":
-        return (attn.new_empty(attn.shape[0], attn.shape[-1]),)
+        return lambda attn: (attn.new_empty(attn.shape[0], attn.shape[-1], dtype=torch.float32),)
     if kind == "cls_attn":
-        return (attn[:, :, 0].clone(),)
-    if kind == "cos_sim":
-        return (_over_heads(attn, reduce),)
+        return lambda attn: (attn[:, :, 0].to(torch.float32, copy=True),)  # the map's buffer is reused
+    return lambda attn: (_over_heads(attn.float(), reduce),)  # cos_sim
+
+
+def diagonal_and_column_sums(attn: Tensor) -> tuple[Tensor, Tensor]:
+    """[B, H, n, n] -> ([B, H, n] diagonal, [B, H, n] column sums), in float32.
+
+    Per head, the regeneration difficulty and the broadcasting ability of every
+    token (METHOD.md section 3). Float32 CPU maps are summed by the compiled
+    kernel, row after row, exactly as the sparsification pass sums them.
+    """
+    if (radix_select.available() and attn.device.type == "cpu" and attn.dtype == torch.float32
+            and attn.is_contiguous() and not _needs_grad(attn)):
+        return radix_select.diagonal_and_column_sums(attn)
+    attn = attn.float()
     return attn.diagonal(dim1=-2, dim2=-1).clone(), attn.sum(-2)
 
 

@@ -105,11 +105,8 @@ def _gtp_block_class(block_cls: type) -> type:
 
             size = state.size if cfg.token_scale else None
 
-            def select(amap: Tensor) -> tuple:  # what selection needs, taken chunk by chunk
-                return G.selection_statistics(amap, cfg.selection)
-
-            y, stats, maps = _attend(self.attn, self.norm1(x), size, cfg.sparsity,
-                                      select if num_prop > 0 else None, keep_maps=rec is not None)
+            select = G.statistics_function(cfg.selection) if num_prop > 0 else None  # taken chunk by chunk
+            y, stats, maps = _attend(self.attn, self.norm1(x), size, cfg.sparsity, select, keep_maps=rec is not None)
             x = x + self.drop_path1(self.ls1(y))
 
             score = regeneration = broadcasting = None

@@ -23,6 +23,7 @@ cached on disk afterwards).
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 from typing import Callable
@@ -149,8 +150,42 @@ if numba is not None:
                     v = row[i]
                     row[i] = v * np.float32(v > t)
 
+    @numba.njit(cache=True, nogil=True, parallel=True)
+    def _zero_maps_with_statistics(values, k, thresholds, diagonal, column_sums):  # pragma: no cover
+        """`_zero_rows` for rows that are square maps [n * n], k = 0 zeroing nothing,
+        also writing each zeroed map's diagonal and column sums (float32 [R, n] out).
 
-def zeroer(values: Tensor, k: int) -> Callable[[], np.ndarray]:
+        The column sums add the rows in order (one accumulator per column), so
+        `_statistics` gives bit-identical sums for an already zeroed map.
+        """
+        R = values.shape[0]
+        n = diagonal.shape[1]
+        bits = values.view(np.int32)
+        for r in numba.prange(R):
+            row, col = values[r], column_sums[r]
+            t = _kth_smallest(bits[r], k) if k > 0 else np.float32(-np.inf)
+            thresholds[r] = t
+            col[:] = 0.0
+            if t == np.inf:
+                row[:] = 0.0
+            elif k > 0 and not np.isnan(t):  # zero and sum in one pass
+                for i in range(n):
+                    base = i * n
+                    for j in range(n):
+                        v = row[base + j]
+                        z = v * np.float32(v > t)
+                        row[base + j] = z
+                        col[j] += z
+            else:
+                for i in range(n):
+                    base = i * n
+                    for j in range(n):
+                        col[j] += row[base + j]
+            for i in range(n):
+                diagonal[r, i] = row[i * n + i]
+
+
+def zeroer(values: Tensor, k: int, statistics: bool = False) -> Callable[..., np.ndarray]:
     """A function that, on each call, zeroes in place the entries of each row of
     `values` not above that row's k-th smallest, and returns the thresholds [R].
 
@@ -158,26 +193,46 @@ def zeroer(values: Tensor, k: int) -> Callable[[], np.ndarray]:
     calls); 1 <= k <= L. Rows holding a negative value are left untouched with a
     NaN threshold (softmax maps have none). The checks and the thread setup are
     done once here, so a call costs the kernel and little else.
+
+    With `statistics`, each row is a square map [n * n] and k may be 0 (zero
+    nothing). Each call then takes two float32 arrays [R, n] that receive the
+    zeroed maps' diagonals and column sums, read in the same pass as the zeroing.
     """
     if numba is None:
         raise RuntimeError("numba is not installed")
     if values.dtype != torch.float32 or values.device.type != "cpu" or not values.is_contiguous():
         raise ValueError("values must be a contiguous float32 CPU tensor")
     R, L = values.shape
-    if not (1 <= k <= L):
+    if not ((statistics and k == 0) or 1 <= k <= L):
         raise ValueError(f"k must be in [1, {L}], got {k}")
+    if statistics and math.isqrt(L) ** 2 != L:
+        raise ValueError(f"statistics need square maps; a row of {L} entries is not one")
     array, thresholds = values.detach().numpy(), np.empty(R, np.float32)
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, R)))
 
-    def zero() -> np.ndarray:
+    def launch(*out: np.ndarray) -> np.ndarray:
+        kernel = _zero_maps_with_statistics if statistics else _zero_rows
         if _threadsafe_layer():
-            _zero_rows(array, k, thresholds)
+            kernel(array, k, thresholds, *out)
         else:  # numba's workqueue layer aborts on concurrent launches (e.g. from an app's worker threads)
             with _launch_lock:
-                _zero_rows(array, k, thresholds)
+                kernel(array, k, thresholds, *out)
         return thresholds
 
-    return zero
+    return launch
+
+
+def diagonal_and_column_sums(maps: Tensor) -> tuple[Tensor, Tensor]:
+    """The diagonal and the column sums of square maps: [..., n, n] -> 2 x [..., n].
+
+    maps: a contiguous float32 CPU tensor, left unchanged. The sums are
+    bit-identical to those `zeroer(..., statistics=True)` takes while zeroing.
+    """
+    n = maps.shape[-1]
+    rows = maps.reshape(-1, n * n)
+    diagonal, column_sums = (maps.new_empty(maps.shape[:-1]) for _ in range(2))
+    zeroer(rows, 0, statistics=True)(diagonal.view(-1, n).numpy(), column_sums.view(-1, n).numpy())
+    return diagonal, column_sums
 
 
 def zero_smallest_(values: Tensor, k: int) -> Tensor:

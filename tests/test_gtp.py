@@ -243,6 +243,59 @@ def test_zero_smallest_zeroes_what_kthvalue_names(path):
         assert radix_select.zero_smallest_(signed, 10).isnan().all() and torch.equal(signed, kept)
 
 
+@pytest.mark.skipif(not radix_select.available(), reason="numba is not installed")
+@pytest.mark.parametrize("k", [0, 1, 1000, 2450, 2500])
+def test_zeroing_pass_also_takes_the_diagonal_and_column_sums(k):
+    """The fused kernel zeroes what kthvalue names and reads the zeroed maps'
+    diagonal and column sums; `diagonal_and_column_sums` gives the same bits."""
+    gen = torch.Generator().manual_seed(3)
+    maps = (torch.randn(2, 3, 50, 50, generator=gen) * 3).softmax(-1)
+    maps[0, 1, :, 7] = maps[0, 1, 0, 7]                   # ties
+    rows = maps.clone().view(6, 2500)
+    expected = maps.clone().view(6, 2500)
+    if k > 0:
+        expected[expected <= expected.kthvalue(k, dim=1, keepdim=True).values] = 0.0
+    diagonal, column_sums = torch.full((6, 50), -1.0), torch.full((6, 50), -1.0)
+    radix_select.zeroer(rows, k, statistics=True)(diagonal.numpy(), column_sums.numpy())
+    assert torch.equal(rows, expected)
+    zeroed = expected.view(6, 50, 50)
+    assert torch.equal(diagonal, zeroed.diagonal(dim1=-2, dim2=-1))
+    assert torch.allclose(column_sums, zeroed.sum(-2), rtol=1e-5, atol=1e-7)
+    again = G.diagonal_and_column_sums(zeroed.view(2, 3, 50, 50))
+    assert torch.equal(again[0].view(6, 50), diagonal) and torch.equal(again[1].view(6, 50), column_sums)
+
+
+def test_attention_with_the_selection_statistics_matches_its_parts():
+    """The image-by-image path (kernel with statistics) equals the map built step by step."""
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(3, 2, 40, 16, generator=gen) for _ in range(3))
+    size = torch.rand(3, 40, generator=gen) + 0.5
+    for sparsity in (1.0, 0.6):
+        out, (diagonal, column_sums), _ = G.attention(
+            q, k, v, size, sparsity, G.diagonal_and_column_sums, scale=0.25)
+        amap = G.sparsify_attention(G.attention_map(q, k, size, 0.25), sparsity)
+        assert torch.allclose(out, amap @ v, atol=1e-6)
+        assert torch.allclose(diagonal, amap.diagonal(dim1=-2, dim2=-1), atol=1e-7)
+        assert torch.allclose(column_sums, amap.sum(-2), atol=1e-6)
+
+
+def test_random_selection_ignores_the_attention():
+    """The "random" ablation scores tokens with uniform noise, not with the map."""
+    attn = torch.rand(2, 3, 11, 11).softmax(-1)
+    score, regeneration, broadcasting = G.selection_scores(
+        attn, 1, "random", torch.Generator().manual_seed(5))
+    assert torch.equal(score, torch.rand(2, 10, generator=torch.Generator().manual_seed(5)))
+    assert regeneration is None and broadcasting is None
+    model = gtp.patch(random_model("deit_tiny_patch16_224"), num_prop=4, selection="random")
+    runs = []
+    for seed in (0, 1):  # the same photo, other noise: other tokens propagated
+        torch.manual_seed(seed)
+        with torch.inference_mode(), gtp.trace(model) as rec:
+            model(images(1))
+        runs.append([layer.propagated for layer in rec.layers])
+    assert len(runs[0]) == 12 and any(not torch.equal(a, b) for a, b in zip(*runs))
+
+
 def test_sparsify_zeroes_exactly_the_smallest_entries():
     attn = torch.randn(2, 3, 50, 50, generator=torch.Generator().manual_seed(0)).softmax(-1)
     out = G.sparsify_attention(attn.clone(), 0.6)
