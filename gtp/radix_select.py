@@ -11,7 +11,8 @@ cache-friendly passes per row:
   2. the entries inside that bucket are collected; a radix step on their next
      bits narrows a large bucket, and a quickselect among the few entries left
      gives the exact k-th smallest t;
-  3. entries <= t are zeroed.
+  3. entries <= t are zeroed; for square maps, the same pass can also take the
+     diagonal and the column sums that GTP's selection reads.
 
 The result is bit-identical to `values[values <= values.kthvalue(k).values] = 0`
 (the tests check it against that). Rows are spread over as many numba threads as
@@ -156,7 +157,7 @@ if numba is not None:
         also writing each zeroed map's diagonal and column sums (float32 [R, n] out).
 
         The column sums add the rows in order (one accumulator per column), so
-        `_statistics` gives bit-identical sums for an already zeroed map.
+        k = 0 on an already zeroed map gives bit-identical sums.
         """
         R = values.shape[0]
         n = diagonal.shape[1]
@@ -203,8 +204,9 @@ def zeroer(values: Tensor, k: int, statistics: bool = False) -> Callable[..., np
     if values.dtype != torch.float32 or values.device.type != "cpu" or not values.is_contiguous():
         raise ValueError("values must be a contiguous float32 CPU tensor")
     R, L = values.shape
-    if not ((statistics and k == 0) or 1 <= k <= L):
-        raise ValueError(f"k must be in [1, {L}], got {k}")
+    lowest = 0 if statistics else 1
+    if not lowest <= k <= L:
+        raise ValueError(f"k must be in [{lowest}, {L}], got {k}")
     if statistics and math.isqrt(L) ** 2 != L:
         raise ValueError(f"statistics need square maps; a row of {L} entries is not one")
     array, thresholds = values.detach().numpy(), np.empty(R, np.float32)
@@ -256,6 +258,7 @@ def _threadsafe_layer() -> bool:
 
 
 def warm_up() -> None:
-    """Compile the kernel now (it is otherwise compiled by its first use)."""
+    """Compile the kernels now (they are otherwise compiled by their first use)."""
     if numba is not None:
         zero_smallest_(torch.rand(2, 64), 10)
+        diagonal_and_column_sums(torch.rand(2, 8, 8))
