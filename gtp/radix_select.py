@@ -207,13 +207,17 @@ def zeroer(values: Tensor, k: int, statistics: bool = False) -> Callable[..., np
     lowest = 0 if statistics else 1
     if not lowest <= k <= L:
         raise ValueError(f"k must be in [{lowest}, {L}], got {k}")
-    if statistics and math.isqrt(L) ** 2 != L:
+    n = math.isqrt(L)
+    if statistics and n * n != L:
         raise ValueError(f"statistics need square maps; a row of {L} entries is not one")
     array, thresholds = values.detach().numpy(), np.empty(R, np.float32)
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, R)))
+    kernel = _zero_maps_with_statistics if statistics else _zero_rows
+    expected = [(R, n), (R, n)] if statistics else []
 
     def launch(*out: np.ndarray) -> np.ndarray:
-        kernel = _zero_maps_with_statistics if statistics else _zero_rows
+        if [a.shape for a in out] != expected:  # the kernel does not check its bounds
+            raise ValueError(f"expected output arrays of shapes {expected}, got {[a.shape for a in out]}")
         if _threadsafe_layer():
             kernel(array, k, thresholds, *out)
         else:  # numba's workqueue layer aborts on concurrent launches (e.g. from an app's worker threads)

@@ -263,6 +263,8 @@ def test_zeroing_pass_also_takes_the_diagonal_and_column_sums(k):
     assert torch.allclose(column_sums, zeroed.sum(-2), rtol=1e-5, atol=1e-7)
     again = G.diagonal_and_column_sums(zeroed.view(2, 3, 50, 50))
     assert torch.equal(again[0].view(6, 50), diagonal) and torch.equal(again[1].view(6, 50), column_sums)
+    with pytest.raises(ValueError, match="shapes"):  # the compiled kernel would write out of bounds
+        radix_select.zeroer(rows, k, statistics=True)(diagonal[:, :49].numpy(), column_sums.numpy())
 
 
 def test_attention_with_the_selection_statistics_matches_its_parts():
