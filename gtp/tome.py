@@ -1,28 +1,54 @@
 """Token Merging (ToMe; Bolya et al., "Token Merging: Your ViT but Faster", ICLR 2023).
 
-Our own implementation from the paper's description, used as GTP's main baseline at
-equal token counts (r merged tokens per block = P propagated tokens per block, so the
-GMACs match). Off the shelf: no training, the weights are untouched.
+GTP's main baseline at equal token counts (r merged tokens per block = P propagated
+tokens per block, so the GMACs match). Off the shelf: no training, weights untouched.
 
-Per block, between the attention and the MLP (as in the paper):
+It behaves like the authors' implementation (facebookresearch/ToMe, `tome.patch.timm`),
+which every published ToMe number comes from. It is written from a description of that
+behaviour; no code is copied (theirs carries a non-commercial licence).
+`tests/tome_reference.py` is an independent per-image loop of the same rules, and the
+tests hold this module to it.
+
+Per block, between the attention and the MLP, on the n tokens x[:, 0..n-1] (the p
+prefix tokens first: class, distillation, register tokens):
   1. the similarity metric is the attention KEYS, averaged over heads: [B, n, d];
-  2. the patch tokens are split alternately into sets A (even positions) and B (odd
-     positions); prefix tokens (CLS, distillation, registers) are in neither set,
-     so they are never merged;
-  3. each A token draws an edge to its most cosine-similar B token; the r A tokens
-     with the most similar edges are merged into their B partner (several may share
-     one partner) by a size-weighted average; sizes add up;
-  4. tokens keep their relative order (kept A tokens stay where they were).
+  2. the tokens are split by ABSOLUTE position, prefix included: even positions form A
+     (the class token at 0, then patches 1, 3, 5, ... when p = 1), odd positions form B;
+  3. each A token draws an edge to its most cosine-similar B token. Prefix tokens are
+     protected by setting their scores to -inf: the rows of prefix tokens in A and the
+     columns of prefix tokens in B (for class + distillation: the class token's row and
+     the distillation token's column, as the authors do);
+  4. r = min(r, (n - p) // 2); the A tokens are ranked by a descending argsort of their
+     best score (the same call as the authors', so ties break the same way) and the
+     first r are merged into their B partner (several may share one partner) by a
+     size-weighted average: sum(size * x) / sum(size); sizes add up;
+  5. the output order is [prefix tokens in their order; the unmerged A tokens in their
+     original order; all B tokens in their order]. For class (+ distillation) models
+     this is exactly the authors' order ([class, (distillation,) unmerged A, B]); it
+     changes which tokens form A and B in the next block.
 Proportional attention: every later attention adds log(size_j) to the logits of key j.
+
+Layouts the authors' code does not handle the same way, extended by the rule above:
+  - register tokens (timm `reg_tokens`): all p prefix tokens are protected and stay in
+    front (their code protects only the class and distillation tokens);
+  - no prefix at all (average pooling): p = 0, so patch 0 is in A and nothing is
+    protected; the unmerged A tokens are kept in their original order (their code sorts
+    them only when there is a class token, so without one they come in score order).
+  - layer scale (`ls1`, `ls2`, e.g. DINOv2) and q/k norms are applied as timm's block
+    does (their block predates them and skips layer scale).
+
+The forward is sync-free and static-shape (no `nonzero`, `.item()` or boolean-mask
+indexing; the same ops at every batch size), so it runs on CUDA without host waits.
 
 Source tracking (optional, `patch(..., trace_source=True)`; off by default, so the plain
 forward does no extra work), as ToMe's own `trace_source`: a per-token source matrix
 [B, n, n0] says which of the n0 tokens that entered block 1 (prefix first, then the N0
-patches) each token stands for; it is merged like the features, by adding the rows of
-the tokens merged away into their partners' rows. So each row sums to the token's size.
-Alongside, each token keeps the original id of the token it started as (surviving B
-tokens keep their own id), which gives, per block, the original patch ids of the r tokens
-that stopped being their own token there (`merged_ids_of`).
+patches in row-major order) each token stands for; it is merged like the features, by
+adding the rows of the tokens merged away into their partners' rows, then reordered. So
+each row sums to the token's size. Alongside, each patch token keeps the original patch
+id it started as (surviving B tokens keep their own id), which gives, per block, the
+original patch ids (0 .. N0-1) of the r tokens that stopped being their own token there
+(`merged_ids_of`). Both are in ORIGINAL coordinates, whatever the order of the tokens.
 
 The first section is pure maths on tensors (no timm); the second patches a timm
 VisionTransformer in place by swapping block classes, like `gtp.patch`.
@@ -40,83 +66,75 @@ from .patch import restore_block_classes, swap_block_classes
 
 # ------------------------------------------------------------------------ pure maths
 class Matching(NamedTuple):
-    """The result of bipartite soft matching on N patch tokens (positions 0 .. N-1).
+    """The result of bipartite soft matching on n tokens (positions 0 .. n-1, prefix included).
 
-    src: [B, r] positions of the A tokens merged away (ascending).
+    src: [B, r] positions of the A tokens merged away, best match first.
     dst: [B, r] positions of the B tokens each of them merges into.
-    keep: [B, N - r] positions of the surviving patch tokens (ascending).
+    order: [B, n - r] positions of the tokens that remain, in output order
+        ([prefix; unmerged A ascending; B ascending]).
     """
     src: Tensor
     dst: Tensor
-    keep: Tensor
+    order: Tensor
 
 
 def bipartite_soft_matching(metric: Tensor, r: int, num_prefix: int = 1) -> Matching:
-    """Pick r patch tokens to merge (ToMe, section 3.2 of the paper).
+    """Pick r tokens to merge (ToMe, section 3.2 of the paper, as the authors' code does).
 
-    metric: [B, n, d] one vector per token (prefix tokens first); only the patch tokens
-    metric[:, num_prefix:] take part. A = even patch positions, B = odd ones.
-    r is clipped to the size of A. Returns a `Matching` in patch positions.
+    metric: [B, n, d] one vector per token, the first `num_prefix` being prefix tokens,
+    which are never merged. A = even positions, B = odd positions (prefix included).
+    r is clipped to (n - num_prefix) // 2. Returns a `Matching` in token positions.
     """
-    B = metric.shape[0]
-    patches = F.normalize(metric[:, num_prefix:].float(), dim=-1)
-    N = patches.shape[1]
-    a, b = patches[:, ::2], patches[:, 1::2]  # [B, Na, d], [B, Nb, d]
-    r = max(0, min(r, a.shape[1], b.shape[1]))
-    scores = a @ b.transpose(1, 2)  # [B, Na, Nb] cosine similarity
-    best, partner = scores.max(dim=-1)  # each A token's most similar B token
-    chosen = best.topk(r, dim=-1).indices.sort(dim=-1).values  # [B, r] in A-indices
+    B, n, _ = metric.shape
+    p = num_prefix
+    r = max(0, min(r, (n - p) // 2))
+    if r == 0:  # as the authors: nothing merged, nothing reordered
+        empty = torch.empty(B, 0, dtype=torch.long, device=metric.device)
+        return Matching(empty, empty, torch.arange(n, device=metric.device).expand(B, n))
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    a, b = metric[:, ::2], metric[:, 1::2]            # [B, na, d], [B, nb, d]
+    scores = a @ b.transpose(1, 2)                    # [B, na, nb] cosine similarity
+    pa, pb = (p + 1) // 2, p // 2                     # prefix tokens in A (even) and in B (odd)
+    scores[:, :pa, :] = float("-inf")                 # a prefix token in A merges into nothing
+    scores[:, :, :pb] = float("-inf")                 # nothing merges into a prefix token in B
+    best, partner = scores.max(dim=-1)                # [B, na] each A token's best B token
+    ranked = best.argsort(dim=-1, descending=True)    # the authors' tie order
+    chosen = ranked[:, :r]                            # [B, r] A indices, best first
+    # The prefix rows score -inf and r <= the number of non-prefix A tokens, so the
+    # unmerged A tokens, sorted, start with the prefix ones 0 .. pa-1.
+    unmerged = ranked[:, r:].sort(dim=-1).values[:, pa:]
     src = chosen * 2
     dst = partner.gather(1, chosen) * 2 + 1
-    keep_mask = torch.ones(B, N, dtype=torch.bool, device=metric.device).scatter_(1, src, False)
-    keep = keep_mask.nonzero(as_tuple=True)[1].view(B, N - r)
-    return Matching(src, dst, keep)
+    device = metric.device
+    order = torch.cat([torch.arange(p, device=device).expand(B, p),
+                       unmerged * 2,
+                       torch.arange(2 * pb + 1, n, 2, device=device).expand(B, -1)], dim=1)
+    return Matching(src, dst, order)
 
 
-def merge_wavg(x: Tensor, size: Tensor, match: Matching, num_prefix: int = 1) -> tuple[Tensor, Tensor]:
-    """Merge the matched tokens by a size-weighted average; sizes add up.
-
-    x: [B, n, C] all tokens (prefix first); size: [B, n] tokens' sizes (patches they
-    stand for). Returns (x [B, n - r, C], size [B, n - r]); prefix tokens pass unchanged.
-    """
-    p0 = num_prefix
-    prefix_x, patch_x = x[:, :p0], x[:, p0:]
-    prefix_s, patch_s = size[:, :p0], size[:, p0:]
-    C = x.shape[-1]
-    if match.src.shape[1] == 0:
-        return x, size
-    s = patch_s.to(x.dtype).unsqueeze(-1)  # [B, N, 1]
-    src_idx = match.src.unsqueeze(-1)
-    dst_idx = match.dst.unsqueeze(-1)
-    # Only the B tokens that receive something change: sum(s x) / sum(s) over each group.
-    src_w = (patch_x * s).gather(1, src_idx.expand(-1, -1, C))  # [B, r, C]
-    src_s = s.gather(1, src_idx)  # [B, r, 1]
-    num = (patch_x * s).scatter_add(1, dst_idx.expand(-1, -1, C), src_w)
-    den = s.scatter_add(1, dst_idx, src_s)
-    receives = torch.zeros_like(patch_s, dtype=torch.bool).scatter_(1, match.dst, True).unsqueeze(-1)
-    merged = torch.where(receives, num / den, patch_x)  # untouched tokens stay bit-exact
-    new_s = patch_s.scatter_add(1, match.dst, patch_s.gather(1, match.src))
-    keep = match.keep
-    merged = merged.gather(1, keep.unsqueeze(-1).expand(-1, -1, C))
-    new_s = new_s.gather(1, keep)
-    return torch.cat([prefix_x, merged], dim=1), torch.cat([prefix_s, new_s], dim=1)
-
-
-def merge_sum(x: Tensor, match: Matching, num_prefix: int = 1) -> Tensor:
+def merge_sum(x: Tensor, match: Matching) -> Tensor:
     """Merge the matched tokens by adding the rows merged away into their partners' rows.
 
-    x: [B, n, K] one row per token (prefix first), e.g. the source matrix. Returns
-    [B, n - r, K]; prefix rows and rows that receive nothing pass unchanged.
+    x: [B, n, K] one row per token (prefix first), e.g. the source matrix or size * x.
+    Returns [B, n - r, K] in the matching's output order; rows that receive nothing are
+    only moved.
     """
-    if match.src.shape[1] == 0:
-        return x
-    p0 = num_prefix
-    prefix_x, patch_x = x[:, :p0], x[:, p0:]
     K = x.shape[-1]
-    moved = patch_x.gather(1, match.src.unsqueeze(-1).expand(-1, -1, K))
-    merged = patch_x.scatter_add(1, match.dst.unsqueeze(-1).expand(-1, -1, K), moved)
-    merged = merged.gather(1, match.keep.unsqueeze(-1).expand(-1, -1, K))
-    return torch.cat([prefix_x, merged], dim=1)
+    moved = x.gather(1, match.src.unsqueeze(-1).expand(-1, -1, K))
+    x = x.scatter_add(1, match.dst.unsqueeze(-1).expand(-1, -1, K), moved)
+    return x.gather(1, match.order.unsqueeze(-1).expand(-1, -1, K))
+
+
+def merge_wavg(x: Tensor, size: Tensor, match: Matching) -> tuple[Tensor, Tensor]:
+    """Merge the matched tokens by a size-weighted average; sizes add up.
+
+    x: [B, n, C] all tokens (prefix first); size: [B, n] tokens' sizes (tokens they stand
+    for). Returns (x [B, n - r, C], size [B, n - r]) in the matching's output order:
+    each token becomes sum(size * x) / sum(size) over itself and what merged into it.
+    """
+    weighted = merge_sum(x * size.to(x.dtype).unsqueeze(-1), match)
+    new_size = merge_sum(size.unsqueeze(-1), match)  # [B, n - r, 1]
+    return weighted / new_size.to(x.dtype), new_size.squeeze(-1)
 
 
 def proportional_attention(q: Tensor, k: Tensor, v: Tensor, size: Optional[Tensor],
@@ -162,9 +180,10 @@ class ToMeState:
         if match is None:
             self.merged.append(self.ids.new_empty(x.shape[0], 0))
             return
-        self.merged.append(self.ids.gather(1, match.src))
-        self.ids = self.ids.gather(1, match.keep)
-        self.source = merge_sum(self.source, match, self.num_prefix)
+        p = self.num_prefix  # patch tokens are never prefix tokens, so src >= p
+        self.merged.append(self.ids.gather(1, match.src - p))
+        self.ids = self.ids.gather(1, match.order[:, p:] - p)
+        self.source = merge_sum(self.source, match)
 
 
 def _attend_keys(attn: nn.Module, x: Tensor, size: Optional[Tensor]) -> tuple[Tensor, Tensor]:
@@ -213,7 +232,7 @@ def _tome_block_class(block_cls: type) -> type:
             if r > 0:
                 match = bipartite_soft_matching(keys.mean(1), r, p0)
                 current = state.size if state.size is not None else x.new_ones(x.shape[:2], dtype=torch.float32)
-                x, state.size = merge_wavg(x, current, match, p0)
+                x, state.size = merge_wavg(x, current, match)
             if state.trace_source:
                 state.record_merge(match, x)
             return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))

@@ -88,28 +88,42 @@ def test_gmacs_match_gtp_at_equal_p():
     assert abs(g_tome - g_gtp) / g_gtp < 0.01, (g_tome, g_gtp)
 
 
-def test_matching_picks_the_most_similar_pairs_and_protects_prefix():
-    # 1 prefix token, 6 patch tokens: A = positions 0, 2, 4; B = 1, 3, 5.
+def test_matching_partitions_by_absolute_position_and_protects_prefix():
+    # 1 prefix token, 6 patch tokens at positions 1..6. By absolute position, prefix
+    # included: A = positions 0 (CLS), 2, 4, 6; B = 1, 3, 5.
     e = torch.eye(4)
-    metric = torch.stack([e[3] * 5,                      # prefix: identical to patch 5, must stay
-                          e[0], e[0],                    # 0 -> 1: identical
-                          e[1], e[2] + 0.1 * e[1],       # 2 -> 3: close
-                          e[3], e[3]])[None]             # 4 -> 5: identical
+    metric = torch.stack([e[3] * 5,                      # 0, CLS: identical to 5, must stay
+                          e[0], e[0] + 0.01 * e[1],      # 2 -> 1: almost identical
+                          e[1], e[2] + 0.1 * e[1],       # 4 -> 3: far
+                          e[3], e[3]])[None]             # 6 -> 5: identical
     m = bipartite_soft_matching(metric, r=2, num_prefix=1)
-    assert m.src.tolist() == [[0, 4]] and m.dst.tolist() == [[1, 5]]
-    assert m.keep.tolist() == [[1, 2, 3, 5]]
-    assert bipartite_soft_matching(metric, r=10, num_prefix=1).src.shape == (1, 3)  # r <= |A|
+    assert m.src.tolist() == [[6, 2]] and m.dst.tolist() == [[5, 1]]  # best match first
+    # prefix, the unmerged A token (4), then every B token
+    assert m.order.tolist() == [[0, 4, 1, 3, 5]]
+    assert bipartite_soft_matching(metric, r=10, num_prefix=1).src.shape == (1, 3)  # r <= (7 - 1) // 2
+    none = bipartite_soft_matching(metric, r=0, num_prefix=1)
+    assert none.src.shape == (1, 0) and none.order.tolist() == [list(range(7))]  # r = 0 reorders nothing
 
 
-def test_merge_is_a_size_weighted_average():
-    x = torch.tensor([[[9.0], [1.0], [4.0], [7.0], [10.0]]])  # prefix, then 4 patches
-    size = torch.tensor([[1.0, 3.0, 1.0, 1.0, 2.0]])
-    match = Matching(src=torch.tensor([[0, 2]]), dst=torch.tensor([[1, 1]]), keep=torch.tensor([[1, 3]]))
-    y, s = merge_wavg(x, size, match, num_prefix=1)
-    # patches 0 (x 1, size 3) and 2 (x 7, size 1) merge into patch 1 (x 4, size 1); patch 3 stays
-    assert s.tolist() == [[1.0, 3.0 + 1.0 + 1.0, 2.0]]
-    assert y[0, :, 0].tolist() == pytest.approx([9.0, (3 * 1.0 + 1 * 4.0 + 1 * 7.0) / 5.0, 10.0])
-    assert y[0, 2, 0] == x[0, 4, 0]  # a token that merges with nothing is untouched
+def test_matching_protects_a_prefix_token_in_b():
+    # CLS + distillation token (position 1, in B): identical to A token 2, it receives nothing.
+    e = torch.eye(3)
+    metric = torch.stack([e[0], e[1], e[1], e[2], e[2] + 0.5 * e[0]])[None]  # A = 0, 2, 4; B = 1, 3
+    m = bipartite_soft_matching(metric, r=1, num_prefix=2)
+    assert m.src.tolist() == [[4]] and m.dst.tolist() == [[3]]
+    assert m.order.tolist() == [[0, 1, 2, 3]]
+    assert bipartite_soft_matching(metric, r=5, num_prefix=2).src.shape == (1, 1)  # (5 - 2) // 2
+
+
+def test_merge_is_a_size_weighted_average_in_output_order():
+    x = torch.tensor([[[9.0], [1.0], [4.0], [7.0], [10.0], [2.0]]])  # prefix, then 5 patches
+    size = torch.tensor([[1.0, 3.0, 1.0, 1.0, 2.0, 1.0]])
+    # A = 0 (prefix), 2, 4; B = 1, 3, 5. A token 4 merges into B token 1; A token 2 stays.
+    match = Matching(src=torch.tensor([[4]]), dst=torch.tensor([[1]]), order=torch.tensor([[0, 2, 1, 3, 5]]))
+    y, s = merge_wavg(x, size, match)
+    assert s.tolist() == [[1.0, 1.0, 3.0 + 2.0, 1.0, 1.0]]
+    assert y[0, :, 0].tolist() == pytest.approx([9.0, 4.0, (3 * 1.0 + 2 * 10.0) / 5.0, 7.0, 2.0])
+    assert y[0, 1, 0] == x[0, 2, 0]  # a token that merges with nothing keeps its value
 
 
 def test_proportional_attention_fused_equals_explicit():
@@ -215,7 +229,7 @@ def test_source_tracking_is_off_by_default_and_does_not_change_outputs(tiny, ima
 
 
 def test_merge_sum_adds_rows():
-    x = torch.tensor([[[1.0, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1]]])
-    match = Matching(src=torch.tensor([[0, 2]]), dst=torch.tensor([[1, 1]]), keep=torch.tensor([[1, 3]]))
-    y = tome.merge_sum(x, match, num_prefix=1)
-    assert y.tolist() == [[[1, 0, 0, 0, 0], [0, 1, 1, 1, 0], [0, 0, 0, 0, 1]]]
+    x = torch.eye(5)[None]  # prefix, then 4 patches; A = 0, 2, 4; B = 1, 3
+    match = Matching(src=torch.tensor([[2, 4]]), dst=torch.tensor([[3, 3]]), order=torch.tensor([[0, 1, 3]]))
+    y = tome.merge_sum(x, match)
+    assert y.tolist() == [[[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 1, 1, 1]]]
