@@ -9,7 +9,7 @@ import gtp
 from gtp import tome
 from gtp.tome import Matching, bipartite_soft_matching, merge_wavg, proportional_attention
 
-from conftest import random_model
+from conftest import DINOV2_FILE, ROOT, random_model
 from tome_reference import reference_forward
 
 
@@ -278,6 +278,21 @@ def distilled():
 def test_matches_the_authors_behaviour(which, r, tiny, distilled, images):
     model = tiny if which == "cls" else distilled
     _assert_matches_reference(model, images, r)
+
+
+def test_matches_the_authors_behaviour_on_real_dinov2_photos():
+    """Real weights (layer scale, 256 patches of 14 px) and real photos, where near-ties
+    between similar background patches happen: the same merges, the same features."""
+    from gtp.models import load_image, load_model
+    if not DINOV2_FILE.exists():
+        pytest.skip(f"real weights not found at {DINOV2_FILE}")
+    photos = [ROOT / "assets" / name for name in ("chelsea.png", "coffee.png")]
+    if not all(p.exists() for p in photos):
+        pytest.skip("real photos missing from assets/")
+    loaded = load_model("vit_small_patch14_dinov2", weights=DINOV2_FILE, device="cpu")
+    model = loaded.model
+    x = torch.stack([loaded.transform(load_image(p)) for p in photos])
+    _assert_matches_reference(model, x, 16)
 
 
 def test_the_comparison_sees_the_token_order(tiny, images, monkeypatch):
