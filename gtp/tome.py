@@ -28,12 +28,12 @@ prefix tokens first: class, distillation, register tokens):
      changes which tokens form A and B in the next block.
 Proportional attention: every later attention adds log(size_j) to the logits of key j.
 
-Layouts the authors' code does not handle the same way, extended by the rule above:
+Where the authors' code does not cover a model the same way, the rule above is extended:
   - register tokens (timm `reg_tokens`): all p prefix tokens are protected and stay in
     front (their code protects only the class and distillation tokens);
   - no prefix at all (average pooling): p = 0, so patch 0 is in A and nothing is
     protected; the unmerged A tokens are kept in their original order (their code sorts
-    them only when there is a class token, so without one they come in score order).
+    them only when there is a class token, so without one they come in score order);
   - layer scale (`ls1`, `ls2`, e.g. DINOv2) and q/k norms are applied as timm's block
     does (their block predates them and skips layer scale).
 
