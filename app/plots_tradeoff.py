@@ -165,6 +165,11 @@ def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None,
         xaxis=dict(domain=split, title_text="GMACs per image", **axis), yaxis=dict(title_text="ImageNet top-1 (%)", **axis),
         legend=dict(orientation="h", y=-0.2, yanchor="top", x=0, font_size=10), margin=dict(t=50, b=10),
         meta={"family": name, "has_family_curves": has_curves})
+    xs = [float(v) for t in fig.data if t.xaxis in (None, "x") for v in (t.x or ()) if v is not None]
+    xs += [float(sh.x0) for sh in fig.layout.shapes if sh.x0 is not None]
+    if xs:  # vertical lines do not widen plotly's autorange: pad around everything drawn
+        pad = 0.08 * max(max(xs) - min(xs), 0.5)
+        fig.update_layout(xaxis_range=[min(xs) - pad, max(xs) + pad])
     if any(t.yaxis == "y2" for t in fig.data):
         fig.update_layout(yaxis2=dict(overlaying="y", side="right", title_text="top-1 agreement (%)", showgrid=False))
     if throughput:

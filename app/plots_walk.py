@@ -97,11 +97,11 @@ def _template(b: int, facts: dict, formula: str) -> str:
              f"block {b + 1}: %{{customdata[3]}}"]
     if facts["score"]:
         has_factors = bool(facts["regeneration"]) and bool(formula)
-        lines.append("selection score %{customdata[4]:~.4g}" + (f" = {formula}" if has_factors else ""))
+        lines.append("selection score %{customdata[4]:.4~g}" + (f" = {formula}" if has_factors else ""))
         if facts["regeneration"]:
-            lines.append("· regeneration difficulty %{customdata[5]:~.4g}")
+            lines.append("· regeneration difficulty %{customdata[5]:.4~g}")
         if facts["broadcasting"]:
-            lines.append("· broadcasting ability %{customdata[6]:~.4g}")
+            lines.append("· broadcasting ability %{customdata[6]:.4~g}")
         lines.append(f"rank %{{customdata[7]}} of {facts['n_candidates']} candidates (lowest leaves first)")
     else:
         lines.append("no selection in this block")
