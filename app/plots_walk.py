@@ -57,7 +57,11 @@ def _block_facts(trace: gtp.Trace, b: int, image: int) -> dict:
         facts["size_before"] = {int(p): s for p, s in zip(numpy(prev.kept, image), numpy(prev.sizes, image).tolist())}
     else:
         facts["size_before"] = {}                     # every patch token enters block 1 with size 1
-    facts["edges"] = edges_of(layer, image)
+    facts["edges"] = src, dst, w = edges_of(layer, image)
+    facts["sent"], facts["got"] = {}, {}          # sender -> [(receiver, weight)], receiver -> [(sender, weight)]
+    for s, d, x in zip(src.tolist(), dst.tolist(), w.tolist()):
+        facts["sent"].setdefault(s, []).append((d, x))
+        facts["got"].setdefault(d, []).append((s, x))
     return facts
 
 
@@ -76,16 +80,15 @@ STATUS_TEXT = {"here": "propagated in this block", "received": "kept; received f
 
 def _extra(pid: int, status: str, facts: dict, grid: tuple[int, int]) -> str:
     """The size line and, for a sender or a receiver, whom it sent to / received from."""
-    src, dst, w = facts["edges"]
     if status == "here":
-        sent = [(int(d), float(x)) for s, d, x in zip(src, dst, w) if s == pid]
+        sent = facts["sent"].get(pid, [])
         text = f"size {facts['size_before'].get(pid, 1.0):.4g} when it left"
         if sent:
             text += f"<br>sent its features to {len(sent)} tokens (weight α·W):<br>" + _listing(sent, grid)
         return text
     text = f"size {facts['size_after'].get(pid, 1.0):.4g} after this block"
     if status == "received":
-        got = [(int(s), float(x)) for s, d, x in zip(src, dst, w) if d == pid]
+        got = facts["got"].get(pid, [])
         text += f"<br>received {sum(x for _, x in got):.3g} in all (weight α·W) from:<br>" + _listing(got, grid)
     return text
 
