@@ -1,0 +1,181 @@
+"""The accuracy-GMACs trade-off: published curves of the selected model's family only, the
+current configuration's measured GMACs, the user's sweep results and measured throughput.
+
+Published numbers come from `assets/published_results.json` (its records are found by their
+fields, in whatever list they sit: `model`, `method`, `gmacs`, and `top1` where published).
+The paper's trade-off figure is DeiT-B's; for another model its curves are NOT drawn under the
+model's measured GMACs (a DeiT-B curve is not a DeiT-S result): the chart says so instead,
+unless `other_families=True` asks for them, labelled with their own family.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+import plotly.graph_objects as go
+
+from .plots_base import escape, theme
+
+FAMILIES = {  # timm name -> the name papers use
+    "deit_tiny_patch16_224": "DeiT-Ti", "deit_small_patch16_224": "DeiT-S", "deit_base_patch16_224": "DeiT-B",
+    "deit_small_distilled_patch16_224": "DeiT-S distilled", "vit_small_patch16_224.augreg_in21k_ft_in1k": "ViT-S/16",
+    "vit_base_patch16_224.augreg_in21k_ft_in1k": "ViT-B/16", "vit_small_patch14_dinov2": "DINOv2 ViT-S/14",
+}
+STYLES = {"GTP": ("rgb(214,39,40)", "circle"), "ToMe": ("rgb(31,119,180)", "square"),
+          "EViT": ("rgb(44,160,44)", "triangle-up"), "ATS": ("rgb(148,103,189)", "diamond")}
+SWEEP_SYMBOLS = ("x", "cross", "star-triangle-up", "hexagram", "asterisk-open", "y-down-open")
+
+
+def family(model: str) -> str:
+    """'DeiT-S' for deit_small_patch16_224; the timm name itself where no short name is known."""
+    return FAMILIES.get(model, model)
+
+
+def published_records(published: dict) -> list[dict]:
+    """Every record of the published JSON that names a model and GMACs, with its source."""
+    source = published.get("citation", "Xu et al., WACV 2024, arXiv:2311.03035")
+    out = []
+    for value in published.values():
+        if isinstance(value, list):
+            for rec in value:
+                if isinstance(rec, dict) and "model" in rec and rec.get("gmacs") is not None:
+                    out.append({**rec, "source": f"published: {rec.get('citation', source)}"})
+    return out
+
+
+def _published_traces(records: list[dict], model: str, label_family: bool) -> list[go.Scatter]:
+    """One line per method of `model`'s published curves, and its full-model point(s)."""
+    name = family(model)
+    prefix = f"{name} · " if label_family else ""
+    traces = []
+    mine = [r for r in records if r["model"] == model and r.get("top1") is not None]
+    methods = sorted({r["method"] for r in mine}, key=lambda m: (m.startswith("none"), m))
+    for method in methods:
+        pts = sorted((r for r in mine if r["method"] == method), key=lambda r: r["gmacs"])
+        full = method.startswith("none")
+        colour, symbol = ("rgb(138,143,152)", "star") if full else STYLES.get(method, ("rgb(127,127,127)", "circle"))
+        label = f"{prefix}{name} full model (published)" if full else f"{prefix}{method} (published)"
+        traces.append(go.Scatter(
+            x=[r["gmacs"] for r in pts], y=[r["top1"] for r in pts], mode="markers" if full else "lines+markers",
+            name=escape(label), marker=dict(color=colour, symbol=symbol, size=13 if full else 8),
+            line=dict(color=colour, dash="dot" if label_family else "solid"), meta={"role": "published", "model": model},
+            customdata=[[escape(method), escape(name), escape(r["source"])] for r in pts],
+            hovertemplate="%{customdata[0]} on %{customdata[1]}<br>%{x:.2f} GMACs · top-1 %{y:.2f} %"
+                          "<br>%{customdata[2]}<extra></extra>"))
+    return traces
+
+
+def _sweep_traces(sweep: Sequence[dict]) -> list[go.Scatter]:
+    """The user's measurements, one series per (model, method, quantity): top-1 on the left
+    axis, top-1 agreement with the full model on the right one."""
+    groups: dict[tuple, list[dict]] = {}
+    for rec in sweep:
+        if rec.get("gmacs") is None:
+            continue
+        quantity = "top1" if rec.get("top1") is not None else "agreement" if rec.get("agreement") is not None else None
+        if quantity:
+            groups.setdefault((str(rec.get("model", "")), str(rec.get("method", "sweep")), quantity), []).append(rec)
+    traces = []
+    for i, ((model, method, quantity), recs) in enumerate(sorted(groups.items())):
+        what = "top-1" if quantity == "top1" else "top-1 agreement"
+        label = recs[0].get("label") or f"your sweep: {method}, {family(model) if model else 'model ?'}, {what}"
+        traces.append(go.Scatter(
+            x=[r["gmacs"] for r in recs], y=[r[quantity] for r in recs], mode="markers", name=escape(label),
+            yaxis="y2" if quantity == "agreement" else "y", meta={"role": "sweep"},
+            marker=dict(symbol=SWEEP_SYMBOLS[i % len(SWEEP_SYMBOLS)], size=10, color="rgb(230,230,230)",
+                        line=dict(width=1, color="rgb(60,60,60)")),
+            customdata=[[escape(_describe(r))] for r in recs],
+            hovertemplate=f"{escape(label)}<br>%{{customdata[0]}}<br>%{{x:.2f}} GMACs · {what} %{{y:.2f}} %"
+                          "<br>measured by you (python -m gtp sweep)<extra></extra>"))
+    return traces
+
+
+def _describe(rec: dict) -> str:
+    """'P=8, θ=0.6, α=0.1, M=8, 500 images' from a sweep record (the fields it has)."""
+    parts = [f"{sym}={rec[k]}" for k, sym in (("num_prop", "P"), ("sparsity", "θ"), ("alpha", "α"),
+                                              ("num_neighbours", "M")) if rec.get(k) is not None]
+    if rec.get("images") is not None:
+        parts.append(f"{rec['images']} images")
+    return ", ".join(parts)
+
+
+def _current_shapes(fig: go.Figure, model: str, current: dict, published_gmacs: Iterable[dict]) -> None:
+    """Vertical lines at the measured GMACs of the full and the GTP model now, and at the
+    GMACs the paper gives for this model (no accuracy published with them)."""
+    name = family(model)
+    for key, dash, width, text in (("gtp", "solid", 2, "GTP now"), ("full", "dot", 1, "full model now")):
+        if current.get(key) is not None:
+            fig.add_vline(x=current[key], line=dict(color="rgb(255,127,14)", dash=dash, width=width))
+            fig.add_trace(go.Scatter(  # an invisible point carrying the line's legend entry and hover
+                x=[current[key]], y=[None], mode="lines", line=dict(color="rgb(255,127,14)", dash=dash, width=width),
+                name=escape(f"{text}: {current[key]:.2f} GMACs ({name}, measured)"), meta={"role": "measured"}))
+    for rec in published_gmacs:
+        fig.add_vline(x=rec["gmacs"], line=dict(color="rgb(138,143,152)", dash="dash", width=1),
+                      annotation=dict(text=escape(f"{name}, P={rec.get('num_prop', '?')}: {rec['gmacs']} GMACs "
+                                                  "(published)"), font_size=10, textangle=-90))
+
+
+def _throughput_traces(throughput: Sequence[dict]) -> list[go.Scatter]:
+    """Images per second against batch size, full and GTP (measured; `measure_throughput`)."""
+    rows = sorted(throughput, key=lambda r: r["batch_size"])
+    device = escape(rows[0].get("device", "")) if rows else ""
+    out = []
+    for key, label, colour in (("full_img_per_s", "full model", "rgb(138,143,152)"), ("gtp_img_per_s", "GTP", "rgb(214,39,40)")):
+        out.append(go.Scatter(
+            x=[r["batch_size"] for r in rows], y=[r[key] for r in rows], xaxis="x2", yaxis="y3", mode="lines+markers",
+            name=f"{label}: img/s (measured)", line=dict(color=colour), meta={"role": "throughput"},
+            hovertemplate=f"{label}, batch %{{x}}: %{{y:.1f}} img/s<br>measured on {device}<extra></extra>"))
+    return out
+
+
+def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None, sweep: Sequence[dict] = (),
+                    throughput: Sequence[dict] = (), other_families: bool = False, height: int = 380) -> go.Figure:
+    """Top-1 against GMACs for `model` (a timm name).
+
+    published: the contents of assets/published_results.json; current: {"full": GMACs,
+    "gtp": GMACs} measured now (either may be None); sweep: records of `python -m gtp sweep`
+    (gmacs, top1 or agreement, method, model, ...; an optional "label" is shown as plain
+    text); throughput: `measure_throughput` results ({batch_size, full_img_per_s,
+    gtp_img_per_s, device}), drawn in a second panel when given; other_families: also draw
+    other models' published curves, labelled with their family.
+    """
+    records = published_records(published)
+    fig = go.Figure()
+    name = family(model)
+    fig.add_traces(_published_traces(records, model, label_family=False))
+    has_curves = any(r["model"] == model and r.get("top1") is not None and not str(r["method"]).startswith("none")
+                     for r in records)
+    others = sorted({r["model"] for r in records if r["model"] != model and r.get("top1") is not None
+                     and not str(r["method"]).startswith("none")})
+    if other_families:
+        for other in others:
+            fig.add_traces(_published_traces(records, other, label_family=True))
+    if current:
+        _current_shapes(fig, model, current, [r for r in records if r["model"] == model and r.get("top1") is None])
+    fig.add_traces(_sweep_traces(sweep))
+    if throughput:
+        fig.add_traces(_throughput_traces(throughput))
+    note = ("" if has_curves else
+            f"No published trade-off curve for {name}: the paper's curves are "
+            f"{', '.join(family(o) for o in others) or 'of other models'}"
+            + (", drawn dotted and labelled with their model." if other_families else ", not drawn here."))
+    theme(fig, height)
+    split = [0, 0.58] if throughput else [0, 1]
+    axis = dict(gridcolor="rgba(138,143,152,0.25)", zeroline=False)
+    fig.update_layout(
+        xaxis=dict(domain=split, title_text="GMACs per image", **axis), yaxis=dict(title_text="ImageNet top-1 (%)", **axis),
+        legend=dict(orientation="h", y=-0.2, yanchor="top", x=0, font_size=10), margin=dict(t=50, b=10),
+        meta={"family": name, "has_family_curves": has_curves})
+    xs = [float(v) for t in fig.data if t.xaxis in (None, "x") for v in (t.x or ()) if v is not None]
+    xs += [float(sh.x0) for sh in fig.layout.shapes if sh.x0 is not None]
+    if xs:  # vertical lines do not widen plotly's autorange: pad around everything drawn
+        pad = 0.08 * max(max(xs) - min(xs), 0.5)
+        fig.update_layout(xaxis_range=[min(xs) - pad, max(xs) + pad])
+    if any(t.yaxis == "y2" for t in fig.data):
+        fig.update_layout(yaxis2=dict(overlaying="y", side="right", title_text="top-1 agreement (%)", showgrid=False))
+    if throughput:
+        fig.update_layout(xaxis2=dict(domain=[0.76, 1], type="log", title_text="batch size", **axis),
+                          yaxis3=dict(anchor="x2", title_text="images / s (measured)", rangemode="tozero", **axis))
+    title = f"{escape(name)}: published ({escape(published.get('citation', ''))}) and measured"
+    fig.add_annotation(text=title + (f"<br><i>{escape(note)}</i>" if note else ""), xref="paper", yref="paper",
+                       x=0, y=1.02, xanchor="left", yanchor="bottom", showarrow=False, font_size=11, align="left")
+    return fig
