@@ -48,7 +48,13 @@ adding the rows of the tokens merged away into their partners' rows, then reorde
 each row sums to the token's size. Alongside, each patch token keeps the original patch
 id it started as (surviving B tokens keep their own id), which gives, per block, the
 original patch ids (0 .. N0-1) of the r tokens that stopped being their own token there
-(`merged_ids_of`). Both are in ORIGINAL coordinates, whatever the order of the tokens.
+(`merged_ids_of`), and, in the same shape and order, the token each went into
+(`merged_into_of`), named by the same rule: the original patch id of the B partner
+itself. A B token is never merged away in the block it receives in, so that id keeps
+naming the partner until the partner is merged away itself (it then appears in a later
+block's `merged_ids_of`, and following `merged_into_of` from there gives the chain). The
+partner is never a prefix token (nothing merges into one), so every entry is a patch id.
+All of these are in ORIGINAL coordinates, whatever the order of the tokens.
 
 The first section is pure maths on tensors (no timm); the second patches a timm
 VisionTransformer in place by swapping block classes, like `gtp.patch`.
@@ -167,6 +173,7 @@ class ToMeState:
         self.source: Optional[Tensor] = None  # [B, n, n0] tokens each token stands for (trace_source)
         self.ids: Optional[Tensor] = None     # [B, n - num_prefix] original patch id each patch token started as
         self.merged: list[Tensor] = []        # per block: [B, r_i] original patch ids merged away there
+        self.merged_into: list[Tensor] = []   # per block: [B, r_i] original patch id of each one's partner
 
     def start_source(self, x: Tensor) -> None:
         """Block 1: every token stands for itself."""
@@ -174,14 +181,17 @@ class ToMeState:
         self.source = torch.eye(n, device=x.device, dtype=torch.float32).expand(B, n, n).clone()
         self.ids = torch.arange(n - self.num_prefix, device=x.device).expand(B, -1).clone()
         self.merged = []
+        self.merged_into = []
 
     def record_merge(self, match: Optional[Matching], x: Tensor) -> None:
         """Bookkeeping of one block's merge (match None: nothing merged in this block)."""
         if match is None:
             self.merged.append(self.ids.new_empty(x.shape[0], 0))
+            self.merged_into.append(self.ids.new_empty(x.shape[0], 0))
             return
-        p = self.num_prefix  # patch tokens are never prefix tokens, so src >= p
+        p = self.num_prefix  # merged and receiving tokens are never prefix tokens: src, dst >= p
         self.merged.append(self.ids.gather(1, match.src - p))
+        self.merged_into.append(self.ids.gather(1, match.dst - p))  # the partner's own id, before merging
         self.ids = self.ids.gather(1, match.order[:, p:] - p)
         self.source = merge_sum(self.source, match)
 
@@ -250,8 +260,9 @@ def patch(model: nn.Module, r: Union[int, Sequence[int]] = 8, prop_attn: bool = 
         r: tokens merged per block: one int, or a list with one per block.
         prop_attn: proportional attention on the token sizes (the paper's default).
         trace_source: keep, during each forward, which original tokens every token stands
-            for (`sources_of`) and which patches were merged away in each block
-            (`merged_ids_of`). Off by default: it costs time and memory.
+            for (`sources_of`), which patches were merged away in each block
+            (`merged_ids_of`) and into which token (`merged_into_of`). Off by default: it
+            costs time and memory.
 
     Calling it again reconfigures the model; `gtp.tome.unpatch` restores it.
     """
@@ -311,3 +322,18 @@ def merged_ids_of(model: nn.Module) -> Optional[list[Tensor]]:
     started as; the patches it had absorbed earlier go with it into its partner."""
     state = getattr(model, "_tome_state", None)
     return None if state is None or not state.trace_source else list(state.merged)
+
+
+def merged_into_of(model: nn.Module) -> Optional[list[Tensor]]:
+    """Per block, the token each merged-away token went into, [B, r_i] each, in the shape
+    and order of `merged_ids_of` (`merged[i][b, j]` went into `merged_into[i][b, j]`), after
+    the last forward of a model patched with `trace_source=True` (None otherwise).
+
+    The partner (a B token) is named by the original patch id (0 .. N0-1) it started as,
+    as `merged_ids_of` names tokens: it is the partner's own patch, one of the patches the
+    partner stands for after the merge, and it names the partner until it is merged away
+    itself in a later block. Several tokens may share one partner. The partner is never a
+    prefix token (their columns score -inf and a patch partner always exists when r > 0),
+    so there is no sentinel value."""
+    state = getattr(model, "_tome_state", None)
+    return None if state is None or not state.trace_source else list(state.merged_into)

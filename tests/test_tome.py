@@ -203,16 +203,41 @@ def test_merged_ids_name_tokens_whose_patches_moved_into_partners(tiny, images):
 
 
 @torch.inference_mode()
+def test_each_merged_token_goes_into_a_live_partner_and_ends_with_it(tiny, images):
+    """merged[i][b, j] went into merged_into[i][b, j]: a patch token still alive in block i
+    (not merged away before or in it), and the two patches end up in the same final token."""
+    tome.patch(tiny, r=[4, 0, 12, 30, 8, 8, 16, 1, 0, 2, 6, 100], trace_source=True)
+    try:
+        tiny(images)
+        source, merged, into = tome.sources_of(tiny), tome.merged_ids_of(tiny), tome.merged_into_of(tiny)
+    finally:
+        tome.unpatch(tiny)
+    assert len(into) == 12 and [m.shape for m in into] == [m.shape for m in merged]
+    assert into[1].shape == (2, 0) and into[3].shape == (2, 30)
+    for b in range(2):
+        gone_before: set[int] = set()
+        for gone, partners in zip(merged, into):
+            gone_here = set(gone[b].tolist())
+            for pid, dst in zip(gone[b].tolist(), partners[b].tolist()):
+                assert 0 <= dst < 196 and dst not in gone_before | gone_here
+                assert torch.equal(source[b, :, 1 + pid], source[b, :, 1 + dst])  # the same final row
+            gone_before |= gone_here
+        shared = sum(len(p[b].unique()) < p.shape[1] for p in into)
+        assert shared > 0  # several tokens do share a partner in some block
+
+
+@torch.inference_mode()
 def test_r0_with_source_tracking_removes_nothing_and_changes_nothing(tiny, images):
     ref = tiny(images)
     tome.patch(tiny, r=0, trace_source=True)
     try:
         out = tiny(images)
-        merged, source = tome.merged_ids_of(tiny), tome.sources_of(tiny)
+        merged, source, into = tome.merged_ids_of(tiny), tome.sources_of(tiny), tome.merged_into_of(tiny)
     finally:
         tome.unpatch(tiny)
     assert torch.equal(out, ref)
     assert len(merged) == 12 and all(m.shape == (2, 0) for m in merged)
+    assert len(into) == 12 and all(m.shape == (2, 0) for m in into)
     assert torch.equal(source, torch.eye(197).expand(2, 197, 197))
 
 
@@ -222,6 +247,7 @@ def test_source_tracking_is_off_by_default_and_does_not_change_outputs(tiny, ima
     try:
         plain = tiny(images)
         assert tome.sources_of(tiny) is None and tome.merged_ids_of(tiny) is None
+        assert tome.merged_into_of(tiny) is None and tiny._tome_state.merged_into == []
         assert tiny._tome_state.source is None
         tome.patch(tiny, r=8, trace_source=True)  # reconfigure in place
         traced = tiny(images)
@@ -242,29 +268,34 @@ SCHEDULE = [4, 0, 12, 30, 0, 2, 8, 8, 16, 1, 0, 100]  # includes 0s and a clippe
 
 
 def _run_patched(model, images, r):
-    """gtp.tome on `model` with source tracking: (logits, merged ids [B][block][r_i], sources [B][token])."""
+    """gtp.tome on `model` with source tracking: (logits, merged ids [B][block][r_i], their
+    partners' ids [B][block][r_i], sources [B][token])."""
     tome.patch(model, r=r, trace_source=True)
     try:
         with torch.inference_mode():
             out = model(images)
         merged, source, sizes = tome.merged_ids_of(model), tome.sources_of(model), tome.sizes_of(model)
+        merged_into = tome.merged_into_of(model)
     finally:
         tome.unpatch(model)
     B = images.shape[0]
+    assert [m.shape for m in merged_into] == [m.shape for m in merged]
     ids = [[m[b].tolist() for m in merged] for b in range(B)]
+    into = [[m[b].tolist() for m in merged_into] for b in range(B)]
     sets = [[set(row.nonzero()[:, 0].tolist()) for row in source[b]] for b in range(B)]
     if sizes is not None:  # a token's size is the number of tokens it stands for
         assert sizes.tolist() == [[float(len(s)) for s in image] for image in sets]
-    return out, ids, sets
+    return out, ids, into, sets
 
 
 def _assert_matches_reference(model, images, r):
     schedule = [r] * len(model.blocks) if isinstance(r, int) else r
-    ref_out, ref_ids, ref_sets = reference_forward(model, images, schedule)
-    out, ids, sets = _run_patched(model, images, r)
+    ref_out, ref_ids, ref_into, ref_sets = reference_forward(model, images, schedule)
+    out, ids, into, sets = _run_patched(model, images, r)
     scale = ref_out.abs().max()
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5 * scale)
     assert ids == ref_ids      # the same patches merged, in the same order, block by block
+    assert into == ref_into    # each into the same partner
     assert sets == ref_sets    # and every final token stands for the same original tokens
 
 
@@ -395,3 +426,4 @@ def test_forward_runs_on_meta_tensors():
     assert out.shape == (3, 10) and out.device.type == "meta"
     assert tome.sizes_of(model).shape == (3, 3 + 64 - 4 * 6)
     assert [m.shape for m in tome.merged_ids_of(model)] == [(3, 6)] * 4
+    assert [m.shape for m in tome.merged_into_of(model)] == [(3, 6)] * 4

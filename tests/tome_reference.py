@@ -38,14 +38,15 @@ def _attention(attn: nn.Module, x: Tensor, size: Optional[list[float]]) -> tuple
 
 
 def _merge_one_image(x: Tensor, metric: Tensor, size: list[float], ids: list, sources: list[set],
-                     r: int, p: int) -> tuple[Tensor, list[float], list, list[set], list]:
+                     r: int, p: int) -> tuple[Tensor, list[float], list, list[set], list, list]:
     """One block's merge on one image. x: [n, C]; ids[i]: original patch id token i
     started as (None for prefix tokens); sources[i]: original token indices it stands for.
-    Returns the new (x, size, ids, sources) and the ids merged away, best match first."""
+    Returns the new (x, size, ids, sources), the ids merged away, best match first, and
+    for each of them the id of the B token it merged into (that token's own id)."""
     n = x.shape[0]
     r = min(r, (n - p) // 2)
     if r <= 0:
-        return x, size, ids, sources, []
+        return x, size, ids, sources, [], []
     unit = metric / metric.norm(dim=-1, keepdim=True)
     a_pos, b_pos = list(range(0, n, 2)), list(range(1, n, 2))
     candidates = [j for j in b_pos if j >= p]
@@ -68,34 +69,38 @@ def _merge_one_image(x: Tensor, metric: Tensor, size: list[float], ids: list, so
         new_size.append(total)
         new_ids.append(ids[t])
         new_sources.append(set().union(*(sources[g] for g in group)))
-    return torch.stack(new_x), new_size, new_ids, new_sources, [ids[i] for i in chosen]
+    return (torch.stack(new_x), new_size, new_ids, new_sources,
+            [ids[i] for i in chosen], [ids[partner[i]] for i in chosen])
 
 
 @torch.inference_mode()
 def reference_forward(model: nn.Module, images: Tensor, r: Sequence[int], prop_attn: bool = True
-                      ) -> tuple[Tensor, list[list[list[int]]], list[list[set]]]:
+                      ) -> tuple[Tensor, list[list[list[int]]], list[list[list[int]]], list[list[set]]]:
     """ToMe on an unpatched timm VisionTransformer, one image at a time.
 
     images: [B, 3, H, W]; r: tokens merged per block. Returns (logits [B, classes],
-    merged ids [B][block][r_i] best match first, final sources [B][token] as sets of
-    indices of the tokens that entered block 1).
+    merged ids [B][block][r_i] best match first, the ids of their partners [B][block][r_i]
+    in the same order, final sources [B][token] as sets of indices of the tokens that
+    entered block 1).
     """
     p = model.num_prefix_tokens
-    logits, merged, sources_out = [], [], []
+    logits, merged, merged_into, sources_out = [], [], [], []
     for image in images:
         x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(image[None]))))[0]
         n0 = x.shape[0]
         size, ids, sources = [1.0] * n0, [None] * p + list(range(n0 - p)), [{t} for t in range(n0)]
-        per_block, merged_yet = [], False
+        per_block, into_per_block, merged_yet = [], [], False
         for blk, r_i in zip(model.blocks, r):
             use_size = size if (prop_attn and merged_yet) else None
             y, metric = _attention(blk.attn, blk.norm1(x), use_size)
             x = x + blk.ls1(y)
-            x, size, ids, sources, gone = _merge_one_image(x, metric, size, ids, sources, r_i, p)
+            x, size, ids, sources, gone, into = _merge_one_image(x, metric, size, ids, sources, r_i, p)
             merged_yet = merged_yet or bool(gone)
             per_block.append(gone)
+            into_per_block.append(into)
             x = x + blk.ls2(blk.mlp(blk.norm2(x)))
         logits.append(model.forward_head(model.norm(x[None]))[0])
         merged.append(per_block)
+        merged_into.append(into_per_block)
         sources_out.append(sources)
-    return torch.stack(logits), merged, sources_out
+    return torch.stack(logits), merged, merged_into, sources_out
