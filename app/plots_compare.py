@@ -4,7 +4,8 @@ into ..., dropped) or that it stayed to the end.
 
 Data (plain lists, e.g. from the app's comparison): `removed[method][b]` = original patch ids
 whose token left in block b; optionally `destinations[method][b]` = {patch id: receiving
-patch ids} (for GTP: `app.plots_base.gtp_destinations(trace)`).
+patch ids} (for GTP: `app.plots_base.gtp_destinations(trace)`; for ToMe:
+`tome_destinations(merged, merged_into)` from `gtp.tome.merged_ids_of` / `merged_into_of`).
 """
 from __future__ import annotations
 
@@ -19,15 +20,37 @@ from .plots_base import PhotoLike, patch_name, photo_axes, theme
 LABELS = {"gtp": "GTP", "tome": "ToMe", "pruning": "Pruning", "evit": "EViT"}
 HOW = {"gtp": ("propagated", "to"), "tome": ("merged", "into"), "pruning": ("dropped", ""),
        "evit": ("fused into the average token", "")}
+# A ToMe partner is a token that may already stand for several patches; it is named by the
+# patch it started as (gtp.tome.merged_into_of), so the hover says whose token it is.
+RECEIVER = {"tome": "the token of "}
 MAX_LISTED = 6
 
 
+def tome_destinations(merged: Sequence[Sequence[int]], merged_into: Sequence[Sequence[int]]
+                      ) -> list[dict[int, list[int]]]:
+    """Per block: merged patch id -> [the patch id naming the token it merged into] (for
+    `compare_figure`'s ToMe map).
+
+    merged, merged_into: one image's `gtp.tome.merged_ids_of` / `merged_into_of`, per block
+    the ids in the same order, e.g. `[m[0].tolist() for m in tome.merged_into_of(model)]`.
+    """
+    if len(merged) != len(merged_into):
+        raise ValueError(f"merged has {len(merged)} blocks but merged_into has {len(merged_into)}")
+    out = []
+    for block, (gone, into) in enumerate(zip(merged, merged_into)):
+        if len(gone) != len(into):
+            raise ValueError(f"block {block}: {len(gone)} merged ids but {len(into)} partners")
+        out.append({int(pid): [int(dst)] for pid, dst in zip(gone, into)})
+    return out
+
+
 def how_it_left(method: str, block: int, receivers: Optional[Sequence[int]], grid: tuple[int, int]) -> str:
-    """'propagated in block 3 to patch 12 (row 0, col 12), ...' (block 0-based, shown 1-based)."""
+    """'propagated in block 3 to patch 12 (row 0, col 12), ...' or 'merged in block 3 into the
+    token of patch 12 (row 0, col 12)' (block 0-based, shown 1-based)."""
     verb, prep = HOW.get(method, ("removed", ""))
     text = f"{verb} in block {block + 1}"
     if prep and receivers:
-        names = [patch_name(int(r), grid) for r in receivers[:MAX_LISTED]]
+        names = [RECEIVER.get(method, "") + patch_name(int(r), grid) for r in receivers[:MAX_LISTED]]
         more = f" and {len(receivers) - MAX_LISTED} more" if len(receivers) > MAX_LISTED else ""
         text += f" {prep} " + ", ".join(names) + more
     elif prep:

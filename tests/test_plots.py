@@ -13,6 +13,7 @@ from PIL import Image
 
 import gtp
 from app import plots
+from app import plots_compare
 from app.plots_base import gtp_destinations, patch_name
 from app.plots_walk import STATIC_TRACES, TRACES_PER_BLOCK
 
@@ -210,6 +211,31 @@ def test_compare_hover_says_in_which_block_and_how(run):
     assert "ToMe: merged in block 5 into another token" in texts["tome"][pid]
     kept = sorted(set(range(196)) - {p for ids in gtp_removed for p in ids})[0]
     assert texts["gtp"][kept].endswith("stayed to the end")
+
+
+def test_compare_hover_names_the_tome_partner(run):
+    """A real ToMe forward (random DeiT-Ti, r = 8, source tracking) on the photo: every merged
+    patch's hover names the block and the token (by its own patch) it merged into."""
+    from gtp import tome
+    photo, rec = run
+    model = tome.patch(random_model("deit_tiny_patch16_224"), r=8, trace_source=True)
+    x = torch.from_numpy(np.asarray(photo, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        model(x)
+    merged = [m[0].tolist() for m in tome.merged_ids_of(model)]
+    into = [m[0].tolist() for m in tome.merged_into_of(model)]
+    destinations = plots_compare.tome_destinations(merged, into)
+    fig = plots.compare_figure(photo, rec.grid_size, {"tome": merged}, destinations={"tome": destinations})
+    texts = np.asarray(fig.data[0].text).ravel()
+    checked = 0
+    for block, (gone, partners) in enumerate(zip(merged, into)):
+        for pid, dst in zip(gone, partners):
+            assert texts[pid].endswith(f"ToMe: merged in block {block + 1} into the token of "
+                                       f"{patch_name(dst, (14, 14))}"), texts[pid]
+            checked += 1
+    assert checked == 12 * 8
+    with pytest.raises(ValueError, match="partners"):
+        plots_compare.tome_destinations([[1, 2]], [[3]])
 
 
 def test_tradeoff_draws_only_the_selected_models_family(run):
