@@ -1,6 +1,6 @@
 """Opening user photos safely: every way an upload can be wrong becomes a `PhotoError` with a
 sentence a person can act on; odd but usable files (greyscale, RGBA, 16-bit, CMYK, animated
-GIF) are converted to RGB by the library's `gtp.models.to_rgb`, with a note saying what happened.
+GIF) are converted to RGB by the library's `gtp.images.to_rgb`, with a note saying what happened.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Union
 
 from PIL import Image, UnidentifiedImageError
 
-from gtp.models import to_rgb
+from gtp.images import to_rgb
 
 # PIL refuses (DecompressionBombError) images over 2x this many pixels and warns over 1x;
 # the app turns the warning into a refusal too, so a 30000 x 30000 file is never decoded.
