@@ -25,7 +25,7 @@ class Preprocessing(Protocol):
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL image as 8-bit RGB: first frame of animations, EXIF rotation applied,
     transparency composited on white, 16/32-bit and float greyscale scaled to 0..255."""
-    if getattr(image, "n_frames", 1) > 1:
+    if getattr(image, "is_animated", False):  # not n_frames: that walks every frame of the file
         image.seek(0)
     try:
         image = ImageOps.exif_transpose(image)

@@ -79,3 +79,40 @@ def test_top_k():
     assert [t[1] for t in top] == ["c9", "c8", "c7"]
     assert top[0][2] == pytest.approx(logits.softmax(-1)[9].item())
     assert I.top_k(logits, None, 1)[0][:2] == (9, "class 9")
+
+
+def _gif(n: int) -> io.BytesIO:
+    frames = [Image.fromarray(np.full((32, 32), 20 * (i % 12), np.uint8), "L") for i in range(n)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=10)
+    buf.seek(0)
+    return buf
+
+
+def test_to_rgb_takes_the_first_frame_without_walking_the_file(monkeypatch):
+    from PIL import GifImagePlugin
+    img = Image.open(_gif(5))
+    img.seek(3)
+    monkeypatch.setattr(GifImagePlugin.GifImageFile, "n_frames",
+                        property(lambda self: pytest.fail("n_frames reads every frame of the file")))
+    assert I.to_rgb(img).getpixel((0, 0)) == (0, 0, 0)  # frame 0 is black, frame 3 is not
+
+
+def test_photo_frames_counted_up_to_a_bound(tmp_path, monkeypatch):
+    """app.photos (the app's upload check, a user of to_rgb): a GIF's frames are counted only up
+    to MAX_FRAMES_COUNTED, since counting them all costs seconds for a million-frame file."""
+    from PIL import GifImagePlugin
+
+    from app.photos import MAX_FRAMES_COUNTED, open_photo
+    seeks = []
+    real_seek = GifImagePlugin.GifImageFile.seek
+    monkeypatch.setattr(GifImagePlugin.GifImageFile, "seek", lambda self, f: (seeks.append(f), real_seek(self, f))[1])
+    monkeypatch.setattr(GifImagePlugin.GifImageFile, "n_frames",
+                        property(lambda self: pytest.fail("n_frames reads every frame of the file")))
+    for n, note in ((3, "used the first of 3 frames"), (3 * MAX_FRAMES_COUNTED, f"more than {MAX_FRAMES_COUNTED}")):
+        path = tmp_path / f"{n}.gif"
+        path.write_bytes(_gif(n).getvalue())
+        seeks.clear()
+        photo = open_photo(path)
+        assert any(note in x for x in photo.notes), photo.notes
+        assert max(seeks) <= MAX_FRAMES_COUNTED + 1 and photo.image.getpixel((0, 0)) == (0, 0, 0)
