@@ -14,6 +14,7 @@ before the error reaches the caller (see `_create_from_file`).
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import os
@@ -176,6 +177,17 @@ def _cached_hub_file(name: str) -> Optional[str]:
     return None
 
 
+def _release_memory() -> None:
+    """Free what a failed load built: collect reference cycles, then ask glibc to give freed heap
+    back to the system (`malloc_trim`; each server thread's malloc arena otherwise keeps the
+    high-water mark of the largest model that failed, hundreds of MB). No-op where unavailable."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+        pass
+
+
 def _create(name: str, **kwargs) -> nn.Module:
     return timm.create_model(name, **_CREATE_KWARGS.get(name, {}), **kwargs)
 
@@ -204,7 +216,7 @@ def _create_from_file(name: str, path: Union[str, Path]) -> nn.Module:
     except Exception as e:  # noqa: BLE001 (any failure means: not this model's weights)
         failure = " ".join(str(e).split()) or type(e).__name__
     # Outside the except block: the error and its frames are no longer referenced.
-    gc.collect()
+    _release_memory()
     why = failure if len(failure) <= 300 else failure[:297] + "..."
     raise ValueError(f"could not load weights for {name} from {path} (do they belong to this "
                      f"model?): {why}")
@@ -239,7 +251,7 @@ def _hub_or_random(name: str) -> tuple[nn.Module, str, bool, str]:
             return model, "hub", True, f"Loaded pretrained {name} weights from the local model-hub cache ({cached})."
         except Exception as e:
             _log.warning("cached weights for %s did not load: %s", name, e)
-        gc.collect()  # the failed model, held by the error's frames until now
+        _release_memory()  # the failed model, held by the error's frames until now
     if _is_offline():
         return _create_random(name), "random", False, _random_message(name, "not cached and HF_HUB_OFFLINE is set")
     if not hub_reachable():

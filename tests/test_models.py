@@ -288,3 +288,21 @@ def test_size_cap_has_room_for_the_largest_supported_model():
     params = sum(p.numel() for p in model.parameters())
     assert params > 85e6
     assert params * 4 * 1.2 < M.MAX_WEIGHTS_BYTES
+
+
+def test_failed_load_gives_freed_memory_back(tmp_path, monkeypatch):
+    """Besides collecting, a failed load asks glibc to return freed heap (`malloc_trim`): without
+    it the app's worker threads kept ~600 MB after failed DeiT-B loads (scripts/soak.py)."""
+    calls = []
+
+    class FakeLibc:
+        def malloc_trim(self, pad):
+            calls.append(pad)
+    monkeypatch.setattr(M.ctypes, "CDLL", lambda name: FakeLibc())
+    name, path = _weights_file(tmp_path, "corrupt")
+    with pytest.raises(ValueError, match="could not load weights"):
+        M.load_model(name, weights=str(path), device="cpu")
+    assert calls == [0]
+    monkeypatch.setattr(M.ctypes, "CDLL", lambda name: (_ for _ in ()).throw(OSError("no libc")))
+    with pytest.raises(ValueError, match="could not load weights"):  # elsewhere: still the same error
+        M.load_model(name, weights=str(path), device="cpu")
