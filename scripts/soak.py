@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import json
 import os
 import re
@@ -323,9 +324,9 @@ def attacks(app: App, args: argparse.Namespace, files: Path, report: Report) -> 
                     repeat(args.sessions, app, lambda: fresh_call(app, run, *app.args(run, photo))))
     if run and args.runs:
         pool = [app.client() for _ in range(min(4, args.runs))]
-        turn = iter(range(10**9))
+        clients = itertools.cycle(pool)
         report.line(f"runs on {len(pool)} clients x{args.runs}",
-                    repeat(args.runs, app, lambda: app.call(pool[next(turn) % len(pool)], run, *app.args(run, photo))))
+                    repeat(args.runs, app, lambda: app.call(next(clients), run, *app.args(run, photo))))
         for c in pool:
             c.close()
     downloads = app.find(r"downloads(_\d+)?")
@@ -364,7 +365,8 @@ def main() -> None:
     for name, default in (("failed-loads", 3), ("explores", 5), ("sessions", 3), ("runs", 5),
                           ("downloads", 3), ("sweeps", 1)):
         parser.add_argument(f"--{name}", type=int, default=default,
-                            help=f"how many (default {default}, at most {MAX_COUNT}; sweeps: 0 or 1 round)")
+                            help=f"how many (default {default}, at most {MAX_COUNT}; sweeps: 0 = none, else one "
+                                 "round of the five files)")
     parser.add_argument("--max-seconds", type=float, default=600, help="hard stop for the whole soak (default 600)")
     parser.add_argument("--url", help="attach to a running app instead (loopback only)")
     parser.add_argument("--pid", type=int, help="with --url: the server's process id, to measure it")
