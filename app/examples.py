@@ -1,13 +1,23 @@
-"""Files the app ships or reads: example photos, the paper's published numbers, sweep results."""
+"""Files the app ships or reads: example photos, the paper's published numbers, sweep results.
+
+A sweep file is untrusted upload: it is bounded (bytes, nesting depth, records, distinct methods,
+label length) before anything costly is done with it, each bound refusing with a sentence that
+names it. The nesting depth is counted on the raw text before `json.loads` (which recurses once
+per level) ever sees it. Names read from the file are plain text; `chart_text` makes one safe to
+hand to matplotlib, which would otherwise read `$...$` as mathtext.
+"""
 from __future__ import annotations
 
 import csv
 import io
 import json
 import math
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Union
+
+import numpy as np
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EXAMPLE_PHOTOS = [ASSETS / name for name in ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")]
@@ -28,6 +38,14 @@ def published_results() -> dict:
 
 # ----------------------------------------------------------------------------- sweep files
 
+# Bounds on an uploaded sweep file. A real `python -m gtp sweep` file is a few hundred records of
+# depth 3 (a list of records holding a `timing` dict and `num_prop` lists) and a handful of methods.
+MAX_SWEEP_BYTES = 5 * 2**20    # 5 MB
+MAX_SWEEP_DEPTH = 16           # nested [ / { levels
+MAX_SWEEP_RECORDS = 5_000      # rows / records read (usable or not)
+MAX_SWEEP_METHODS = 12         # distinct method names: one chart series each (~7 ms per series)
+MAX_LABEL_CHARS = 80           # a method name or label longer than this is cut
+
 # Column names other tools use for the same quantity.
 _ALIASES = {
     "gmacs": ("gmacs", "gmac", "macs_g", "gflops_macs"),
@@ -35,6 +53,38 @@ _ALIASES = {
     "agreement": ("agreement", "agree", "top1_agreement", "agreement_top1"),
 }
 _LABEL_KEYS = ("model", "num_prop", "sparsity", "alpha", "method", "label")
+_RECORD_KEYS = ("records", "results", "rows", "sweep", "data")
+
+# A JSON string, possibly unterminated (brackets inside strings are not nesting); anything not a bracket.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\Z)', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_NOT_PRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def json_depth(text: str) -> int:
+    """How deeply [ and { nest in JSON text, counted without parsing (no recursion, and no loop
+    in Python over the characters), so that a 100,000-deep file costs milliseconds instead of a
+    RecursionError."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)).encode("ascii")
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+    return max(0, int(np.cumsum(steps).max()))
+
+
+def plain_text(value: Any, limit: int = MAX_LABEL_CHARS) -> str:
+    """A value from an uploaded file as one short line of text: control characters and line
+    breaks become spaces, runs of spaces one, and anything over `limit` characters is cut."""
+    text = str(value)[: limit * 4]  # enough to fill `limit` after squeezing spaces
+    text = " ".join(_NOT_PRINTABLE.sub(" ", text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def chart_text(text: str) -> str:
+    """`text` for a matplotlib label, shown literally: every `$` escaped, so nothing between
+    dollar signs is read as mathtext (`$\frac{$` would otherwise raise a parse error)."""
+    return str(text).replace("$", r"\$")
 
 
 def _number(value: Any) -> float | None:
@@ -43,25 +93,46 @@ def _number(value: Any) -> float | None:
         return None
     if isinstance(value, str):
         value = value.strip().rstrip("%").strip()
-        if not value:
+        if not value or len(value) > 50:  # float() of a huge digit string is slow; no metric is that long
             return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return number if math.isfinite(number) else None
 
 
 def _records(data: Any) -> list[dict]:
-    """The list of records inside whatever JSON shape a sweep was saved in."""
-    if isinstance(data, list):
-        return [r for r in data if isinstance(r, dict)]
+    """The list of records inside whatever JSON shape a sweep was saved in: a list, a list under
+    one of _RECORD_KEYS, or a single record."""
     if isinstance(data, dict):
-        for key in ("records", "results", "rows", "sweep", "data"):
-            if isinstance(data.get(key), list):
-                return _records(data[key])
-        return [data]
-    return []
+        inner = next((data[k] for k in _RECORD_KEYS if isinstance(data.get(k), list)), None)
+        data = [data] if inner is None else inner
+    return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+
+
+def _json_rows(text: str, name: str) -> list[dict]:
+    depth = json_depth(text)
+    if depth > MAX_SWEEP_DEPTH:
+        raise ValueError(f"{name} nests [ and {{ {depth:,} levels deep; a sweep file needs at most "
+                         f"{MAX_SWEEP_DEPTH}. Upload the JSON or CSV that `python -m gtp sweep` writes.")
+    try:
+        data = json.loads(text)
+    except ValueError as e:  # JSONDecodeError, and integers too long to convert
+        raise ValueError(f"{name} looks like JSON but does not parse: {e}") from None
+    return _records(data)
+
+
+def _csv_rows(text: str, name: str) -> list[dict]:
+    rows = []
+    try:
+        for row in csv.DictReader(io.StringIO(text)):
+            rows.append(row)
+            if len(rows) > MAX_SWEEP_RECORDS:
+                break
+    except csv.Error as e:
+        raise ValueError(f"{name} is neither JSON nor CSV: {e}") from None
+    return rows
 
 
 def _as_percent(values: list[float | None]) -> list[float | None]:
@@ -72,39 +143,44 @@ def _as_percent(values: list[float | None]) -> list[float | None]:
     return values
 
 
+def _record(row: dict) -> dict | None:
+    """One row as {gmacs, top1, agreement, method, label}; None without GMACs or any metric."""
+    lowered = {str(k).strip().lower(): v for k, v in row.items() if k is not None}
+    values = {}
+    for field, aliases in _ALIASES.items():
+        values[field] = next((_number(lowered[a]) for a in aliases if _number(lowered.get(a)) is not None), None)
+    if values["gmacs"] is None or (values["top1"] is None and values["agreement"] is None):
+        return None
+    label = ", ".join(f"{k}={plain_text(lowered[k])}" for k in _LABEL_KEYS if lowered.get(k) not in (None, ""))
+    method = plain_text(lowered.get("method") or "") or "sweep"
+    return {"gmacs": values["gmacs"], "top1": values["top1"], "agreement": values["agreement"],
+            "method": method, "label": plain_text(label, 3 * MAX_LABEL_CHARS)}
+
+
 def parse_sweep(text: str, name: str = "sweep") -> tuple[list[dict], str]:
-    """Records {gmacs, top1, agreement, label} from a sweep file's text (JSON or CSV).
+    """Records {gmacs, top1, agreement, method, label} from a sweep file's text (JSON or CSV).
 
     Tolerant: keys in any case, common aliases, numbers as strings, fractions or percents,
     JSON as a list or under 'records'/'results'. Rows without GMACs or without both metrics
-    are skipped and counted. Raises ValueError when nothing usable is found.
+    are skipped and counted. Bounded: ValueError past MAX_SWEEP_DEPTH levels of nesting,
+    MAX_SWEEP_RECORDS rows or MAX_SWEEP_METHODS distinct methods, or when nothing usable is
+    found. `method` and `label` are plain one-line text (pass them through `chart_text` for
+    matplotlib).
     """
+    name = plain_text(name)
     text = text.lstrip("\ufeff").strip()
     if not text:
         raise ValueError(f"{name} is empty.")
-    if text[0] in "[{":
-        try:
-            rows = _records(json.loads(text))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{name} looks like JSON but does not parse: {e}") from None
-    else:
-        try:
-            rows = list(csv.DictReader(io.StringIO(text)))
-        except csv.Error as e:
-            raise ValueError(f"{name} is neither JSON nor CSV: {e}") from None
-    records, skipped = [], 0
-    for row in rows:
-        lowered = {str(k).strip().lower(): v for k, v in row.items() if k is not None}
-        values = {}
-        for field, aliases in _ALIASES.items():
-            values[field] = next((_number(lowered[a]) for a in aliases if _number(lowered.get(a)) is not None), None)
-        if values["gmacs"] is None or (values["top1"] is None and values["agreement"] is None):
-            skipped += 1
-            continue
-        label = ", ".join(f"{k}={lowered[k]}" for k in _LABEL_KEYS if lowered.get(k) not in (None, ""))
-        method = str(lowered.get("method") or "").strip() or "sweep"
-        records.append({"gmacs": values["gmacs"], "top1": values["top1"], "agreement": values["agreement"],
-                        "method": method, "label": label})
+    rows = _json_rows(text, name) if text[0] in "[{" else _csv_rows(text, name)
+    if len(rows) > MAX_SWEEP_RECORDS:
+        raise ValueError(f"{name} has more than {MAX_SWEEP_RECORDS:,} records; the chart takes at most "
+                         f"{MAX_SWEEP_RECORDS:,}. Split the sweep or keep the settings you want to compare.")
+    records = [r for r in map(_record, rows) if r is not None]
+    skipped = len(rows) - len(records)
+    methods = {r["method"] for r in records}
+    if len(methods) > MAX_SWEEP_METHODS:
+        raise ValueError(f"{name} has {len(methods):,} different method names; the chart draws one series "
+                         f"per method and takes at most {MAX_SWEEP_METHODS}.")
     for field in ("top1", "agreement"):
         for record, value in zip(records, _as_percent([r[field] for r in records])):
             record[field] = value
@@ -117,16 +193,20 @@ def parse_sweep(text: str, name: str = "sweep") -> tuple[list[dict], str]:
 
 
 def load_sweep(path: Union[str, Path]) -> tuple[list[dict], str]:
-    """`parse_sweep` on a file (JSON or CSV, as written by `python -m gtp sweep`)."""
+    """`parse_sweep` on a file (JSON or CSV, as written by `python -m gtp sweep`), refused
+    unread when larger than MAX_SWEEP_BYTES."""
     path = Path(path)
+    name = plain_text(path.name)
     try:
+        size = path.stat().st_size
+        if size > MAX_SWEEP_BYTES:
+            raise ValueError(f"{name} is {size / 2**20:.1f} MB; a sweep file may be at most "
+                             f"{MAX_SWEEP_BYTES // 2**20} MB.")
         raw = path.read_bytes()
     except OSError as e:
-        raise ValueError(f"cannot read {path.name}: {e}") from None
-    if len(raw) > 20 * 2**20:
-        raise ValueError(f"{path.name} is larger than 20 MB; that is not a sweep file.")
+        raise ValueError(f"cannot read {name}: {e.strerror or type(e).__name__}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError(f"{path.name} is not a text (UTF-8) file; expected JSON or CSV.") from None
-    return parse_sweep(text, path.name)
+        raise ValueError(f"{name} is not a text (UTF-8) file; expected JSON or CSV.") from None
+    return parse_sweep(text, name)

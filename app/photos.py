@@ -1,6 +1,6 @@
 """Opening user photos safely: every way an upload can be wrong becomes a `PhotoError` with a
 sentence a person can act on; odd but usable files (greyscale, RGBA, 16-bit, CMYK, animated
-GIF) are converted to RGB by the library's `gtp.models.to_rgb`, with a note saying what happened.
+GIF) are converted to RGB by the library's `gtp.images.to_rgb`, with a note saying what happened.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Union
 
 from PIL import Image, UnidentifiedImageError
 
-from gtp.models import to_rgb
+from gtp.images import to_rgb
 
 # PIL refuses (DecompressionBombError) images over 2x this many pixels and warns over 1x;
 # the app turns the warning into a refusal too, so a 30000 x 30000 file is never decoded.
@@ -20,6 +20,7 @@ MAX_PIXELS = 50_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 MIN_SIDE = 16          # smaller than this there is no picture to split into patches
+MAX_FRAMES_COUNTED = 100  # an animation's frames are counted (for the note) up to this many
 MAX_FILE_BYTES = 50 * 1024 * 1024
 WORKING_SIDE = 1024    # photos are shrunk to this longest side before anything else (speed)
 
@@ -47,6 +48,22 @@ def _describe(mode: str) -> str:
     }.get(mode, mode)
 
 
+def _count_frames(img: Image.Image) -> int:
+    """Frames in an animation, counted up to MAX_FRAMES_COUNTED + 1 (PIL's `n_frames` walks the
+    whole file: a 50 MB GIF of a million 1-pixel frames costs seconds of CPU); leaves frame 0."""
+    if not getattr(img, "is_animated", False):
+        return 1
+    count = 1
+    try:
+        while count <= MAX_FRAMES_COUNTED:
+            img.seek(count)
+            count += 1
+    except EOFError:
+        pass
+    img.seek(0)
+    return count
+
+
 def open_photo(path: Union[str, Path, None]) -> Photo:
     """Open an uploaded file as an RGB photo, or raise PhotoError saying what is wrong."""
     if path is None or not str(path).strip():
@@ -64,7 +81,7 @@ def open_photo(path: Union[str, Path, None]) -> Photo:
         try:
             with Image.open(path) as img:
                 size, mode = img.size, img.mode
-                frames = getattr(img, "n_frames", 1)
+                frames = _count_frames(img)
                 if min(size) < MIN_SIDE:
                     raise PhotoError(
                         f"The image is only {size[0]} x {size[1]} pixels; it needs at least "
@@ -90,7 +107,8 @@ def open_photo(path: Union[str, Path, None]) -> Photo:
     if mode != "RGB":
         notes.append(f"converted a {_describe(mode)} image to RGB")
     if frames > 1:
-        notes.append(f"used the first of {frames} frames")
+        many = f"more than {MAX_FRAMES_COUNTED}" if frames > MAX_FRAMES_COUNTED else str(frames)
+        notes.append(f"used the first of {many} frames")
     if max(rgb.size) > WORKING_SIDE:
         rgb.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BICUBIC)
     return Photo(image=rgb, original_size=size, original_mode=mode, notes=notes)

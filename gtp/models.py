@@ -1,15 +1,21 @@
 """The timm ViTs GTP Explorer supports, and loading them with whatever weights can be had offline.
+(Images in and predictions out live in `gtp.images`; their names are re-exported here.)
 
 Weights are looked for in this order, and the first that exists is used:
-  1. `weights=` given: that local .safetensors / .pth / .pt file (an error if it cannot be loaded);
+  1. `weights=` given: that local .safetensors / .pth / .pt file (an error if it cannot be loaded
+     or is larger than MAX_WEIGHTS_BYTES);
   2. `<name>.safetensors` in $GTP_WEIGHTS_DIR, then in the repo's sibling `shared/weights/`;
   3. the local Hugging Face (or torch hub) cache of the model's timm weights;
   4. the Hugging Face hub, only when not offline (HF_HUB_OFFLINE) and the hub answers a quick probe;
   5. otherwise a seeded random initialisation (`pretrained=False`): runs, but predicts nothing meaningful.
 Nothing here waits more than a couple of seconds on the network, and hub errors never escape.
+A load that fails leaves nothing behind: the half-built model and the tensors read are freed
+before the error reaches the caller (see `_create_from_file`).
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import os
 import socket
@@ -23,8 +29,14 @@ from urllib.parse import urlparse
 import timm
 import timm.data
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor, nn
+
+from .images import load_image, preprocess, to_rgb, top_k  # noqa: F401 (re-exported: older imports)
+
+# The largest weights file accepted (the app's upload limit too): room for the biggest supported
+# model, DeiT-B / ViT-B at about 350 MB in float32, not for an arbitrary file filling memory.
+MAX_WEIGHTS_BYTES = 512 * 2**20
 
 _log = logging.getLogger(__name__)
 
@@ -165,6 +177,17 @@ def _cached_hub_file(name: str) -> Optional[str]:
     return None
 
 
+def _release_memory() -> None:
+    """Free what a failed load built: collect reference cycles, then ask glibc to give freed heap
+    back to the system (`malloc_trim`; each server thread's malloc arena otherwise keeps the
+    high-water mark of the largest model that failed, hundreds of MB). No-op where unavailable."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+        pass
+
+
 def _create(name: str, **kwargs) -> nn.Module:
     return timm.create_model(name, **_CREATE_KWARGS.get(name, {}), **kwargs)
 
@@ -172,19 +195,31 @@ def _create(name: str, **kwargs) -> nn.Module:
 def _create_from_file(name: str, path: Union[str, Path]) -> nn.Module:
     """timm's own pretrained loading from a local file: unwraps 'model'/'state_dict' checkpoints,
     strips 'module.', runs the model's checkpoint filter (e.g. DINOv2 / original-repo layouts),
-    loads strictly and reads .pth with torch.load(weights_only=True) (no arbitrary pickles)."""
+    loads strictly and reads .pth with torch.load(weights_only=True) (no arbitrary pickles).
+
+    On failure the ValueError carries no exception chain: timm's error holds, through its
+    traceback's frames, the model it built and the tensors it read (hundreds of MB for DeiT-B),
+    so the message is taken, that error dropped, memory collected, and only then is ValueError
+    raised (`raise ... from None` would still keep the old error as `__context__`)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f"weights file not found: {path}")
     if path.suffix.lower() not in (".safetensors", ".pth", ".pt", ".bin"):
         raise ValueError(f"weights must be a .safetensors, .pth, .pt or .bin file; got {path.name}")
+    size = path.stat().st_size
+    if size > MAX_WEIGHTS_BYTES:
+        raise ValueError(f"weights file {path.name} is {size / 2**20:.0f} MB; the limit is "
+                         f"{MAX_WEIGHTS_BYTES // 2**20} MB (the largest supported model needs about 350 MB)")
+    failure = ""
     try:
         return _create(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-    except Exception as e:
-        why = " ".join(str(e).split()) or type(e).__name__
-        why = why if len(why) <= 300 else why[:297] + "..."
-        raise ValueError(f"could not load weights for {name} from {path} (do they belong to this "
-                         f"model?): {why}") from None
+    except Exception as e:  # noqa: BLE001 (any failure means: not this model's weights)
+        failure = " ".join(str(e).split()) or type(e).__name__
+    # Outside the except block: the error and its frames are no longer referenced.
+    _release_memory()
+    why = failure if len(failure) <= 300 else failure[:297] + "..."
+    raise ValueError(f"could not load weights for {name} from {path} (do they belong to this "
+                     f"model?): {why}")
 
 
 def _create_random(name: str) -> nn.Module:
@@ -216,6 +251,7 @@ def _hub_or_random(name: str) -> tuple[nn.Module, str, bool, str]:
             return model, "hub", True, f"Loaded pretrained {name} weights from the local model-hub cache ({cached})."
         except Exception as e:
             _log.warning("cached weights for %s did not load: %s", name, e)
+        _release_memory()  # the failed model, held by the error's frames until now
     if _is_offline():
         return _create_random(name), "random", False, _random_message(name, "not cached and HF_HUB_OFFLINE is set")
     if not hub_reachable():
@@ -271,63 +307,3 @@ def load_model(
         class_names=_class_names() if has_head and model.num_classes == 1000 else None,
         has_head=has_head,
     )
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image as 8-bit RGB: first frame of animations, EXIF rotation applied,
-    transparency composited on white, 16/32-bit and float greyscale scaled to 0..255."""
-    if getattr(image, "n_frames", 1) > 1:
-        image.seek(0)
-    try:
-        image = ImageOps.exif_transpose(image)
-    except Exception:  # broken EXIF is not worth failing on
-        pass
-    mode = image.mode
-    if mode == "RGB":
-        return image.copy()
-    if mode.startswith("I") or mode == "F":
-        import numpy as np
-        a = np.asarray(image, dtype=np.float64)
-        if mode.startswith("I;16"):
-            a = a / 257.0                     # 16-bit full range -> 8-bit
-        elif a.size and (a.min() < 0 or a.max() > 255):
-            lo, hi = float(a.min()), float(a.max())
-            a = (a - lo) * (255.0 / max(hi - lo, 1e-12))
-        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
-    if mode == "P" and "transparency" in image.info:
-        image, mode = image.convert("RGBA"), "RGBA"
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def load_image(path: Union[str, Path]) -> Image.Image:
-    """Open an image file as RGB; ValueError with a one-line reason if it cannot be read."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ValueError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb(img)
-    except Exception as e:
-        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-
-
-def preprocess(image: Image.Image, loaded: LoadedModel) -> Tensor:
-    """A PIL image of any mode -> the model's input [1, 3, H, W], on the model's device."""
-    try:
-        rgb = to_rgb(image)
-    except Exception as e:
-        raise ValueError(f"cannot convert a {image.mode} image to RGB: {e}") from None
-    return loaded.transform(rgb).unsqueeze(0).to(loaded.device)
-
-
-def top_k(logits: Tensor, class_names: Optional[list[str]], k: int = 5) -> list[tuple[int, str, float]]:
-    """The k most probable classes of one image's logits [C]: (index, name, probability)."""
-    probs = logits.detach().float().reshape(-1).softmax(-1)
-    p, idx = probs.topk(min(k, probs.numel()))
-    return [(int(i), class_names[int(i)] if class_names else f"class {int(i)}", float(q))
-            for q, i in zip(p, idx)]
