@@ -18,17 +18,18 @@ scale, as those methods do not have them. Only "gtp" reads the GTP options.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional
 
 from torch import nn
 
 from . import tome
-from .config import PUBLISHED
+from .config import PUBLISHED, GTPConfig
 from .patch import patch as gtp_patch
 from .patch import unpatch as gtp_unpatch
 
-# The options a GTP record carries (the rest of `gtp.patch`'s keywords).
-GTP_OPTIONS = ("sparsity", "alpha", "graph", "num_neighbours", "selection", "propagation", "token_scale")
+# The options a GTP record carries besides P: the other fields of `GTPConfig`.
+GTP_OPTIONS = tuple(f.name for f in dataclasses.fields(GTPConfig) if f.name != "num_prop")
 
 PRUNING = dict(propagation="none", selection="cls_attn_mean", sparsity=1.0, token_scale=False)
 EVIT = dict(propagation="mean", selection="cls_attn_mean", sparsity=1.0, token_scale=False)
@@ -89,8 +90,8 @@ def method_fn(method: str, amount: int = 8, **options: Any) -> Callable[[nn.Modu
 def describe(method: str, amount: int = 8, **options: Any) -> dict[str, Optional[Any]]:
     """The hyper-parameters a method really runs with, for result records.
 
-    Keys: num_prop, sparsity, alpha, graph, num_neighbours, selection, propagation,
-    token_scale; None where the method has no such parameter.
+    Keys: the fields of `GTPConfig` (num_prop first); None where the method has no
+    such parameter, or where GTP's setting leaves it unread.
     """
     none = dict.fromkeys(("num_prop",) + GTP_OPTIONS)
     if method == "full":

@@ -22,13 +22,10 @@ import torch
 from torch import nn
 
 from .flops import gmacs
+from .measure.metrics import device_name
+from .measure.metrics import synchronize as _sync
 
 DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
@@ -97,7 +94,7 @@ def benchmark(
         m.to(dev)
     reference = next(iter(models))
     result = {
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": device_name(dev),
         "dtype": dtype, "img_size": img_size, "repeats": repeats,
         "torch": torch.__version__, "gmacs": macs, "runs": [],
     }
@@ -151,7 +148,7 @@ class Traced(nn.Module):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli import add_gtp_arguments  # the GTP options, shared with `predict`
+    from .options import add_gtp_arguments  # the GTP options, shared with `predict`
     from .baselines import METHODS
     parser.add_argument("--model", default="deit_small_patch16_224", help="a supported model name")
     parser.add_argument("--weights", default=None, help="local .safetensors/.pth file")
@@ -186,7 +183,7 @@ def method_functions(names: Sequence[str], gtp_options: dict) -> dict[str, Calla
 
 
 def main(args: argparse.Namespace) -> int:
-    from .cli import gtp_kwargs
+    from .options import gtp_kwargs
     from .models import load_model
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
-from .config import PUBLISHED
-from .functional import GRAPHS, PROPAGATIONS, SELECTIONS
+from .config import describe_config, effective_num_prop
+from .options import add_gtp_arguments, add_model_arguments, gtp_kwargs
 
 EXIT_USAGE = 2
 
@@ -22,58 +22,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def add_gtp_arguments(parser: argparse.ArgumentParser) -> None:
-    """The GTP hyper-parameters as options; defaults are the published setting (METHOD.md)."""
-    g = parser.add_argument_group("GTP hyper-parameters (defaults: the published setting)")
-    g.add_argument("--num-prop", type=int, nargs="+", default=[PUBLISHED["num_prop"]], metavar="P",
-                   help="P, patch tokens propagated per block: one int, or one per block "
-                        f"(default {PUBLISHED['num_prop']})")
-    g.add_argument("--sparsity", type=float, default=PUBLISHED["sparsity"], metavar="THETA",
-                   help="theta in (0, 1], share of attention entries kept; 1 = off "
-                        f"(default {PUBLISHED['sparsity']})")
-    g.add_argument("--alpha", type=float, default=PUBLISHED["alpha"], metavar="A",
-                   help=f"weight of the propagated features (default {PUBLISHED['alpha']})")
-    g.add_argument("--graph", choices=GRAPHS, default=PUBLISHED["graph"],
-                   help=f"token graph (default {PUBLISHED['graph']})")
-    g.add_argument("--num-neighbours", type=int, default=PUBLISHED["num_neighbours"], metavar="M",
-                   help=f"M, neighbours per token in the semantic graph (default {PUBLISHED['num_neighbours']})")
-    g.add_argument("--selection", choices=SELECTIONS, default=PUBLISHED["selection"],
-                   help=f"token selection (default {PUBLISHED['selection']})")
-    g.add_argument("--propagation", choices=PROPAGATIONS, default=PUBLISHED["propagation"],
-                   help=f"how removed tokens are merged (default {PUBLISHED['propagation']})")
-    g.add_argument("--no-token-scale", action="store_true",
-                   help="turn off proportional attention on the token sizes")
-
-
-def gtp_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of `gtp.patch` from options added by `add_gtp_arguments`."""
-    num_prop = list(args.num_prop)
-    return dict(
-        num_prop=num_prop[0] if len(num_prop) == 1 else num_prop,
-        sparsity=args.sparsity, alpha=args.alpha, graph=args.graph,
-        num_neighbours=args.num_neighbours, selection=args.selection,
-        propagation=args.propagation, token_scale=not args.no_token_scale,
-    )
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    from .models import SUPPORTED_MODELS
-    parser.add_argument("--model", default="deit_small_patch16_224", metavar="NAME",
-                        help="one of: " + ", ".join(SUPPORTED_MODELS) + " (default deit_small_patch16_224)")
-    parser.add_argument("--weights", default=None, metavar="FILE",
-                        help="local .safetensors/.pth weights (default: local cache, hub, else random)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-
-
-def _tokens_left(num_prop: Sequence[int], num_patches: int, num_prefix: int) -> int:
-    """Tokens after the last block, following the patched block's rule (P >= tokens left -> none)."""
-    n = num_patches
-    for p in num_prop:
-        if n > p:
-            n -= p
-    return n + num_prefix
 
 
 def _short(text: str, width: int) -> str:
@@ -90,7 +38,8 @@ def _banner(message: str, pretrained: bool) -> str:
 @torch.inference_mode()
 def _run_predict(args: argparse.Namespace) -> int:
     import gtp
-    from .models import load_image, load_model, preprocess, top_k
+    from .measure.metrics import cosine, features_and_logits, top1_agreement
+    from .models import load_image, load_model, preprocess
 
     image = load_image(args.image)                  # ValueError on an unreadable file
     loaded = load_model(args.model, weights=args.weights, device=args.device)
@@ -99,34 +48,32 @@ def _run_predict(args: argparse.Namespace) -> int:
     print(_banner(loaded.message, loaded.pretrained), flush=True)
     cfg = gtp.config_of(model)
     x = preprocess(image, loaded)
-    out_gtp = model(x).float().cpu()
+    feats_gtp, logits_gtp = features_and_logits(model, x, loaded.has_head)
     gmacs_gtp = gtp.gmacs(model, loaded.img_size)
     gtp.unpatch(model)
-    out_base = model(x).float().cpu()
+    feats_base, logits_base = features_and_logits(model, x, loaded.has_head)
     gmacs_base = gtp.gmacs(model, loaded.img_size)
 
     grid = model.patch_embed.grid_size
     n_patch, n_prefix = grid[0] * grid[1], model.num_prefix_tokens
-    n_in, n_out = n_patch + n_prefix, _tokens_left(cfg.num_prop, n_patch, n_prefix)
-    p = cfg.num_prop[0] if len(set(cfg.num_prop)) == 1 else "per-block"
+    actual = effective_num_prop(cfg.num_prop, n_patch, cfg.propagation)
+    n_in, n_out = n_patch + n_prefix, n_patch + n_prefix - sum(actual)
+    n_out += sum(p > 0 for p in actual) if cfg.propagation == "mean" else 0  # one average token each
     print(f"model: {loaded.name} ({loaded.source} weights) | image: {args.image} | input "
           f"{loaded.img_size[0]}x{loaded.img_size[1]}")
-    print(f"GTP: P={p} theta={cfg.sparsity:g} alpha={cfg.alpha:g} graph={cfg.graph} M={cfg.num_neighbours} "
-          f"selection={cfg.selection} propagation={cfg.propagation} token_scale={cfg.token_scale}")
+    print(f"GTP: {describe_config(cfg)}")
+    if actual != cfg.num_prop:  # a block with no more than P patch tokens left propagates none
+        print(f"P per block as run (a block with no more than P patch tokens left propagates none): "
+              f"{', '.join(map(str, actual))}")
     print(f"tokens: {n_in} in, {n_out} after the last block (baseline keeps {n_in})")
     print()
     if loaded.has_head:
-        k = args.top_k
-        base, red = top_k(out_base[0], loaded.class_names, k), top_k(out_gtp[0], loaded.class_names, k)
-        w = 36
-        print(f"     {'baseline top-' + str(k):<{w}} {'prob':>6}   | {'GTP top-' + str(k):<{w}} {'prob':>6}")
-        for i, ((_, nb, pb), (_, ng, pg)) in enumerate(zip(base, red), 1):
-            print(f"  {i}. {_short(nb, w):<{w}} {pb:6.1%}   | {_short(ng, w):<{w}} {pg:6.1%}")
-        agree = base[0][0] == red[0][0]
+        _print_top_k(logits_base[0].float().cpu(), logits_gtp[0].float().cpu(), loaded.class_names, args.top_k)
+        agree = bool(top1_agreement(logits_base, logits_gtp)[0])
         print(f"top-1 agrees: {'yes' if agree else 'no'}")
     else:
-        cos = torch.nn.functional.cosine_similarity(out_base, out_gtp, dim=-1)[0].item()
-        print(f"headless model: final feature {tuple(out_base.shape)}; "
+        cos = float(cosine(feats_base, feats_gtp)[0])
+        print(f"headless model: final feature {tuple(feats_base.shape)}; "
               f"cosine similarity baseline vs GTP: {cos:.4f}")
     print()
     reduction = 100.0 * (1.0 - gmacs_gtp / gmacs_base) if gmacs_base > 0 else 0.0
@@ -134,6 +81,16 @@ def _run_predict(args: argparse.Namespace) -> int:
     if not loaded.pretrained:
         print("(random weights: the classes above carry no meaning)")
     return 0
+
+
+def _print_top_k(base_logits: torch.Tensor, gtp_logits: torch.Tensor, class_names, k: int) -> None:
+    """The two top-k lists side by side: class name and probability."""
+    from .models import top_k
+    base, red = top_k(base_logits, class_names, k), top_k(gtp_logits, class_names, k)
+    w = 36
+    print(f"     {'baseline top-' + str(k):<{w}} {'prob':>6}   | {'GTP top-' + str(k):<{w}} {'prob':>6}")
+    for i, ((_, nb, pb), (_, ng, pg)) in enumerate(zip(base, red), 1):
+        print(f"  {i}. {_short(nb, w):<{w}} {pb:6.1%}   | {_short(ng, w):<{w}} {pg:6.1%}")
 
 
 def _run_models(args: argparse.Namespace) -> int:
@@ -161,7 +118,7 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="top-5 (or feature similarity) and GMACs with and without GTP",
                         description="Run a model with and without GTP on one image and compare.")
     pr.add_argument("image", metavar="IMAGE", help="an image file (any format PIL reads)")
-    _add_model_arguments(pr)
+    add_model_arguments(pr)
     pr.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show (default 5)")
     add_gtp_arguments(pr)
     pr.set_defaults(func=_run_predict)
@@ -173,18 +130,18 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         bench.add_arguments(be)
     be.set_defaults(func=_run_bench)
 
-    from . import evaluate, sweep  # the eval and sweep subcommands (gtp/evaluate.py, gtp/sweep.py)
+    from .measure import evaluate, sweep  # the eval and sweep subcommands
     ev = sub.add_parser("eval", help="top-1/top-5, agreement, KL, cosine, GMACs, img/s on an image folder",
                         description="Evaluate the full and the reduced model on an image folder "
-                                    "(see gtp/evaluate.py; runs under torchrun too).")
-    _add_model_arguments(ev)
+                                    "(see gtp/measure/evaluate.py; runs under torchrun too).")
+    add_model_arguments(ev)
     evaluate.add_arguments(ev)
     add_gtp_arguments(ev)
     ev.set_defaults(func=evaluate.main)
 
     sw = sub.add_parser("sweep", help="resumable grid / random search over P, theta, alpha, M",
-                        description="Sweep GTP settings and baselines on an image folder (see gtp/sweep.py).")
-    _add_model_arguments(sw)
+                        description="Sweep GTP settings and baselines on an image folder (see gtp/measure/sweep.py).")
+    add_model_arguments(sw)
     sweep.add_arguments(sw)
     sw.set_defaults(func=sweep.main)
 

@@ -7,14 +7,14 @@ patch ids while tracing) lives in one `GTPState` object on the model.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as G
-from .config import PUBLISHED, GTPConfig, make_config
+from .config import GTPConfig, make_config, settings_of
 from .trace import Edges, LayerTrace, Trace, edges_from_adjacency
 
 # Images per attention chunk on CPU (see `functional.attention`); CUDA takes the batch at once.
@@ -204,38 +204,21 @@ def _check_model(model: nn.Module) -> None:
         raise ValueError("gtp.patch does not support attention-pool heads")
 
 
-def patch(
-        model: nn.Module,
-        num_prop: Union[int, Sequence[int]] = PUBLISHED["num_prop"],
-        sparsity: float = PUBLISHED["sparsity"],
-        alpha: float = PUBLISHED["alpha"],
-        graph: str = PUBLISHED["graph"],
-        num_neighbours: int = PUBLISHED["num_neighbours"],
-        selection: str = PUBLISHED["selection"],
-        propagation: str = PUBLISHED["propagation"],
-        token_scale: bool = PUBLISHED["token_scale"],
-) -> nn.Module:
+def patch(model: nn.Module, config: Optional[GTPConfig] = None, **overrides: Any) -> nn.Module:
     """Apply GTP to a timm VisionTransformer in place and return it.
 
-    Args:
-        num_prop: P, patch tokens propagated per block: one int, or a list with one per block.
-        sparsity: theta in (0, 1], the share of attention entries kept (1 = off).
-        alpha: weight of the propagated features.
-        graph: "spatial", "semantic" or "mixed".
-        num_neighbours: M, the semantic graph's neighbours per token.
-        selection: scoring strategy; "mixed_attn_max" is the published one.
-        propagation: "graph" (published), "mean" or "none" (pruning).
-        token_scale: proportional attention on the token sizes.
+    config: a `gtp.GTPConfig` (default: the published setting, `gtp.PUBLISHED`).
+    overrides: any of its fields by keyword (num_prop, sparsity, ...; gtp/config.py gives
+    each one's meaning and valid range), replacing the config's value, e.g.
+        gtp.patch(model, num_prop=8, sparsity=0.6)
 
-    Calling it again reconfigures the model; `gtp.unpatch` restores it.
+    Bad values raise ValueError naming the valid range. Calling it again reconfigures
+    the model; `gtp.unpatch` restores it.
     """
     _check_model(model)
     grid = tuple(model.patch_embed.grid_size)
-    config = make_config(
-        depth=len(model.blocks), num_patches=grid[0] * grid[1], num_prefix=model.num_prefix_tokens,
-        num_prop=num_prop, sparsity=sparsity, alpha=alpha, graph=graph, num_neighbours=num_neighbours,
-        selection=selection, propagation=propagation, token_scale=token_scale,
-    )
+    config = make_config(depth=len(model.blocks), num_patches=grid[0] * grid[1],
+                         num_prefix=model.num_prefix_tokens, **settings_of(config, **overrides))
     state = getattr(model, "_gtp_state", None)
     if state is not None:
         state.config = config

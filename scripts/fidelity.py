@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import gtp  # noqa: E402
 from gtp.baselines import apply_method  # noqa: E402
+from gtp.measure.metrics import cosine, features_and_logits  # noqa: E402
 
 WEIGHTS = ROOT.parent / "shared" / "weights" / "vit_small_patch14_dinov2.safetensors"
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")
@@ -57,13 +57,13 @@ def fidelity_rows(model: torch.nn.Module, x: torch.Tensor, amounts: Sequence[int
                   rows=ROWS) -> list[dict]:
     """One dict per (P, row): name, method, num_prop, options, gmacs, cosine (mean), per_image."""
     apply_method(model, "full")
-    ref = model(x).float()
+    ref, _ = features_and_logits(model, x)
     out = [dict(name="full", method="full", num_prop=0, options={}, gmacs=round(gtp.gmacs(model), 4),
                 cosine=1.0, per_image=[1.0] * x.shape[0])]
     for p in amounts:
         for name, method, options in rows:
             apply_method(model, method, p, **options)
-            cos = F.cosine_similarity(ref, model(x).float(), dim=-1).double()
+            cos = cosine(ref, features_and_logits(model, x)[0])
             out.append(dict(name=name, method=method, num_prop=p, options=options,
                             gmacs=round(gtp.gmacs(model), 4), cosine=round(float(cos.mean()), 6),
                             per_image=[round(float(c), 6) for c in cos]))

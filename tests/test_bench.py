@@ -60,7 +60,7 @@ def test_bench_command_prints_and_writes_json(tmp_path):
          "pruning", "--batch-size", "1", "2", "--repeats", "1", "--warmup", "0", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert "batch 1:" in proc.stdout and "batch 2:" in proc.stdout and "device cpu" in proc.stdout
+    assert "batch 1:" in proc.stdout and "batch 2:" in proc.stdout and "device CPU (" in proc.stdout
     for name in ("full", "gtp", "tome", "pruning"):
         assert name in proc.stdout
     data = json.loads(out.read_text())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import re
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import DINOV2_FILE
-from gtp import cli
+from gtp import cli, options
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = "deit_tiny_patch16_224"
@@ -77,7 +78,13 @@ def test_unknown_model_exits_2(photo, env):
     (["--device", "nonsense"], "device"),
 ])
 def test_bad_hyper_parameters_exit_2(photo, capsys, extra, message):
-    assert cli.main(["predict", str(photo), "--model", TINY, *extra]) == 2
+    """Out of range: refused as the option is parsed (argparse exits) or, for bounds that
+    depend on the model, by gtp.patch (main returns); either way exit code 2, one line."""
+    try:
+        code = cli.main(["predict", str(photo), "--model", TINY, *extra])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
@@ -114,14 +121,23 @@ def test_predict_headless_dinov2(photo, capsys):
     assert re.search(r"GMACs: baseline [\d.]+ \| GTP [\d.]+ \| reduction [\d.]+%", out)
 
 
+def test_predict_says_what_a_clamped_schedule_runs(photo, capsys):
+    """P = 100 on 196 patch tokens: the first block removes 100, the others none (and it says so)."""
+    assert cli.main(["predict", str(photo), "--model", TINY, "--num-prop", "100", "--top-k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "P per block as run" in out and "100, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0" in out
+    assert "197 in, 97 after the last block" in out
+    assert "GTP: P=100 θ=0.6 α=0.1 graph=mixed M=8" in out
+
+
 def test_gtp_options_shared():
     p = argparse.ArgumentParser()
-    cli.add_gtp_arguments(p)
-    kw = cli.gtp_kwargs(p.parse_args([]))
+    options.add_gtp_arguments(p)
+    kw = options.gtp_kwargs(p.parse_args([]))
     assert kw == dict(num_prop=8, sparsity=0.6, alpha=0.1, graph="mixed", num_neighbours=8,
                       selection="mixed_attn_max", propagation="graph", token_scale=True)
-    kw = cli.gtp_kwargs(p.parse_args(["--num-prop", *["4"] * 12, "--no-token-scale", "--graph", "spatial",
-                                      "--alpha", "0", "--propagation", "mean"]))
+    kw = options.gtp_kwargs(p.parse_args(["--num-prop", *["4"] * 12, "--no-token-scale", "--graph", "spatial",
+                                          "--alpha", "0", "--propagation", "mean"]))
     assert kw["num_prop"] == [4] * 12 and kw["token_scale"] is False
     assert kw["graph"] == "spatial" and kw["alpha"] == 0.0 and kw["propagation"] == "mean"
 
@@ -140,3 +156,47 @@ def test_bench_is_wired(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--num-prop" in out and "--model" in out
+
+
+def _imports(root: Path) -> dict[str, set[str]]:
+    """gtp module -> the gtp modules it imports anywhere in its text (lazy imports included)."""
+    def name_of(path: Path) -> str:
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    files = {name_of(p): p for p in (root / "gtp").rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package
+                for _ in range(node.level - 1):
+                    base = base.rpartition(".")[0]
+                module = (base + (f".{node.module}" if node.module else "")) if node.level else node.module
+                for alias in node.names:  # `from . import tome` depends on gtp.tome, not on gtp
+                    deps.add(f"{module}.{alias.name}" if f"{module}.{alias.name}" in files else module)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+        graph[name] = {d for d in deps if d in files and d != name}
+    return graph
+
+
+def test_no_import_cycles_and_nothing_imports_the_cli():
+    graph = _imports(ROOT)
+    assert {"gtp.options", "gtp.measure.metrics", "gtp.measure.evaluate", "gtp.measure.sweep"} <= set(graph)
+    assert [m for m, deps in graph.items() if "gtp.cli" in deps] == ["gtp.__main__"]
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1  # on the current path
+        for dep in sorted(graph[module]):
+            assert state.get(dep) != 1, "import cycle: " + " -> ".join(path + [module, dep])
+            if dep not in state:
+                visit(dep, path + [module])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])

@@ -1,4 +1,4 @@
-"""`python -m gtp sweep` (gtp.sweep): the plan, the documented record format, resuming."""
+"""`python -m gtp sweep` (gtp.measure.sweep): the plan, the documented record format, resuming."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,11 @@ import shutil
 import pytest
 import torch
 
-from gtp import cli, sweep
+from gtp import cli
 from gtp.baselines import METHODS, apply_method, describe, method_fn
-from gtp.evaluate import Evaluator, scan_folder
+from gtp.measure import sweep
+from gtp.measure.data import scan_folder
+from gtp.measure.evaluate import Evaluator
 
 from conftest import ROOT, random_model
 

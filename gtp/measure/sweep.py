@@ -1,12 +1,13 @@
 """Sweep GTP's hyper-parameters, with the baselines beside it: `python -m gtp sweep`.
 
 Grid search runs every combination of the given P (--num-prop), theta (--sparsity),
-alpha (--alpha) and M (--num-neighbours) lists for each method in --methods; random
+alpha (--alpha) and M (--num-neighbours) lists for each method in --methods (every
+numeric field of `gtp.GTPConfig` is a search axis; the others are fixed options); random
 search (--search random --trials N --seed S) runs N combinations drawn without
 replacement from that same grid. Methods other than gtp only read P (see
 `gtp.baselines`), so their duplicates collapse to one run per P. A "full" record
 (the unpatched model) is always included. Every configuration is measured by
-`gtp.evaluate.Evaluator` on the same images against one cached run of the full model.
+`gtp.measure.evaluate.Evaluator` on the same images against one cached run of the full model.
 
 Resumable: the result file is rewritten (atomically) after each configuration, and
 configurations whose key is already in it are skipped, so rerunning the same command
@@ -42,11 +43,13 @@ records, one per configuration, in the order computed. Each record:
                  fields that change between identical runs
 
 The key that identifies a configuration (for resuming) is every field above from
-`model` to `token_scale` except `images` and `labelled`.
+`model` to `token_scale` except `images` and `labelled`: `KEY_FIELDS`, whose GTP part
+is the fields of `gtp.GTPConfig`.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import random
@@ -54,15 +57,17 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from .baselines import METHODS, describe
-from .config import PUBLISHED
-from .evaluate import (Evaluator, add_data_arguments, close_distributed, init_distributed,
-                       make_evaluator, write_csv, write_json)
-from .functional import GRAPHS, PROPAGATIONS, SELECTIONS
+from ..baselines import METHODS, describe
+from ..config import PUBLISHED, GTPConfig, value_type
+from ..options import add_data_arguments, add_field_option
+from .evaluate import Evaluator, close_distributed, init_distributed, make_evaluator, write_csv, write_json
 
-KEY_FIELDS = ("model", "weights", "data", "limit", "method", "num_prop", "sparsity", "alpha", "graph",
-              "num_neighbours", "selection", "propagation", "token_scale")
-DEFAULT_GRID = dict(num_prop=[4, 8, 12, 16], sparsity=[0.6, 0.8, 1.0], alpha=[0.1], num_neighbours=[8])
+KEY_FIELDS = ("model", "weights", "data", "limit", "method") + tuple(f.name for f in dataclasses.fields(GTPConfig))
+# The search axes: the numeric hyper-parameters. Each defaults to its published value
+# alone, except the sweep's own default ranges for P and theta.
+AXES = tuple(f.name for f in dataclasses.fields(GTPConfig) if value_type(f) in (int, float))
+DEFAULT_GRID = {**{name: [PUBLISHED[name]] for name in AXES},
+                "num_prop": [4, 8, 12, 16], "sparsity": [0.6, 0.8, 1.0]}
 
 
 def record_key(record: dict) -> str:
@@ -72,27 +77,28 @@ def record_key(record: dict) -> str:
 
 def plan(
         methods: Sequence[str] = ("gtp",),
-        num_prop: Sequence[int] = DEFAULT_GRID["num_prop"],
-        sparsity: Sequence[float] = DEFAULT_GRID["sparsity"],
-        alpha: Sequence[float] = DEFAULT_GRID["alpha"],
-        num_neighbours: Sequence[int] = DEFAULT_GRID["num_neighbours"],
         search: str = "grid",
         trials: Optional[int] = None,
         seed: int = 0,
-        **fixed: Any,
+        **options: Any,
 ) -> list[tuple[str, int, dict]]:
     """The configurations to run: (method, P, gtp options), "full" first, duplicates removed.
 
-    fixed: the other GTP options (graph, selection, propagation, token_scale).
+    options: a list of values for a search axis (`AXES`: num_prop, sparsity, alpha,
+    num_neighbours; an axis not given takes `DEFAULT_GRID`'s), one value for any other
+    GTP option (graph, selection, propagation, token_scale: fixed).
     """
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {m!r}")
     if search not in ("grid", "random"):
         raise ValueError(f"search must be grid or random; got {search!r}")
-    combos = [(m, p, dict(fixed, sparsity=t, alpha=a, num_neighbours=k))
+    grid = {name: options.pop(name, DEFAULT_GRID[name]) for name in AXES}
+    grid = {name: list(v) if isinstance(v, (list, tuple)) else [v] for name, v in grid.items()}
+    axes = [name for name in AXES if name != "num_prop"]
+    combos = [(m, values[0], dict(options, **dict(zip(axes, values[1:]))))
               for m in methods if m != "full"
-              for p, t, a, k in itertools.product(num_prop, sparsity, alpha, num_neighbours)]
+              for values in itertools.product(*grid.values())]
     if search == "random":
         if trials is None or trials < 1:
             raise ValueError("random search needs --trials N (N >= 1)")
@@ -173,19 +179,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="result file: read to resume, rewritten after each configuration")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=["gtp"],
                         help="methods to sweep (default gtp; full is always included)")
-    g = parser.add_argument_group("search space (lists)")
-    g.add_argument("--num-prop", type=int, nargs="+", default=DEFAULT_GRID["num_prop"], metavar="P")
-    g.add_argument("--sparsity", type=float, nargs="+", default=DEFAULT_GRID["sparsity"], metavar="THETA")
-    g.add_argument("--alpha", type=float, nargs="+", default=DEFAULT_GRID["alpha"], metavar="A")
-    g.add_argument("--num-neighbours", type=int, nargs="+", default=DEFAULT_GRID["num_neighbours"], metavar="M")
-    g.add_argument("--search", choices=("grid", "random"), default="grid")
-    g.add_argument("--trials", type=int, default=None, help="configurations drawn by random search")
-    g.add_argument("--seed", type=int, default=0, help="random search seed (default 0)")
-    f = parser.add_argument_group("fixed GTP options (defaults: the published setting)")
-    f.add_argument("--graph", choices=GRAPHS, default=PUBLISHED["graph"])
-    f.add_argument("--selection", choices=SELECTIONS, default=PUBLISHED["selection"])
-    f.add_argument("--propagation", choices=PROPAGATIONS, default=PUBLISHED["propagation"])
-    f.add_argument("--no-token-scale", action="store_true")
+    axes = parser.add_argument_group("search space (lists)")
+    fixed = parser.add_argument_group("fixed GTP options (defaults: the published setting)")
+    for f in dataclasses.fields(GTPConfig):
+        if f.name in AXES:
+            add_field_option(axes, f, many=True, default=DEFAULT_GRID[f.name])
+        else:
+            add_field_option(fixed, f)
+    axes.add_argument("--search", choices=("grid", "random"), default="grid")
+    axes.add_argument("--trials", type=int, default=None, help="configurations drawn by random search")
+    axes.add_argument("--seed", type=int, default=0, help="random search seed (default 0)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -193,9 +196,8 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise ValueError(f"--out must name a .json file; got {out}")
-    configs = plan(args.methods, args.num_prop, args.sparsity, args.alpha, args.num_neighbours,
-                   args.search, args.trials, args.seed, graph=args.graph, selection=args.selection,
-                   propagation=args.propagation, token_scale=not args.no_token_scale)
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(GTPConfig)}
+    configs = plan(args.methods, args.search, args.trials, args.seed, **options)
     d = init_distributed(args.device)
     try:
         ev, _ = make_evaluator(args, d)
