@@ -3,14 +3,21 @@
 Gradio reads GRADIO_SERVER_NAME and GRADIO_SERVER_PORT from the environment when `launch()`
 gets no explicit host/port; this file passes none, so both are honoured.
 """
+import spaces  # noqa: F401  - first, as ZeroGPU asks (a no-op anywhere else)
+
 import threading
 
+from app import limits
 from app.layout import CSS, create_app
+from app.models import DEVICE, preload
 from gtp import radix_select
+
+if DEVICE.type == "cuda":  # ZeroGPU: the model goes to the GPU at start-up, outside any request
+    preload()
 
 demo = create_app()
 
 if __name__ == "__main__":
     # Compile the sparsification kernel while the server starts, not in the first request.
     threading.Thread(target=radix_select.warm_up, name="gtp-warm-up", daemon=True).start()
-    demo.launch(css=CSS)
+    demo.launch(css=CSS, **limits.launch_options())

@@ -1,0 +1,103 @@
+"""Every bound the app puts on memory, disk, time and input, in one place.
+
+A public Space must stay up under abuse, so nothing the app keeps or accepts is unbounded;
+each number below says what it bounds and why it has the value it has. Environment variables
+(`GTP_APP_*`) override the cache sizes for a bigger or smaller host.
+"""
+from __future__ import annotations
+
+import os
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return max(1, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+# ----------------------------------------------------------------------------- memory: caches
+
+MODEL_CACHE_ENTRIES = _env_int("GTP_APP_MODEL_CACHE", 2)
+"""Loaded models kept (by model name + weights file). deit_base is ~350 MB; two fit any host."""
+
+RUN_CACHE_ENTRIES = _env_int("GTP_APP_RESULT_CACHE", 8)
+RUN_CACHE_BYTES = 256 * 2**20
+"""Finished runs kept (by photo hash + model + weights + configuration): a run of deit_small
+with its attention maps is ~12 MB (bfloat16); the byte bound wins for bigger models."""
+
+GMACS_CACHE_ENTRIES = 512
+"""GMACs kept (by model + configuration): a float each; counting one takes seconds on a CPU."""
+
+FIGURE_CACHE_ENTRIES = 512
+FIGURE_CACHE_BYTES = 192 * 2**20
+"""Drawn figures kept (by run key + view): ~0.6 MB each as pixels."""
+
+TRADEOFF_CACHE_ENTRIES = 32
+"""Trade-off charts kept (by measured GMACs + sweep records)."""
+
+COUNTING_MODELS = 1
+"""CPU models kept only to count GMACs on a CUDA host (counting needs no GPU and no weights)."""
+
+
+# ----------------------------------------------------------------------------- memory: sessions
+
+SESSION_TTL_S = 30 * 60
+"""A session's state (its run, sweep records) is dropped this long after its last update:
+API clients never close their session, so without it every client would stay in memory."""
+
+SESSION_CAPACITY = 200
+"""Sessions whose state is kept at once (Gradio's default is 10,000); the oldest go first.
+A run session holds about 18 MB of state (mostly shared with the run cache)."""
+
+
+# ----------------------------------------------------------------------------- disk
+
+MAX_UPLOAD = "400mb"
+MAX_UPLOAD_BYTES = 400 * 2**20
+"""Largest upload accepted: deit_base weights are ~346 MB (float32 .safetensors), with room."""
+
+GRADIO_CACHE_CLEANUP = (600, 1800)
+"""Gradio's `delete_cache=(every, older_than)` seconds: uploads and copies of our figures
+older than 30 minutes are deleted every 10 minutes."""
+
+FIGURE_FILES_KEPT = 400
+"""JPEG figure files kept on disk (older ones are deleted; Gradio has copied them by then)."""
+
+DOWNLOAD_FOLDERS_KEPT = 16
+"""Download folders (GIF + JSON) kept on disk; older ones are deleted."""
+
+
+# ----------------------------------------------------------------------------- time
+
+QUEUE_SIZE = 64
+"""Requests waiting for the model at most; more get a polite 'queue full'."""
+
+LATENCY_REPEATS = {"cpu": 2, "cuda": 10}
+"""Forwards timed per model for the latency figure (best of); CPU: keeps a run within ~1 s."""
+
+THROUGHPUT_MAX_BATCH = {"cpu": 16, "cuda": 256}
+"""Largest batch 'Measure throughput' accepts, by device."""
+
+THROUGHPUT_BUDGET_S = {"cpu": 4.0, "cuda": 10.0}
+"""Most seconds one throughput measurement may hold the model (both models, all batches):
+the number of timed batches is cut to fit after the warm-up batch shows the cost of one."""
+
+THROUGHPUT_DEFAULT_BATCH = {"cpu": 8, "cuda": 64}
+
+GPU_DURATION_RUN_S = 20
+"""ZeroGPU reservation for one new photo (full + GTP + traced GTP + ToMe + pruning): measured
+as ~0.5 s for deit_base on an H100 after a warm model, ~3 s cold (kernel loading); 20 s
+leaves room for the first call's CUDA initialisation. A shorter reservation queues sooner.
+How to re-measure: `scripts/gpu_check.sh` runs the app smoke test and prints the seconds."""
+
+GPU_DURATION_THROUGHPUT_S = 30
+"""ZeroGPU reservation for one throughput measurement: THROUGHPUT_BUDGET_S['cuda'] plus the
+warm-up batches of both models and CUDA initialisation."""
+
+
+# ----------------------------------------------------------------------------- launch
+
+def launch_options() -> dict:
+    """Keyword arguments for `demo.launch` that bound sessions and uploads."""
+    return dict(max_file_size=MAX_UPLOAD, state_session_capacity=SESSION_CAPACITY)

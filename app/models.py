@@ -1,0 +1,93 @@
+"""The loaded models: a bounded cache of model slots, each with the lock that serialises its use.
+
+The same module is the full model while unpatched and the GTP model while patched, so one
+copy of the weights is held per (model, weights file); the lock keeps concurrent requests
+from seeing each other's configuration. On a CUDA host the default model is placed on the
+GPU at start-up (`preload`), outside any request, as ZeroGPU requires.
+"""
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from gtp.models import SUPPORTED_MODELS, LoadedModel, load_model
+
+from . import limits
+from .caches import BoundedCache
+from .settings import DEFAULT_MODEL
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(eq=False)
+class ModelSlot:
+    """One loaded model and its lock (hold `lock` while patching or running it)."""
+    loaded: LoadedModel
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.loaded.model
+
+
+MODELS: BoundedCache[ModelSlot] = BoundedCache("models", limits.MODEL_CACHE_ENTRIES, size_of=lambda v: 0)
+_load_lock = threading.Lock()  # loading twice at once would only waste memory and time
+
+
+def get_model(name: str, weights: Optional[str] = None) -> ModelSlot:
+    """A supported model, loaded on first use. ValueError for unknown names or bad files; a
+    failed load frees what it built before the error reaches the user."""
+    if name not in SUPPORTED_MODELS:
+        raise ValueError(f"Unknown model {name!r}; choose one of: {', '.join(SUPPORTED_MODELS)}.")
+    key = (name, weights or None)
+    with _load_lock:
+        slot = MODELS.get(key)
+        if slot is None:
+            refused = None
+            try:
+                loaded = load_model(name, weights=weights, device=DEVICE)
+            except ValueError as e:
+                refused = str(e)
+            if refused is not None:
+                # Raised outside the `except`: a new error raised inside it would keep the old one
+                # (and the frames holding the refused model) as its __context__, even `from None`.
+                gc.collect()
+                raise ValueError(refused)
+            slot = MODELS.put(key, ModelSlot(loaded))
+        return slot
+
+
+def preload() -> None:
+    """Load the default model now (on the GPU where there is one): called at start-up."""
+    get_model(DEFAULT_MODEL)
+
+
+def weights_banner(name: str, pretrained: bool, message: str) -> str:
+    """A plain statement of where the weights came from; loud when they are random."""
+    if pretrained:
+        return f"Weights: {message}"
+    return (
+        f"⚠ **Predictions come from randomly initialised weights**: no pretrained weights for "
+        f"`{name}` could be had here, so the classes below are meaningless (the token "
+        f"graphs, selection and costs are still real computations of this random network). "
+        f"To use real weights, upload a `.safetensors`/`.pth` file under *Your own weights*, or "
+        f"put `{name}.safetensors` in the folder named by the `GTP_WEIGHTS_DIR` "
+        f"environment variable and restart.")
+
+
+def wait_idle(timeout: float = 120.0) -> bool:
+    """Wait until no model is running (e.g. before a test process exits: torch aborts the
+    interpreter if it is torn down under a running forward). True if idle in time."""
+    deadline = time.monotonic() + timeout
+    for _ in range(2):  # twice, a moment apart: a queued event may just be starting
+        for slot in MODELS.values():
+            if not slot.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return False
+            slot.lock.release()
+        time.sleep(0.5)
+    return True

@@ -1,0 +1,180 @@
+"""The user's settings, built from `gtp.GTPConfig`'s fields (the one list of hyper-parameters).
+
+`hyper_parameters()` reads each field's metadata (help, symbol, min, max, step, choices) and
+default; the page makes one control per entry (`app.layout`), and `Settings` holds the values
+the handlers receive. Adding a field to `GTPConfig` is enough for it to appear in the app.
+Metadata is read with `.get()`: where a key is missing, `_FALLBACK` (the app's old control
+ranges) or the default's type decides, so the app works with and without it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import gtp
+
+DEFAULT_MODEL = "deit_small_patch16_224"
+
+# Used only where GTPConfig's metadata lacks a key (older GTPConfig without metadata).
+_FALLBACK: dict[str, dict[str, Any]] = {
+    "num_prop": dict(symbol="P", min=0, max=64, step=1, help="tokens propagated per block"),
+    "sparsity": dict(symbol="θ", min=0.05, max=1.0, step=0.05,
+                     help="share of attention entries kept (1 = off)"),
+    "alpha": dict(symbol="α", min=0.0, max=1.0, step=0.01, help="weight of propagated features"),
+    "num_neighbours": dict(symbol="M", min=1, max=32, step=1, help="semantic graph neighbours"),
+    "graph": dict(choices=tuple(gtp.GRAPHS), help="token graph"),
+    "selection": dict(choices=tuple(gtp.SELECTIONS), help="which tokens are propagated"),
+    "propagation": dict(choices=tuple(gtp.PROPAGATIONS), help="how their features are passed on"),
+    "token_scale": dict(help="proportional attention on the token sizes"),
+}
+
+
+@dataclass(frozen=True)
+class HyperParameter:
+    """One GTPConfig field as the app shows it."""
+    name: str
+    default: Any
+    kind: str                      # "int", "float", "bool", "choice" or "text"
+    help: str
+    symbol: Optional[str] = None
+    min: Optional[float] = None
+    max: Optional[float] = None
+    step: Optional[float] = None
+    choices: tuple = ()
+
+    @property
+    def label(self) -> str:
+        lead = f"{self.symbol} ({self.name})" if self.symbol else self.name
+        return f"{lead}: {self.help}" if self.help else lead
+
+    def parse(self, value: Any) -> Any:
+        """A raw value (sliders send floats; the raw API may send anything) as this field's
+        type; ValueError naming the field otherwise."""
+        name = f"{self.name} ({self.symbol})" if self.symbol else self.name
+        if self.kind == "bool":
+            if isinstance(value, bool) or value in (0, 1):
+                return bool(value)
+            raise ValueError(f"{name} must be true or false; got {value!r}")
+        if self.kind in ("choice", "text"):
+            if not isinstance(value, str):
+                raise ValueError(f"{name} must be text; got {value!r}")
+            if self.choices and value not in self.choices:
+                raise ValueError(f"{name} must be one of {', '.join(self.choices)}; got {value!r}")
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number; got {value!r}") from None
+        if isinstance(value, bool) or not math.isfinite(number):
+            raise ValueError(f"{name} must be a finite number; got {value!r}")
+        if self.kind == "int":
+            if number != int(number):
+                raise ValueError(f"{name} must be a whole number; got {value!r}")
+            return int(number)
+        return number
+
+
+def _published_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.name in gtp.PUBLISHED:  # e.g. num_prop held as a per-block list
+        return gtp.PUBLISHED[f.name]
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def hyper_parameters(config_cls: type = gtp.GTPConfig) -> list[HyperParameter]:
+    """The app's view of every field of `config_cls`, in declaration order."""
+    out = []
+    for f in dataclasses.fields(config_cls):
+        meta = {**_FALLBACK.get(f.name, {}), **dict(f.metadata)}
+        default = _published_default(f)
+        choices = tuple(meta.get("choices") or ())
+        if choices:
+            kind = "choice"
+        elif isinstance(default, bool):
+            kind = "bool"
+        elif isinstance(default, int):
+            kind = "int"
+        elif isinstance(default, float):
+            kind = "float"
+        else:
+            kind = "text"
+        out.append(HyperParameter(
+            name=f.name, default=default, kind=kind, help=str(meta.get("help", "")),
+            symbol=meta.get("symbol"), min=meta.get("min"), max=meta.get("max"),
+            step=meta.get("step", 1 if kind == "int" else None), choices=choices))
+    return out
+
+
+def parse_schedule(text: Optional[str]) -> Optional[list[int]]:
+    """'8, 8, 4' -> [8, 8, 4]; empty -> None (use the single P). ValueError on anything else.
+
+    The length is checked against the model's depth by `gtp.patch`.
+    """
+    if text is None or not str(text).strip():
+        return None
+    parts = [p.strip() for p in str(text).replace(";", ",").split(",") if p.strip()]
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(
+            f"The per-block schedule must be comma-separated whole numbers, one per block "
+            f"(e.g. 8,8,8,8,8,8,8,8,8,8,8,8); got {text!r}.") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the user chose: the model, an optional weights file, an optional per-block
+    schedule of P, and one value per GTPConfig field (`values`, a sorted tuple of pairs, so
+    a Settings is hashable and can key caches)."""
+    model: str = DEFAULT_MODEL
+    weights: Optional[str] = None
+    schedule: str = ""
+    values: tuple = ()
+
+    def __getattr__(self, name: str) -> Any:  # settings.num_prop, settings.sparsity, ...
+        for key, value in object.__getattribute__(self, "values"):
+            if key == name:
+                return value
+        raise AttributeError(name)
+
+    def patch_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `gtp.patch` (which validates them against the model)."""
+        kwargs = dict(self.values)
+        schedule = parse_schedule(self.schedule)
+        if schedule is not None:
+            kwargs["num_prop"] = schedule
+        return kwargs
+
+    def config_key(self) -> tuple:
+        """What the model's cost depends on besides the model: the configuration."""
+        return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in self.patch_kwargs().items()))
+
+    def json(self) -> dict:
+        return {**dict(self.values), "schedule": self.schedule}
+
+
+def make_settings(model: Optional[str] = None, weights: Optional[str] = None, schedule: Optional[str] = "",
+                  config_cls: type = gtp.GTPConfig, **raw: Any) -> Settings:
+    """Settings from raw values by field name (missing ones: the published default).
+    ValueError naming the field for a value of the wrong type, or an unknown name."""
+    params = {p.name: p for p in hyper_parameters(config_cls)}
+    unknown = set(raw) - set(params)
+    if unknown:
+        raise ValueError(f"unknown hyper-parameter(s): {', '.join(sorted(unknown))}")
+    values = {}
+    for name, p in params.items():
+        value = raw.get(name, p.default)
+        values[name] = p.default if value is None and p.kind != "text" else p.parse(value)
+    if schedule is not None and not isinstance(schedule, str):
+        raise ValueError(f"the per-block schedule must be text such as '8,8,8'; got {schedule!r}")
+    parse_schedule(schedule)  # ValueError now, not inside the model run
+    return Settings(model=model or DEFAULT_MODEL, weights=weights or None, schedule=schedule or "",
+                    values=tuple(sorted(values.items())))
+
+
+PUBLISHED_SETTINGS = make_settings()

@@ -1,0 +1,156 @@
+"""The markdown the page shows: every number in it was measured in this run (or is labelled)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from . import figures as F
+from .limits import MAX_UPLOAD_BYTES
+from .models import weights_banner
+from .results import METHOD_LABELS, Costs, Exploration, Throughput
+
+UPLOAD_NOTE = (f"Uploads up to {MAX_UPLOAD_BYTES // 2**20} MB (room for deit_base weights, ~346 MB); "
+               "larger files are refused.")
+
+
+def banner_markdown(exp: Exploration) -> str:
+    return weights_banner(exp.model_name, exp.pretrained, exp.model.weights_message)
+
+
+def status_markdown(exp: Exploration) -> str:
+    w, h = exp.photo_size
+    status = f"Ran `{exp.model_name}` on a {w} × {h} photo, on {exp.run.device}."
+    if exp.photo_notes:
+        status += f" Input: {'; '.join(exp.photo_notes)}."
+    return status
+
+
+def _g(value: Optional[float]) -> str:
+    return "counting…" if value is None else f"{value:.3f}"
+
+
+def metrics_markdown(exp: Exploration, costs: Costs) -> str:
+    """The prediction panel's numbers; every one measured in this run."""
+    run = exp.run
+    if costs.full is None or costs.gtp is None:
+        gmacs_row = "| GMACs per image | counting… | counting… |"
+    else:
+        cut = 100 * (1 - costs.gtp / costs.full)
+        gmacs_row = f"| GMACs per image | {costs.full:.3f} | {costs.gtp:.3f} (−{cut:.1f}%) |"
+    lines = []
+    if exp.has_head:
+        agree = run.full_top5[0].index == run.gtp_top5[0].index
+        overlap = len({t.index for t in run.full_top5} & {t.index for t in run.gtp_top5})
+        verdict = "✓ **top-1 agrees**" if agree else "⚠ **top-1 differs**"
+        lines.append(f"{verdict}: full says *{run.full_top5[0].label}*, GTP says "
+                     f"*{run.gtp_top5[0].label}*; {overlap}/5 of the top-5 shared.")
+        if not exp.pretrained:
+            lines.append("*(Random weights: these classes mean nothing; the costs below are real.)*")
+    else:
+        lines.append(f"This checkpoint has no classifier head: **cosine similarity of the final features, "
+                     f"full vs GTP = {run.feature_cosine:.4f}** (1 = identical).")
+    full_ms, gtp_ms = run.latency_ms
+    lines += [
+        "",
+        "| measured now | full model | GTP |",
+        "|---|---|---|",
+        gmacs_row,
+        f"| latency (ms) | {full_ms:.1f} | {gtp_ms:.1f} |",
+        f"| tokens after the last block | {exp.trace.layers[0].tokens_in} | {exp.trace.layers[-1].tokens_out} |",
+        "",
+        f"Latency: {latency_how(exp)}. GMACs: PyTorch FLOP counter / 2.",
+    ]
+    if exp.photo_notes:
+        lines.append(f"Input: {'; '.join(exp.photo_notes)}.")
+    return "\n".join(lines)
+
+
+def latency_how(exp: Exploration) -> str:
+    return f"best of {exp.run.repeats} runs, batch 1, on {exp.run.device}"
+
+
+def attention_markdown(stats: dict) -> str:
+    return (f"Block {stats['block']}, head {stats['head']}, {stats['tokens']} tokens: sparsification zeroed "
+            f"**{100 * stats['zeroed_fraction']:.1f}%** of the entries, which held **{100 * stats['mass_removed']:.1f}%** "
+            f"of the attention mass (all heads: {100 * stats['zeroed_fraction_all_heads']:.1f}% zeroed, "
+            f"{100 * stats['mass_removed_all_heads']:.1f}% of the mass). Measured in this run.")
+
+
+def neighbours_markdown(exp: Exploration, kind: str, token: int) -> str:
+    gh, gw = exp.trace.grid_size
+    near = F.neighbours_of(exp, kind, token)
+    parts = [f"**Token {token}** (row {token // gw}, column {token % gw})."]
+    if near["spatial"]:
+        parts.append(f"Spatial neighbours: {', '.join(map(str, sorted(near['spatial'])))}.")
+    if near["semantic"]:
+        parts.append(f"Its M = {len(near['semantic'])} most similar tokens (semantic edges): "
+                     f"{', '.join(map(str, near['semantic']))}.")
+    parts.append("Click a patch on the graph to pick another token.")
+    return " ".join(parts)
+
+
+def _short(label: str) -> str:  # "lion, king of beasts, Panthera leo" -> "lion"
+    return label.split(",")[0]
+
+
+def _compare_table(exp: Exploration, costs: Costs) -> list[str]:
+    comp = exp.comparison
+    tokens_in = exp.trace.layers[0].tokens_in
+    full = METHOD_LABELS["full"]
+    if exp.has_head:
+        lines = ["", "| method | GMACs | removed | tokens left | top-1 | agrees | KL | cosine |",
+                 "|---|---|---|---|---|---|---|---|",
+                 f"| {full} | {_g(costs.full)} | 0 | {tokens_in} | {_short(comp.full_top5[0].label)} | — | 0 | 1 |"]
+        for m in comp.methods:
+            agree = "✓ yes" if m.agree else "✗ no"
+            lines.append(f"| {m.label} | {_g(costs.of(m.method))} | {m.num_removed} | {m.tokens_per_block[-1]} | "
+                         f"{_short(m.top5[0].label)} ({100 * m.top5[0].probability:.1f}%) | {agree} | "
+                         f"{m.kl:.4f} | {m.cosine:.4f} |")
+        return lines + ["", "*agrees*: top-1 equal to the full model's; *KL*: KL(full ‖ method) of the softmax, "
+                            "in nats; *cosine*: cosine similarity of the pre-logits features to the full model's."]
+    lines = ["", "This checkpoint has no classifier head: only the cosine similarity of the final features "
+                 "to the full model's.",
+             "", "| method | GMACs | removed | tokens left | cosine of final features |",
+             "|---|---|---|---|---|",
+             f"| {full} | {_g(costs.full)} | 0 | {tokens_in} | 1 |"]
+    for m in comp.methods:
+        lines.append(f"| {m.label} | {_g(costs.of(m.method))} | {m.num_removed} | {m.tokens_per_block[-1]} | "
+                     f"{m.cosine:.4f} |")
+    return lines + [""]
+
+
+def compare_markdown(exp: Exploration, costs: Costs) -> str:
+    """The compare view's numbers: every one measured on this photo, now."""
+    comp = exp.comparison
+    budget = comp.budget
+    per_block = f"{budget[0]} per block" if len(set(budget)) == 1 else f"per block {', '.join(map(str, budget))}"
+    lines = [f"**Same photo, same token budget** ({per_block}, {sum(budget)} in all), so the same "
+             f"GMACs; each method against the full `{exp.model_name}`."]
+    if not exp.pretrained:
+        lines.append("*(Random weights: the classes mean nothing; the numbers are still measured on this network.)*")
+    lines += _compare_table(exp, costs)
+    for m in comp.methods:
+        if m.num_removed != sum(budget):
+            lines.append(f"⚠ {m.label} removed {m.num_removed} tokens, not {sum(budget)}: the budget is more "
+                         f"than it can take here (ToMe merges at most half the patch tokens of a block).\n")
+    gm = [costs.of(m.method) for m in comp.methods]
+    if all(v is not None for v in gm):
+        spread = 100 * (max(gm) - min(gm)) / min(gm)
+        lines.append(f"GMACs of the three differ by {spread:.2f}% (PyTorch FLOP counter / 2).")
+    lines.append(f"Four forwards (full, GTP, ToMe, pruning; batch 1) took {comp.seconds:.2f} s on {exp.run.device}. "
+                 "GTP uses the hyper-parameters on the left; ToMe merges r = P tokens per block (our "
+                 "implementation, `gtp.tome`); pruning drops the P tokens the CLS token attends to least "
+                 "(`gtp.baselines` preset).")
+    return "\n".join(lines)
+
+
+def throughput_markdown(r: Throughput) -> str:
+    return (f"**Measured now** on {r.device}, batch size {r.batch_size} ({r.model}, best of "
+            f"{r.timed_batches} batch(es), a warm-up batch dropped when time allowed; the measurement held the model "
+            f"{r.seconds:.1f} s): full model **{r.full_img_per_s:.1f} img/s**, "
+            f"GTP **{r.gtp_img_per_s:.1f} img/s** (×{r.speed_up:.2f}).")
+
+
+def throughput_intro(device: str, max_batch: int, budget_s: float) -> str:
+    return (f"Throughput is measured on this server ({device}) when you press the button: batch sizes up "
+            f"to {max_batch}, and as many timed batches as fit in {budget_s:g} s, so no one holds the "
+            "model for long.")

@@ -1,0 +1,224 @@
+"""The page's events (app/handlers.py), called in process through Settings / View / keywords."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from app import costs as K  # noqa: E402
+from app import figures as F  # noqa: E402
+from app import handlers as H  # noqa: E402
+from app import inference  # noqa: E402
+from app.settings import make_settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CAT = str(ROOT / "assets" / "chelsea.png")
+DINOV2_FILE = ROOT.parent / "shared" / "weights" / "vit_small_patch14_dinov2.safetensors"
+TINY = "deit_tiny_patch16_224"
+
+
+def run(photo: str = CAT, view: H.View = H.View(), model: str = TINY, weights=None, schedule: str = "",
+        **hp) -> list[dict]:
+    """Every update of one run event, each as {output name: value}."""
+    settings = make_settings(model, weights, schedule, **hp)
+    return [dict(zip(H.RUN_OUTPUT_NAMES, out)) for out in H.run(photo, settings=settings, view=view)]
+
+
+def is_picture(path: str) -> bool:
+    with Image.open(path) as img:
+        return min(img.size) > 50 and np.asarray(img.convert("L")).std() > 1.0
+
+
+@pytest.fixture(scope="module")
+def ui():
+    return run(view=H.View(block=3, token=98, attn_block=2, head=1))[0]
+
+
+def test_ui_run_fills_every_panel(ui):
+    exp = ui["state"]
+    assert exp.depth == 12
+    for name in ("layer_img", "sizes_img", "tokens_img", "graph_img", "similarity_img", "attn_before",
+                 "attn_after", "cls_img", "tradeoff_img", "compare_gtp", "compare_tome", "compare_pruning"):
+        assert is_picture(ui[name]), name
+    assert "GMACs" in ui["metrics"] and "latency" in ui["metrics"]
+    assert "Token 98" in ui["neighbours_md"]
+    assert "zeroed" in ui["attn_md"]
+    assert "Same photo, same token budget" in ui["compare_md"]
+
+
+def test_gmacs_of_a_new_setting_follow_the_panels_in_the_same_event():
+    updates = run(num_prop=13)  # P = 13 is counted nowhere else in these tests
+    assert len(updates) == 2
+    first, second = updates
+    assert "counting" in first["metrics"] and first["state"] is not None
+    g = K.costs(first["state"], ("full", "gtp"), count=False)
+    assert 0 < g.gtp < g.full
+    assert f"{g.gtp:.3f}" in second["metrics"] and "counting" not in second["metrics"]
+    assert isinstance(second["state"], type(gr.skip())) and is_picture(second["tradeoff_img"])
+    again = run(num_prop=13)  # counted once: the next run has them at once, in one update
+    assert len(again) == 1 and f"{g.gtp:.3f}" in again[0]["metrics"]
+    assert again[0]["state"] is first["state"]  # the cached, immutable run
+
+
+def test_view_events_never_rerun_the_model(ui, monkeypatch):
+    exp = ui["state"]
+
+    def forbidden(*a, **k):
+        raise AssertionError("a view event ran the model")
+    monkeypatch.setattr(inference, "explore_photo", forbidden)
+    monkeypatch.setattr(inference, "run_photo", forbidden)
+    for b in range(1, 13):
+        assert all(is_picture(p) for p in H.draw_layer(exp, b))
+        assert all(is_picture(p) for p in H.draw_compare(exp, b))
+    for kind in F.GRAPH_KINDS:
+        graph_img, sim_img, md = H.draw_graph(exp, kind, 17)
+        assert is_picture(graph_img) and is_picture(sim_img) and "Token 17" in md
+    before, after, md, cls = H.draw_attention(exp, 12, exp.num_heads - 1)
+    assert is_picture(before) and is_picture(after) and is_picture(cls) and "mass" in md
+
+
+@pytest.mark.parametrize("propagation, num_prop, schedule", [("mean", 8, ""), ("none", 8, ""), ("graph", 0, ""),
+                                                         ("graph", 8, "0,0,0,0,0,0,20,20,20,20,20,20")])
+def test_every_figure_draws_for_other_settings(propagation, num_prop, schedule):
+    exp = run(view=H.View(graph_kind="semantic"), propagation=propagation, num_prop=num_prop,
+              schedule=schedule)[0]["state"]
+    for b in range(1, 13):
+        assert all(is_picture(p) for p in H.draw_layer(exp, b))
+        before, after, _, cls = H.draw_attention(exp, b, 1)
+        assert is_picture(before) and is_picture(after) and is_picture(cls)
+    assert is_picture(H.draw_graph(exp, "spatial + semantic", 0)[0])
+    gif, _ = H.downloads(exp)
+    assert Image.open(gif).n_frames == 12
+
+
+def test_user_weights_file(tmp_path):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(gr.Error, match="could not load weights"):
+        list(H.user_errors(H.run)(CAT, settings=make_settings(TINY, str(bad))))
+    if DINOV2_FILE.exists():
+        out = run(model="vit_small_patch14_dinov2", weights=str(DINOV2_FILE))[0]
+        assert out["state"].pretrained and "cosine similarity" in out["metrics"]
+
+
+def test_downloads_gif_and_trace(ui):
+    gif, trace_path = H.downloads(ui["state"])
+    with Image.open(gif) as img:
+        assert img.format == "GIF" and img.n_frames == 12
+    data = json.loads(Path(trace_path).read_text())
+    assert len(data["trace"]["layers"]) == 12 and "gmacs" in data["prediction"]
+    assert set(data["comparison"]["methods"]) == {"gtp", "tome", "pruning"}
+
+
+def test_throughput_is_measured_bounded_and_says_how(ui):
+    text = H.throughput(ui["state"], 2)
+    assert "batch size 2" in text and "img/s" in text and "Measured now" in text and "held the model" in text
+    with pytest.raises(ValueError, match="between 1 and"):
+        H.throughput(ui["state"], 257)
+
+
+def test_random_weights_banner_says_so(ui):
+    exp = ui["state"]
+    text = H.text.banner_markdown(exp)
+    if exp.pretrained:
+        assert "Weights:" in text
+    else:
+        assert "randomly initialised weights" in text and "GTP_WEIGHTS_DIR" in text
+
+
+# ----------------------------------------------------------------------------- compare view
+
+
+@pytest.fixture(scope="module")
+def compared():
+    """DeiT-S (the app's default) on a real photo, compared at the published P = 8."""
+    exp = run(photo=str(ROOT / "assets" / "rocket.jpg"), model="deit_small_patch16_224")[0]["state"]
+    return exp, list(H.compare(exp, 12))
+
+
+def test_compare_three_methods_same_budget_equal_gmacs(compared):
+    exp, updates = compared
+    comp = exp.comparison
+    assert [m.method for m in comp.methods] == ["gtp", "tome", "pruning"] and comp.budget == (8,) * 12
+    for m in comp.methods:
+        assert [len(ids) for ids in m.removed] == [8] * 12, m.method   # the budget, block by block
+        ids = [i for block in m.removed for i in block]
+        assert len(set(ids)) == 96 and all(0 <= i < 196 for i in ids), m.method  # distinct patches
+        assert list(m.tokens_per_block) == [197 - 8 * (b + 1) for b in range(12)]
+        assert -1.0001 <= m.cosine <= 1.0001 and m.kl >= 0 and isinstance(m.agree, bool)
+        assert len(m.top5) == 5
+    # GTP here is the exploration's own setting: the same top-5 as the prediction panel
+    assert comp.method("gtp").top5 == exp.run.gtp_top5 and comp.full_top5 == exp.run.full_top5
+    costs = K.costs(exp, K.ALL_METHODS, count=False)  # counted by the compare event
+    gm = {m: costs.of(m) for m in ("gtp", "tome", "pruning")}
+    assert all(3.2 < g < 3.6 for g in gm.values()), gm             # DeiT-S at P = 8: about 3.4
+    assert (max(gm.values()) - min(gm.values())) / min(gm.values()) < 0.02, gm
+    assert 4.4 < costs.full < 4.8
+    md = updates[-1][-1]
+    assert f"{gm['tome']:.3f}" in md and "counting" not in md and "KL" in md
+    slider, *images, text = updates[0]
+    assert len(images) == 3 and all(is_picture(p) for p in images)
+    assert "Same photo, same token budget" in text and "ToMe" in text and "Pruning" in text
+
+
+def test_compare_block_slider_redraws_from_the_run(compared, monkeypatch):
+    exp, _ = compared
+
+    def forbidden(*a, **k):
+        raise AssertionError("the compare view ran a model again")
+    monkeypatch.setattr(inference, "run_photo", forbidden)
+    pictures = [H.draw_compare(exp, b) for b in range(1, 13)]
+    assert all(is_picture(p) for paths in pictures for p in paths)
+    assert len({tuple(p) for p in pictures}) == 12             # every block looks different
+    assert H.draw_compare(exp, 5) == pictures[4]                # cached: the same files again
+    assert len(list(H.compare(exp, 3))) == 1                    # GMACs known: one update, no counting
+
+
+def test_compare_follows_a_per_block_schedule():
+    schedule = "0,0,0,0,0,0,20,20,20,20,20,20"
+    exp = run(schedule=schedule)[0]["state"]
+    for m in exp.comparison.methods:
+        assert [len(ids) for ids in m.removed] == [int(p) for p in schedule.split(",")], m.method
+        assert m.tokens_per_block[-1] == 197 - 120
+    assert all(is_picture(p) for p in H.draw_compare(exp, 1))  # nothing removed yet: still a picture
+
+
+@pytest.mark.skipif(not DINOV2_FILE.exists(), reason="real DINOv2 weights not present")
+def test_compare_headless_model_reports_only_cosine():
+    exp = run(model="vit_small_patch14_dinov2", weights=str(DINOV2_FILE))[0]["state"]
+    slider, *images, text = next(iter(H.compare(exp, 12)))
+    for m in exp.comparison.methods:
+        assert m.kl is None and m.top5 is None and m.agree is None
+        assert 0.0 < m.cosine <= 1.0001
+        assert [len(ids) for ids in m.removed] == [8] * 12
+    assert "cosine of final features" in text and "KL" not in text
+    assert all(is_picture(p) for p in images)
+
+
+def test_tradeoff_chart_with_sweep_and_labels(tmp_path, ui):
+    sweep = [{"gmacs": 13.0, "top1": 81.0, "agreement": None, "label": ""},
+             {"gmacs": 3.4, "top1": None, "agreement": 95.0, "label": ""}]
+    records, message, path = H.load_sweep_file(None, ui["state"])
+    assert records is None and is_picture(path)
+    sweep_file = tmp_path / "s.json"
+    sweep_file.write_text(json.dumps(sweep))
+    records, message, path = H.load_sweep_file(str(sweep_file), ui["state"])
+    assert len(records) == 2 and "your measurements" in message and is_picture(path)
+
+
+def test_published_preset_matches_the_controls():
+    from app.settings import hyper_parameters
+    import gtp
+    values = H.published_preset()
+    assert values[0] == ""
+    named = dict(zip([p.name for p in hyper_parameters()], values[1:]))
+    for name, value in gtp.PUBLISHED.items():
+        assert named[name] == value, name

@@ -1,0 +1,103 @@
+"""Starting and stopping the app (app.py, app/limits.py, app/files.py): the server's address,
+launch bounds, session state expiry, files removed when no longer needed and at exit."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_app_py_honours_gradio_server_env(tmp_path):
+    """`python app.py` listens where GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    log = open(tmp_path / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "app.log").read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2) as r:
+                    assert r.status == 200 and "explore" in r.read().decode()
+                    break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("app.py did not answer on GRADIO_SERVER_PORT within 180 s")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_app_py_launches_with_the_bounds():
+    src = (ROOT / "app.py").read_text()
+    assert "limits.launch_options()" in src
+    from app import limits
+    from app.text import UPLOAD_NOTE
+    options = limits.launch_options()
+    assert options["state_session_capacity"] == limits.SESSION_CAPACITY <= 1000
+    import gradio.utils
+    assert gradio.utils._parse_file_size(options["max_file_size"]) == limits.MAX_UPLOAD_BYTES
+    assert 350 * 2**20 < limits.MAX_UPLOAD_BYTES <= 512 * 2**20  # room for deit_base weights, no more
+    assert f"{limits.MAX_UPLOAD_BYTES // 2**20} MB" in UPLOAD_NOTE
+
+
+def test_session_state_expires_and_gradio_cleans_its_cache():
+    from app import limits
+    from app.layout import build_demo
+    import gradio as gr
+    demo = build_demo()
+    states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
+    assert states and all(s.time_to_live == limits.SESSION_TTL_S for s in states)
+    assert demo.delete_cache == limits.GRADIO_CACHE_CLEANUP
+
+
+def test_download_folders_and_figure_files_are_bounded(monkeypatch):
+    from PIL import Image
+    from app import files, limits
+    monkeypatch.setattr(limits, "DOWNLOAD_FOLDERS_KEPT", 3)
+    monkeypatch.setattr(limits, "FIGURE_FILES_KEPT", 5)
+    folders = [files.download_folder() for _ in range(6)]
+    assert [f.exists() for f in folders] == [False] * 3 + [True] * 3
+    images = [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(9)]
+    paths = [files.deliver(img) for img in images]
+    assert sum(os.path.exists(p) for p in paths) == 5 and all(os.path.exists(p) for p in paths[-5:])
+    assert files.deliver(images[-1]) == paths[-1]  # the same image: the same file, not a new one
+
+
+SIGTERM_CHILD = textwrap.dedent("""
+    import sys, time
+    from PIL import Image
+    from app import files
+    files.deliver(Image.new("RGB", (8, 8)))
+    files.download_folder()
+    print(files.ROOT, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_files_are_removed_on_sigterm():
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        root = Path(proc.stdout.readline().strip())
+        assert root.is_dir() and any(root.rglob("*.jpg"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) != 0  # it ends, as SIGTERM asks
+        assert not root.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
