@@ -94,8 +94,9 @@ def _slot_for(settings: Settings) -> ModelSlot:
 
 
 def _compare(slot: ModelSlot, x: torch.Tensor, settings: Settings, budget: list[int],
-             full_feats: torch.Tensor, full_logits: Optional[torch.Tensor]) -> Comparison:
-    """GTP (this setting), ToMe and pruning, each removing `budget` tokens per block (hold the lock)."""
+             full_feats: torch.Tensor, full_logits: Optional[torch.Tensor], full_seconds: float) -> Comparison:
+    """GTP (this setting), ToMe and pruning, each removing `budget` tokens per block, against the
+    full model's forward (`full_*`, which took `full_seconds`). Hold the lock."""
     loaded = slot.loaded
     options = settings.patch_kwargs()
     options.pop("num_prop")
@@ -129,7 +130,8 @@ def _compare(slot: ModelSlot, x: torch.Tensor, settings: Settings, budget: list[
                 kl=round(float(kl_divergence(full_logits, logits)[0]), 6) if has_head else None))
     baselines.reset(slot.model)
     return Comparison(budget=tuple(budget), methods=tuple(results),
-                      full_top5=_top5(full_logits, loaded.class_names), seconds=timer.seconds)
+                      full_top5=_top5(full_logits, loaded.class_names),
+                      seconds=full_seconds + timer.seconds)
 
 
 @spaces.GPU(duration=limits.GPU_DURATION_RUN_S)
@@ -152,12 +154,13 @@ def run_photo(job: RunJob) -> Union[RunResult, UserError]:
                 gtp_feats, gtp_logits = features_and_logits(model, x)  # also warms the GTP path up
             gtp_ms = _best_ms(model, x, repeats)
             gtp.unpatch(slot.model)
-            full_feats, full_logits = features_and_logits(slot.model, x)
+            with Timer(x.device) as full_timer:
+                full_feats, full_logits = features_and_logits(slot.model, x)
             full_ms = _best_ms(slot.model, x, repeats)
             schedule = parse_schedule(job.settings.schedule)
             budget = schedule if schedule is not None else [int(job.settings.num_prop)] * len(rec.layers)
             try:
-                comparison = _compare(slot, x, job.settings, budget, full_feats, full_logits)
+                comparison = _compare(slot, x, job.settings, budget, full_feats, full_logits, full_timer.seconds)
             except ValueError as e:
                 return UserError(str(e))
         finally:

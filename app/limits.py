@@ -23,8 +23,9 @@ MODEL_CACHE_ENTRIES = _env_int("GTP_APP_MODEL_CACHE", 2)
 
 RUN_CACHE_ENTRIES = _env_int("GTP_APP_RESULT_CACHE", 8)
 RUN_CACHE_BYTES = 256 * 2**20
-"""Finished runs kept (by photo hash + model + weights + configuration): a run of deit_small
-with its attention maps is ~12 MB (bfloat16); the byte bound wins for bigger models."""
+"""Finished runs kept (by photo hash + model + weights + configuration). Measured size of one
+run's result with its attention maps (bfloat16): deit_small 6.9 MiB, deit_base 13.6 MiB, so
+the entry bound binds first; the byte bound guards against larger models."""
 
 GMACS_CACHE_ENTRIES = 512
 """GMACs kept (by model + configuration): a float each; counting one takes seconds on a CPU."""
@@ -86,10 +87,12 @@ the number of timed batches is cut to fit after the warm-up batch shows the cost
 THROUGHPUT_DEFAULT_BATCH = {"cpu": 8, "cuda": 64}
 
 GPU_DURATION_RUN_S = 20
-"""ZeroGPU reservation for one new photo (full + GTP + traced GTP + ToMe + pruning): measured
-as ~0.5 s for deit_base on an H100 after a warm model, ~3 s cold (kernel loading); 20 s
-leaves room for the first call's CUDA initialisation. A shorter reservation queues sooner.
-How to re-measure: `scripts/gpu_check.sh` runs the app smoke test and prints the seconds."""
+"""ZeroGPU reservation (seconds) for one new photo: full, GTP (traced, timed), ToMe, pruning.
+Measured on this project's shared 2-core CPU (no GPU was available to measure on): one call
+takes 5-12 s warm (deit_small / deit_base, latency repeats included); a GPU runs the same ~9
+forwards at batch 1 in well under a second, so 20 s leaves room for a cold worker's CUDA set-up
+while staying far below the 60 s default (a shorter reservation queues sooner). To re-measure
+on the Space's card, time one `app.inference.run_photo` call on CUDA and set 3x its cold time."""
 
 GPU_DURATION_THROUGHPUT_S = 30
 """ZeroGPU reservation for one throughput measurement: THROUGHPUT_BUDGET_S['cuda'] plus the

@@ -21,7 +21,19 @@ def status_markdown(exp: Exploration) -> str:
     status = f"Ran `{exp.model_name}` on a {w} × {h} photo, on {exp.run.device}."
     if exp.photo_notes:
         status += f" Input: {'; '.join(exp.photo_notes)}."
-    return status
+    return status + schedule_note(exp)
+
+
+def schedule_note(exp: Exploration) -> str:
+    """What GTP actually removed, when it is less than asked (a block cannot propagate more
+    tokens than it still has): '' when every block removed its P."""
+    asked = list(exp.comparison.budget)
+    done = [len(layer.propagated[0]) for layer in exp.trace.layers]
+    if done == asked:
+        return ""
+    return (f" ⚠ GTP was asked to propagate {sum(asked)} tokens ({', '.join(map(str, asked))} per block) and "
+            f"propagated {sum(done)} ({', '.join(map(str, done))}): a block removes at most the tokens it "
+            "still has.")
 
 
 def _g(value: Optional[float]) -> str:

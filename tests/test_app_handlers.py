@@ -222,3 +222,9 @@ def test_published_preset_matches_the_controls():
     named = dict(zip([p.name for p in hyper_parameters()], values[1:]))
     for name, value in gtp.PUBLISHED.items():
         assert named[name] == value, name
+
+
+def test_a_schedule_more_than_the_blocks_can_take_says_what_happened():
+    out = run(schedule=",".join(["100"] * 12))[0]
+    assert "asked to propagate 1200 tokens" in out["status"] and "propagated 100 " in out["status"]
+    assert "asked to propagate" not in run(num_prop=4)[0]["status"]

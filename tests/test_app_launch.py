@@ -101,3 +101,22 @@ def test_files_are_removed_on_sigterm():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_uploads_over_the_cap_are_refused_with_a_message(tmp_path):
+    """The cap is Gradio's `max_file_size` (set from `limits.launch_options`); shown here with a
+    small cap so the test needs no 400 MB file."""
+    from gradio_client import Client, handle_file
+    from app import limits
+    from app.layout import create_app
+    demo = create_app()
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                **{**limits.launch_options(), "max_file_size": "4kb"})
+    try:
+        big = tmp_path / "big.png"
+        big.write_bytes(b"\0" * 20_000)
+        with pytest.raises(Exception, match="(?i)maximum|too large|exceed|size"):
+            Client(f"http://127.0.0.1:{port}/", verbose=False).predict(handle_file(str(big)), api_name="/explore")
+    finally:
+        demo.close()

@@ -156,3 +156,12 @@ def test_gpu_functions_have_a_measured_duration_and_gmacs_stay_outside():
     assert "@spaces.GPU(duration=limits.GPU_DURATION_THROUGHPUT_S)" in src
     assert "@spaces.GPU\n" not in src                        # never bare (60 s default)
     assert 0 < limits.GPU_DURATION_RUN_S < 60 and "gmacs" not in inspect.getsource(inference.run_photo)
+
+
+def test_throughput_stops_at_its_time_budget(job):
+    """A small budget cuts the number of timed batches (the request cannot hold the model long)."""
+    generous = ThroughputJob(settings=SETTINGS, x=job.x, batch_size=2, budget_s=0.05, max_batches=200)
+    r = inference.measure_throughput(generous)
+    assert r.timed_batches < 200
+    one_batch_s = 2 / min(r.full_img_per_s, r.gtp_img_per_s)
+    assert r.seconds < 0.05 + 6 * one_batch_s + 1.0  # at most two batches per model past the budget, plus warm-up

@@ -1,0 +1,52 @@
+"""The loaded models (app/models.py): a bounded cache; a refused weights file frees the model
+it built (issue 12 A: refused models stayed referenced through the exception's frames)."""
+from __future__ import annotations
+
+import os
+import weakref
+
+import pytest
+import timm.models._builder as builder
+from safetensors.torch import save_file
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from app import limits, models  # noqa: E402
+from conftest import random_model  # noqa: E402
+
+
+def test_unknown_model_is_refused_by_name():
+    with pytest.raises(ValueError, match="resnet50"):
+        models.get_model("resnet50")
+
+
+@pytest.mark.parametrize("target", ["deit_small_patch16_224", "deit_tiny_patch16_224"])
+def test_a_refused_weights_file_frees_the_model_it_built(tmp_path, monkeypatch, target):
+    """deit_tiny weights for deit_small (wrong shapes), and for deit_tiny with a key missing."""
+    state = random_model("deit_tiny_patch16_224").state_dict()
+    if target == "deit_tiny_patch16_224":
+        state.pop("head.bias")
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    built: list[weakref.ref] = []
+    original = builder.load_pretrained
+
+    def recording(model, *args, **kwargs):
+        built.append(weakref.ref(model))
+        return original(model, *args, **kwargs)
+    monkeypatch.setattr(builder, "load_pretrained", recording)
+    before = len(models.MODELS)
+    with pytest.raises(ValueError, match="could not load weights") as info:
+        models.get_model(target, str(path))
+    assert built, "the load never built a model"
+    assert info.value.__context__ is None and info.value.__cause__ is None  # no chain back to the frames
+    del info
+    assert built[0]() is None, "the refused model is still alive"
+    assert len(models.MODELS) == before
+
+
+def test_the_model_cache_is_bounded(monkeypatch):
+    assert models.MODELS.max_entries == limits.MODEL_CACHE_ENTRIES
+    for name in ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_tiny_patch16_224"):
+        models.get_model(name)
+    assert len(models.MODELS) <= limits.MODEL_CACHE_ENTRIES
