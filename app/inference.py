@@ -26,7 +26,7 @@ from gtp import baselines, tome
 
 from . import limits
 from .caches import BoundedCache
-from .metrics import Timer, cosine, device_name, features_and_logits, kl_divergence, top1_agreement
+from gtp.measure.metrics import Timer, cosine, device_name, features_and_logits, kl_divergence, top1_agreement
 from .models import DEVICE, ModelSlot, get_model, wait_idle  # noqa: F401  (wait_idle: tests/conftest.py)
 from .photos import Photo
 from .results import (

@@ -3,8 +3,8 @@
 `hyper_parameters()` reads each field's metadata (help, symbol, min, max, step, choices) and
 default; the page makes one control per entry (`app.layout`), and `Settings` holds the values
 the handlers receive. Adding a field to `GTPConfig` is enough for it to appear in the app.
-Metadata is read with `.get()`: where a key is missing, `_FALLBACK` (the app's old control
-ranges) or the default's type decides, so the app works with and without it.
+A slider offers the field's `slider` range (or `min`..`max`); the values are validated by
+`gtp.patch` itself, so the app never repeats the library's rules.
 """
 from __future__ import annotations
 
@@ -16,20 +16,6 @@ from typing import Any, Optional
 import gtp
 
 DEFAULT_MODEL = "deit_small_patch16_224"
-
-# Used only where GTPConfig's metadata lacks a key (older GTPConfig without metadata).
-_FALLBACK: dict[str, dict[str, Any]] = {
-    "num_prop": dict(symbol="P", min=0, max=64, step=1, help="tokens propagated per block"),
-    "sparsity": dict(symbol="θ", min=0.05, max=1.0, step=0.05,
-                     help="share of attention entries kept (1 = off)"),
-    "alpha": dict(symbol="α", min=0.0, max=1.0, step=0.01, help="weight of propagated features"),
-    "num_neighbours": dict(symbol="M", min=1, max=32, step=1, help="semantic graph neighbours"),
-    "graph": dict(choices=tuple(gtp.GRAPHS), help="token graph"),
-    "selection": dict(choices=tuple(gtp.SELECTIONS), help="which tokens are propagated"),
-    "propagation": dict(choices=tuple(gtp.PROPAGATIONS), help="how their features are passed on"),
-    "token_scale": dict(help="proportional attention on the token sizes"),
-}
-
 
 @dataclass(frozen=True)
 class HyperParameter:
@@ -90,7 +76,7 @@ def hyper_parameters(config_cls: type = gtp.GTPConfig) -> list[HyperParameter]:
     """The app's view of every field of `config_cls`, in declaration order."""
     out = []
     for f in dataclasses.fields(config_cls):
-        meta = {**_FALLBACK.get(f.name, {}), **dict(f.metadata)}
+        meta = f.metadata
         default = _published_default(f)
         choices = tuple(meta.get("choices") or ())
         if choices:
@@ -103,9 +89,10 @@ def hyper_parameters(config_cls: type = gtp.GTPConfig) -> list[HyperParameter]:
             kind = "float"
         else:
             kind = "text"
+        low, high = meta.get("slider", (meta.get("min"), meta.get("max")))
         out.append(HyperParameter(
             name=f.name, default=default, kind=kind, help=str(meta.get("help", "")),
-            symbol=meta.get("symbol"), min=meta.get("min"), max=meta.get("max"),
+            symbol=meta.get("symbol"), min=low, max=high,
             step=meta.get("step", 1 if kind == "int" else None), choices=choices))
     return out
 

@@ -30,7 +30,7 @@ def test_a_new_config_field_appears_in_the_app_and_is_validated():
                                    "step": 0.1})),
          ("kernel", str, dataclasses.field(default="fast", metadata={"help": "which kernel",
                                                                      "choices": ("fast", "exact")}))],
-        bases=(gtp.GTPConfig,))
+        bases=(gtp.GTPConfig,), frozen=True)
     with gr.Blocks():
         controls = settings_controls(extended)
     assert isinstance(controls["temperature"], gr.Slider)

@@ -54,7 +54,7 @@ def test_sweep_loader_is_tolerant(tmp_path):
 
 def test_sweep_loader_reads_the_gtp_sweep_format(tmp_path):
     """Records as `python -m gtp sweep` documents them: percents, nulls, lists, nested timing."""
-    from app import figures as F
+    from app import charts
     from app.examples import published_results
     common = dict(model="deit_small_patch16_224", weights="random", data="/data", limit=None, images=50,
                   labelled=False, top1=None, top5=None, full_top1=None, full_top5=None, kl=0.1, cosine=0.99,
@@ -71,7 +71,7 @@ def test_sweep_loader_reads_the_gtp_sweep_format(tmp_path):
     assert [r["method"] for r in got] == ["full", "gtp", "tome"]
     assert [r["agreement"] for r in got] == [100.0, 0.8, 96.0]  # percents stay percents
     assert all(r["top1"] is None for r in got) and "3 record" in message
-    chart = F.tradeoff_chart(published_results(), None, got)
+    chart = charts.tradeoff_chart(published_results(), None, got)
     assert min(chart.size) > 50 and np.asarray(chart.convert("L")).std() > 1.0
 
 
@@ -169,12 +169,10 @@ def test_chart_text_is_never_mathtext(name):
     assert (shown, is_math) == (name, False)  # ... and shows the name literally
 
 
-@pytest.mark.xfail(strict=True, reason="app/figures.py (helper app) must label sweep series with "
-                                       "app.examples.chart_text(method); remove this mark when it does")
 def test_tradeoff_chart_draws_any_method_name():
-    from app import figures as F
+    from app import charts
     from app.examples import published_results
     got, _ = parse_sweep(json.dumps([{"method": r"$\frac{$", "gmacs": 3.0, "top1": 70.0},
                                      {"method": "$x$", "gmacs": 4.0, "agreement": 90.0}]))
-    chart = F.tradeoff_chart(published_results(), None, got)
+    chart = charts.tradeoff_chart(published_results(), None, got)
     assert min(chart.size) > 50
