@@ -6,11 +6,11 @@ gets no explicit host/port; this file passes none, so both are honoured.
 import threading
 
 from app.layout import CSS, create_app
-from gtp import radix_select
+from gtp import kernels
 
 demo = create_app()
 
 if __name__ == "__main__":
     # Compile the sparsification kernel while the server starts, not in the first request.
-    threading.Thread(target=radix_select.warm_up, name="gtp-warm-up", daemon=True).start()
+    threading.Thread(target=kernels.warm_up, name="gtp-warm-up", daemon=True).start()
     demo.launch(css=CSS)

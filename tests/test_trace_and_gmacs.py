@@ -99,8 +99,8 @@ def test_untraced_forward_records_nothing(monkeypatch):
         raise AssertionError("an untraced forward built a trace record")
 
     patch_module = importlib.import_module("gtp.patch")  # `gtp.patch` is the function
-    monkeypatch.setattr(patch_module, "LayerTrace", no_record)
-    monkeypatch.setattr(patch_module, "edges_from_adjacency", no_record)
+    monkeypatch.setattr(patch_module, "record_block", no_record)
+    monkeypatch.setattr(patch_module, "record_start", no_record)
     with torch.inference_mode():
         model(torch.randn(1, 3, 224, 224))
     assert model._gtp_state.recorder is None
