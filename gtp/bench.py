@@ -77,11 +77,14 @@ def benchmark(
         repeats: int = 10,
         warmup: int = 2,
         log: Callable[[str], None] = print,
+        compile_backend: Optional[str] = None,
 ) -> dict:
     """Throughput of `model` reduced by each method, the first method being the reference.
 
     methods: name -> function that patches a copy of the model in place
     (e.g. {"full": lambda m: m, "gtp": lambda m: gtp.patch(m, num_prop=8)}).
+    compile_backend: also time `torch.compile(backend=...)` of each model
+    ("<name>+compile") in the same rounds; compilation happens in the untimed warm-up.
     Returns a JSON-ready dict with img/s, ratios to the first method and GMACs.
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -95,10 +98,14 @@ def benchmark(
     macs = {name: gmacs(getattr(m, "model", m), img_size) for name, m in models.items()}
     for m in models.values():
         m.to(dev)
+    if compile_backend:
+        models.update({f"{name}+compile": torch.compile(m, backend=compile_backend) for name, m in list(models.items())})
+        macs.update({f"{name}+compile": macs[name] for name in list(macs)})
+        warmup = max(warmup, 1)
     reference = next(iter(models))
     result = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "dtype": dtype, "img_size": img_size, "repeats": repeats,
+        "dtype": dtype, "img_size": img_size, "repeats": repeats, "compile": compile_backend,
         "torch": torch.__version__, "gmacs": macs, "runs": [],
     }
     for batch in batch_sizes:
@@ -167,6 +174,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile of every method, side by side with eager")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     add_gtp_arguments(parser)
 
@@ -195,7 +204,8 @@ def main(args: argparse.Namespace) -> int:
     methods = method_functions(args.methods, kwargs)
     print(f"model {args.model} ({loaded.source} weights), GTP {kwargs}", file=sys.stderr)
     result = benchmark(loaded.model, methods, args.batch_size, args.img_size, args.device,
-                       args.dtype, args.repeats, args.warmup)
+                       args.dtype, args.repeats, args.warmup,
+                       compile_backend="inductor" if args.compile else None)
     result["model"] = args.model
     result["gtp"] = kwargs
     print(f"device {result['device']}, dtype {result['dtype']}, "
