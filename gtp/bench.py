@@ -99,7 +99,15 @@ def benchmark(
     for m in models.values():
         m.to(dev)
     if compile_backend:
-        models.update({f"{name}+compile": torch.compile(m, backend=compile_backend) for name, m in list(models.items())})
+        # Each model and batch size (static shapes) is one more compiled entry of the same
+        # forward code, and a model with graph breaks compiles block by block; past dynamo's
+        # limit (8) a code object runs uncompiled in every model that shares it.
+        torch._dynamo.reset()
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        depth = len(getattr(model, "blocks", ()))
+        setattr(torch._dynamo.config, limit, max(8, len(models) * len(batch_sizes) * (depth + 2)))
+        models.update({f"{name}+compile": torch.compile(m, backend=compile_backend, dynamic=False)
+                       for name, m in list(models.items())})
         macs.update({f"{name}+compile": macs[name] for name in list(macs)})
         warmup = max(warmup, 1)
     reference = next(iter(models))
