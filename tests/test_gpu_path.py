@@ -135,8 +135,9 @@ def photo_and_model(name: str = "deit_small_patch16_224") -> tuple[torch.Tensor,
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("sparsity", [1.0, 0.6])
-def test_cuda_propagates_the_cpu_ids_on_a_real_photo(sparsity):
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+def test_cuda_propagates_the_cpu_ids_on_a_real_photo(sparsity, monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # fp32 as on the CPU
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     x, model = photo_and_model()
     gtp.patch(model, num_prop=8, sparsity=sparsity)
     with torch.inference_mode():
