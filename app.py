@@ -10,7 +10,7 @@ import threading
 from app import limits
 from app.layout import CSS, create_app
 from app.models import DEVICE, preload
-from gtp import radix_select
+from gtp import kernels
 
 if DEVICE.type == "cuda":  # ZeroGPU: the model goes to the GPU at start-up, outside any request
     preload()
@@ -19,5 +19,5 @@ demo = create_app()
 
 if __name__ == "__main__":
     # Compile the sparsification kernel while the server starts, not in the first request.
-    threading.Thread(target=radix_select.warm_up, name="gtp-warm-up", daemon=True).start()
+    threading.Thread(target=kernels.warm_up, name="gtp-warm-up", daemon=True).start()
     demo.launch(css=CSS, **limits.launch_options())

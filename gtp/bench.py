@@ -74,11 +74,14 @@ def benchmark(
         repeats: int = 10,
         warmup: int = 2,
         log: Callable[[str], None] = print,
+        compile_backend: Optional[str] = None,
 ) -> dict:
     """Throughput of `model` reduced by each method, the first method being the reference.
 
     methods: name -> function that patches a copy of the model in place
     (e.g. {"full": lambda m: m, "gtp": lambda m: gtp.patch(m, num_prop=8)}).
+    compile_backend: also time `torch.compile(backend=...)` of each model
+    ("<name>+compile") in the same rounds; compilation happens in the untimed warm-up.
     Returns a JSON-ready dict with img/s, ratios to the first method and GMACs.
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -92,10 +95,22 @@ def benchmark(
     macs = {name: gmacs(getattr(m, "model", m), img_size) for name, m in models.items()}
     for m in models.values():
         m.to(dev)
+    if compile_backend:
+        # Each model and batch size (static shapes) is one more compiled entry of the same
+        # forward code, and a model with graph breaks compiles block by block; past dynamo's
+        # limit (8) a code object runs uncompiled in every model that shares it.
+        torch._dynamo.reset()
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        depth = len(getattr(model, "blocks", ()))
+        setattr(torch._dynamo.config, limit, max(8, len(models) * len(batch_sizes) * (depth + 2)))
+        models.update({f"{name}+compile": torch.compile(m, backend=compile_backend, dynamic=False)
+                       for name, m in list(models.items())})
+        macs.update({f"{name}+compile": macs[name] for name in list(macs)})
+        warmup = max(warmup, 1)
     reference = next(iter(models))
     result = {
         "device": device_name(dev),
-        "dtype": dtype, "img_size": img_size, "repeats": repeats,
+        "dtype": dtype, "img_size": img_size, "repeats": repeats, "compile": compile_backend,
         "torch": torch.__version__, "gmacs": macs, "runs": [],
     }
     for batch in batch_sizes:
@@ -164,6 +179,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile of every method, side by side with eager")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     add_gtp_arguments(parser)
 
@@ -192,7 +209,8 @@ def main(args: argparse.Namespace) -> int:
     methods = method_functions(args.methods, kwargs)
     print(f"model {args.model} ({loaded.source} weights), GTP {kwargs}", file=sys.stderr)
     result = benchmark(loaded.model, methods, args.batch_size, args.img_size, args.device,
-                       args.dtype, args.repeats, args.warmup)
+                       args.dtype, args.repeats, args.warmup,
+                       compile_backend="inductor" if args.compile else None)
     result["model"] = args.model
     result["gtp"] = kwargs
     print(f"device {result['device']}, dtype {result['dtype']}, "

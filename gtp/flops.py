@@ -1,12 +1,11 @@
 """GMACs counted by PyTorch's own FLOP counter, as the model is configured now."""
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Union
+from typing import Union
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 
 def _baddbmm_flops(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
@@ -15,28 +14,26 @@ def _baddbmm_flops(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs
     return 2 * batch * m * k * b_shape[2]
 
 
-# The counter knows the out-of-place baddbmm only; GTP's propagation runs it in place.
-_IN_PLACE = {torch.ops.aten.baddbmm_: _baddbmm_flops}
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of the CPU's fused attention kernel: q k^T and A V, as for the CUDA kernels."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-@contextlib.contextmanager
-def _unfused_attention(model: nn.Module) -> Iterator[None]:
-    """The FLOP counter cannot see timm's fused attention kernel on CPU: run the explicit path."""
-    changed = [m for m in model.modules() if getattr(m, "fused_attn", False)]
-    for m in changed:
-        m.fused_attn = False
-    try:
-        yield
-    finally:
-        for m in changed:
-            m.fused_attn = True
+# What the counter does not know: the in-place baddbmm of GTP's propagation (it knows
+# the out-of-place one only) and the fused attention kernel of the CPU, which both
+# timm's attention and GTP's token-scaled attention (an additive bias) run.
+_UNKNOWN = {
+    torch.ops.aten.baddbmm_: _baddbmm_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+}
 
 
 def gmacs(model: nn.Module, img_size: Union[int, tuple[int, int]] = 224, seed: int = 0) -> float:
     """GMACs of one forward of one image (multiply-accumulates / 1e9).
 
     Counts every matmul, convolution and attention product the forward runs
-    (FLOPs / 2). Token reduction depends on the image only through which tokens
+    (FLOPs / 2), fused attention kernels included, so every path of a forward
+    (explicit or fused attention, CPU or CUDA) gives the same count. Token reduction depends on the image only through which tokens
     leave, not how many, so any image gives the same count; a seeded one is used.
     """
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
@@ -46,8 +43,8 @@ def gmacs(model: nn.Module, img_size: Union[int, tuple[int, int]] = 224, seed: i
     was_training = model.training
     model.eval()
     try:
-        counter = FlopCounterMode(display=False, custom_mapping=_IN_PLACE)
-        with _unfused_attention(model), torch.inference_mode(), counter:
+        counter = FlopCounterMode(display=False, custom_mapping=_UNKNOWN)
+        with torch.inference_mode(), counter:
             model(x)
     finally:
         model.train(was_training)

@@ -2,11 +2,13 @@
 
 Like ToMe, each transformer block's class is swapped for a subclass whose forward
 runs attention -> selection -> propagation -> MLP; the weights are untouched.
-State shared by the blocks of one forward (token sizes, the graph W, original
-patch ids while tracing) lives in one `GTPState` object on the model.
+Every block of one timm class gets the same subclass, so torch.compile sees one
+forward function. State shared by the blocks of one forward (token sizes, the
+graph W, original patch ids) lives in one `GTPState` object on the model.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 import torch
@@ -15,10 +17,7 @@ from torch import Tensor, nn
 
 from . import functional as G
 from .config import GTPConfig, make_config, settings_of
-from .trace import Edges, LayerTrace, Trace, edges_from_adjacency
-
-# Images per attention chunk on CPU (see `functional.attention`); CUDA takes the batch at once.
-CPU_CHUNK = 1
+from .trace import Trace, record_block, record_start
 
 
 class GTPState:
@@ -36,54 +35,53 @@ class GTPState:
 
     def start(self, x: Tensor) -> None:
         """Called by block 0 with its input x: [B, n, C] (after pos-embed and norm_pre)."""
-        cfg, p0, rec = self.config, self.num_prefix, self.recorder
+        cfg, p0 = self.config, self.num_prefix
         B, n, _ = x.shape
         N = n - p0
         if self.grid_size[0] * self.grid_size[1] != N:
             raise RuntimeError(f"patch grid {self.grid_size} does not match the {N} patch tokens")
         self.size = torch.ones(B, n, device=x.device, dtype=torch.float32)
         patches = x[:, p0:]
-        needs_graph = cfg.propagation == "graph" and any(cfg.num_prop)
-        self.graph = G.build_graph(patches, self.grid_size, cfg.graph, cfg.num_neighbours) if needs_graph else None
+        parts = None
+        if cfg.propagation == "graph" and any(cfg.num_prop):
+            parts = G.graph_parts(patches, self.grid_size, cfg.graph, cfg.num_neighbours)
+            self.graph = G.graph_from_parts(parts, B)
+        else:
+            self.graph = None
         self.ids = torch.arange(N, device=x.device).expand(B, N)
-        if rec is not None:
-            rec.grid_size, rec.num_prefix, rec.config = self.grid_size, p0, cfg.as_dict()
-            rec.layers = []
-            rec.spatial_edges = edges_from_adjacency(G.spatial_adjacency(*self.grid_size, device=x.device))
-            unit = F.normalize(patches.detach().float(), dim=-1)
-            rec.similarity = unit @ unit.transpose(1, 2)
-            semantic = G.semantic_adjacency(patches.detach(), min(cfg.num_neighbours, N - 1))
-            rec.semantic_edges = [edges_from_adjacency(a) for a in semantic]
+        if self.recorder is not None:
+            record_start(self.recorder, self.grid_size, p0, cfg, patches, parts)
 
 
 def _attend(attn: nn.Module, x: Tensor, size: Optional[Tensor], sparsity: float,
-            reduce=None, keep_maps: bool = False) -> tuple[Tensor, Optional[tuple], Optional[tuple]]:
+            statistics: bool = False, keep_maps: bool = False) -> tuple[Tensor, G.Attention]:
     """timm `Attention.forward` with GTP's attention (token scale, sparsification).
 
-    x: [B, n, C]. Returns (output [B, n, C], reduce's per-image results or None,
-    (map before, map after sparsification) [B, H, n, n] when keep_maps).
+    x: [B, n, C]. Returns (output [B, n, C], the `functional.attention` result
+    with the statistics / maps asked for).
     """
     B, n, C = x.shape
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
     qkv = attn.qkv(x).reshape(B, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    reduced = maps = None
-    if reduce is not None or keep_maps or sparsity < 1.0:
-        chunk = 0 if x.is_cuda else CPU_CHUNK
-        out, reduced, maps = G.attention(q, k, v, size, sparsity, reduce, keep_maps, chunk, attn.scale)
+    if statistics or keep_maps or sparsity < 1.0:
+        attended = G.attention(q, k, v, size, sparsity, attn.scale, statistics, keep_maps)
+        out = attended.out
     else:  # no map needed: the fused kernel, with token scale as an additive bias
         bias = None if size is None else size.log().to(q.dtype)[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        attended = G.Attention(out, None, None, None)
     out = out.transpose(1, 2).reshape(B, n, attn.attn_dim)
     out = attn.norm(out)
     if gate is not None:
         out = out * gate
-    return attn.proj_drop(attn.proj(out)), reduced, maps
+    return attn.proj_drop(attn.proj(out)), attended
 
 
+@functools.lru_cache(maxsize=None)
 def _gtp_block_class(block_cls: type) -> type:
-    """A subclass of a timm Block whose forward runs GTP."""
+    """The subclass of a timm Block whose forward runs GTP (one per Block class)."""
 
     class GTPBlock(block_cls):
         _gtp_state: GTPState
@@ -103,58 +101,25 @@ def _gtp_block_class(block_cls: type) -> type:
             if rec is None and num_prop == 0 and cfg.sparsity >= 1.0 and not cfg.token_scale:
                 return super().forward(x)  # exactly timm's block
 
-            size = state.size if cfg.token_scale else None
-
-            select = G.statistics_function(cfg.selection) if num_prop > 0 else None  # taken chunk by chunk
-            y, stats, maps = _attend(self.attn, self.norm1(x), size, cfg.sparsity, select, keep_maps=rec is not None)
+            # Selection names what it reads; attention computes just that (and the maps for a trace).
+            needs = G.selection_input(cfg.selection) if num_prop > 0 else "none"
+            y, attended = _attend(self.attn, self.norm1(x), state.size if cfg.token_scale else None,
+                                  cfg.sparsity, needs == "statistics", needs == "map" or rec is not None)
             x = x + self.drop_path1(self.ls1(y))
 
-            score = regeneration = broadcasting = None
-            prop = x.new_empty(x.shape[0], 0, dtype=torch.long)
-            weights = None
-            keep = None
             candidates = state.ids
+            score = regeneration = broadcasting = keep = weights = None
+            prop = candidates.new_empty(x.shape[0], 0)
             if num_prop > 0:
-                score, regeneration, broadcasting = G.scores_from_statistics(stats, p0, cfg.selection)
+                score, regeneration, broadcasting = G.selection_scores(attended, p0, cfg.selection)
                 prop, keep = G.split_tokens(score, num_prop)
                 x, state.size, state.ids, weights = G.propagate(
                     x, state.size, state.graph, state.ids, prop, keep, p0, cfg.propagation, cfg.alpha)
             if rec is not None:
-                self._record(rec, state, n, x.shape[1], maps, score, regeneration,
-                             broadcasting, candidates, prop, keep, weights)
+                record_block(rec, block=self._gtp_index, tokens_in=n, candidates=candidates, attended=attended,
+                             score=score, regeneration=regeneration, broadcasting=broadcasting, prop=prop,
+                             keep=keep, weights=weights, kept=state.ids, sizes=state.size)
             return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-
-        def _record(self, rec, state, n_in, n_out, maps, score, regeneration,
-                    broadcasting, candidates, prop, keep, weights) -> None:
-            p0 = state.num_prefix
-            propagated = candidates.gather(1, prop)             # [B, P]
-            edges = []
-            if weights is not None:
-                receivers = candidates.gather(1, keep)          # [B, N-P]
-                for b in range(candidates.shape[0]):
-                    k_i, r_i = weights[b].nonzero(as_tuple=True)
-                    edges.append(Edges(propagated[b, r_i], receivers[b, k_i], weights[b, k_i, r_i].float()))
-            before, amap = maps
-            after_f, before_f = amap.float(), before.float()
-            zeroed = ((after_f == 0) & (before_f != 0)).float().mean((-2, -1))
-            removed = (before_f - after_f).sum((-2, -1)) / before_f.sum((-2, -1))
-            rec.layers.append(LayerTrace(
-                block=self._gtp_index,
-                tokens_in=n_in,
-                tokens_out=n_out,
-                candidates=candidates,
-                score=score,
-                regeneration=regeneration,
-                broadcasting=broadcasting,
-                propagated=propagated,
-                kept=state.ids,
-                sizes=state.size[:, p0:].clone(),
-                edges=edges,
-                zeroed_fraction=zeroed,
-                mass_removed=removed,
-                attn_before=before if rec.record_attention else None,
-                attn_after=amap if rec.record_attention else None,
-            ))
 
     GTPBlock.__name__ = f"GTP{block_cls.__name__}"
     GTPBlock.__qualname__ = GTPBlock.__name__

@@ -6,12 +6,15 @@ Patch ids are row-major positions on the patch grid (0 .. N-1). A token made by
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import torch
 from torch import Tensor
+
+from . import functional as G
 
 
 class Edges(NamedTuple):
@@ -100,6 +103,89 @@ def edges_from_adjacency(adj: Tensor) -> Edges:
     """Nonzero entries of an [N, N] matrix as edges i -> j."""
     i, j = adj.nonzero(as_tuple=True)
     return Edges(i, j, adj[i, j])
+
+
+def record_start(
+        record: Trace,
+        grid_size: tuple[int, int],
+        num_prefix: int,
+        config: Any,
+        patches: Tensor,
+        parts: Optional[G.GraphParts] = None,
+) -> None:
+    """Start the record of a forward: its settings and the graphs over the original patches.
+
+    patches: [B, N, C] block 0's patch tokens; config: the model's `GTPConfig`;
+    parts: the graph the forward built (None when it built none). The parts it
+    lacks (the semantic kNN of a spatial graph, or every part when propagation
+    needs no graph) are computed here, for display only.
+    """
+    record.grid_size, record.num_prefix, record.config = grid_size, num_prefix, dataclasses.asdict(config)
+    record.layers = []
+    parts = parts or G.GraphParts(None, None, None)
+    patches = patches.detach()
+    spatial = parts.spatial if parts.spatial is not None else G.spatial_adjacency(*grid_size, device=patches.device)
+    similarity = parts.similarity if parts.similarity is not None else G.cosine_similarity(patches)
+    semantic = parts.semantic
+    if semantic is None:
+        semantic = G.semantic_adjacency(similarity, min(config.num_neighbours, patches.shape[1] - 1))
+    record.spatial_edges = edges_from_adjacency(spatial.detach())
+    record.similarity = similarity.detach()
+    record.semantic_edges = [edges_from_adjacency(a) for a in semantic.detach()]
+
+
+def record_block(
+        record: Trace,
+        *,
+        block: int,
+        tokens_in: int,
+        candidates: Tensor,
+        attended: G.Attention,
+        score: Optional[Tensor],
+        regeneration: Optional[Tensor],
+        broadcasting: Optional[Tensor],
+        prop: Tensor,
+        keep: Optional[Tensor],
+        weights: Optional[Tensor],
+        kept: Tensor,
+        sizes: Tensor,
+) -> None:
+    """Append what block `block` did to the record, from the tensors the block used.
+
+    candidates: [B, N_in] original ids of the patch tokens entering; attended:
+    the block's `functional.attention`, with its maps; prop [B, P] / keep
+    [B, N_in-P] (or None when P = 0): indices into candidates; weights: the
+    propagation weights [B, N_in-P, P] or None; kept [B, N_out], sizes
+    [B, n_out]: the ids and token sizes (prefix included) after the block.
+    """
+    p0 = record.num_prefix
+    propagated = candidates.gather(1, prop)             # [B, P]
+    edges = []
+    if weights is not None:
+        receivers = candidates.gather(1, keep)          # [B, N-P]
+        for b in range(candidates.shape[0]):
+            k_i, r_i = weights[b].nonzero(as_tuple=True)
+            edges.append(Edges(propagated[b, r_i], receivers[b, k_i], weights[b, k_i, r_i].float()))
+    before, after = attended.dense_map.float(), attended.sparse_map.float()
+    zeroed = ((after == 0) & (before != 0)).float().mean((-2, -1))
+    removed = (before - after).sum((-2, -1)) / before.sum((-2, -1))
+    record.layers.append(LayerTrace(
+        block=block,
+        tokens_in=tokens_in,
+        tokens_out=p0 + kept.shape[1],
+        candidates=candidates,
+        score=score,
+        regeneration=regeneration,
+        broadcasting=broadcasting,
+        propagated=propagated,
+        kept=kept,
+        sizes=sizes[:, p0:].clone(),
+        edges=edges,
+        zeroed_fraction=zeroed,
+        mass_removed=removed,
+        attn_before=attended.dense_map if record.record_attention else None,
+        attn_after=attended.sparse_map if record.record_attention else None,
+    ))
 
 
 @contextlib.contextmanager

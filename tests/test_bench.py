@@ -67,3 +67,24 @@ def test_bench_command_prints_and_writes_json(tmp_path):
     assert [r["batch_size"] for r in data["runs"]] == [1, 2]
     assert set(data["gmacs"]) == {"full", "gtp", "tome", "pruning"}
     assert abs(data["gmacs"]["tome"] - data["gmacs"]["gtp"]) / data["gmacs"]["gtp"] < 0.02
+
+
+def test_compiled_models_are_timed_side_by_side_with_eager():
+    """`--compile` adds "<name>+compile" to the same rounds (the "eager" backend keeps this test fast)."""
+    model = random_model("deit_tiny_patch16_224")
+    result = benchmark(model, {"full": lambda m: m, "gtp": lambda m: gtp.patch(m, num_prop=8, sparsity=0.6)},
+                       batch_sizes=[1], repeats=2, warmup=0, device="cpu", log=lambda s: None,
+                       compile_backend="eager")
+    run = result["runs"][0]
+    assert list(run["img_per_s"]) == ["full", "gtp", "full+compile", "gtp+compile"]
+    assert all(len(t) == 2 for t in run["times_s"].values())
+    assert result["gmacs"]["gtp+compile"] == result["gmacs"]["gtp"] < result["gmacs"]["full"]
+    assert result["compile"] == "eager"
+
+
+def test_bench_command_has_a_compile_flag():
+    import argparse
+    from gtp.bench import add_arguments
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--compile"]).compile and not parser.parse_args([]).compile

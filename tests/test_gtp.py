@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import gtp
-from gtp import functional as G, radix_select
+from gtp import functional as G, kernels
 from reference import reference_forward
 from conftest import dinov2_model, random_model
 
@@ -201,91 +201,45 @@ def test_gradients_flow_through_a_patched_model():
 
 
 # ---------------------------------------------------------------- pure functions
-def test_kth_smallest_equals_kthvalue():
-    gen = torch.Generator().manual_seed(0)
-    for rows, length in [(3, 100), (24, 38809), (5, 20000)]:
-        logits = torch.randn(rows, length, generator=gen) * 3
-        values = logits.softmax(-1)
-        values[0, :50] = values[0, 7]  # ties
-        values[1, : length // 2] = 0.0  # underflowed softmax entries
-        for k in (1, 17, length // 3, int(0.4 * length), length - 1, length):
-            assert torch.equal(G.kth_smallest(values, k), values.kthvalue(k, dim=1).values)
-
-
-@pytest.mark.parametrize("path", ["dispatch", "torch", "radix"])
-def test_zero_smallest_zeroes_what_kthvalue_names(path):
-    """Each implementation zeroes exactly the entries <= the k-th smallest, ties included."""
-    if path == "radix" and not radix_select.available():
+@pytest.mark.parametrize("numba", [True, False])
+def test_attention_with_the_selection_statistics_matches_its_parts(numba, monkeypatch):
+    """Both attention paths (the image-by-image CPU kernel, the batched one) equal the map built step by step."""
+    if numba and not kernels.radix_select.available():
         pytest.skip("numba is not installed")
-    fn = {"dispatch": G.zero_smallest_, "torch": G.zero_smallest_torch_,
-          "radix": radix_select.zero_smallest_}[path]
-    gen = torch.Generator().manual_seed(1)
-    values = (torch.randn(6, 38809, generator=gen) * 4).softmax(-1)
-    values[0, ::3] = values[0, 5]                   # many ties at one value
-    values[2] = values[2].round(decimals=5)         # ties everywhere
-    values[3, :100] = float("inf")
-    for k in (1, 1000, 15523, 38809):
-        expected = values.clone()
-        threshold = expected.kthvalue(k, dim=1, keepdim=True).values
-        expected[expected <= threshold] = 0.0
-        got = values.clone()
-        assert torch.equal(fn(got, k), threshold.squeeze(1)) and torch.equal(got, expected)
-    if path != "radix":  # negative values: the radix kernel leaves such rows to the caller
-        signed = torch.randn(4, 5000, generator=gen)
-        expected = signed.clone()
-        expected[expected <= expected.kthvalue(2000, dim=1, keepdim=True).values] = 0.0
-        got = signed.clone()
-        fn(got, 2000)
-        assert torch.equal(got, expected)
-    else:
-        signed = torch.randn(2, 100, generator=gen)
-        kept = signed.clone()
-        assert radix_select.zero_smallest_(signed, 10).isnan().all() and torch.equal(signed, kept)
-
-
-@pytest.mark.skipif(not radix_select.available(), reason="numba is not installed")
-@pytest.mark.parametrize("k", [0, 1, 1000, 2450, 2500])
-def test_zeroing_pass_also_takes_the_diagonal_and_column_sums(k):
-    """The fused kernel zeroes what kthvalue names and reads the zeroed maps'
-    diagonal and column sums; `diagonal_and_column_sums` gives the same bits."""
-    gen = torch.Generator().manual_seed(3)
-    maps = (torch.randn(2, 3, 50, 50, generator=gen) * 3).softmax(-1)
-    maps[0, 1, :, 7] = maps[0, 1, 0, 7]                   # ties
-    rows = maps.clone().view(6, 2500)
-    expected = maps.clone().view(6, 2500)
-    if k > 0:
-        expected[expected <= expected.kthvalue(k, dim=1, keepdim=True).values] = 0.0
-    diagonal, column_sums = torch.full((6, 50), -1.0), torch.full((6, 50), -1.0)
-    radix_select.zeroer(rows, k, statistics=True)(diagonal.numpy(), column_sums.numpy())
-    assert torch.equal(rows, expected)
-    zeroed = expected.view(6, 50, 50)
-    assert torch.equal(diagonal, zeroed.diagonal(dim1=-2, dim2=-1))
-    assert torch.allclose(column_sums, zeroed.sum(-2), rtol=1e-5, atol=1e-7)
-    again = G.diagonal_and_column_sums(zeroed.view(2, 3, 50, 50))
-    assert torch.equal(again[0].view(6, 50), diagonal) and torch.equal(again[1].view(6, 50), column_sums)
-    with pytest.raises(ValueError, match="shapes"):  # the compiled kernel would write out of bounds
-        radix_select.zeroer(rows, k, statistics=True)(diagonal[:, :49].numpy(), column_sums.numpy())
-
-
-def test_attention_with_the_selection_statistics_matches_its_parts():
-    """The image-by-image path (kernel with statistics) equals the map built step by step."""
+    if not numba:
+        monkeypatch.setattr(kernels.radix_select, "available", lambda: False)
+    assert kernels.cpu_attention.applies(*(torch.zeros(1, 1, 2, 2),) * 3, None) == numba
     gen = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(3, 2, 40, 16, generator=gen) for _ in range(3))
     size = torch.rand(3, 40, generator=gen) + 0.5
     for sparsity in (1.0, 0.6):
-        out, (diagonal, column_sums), _ = G.attention(
-            q, k, v, size, sparsity, G.diagonal_and_column_sums, scale=0.25)
-        amap = G.sparsify_attention(G.attention_map(q, k, size, 0.25), sparsity)
-        assert torch.allclose(out, amap @ v, atol=1e-6)
+        attended = G.attention(q, k, v, size, sparsity, scale=0.25, statistics=True, keep_maps=True)
+        dense = G.attention_map(q, k, size, 0.25)
+        amap, _ = kernels.sparsify(dense.clone(), sparsity)
+        assert torch.allclose(attended.dense_map, dense, atol=1e-7)
+        assert torch.equal(attended.sparse_map == 0, amap == 0)
+        assert torch.allclose(attended.out, amap @ v, atol=1e-6)
+        diagonal, column_sums = attended.statistics
         assert torch.allclose(diagonal, amap.diagonal(dim1=-2, dim2=-1), atol=1e-7)
         assert torch.allclose(column_sums, amap.sum(-2), atol=1e-6)
+        bare = G.attention(q, k, v, size, sparsity, scale=0.25)
+        assert bare.statistics is None and bare.dense_map is None and bare.sparse_map is None
+        assert torch.equal(bare.out, attended.out)
+
+
+def test_selection_asks_for_what_it_reads():
+    assert {G.selection_input(s) for s in gtp.SELECTIONS if "_attn_" in s and "cls" not in s} == {"statistics"}
+    assert G.selection_input("cls_attn_max") == G.selection_input("cos_sim_mean") == "map"
+    assert G.selection_input("random") == "none"
+    with pytest.raises(ValueError, match="selection"):
+        G.selection_input("best")
 
 
 def test_random_selection_ignores_the_attention():
     """The "random" ablation scores tokens with uniform noise, not with the map."""
-    attn = torch.rand(2, 3, 11, 11).softmax(-1)
+    out = torch.zeros(2, 3, 11, 4)  # only its shape matters
     score, regeneration, broadcasting = G.selection_scores(
-        attn, 1, "random", torch.Generator().manual_seed(5))
+        G.Attention(out, None, None, None), 1, "random", torch.Generator().manual_seed(5))
     assert torch.equal(score, torch.rand(2, 10, generator=torch.Generator().manual_seed(5)))
     assert regeneration is None and broadcasting is None
     model = gtp.patch(random_model("deit_tiny_patch16_224"), num_prop=4, selection="random")
@@ -298,34 +252,9 @@ def test_random_selection_ignores_the_attention():
     assert len(runs[0]) == 12 and any(not torch.equal(a, b) for a, b in zip(*runs))
 
 
-def test_sparsify_zeroes_exactly_the_smallest_entries():
-    attn = torch.randn(2, 3, 50, 50, generator=torch.Generator().manual_seed(0)).softmax(-1)
-    out = G.sparsify_attention(attn.clone(), 0.6)
-    k = int(50 * 50 * 0.4)
-    assert ((out == 0).flatten(2).sum(-1) == k).all()
-    kept_min = torch.where(out > 0, out, torch.inf).flatten(2).amin(-1)
-    zeroed_max = torch.where(out == 0, attn, -torch.inf).flatten(2).amax(-1)
-    assert (zeroed_max < kept_min).all()
-
-
-def test_zero_smallest_from_many_threads_at_once():
-    """An app serves several requests at once: concurrent calls stay exact."""
-    gen = torch.Generator().manual_seed(2)
-    values = [torch.rand(12, 38809, generator=gen) for _ in range(6)]
-    expected = [v.clone() for v in values]
-    for e in expected:
-        e[e <= e.kthvalue(15000, dim=1, keepdim=True).values] = 0.0
-    workers = [threading.Thread(target=G.zero_smallest_, args=(v, 15000)) for v in values]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    assert all(torch.equal(v, e) for v, e in zip(values, expected))
-
-
 def test_graph_normalisation_and_neighbours():
     w = G.build_graph(torch.randn(1, 16, 8), (4, 4), "spatial")[0]
     assert (w > 0).sum(1).tolist() == [3, 5, 5, 3, 5, 8, 8, 5, 5, 8, 8, 5, 3, 5, 5, 3]
     assert torch.isclose(w[0, 1], torch.tensor(1 / (3 * 5) ** 0.5))
-    sem = G.semantic_adjacency(torch.randn(2, 16, 8), 4)
+    sem = G.semantic_adjacency(G.cosine_similarity(torch.randn(2, 16, 8)), 4)
     assert (sem.sum(-1) == 4).all() and (sem.diagonal(dim1=1, dim2=2) == 0).all()

@@ -99,8 +99,8 @@ def test_untraced_forward_records_nothing(monkeypatch):
         raise AssertionError("an untraced forward built a trace record")
 
     patch_module = importlib.import_module("gtp.patch")  # `gtp.patch` is the function
-    monkeypatch.setattr(patch_module, "LayerTrace", no_record)
-    monkeypatch.setattr(patch_module, "edges_from_adjacency", no_record)
+    monkeypatch.setattr(patch_module, "record_block", no_record)
+    monkeypatch.setattr(patch_module, "record_start", no_record)
     with torch.inference_mode():
         model(torch.randn(1, 3, 224, 224))
     assert model._gtp_state.recorder is None
@@ -138,6 +138,28 @@ def test_gmacs_match_the_paper(name, full, reduced):
     assert gtp.gmacs(model) == pytest.approx(reduced, rel=0.01)
     gtp.unpatch(model)
     assert gtp.gmacs(model) == pytest.approx(full, rel=0.01)
+
+
+@pytest.mark.parametrize("token_scale", [False, True])
+def test_gmacs_are_the_same_on_every_attention_path(token_scale):
+    """P = 0, theta = 1: GTP runs the fused kernel (with token scale as a bias) or timm's
+    block; either way the count is the unpatched model's, fused or explicit attention."""
+    model = random_model("deit_tiny_patch16_224")
+    fused = gtp.gmacs(model)
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+    explicit = gtp.gmacs(model)
+    gtp.patch(model, num_prop=0, sparsity=1.0, token_scale=token_scale)
+    patched = gtp.gmacs(model)
+    assert fused == explicit == patched
+    assert fused == pytest.approx(1.2537, abs=1e-3)  # deit_tiny: 1.3 G in the DeiT paper
+
+
+def test_deit_small_without_reduction_counts_its_full_gmacs():
+    """The figure the issue names: num_prop=0, sparsity=1, token_scale=True -> 4.599 GMACs."""
+    model = gtp.patch(random_model("deit_small_patch16_224"), num_prop=0, sparsity=1.0, token_scale=True)
+    assert round(gtp.gmacs(model), 3) == 4.599
 
 
 def test_gmacs_count_the_attention_products():

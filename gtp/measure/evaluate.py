@@ -188,8 +188,8 @@ class Evaluator:
         """One pass over this rank's batches running the full model (when `with_ref`) and
         `method` (unless None). Returns ({logits, features, seconds} or None) for each.
 
-        The first batch is left out of the timings when a rank has more than one
-        (one-off kernel set-up), so img/s is the steady rate.
+        Each model first runs once, untimed, on the first batch (one-off kernel
+        set-up, first allocations), so img/s is the steady rate even for one batch.
         """
         runs = ([("full", None)] if with_ref else []) + ([(method, amount)] if method else [])
         out = {name: dict(logits=[], features=[]) for name, _ in runs}
@@ -199,18 +199,17 @@ class Evaluator:
                         self.progress and self.dist.is_main)
         for step, (x, _) in enumerate(self._loader):
             x = x.to(self.dist.device, non_blocking=True)
-            timed = step > 0 or len(self.batches) == 1
             for name, amt in runs:
                 if name == "full":
                     reset(self.model)
                 else:
                     apply_method(self.model, name, amt, **options)
                 timer = timers[name]
-                timer.active = timed
+                if step == 0:  # warm-up, untimed
+                    features_and_logits(self.model, x, self.has_head)
                 with timer:
                     feats, logits = features_and_logits(self.model, x, self.has_head)
-                if timed:
-                    timed_images[name] += x.shape[0]
+                timed_images[name] += x.shape[0]
                 out[name]["logits"].append(None if logits is None else logits.float().cpu())
                 out[name]["features"].append(feats.float().cpu())
             if bar is not None:

@@ -18,8 +18,8 @@ The result is bit-identical to `values[values <= values.kthvalue(k).values] = 0`
 (the tests check it against that). Rows are spread over as many numba threads as
 PyTorch uses; numba's OpenMP threading layer is preferred (it measured fastest
 next to PyTorch's own OpenMP workers) unless NUMBA_THREADING_LAYER(_PRIORITY) is
-set. numba is optional: without it, `available()` is False and `gtp.functional`
-takes its pure-PyTorch path. The first call compiles the kernel (a few seconds;
+set. numba is optional: without it, `available()` is False and `gtp.kernels`
+takes its pure-PyTorch path (`torch_select`). The first call compiles the kernel (a few seconds;
 cached on disk afterwards).
 """
 from __future__ import annotations
