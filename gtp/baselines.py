@@ -81,7 +81,7 @@ def apply_method(model: nn.Module, method: str, amount: int = 8, **options: Any)
 
 
 def method_fn(method: str, amount: int = 8, **options: Any) -> Callable[[nn.Module], nn.Module]:
-    """A one-argument function applying the method (the form `gtp.bench.benchmark` takes)."""
+    """A one-argument function applying the method (the form `gtp.measure.bench.benchmark` takes)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     return lambda model: apply_method(model, method, amount, **options)

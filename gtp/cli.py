@@ -102,13 +102,13 @@ def _run_models(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from . import bench
+    from .measure import bench
     rc = bench.main(args)
     return int(rc or 0)
 
 
 def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
-    """The `python -m gtp` parser. gtp.bench is imported only when `with_bench` (the bench
+    """The `python -m gtp` parser. gtp.measure.bench is imported only when `with_bench` (the bench
     subcommand is being run), so predict works whatever state that module is in."""
     parser = _Parser(prog="python -m gtp",
                      description="GTP Explorer: Graph-based Token Propagation on pretrained timm ViTs.")
@@ -123,10 +123,10 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     add_gtp_arguments(pr)
     pr.set_defaults(func=_run_predict)
 
-    be = sub.add_parser("bench", help="accuracy / speed / GMACs benchmark (gtp.bench)",
-                        description="Benchmark GTP settings (see gtp/bench.py).")
+    be = sub.add_parser("bench", help="accuracy / speed / GMACs benchmark (gtp.measure.bench)",
+                        description="Benchmark GTP settings (see gtp/measure/bench.py).")
     if with_bench:
-        from . import bench
+        from .measure import bench
         bench.add_arguments(be)
     be.set_defaults(func=_run_bench)
 

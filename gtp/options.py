@@ -1,7 +1,7 @@
 """Command-line options that several commands share, built from `GTPConfig`'s fields.
 
 `gtp/cli.py` assembles the commands on top of this module; the commands
-(`gtp.bench`, `gtp.measure.evaluate`, `gtp.measure.sweep`) take their GTP, model and
+(`gtp.measure.bench`, `gtp.measure.evaluate`, `gtp.measure.sweep`) take their GTP, model and
 data options from here, so nothing imports the CLI back.
 
 A field `name` becomes `--name-with-dashes`; a bool field that defaults to True becomes

@@ -61,6 +61,7 @@ VisionTransformer in place by swapping block classes, like `gtp.patch`.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
@@ -214,8 +215,11 @@ def _attend_keys(attn: nn.Module, x: Tensor, size: Optional[Tensor]) -> tuple[Te
     return attn.proj_drop(attn.proj(out)), k
 
 
+@functools.lru_cache(maxsize=None)
 def _tome_block_class(block_cls: type) -> type:
-    """A subclass of a timm Block whose forward merges tokens between attention and MLP."""
+    """A subclass of a timm Block whose forward merges tokens between attention and MLP.
+
+    One class per Block class (cached), so torch.compile sees one forward for all blocks."""
 
     class ToMeBlock(block_cls):
         _tome_state: ToMeState

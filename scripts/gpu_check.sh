@@ -9,7 +9,7 @@
 #   nvidia-smi; the CUDA tests (pytest -m gpu); CPU vs CUDA propagated ids and zeroed entries
 #   on assets/chelsea.png (fp32, TF32 off); untraced GTP / ToMe / pruning forwards under
 #   torch.cuda.set_sync_debug_mode("error"); kernels per block at batch 1 and 64 (profiler);
-#   the app's explore / compare / throughput on CUDA; `gtp.bench` for full (timm's fused
+#   the app's explore / compare / throughput on CUDA; `gtp.measure.bench` for full (timm's fused
 #   attention), GTP theta 1 and 0.6, ToMe and pruning on deit_small and deit_base, batch 1,
 #   64 and 256, float32 and bf16, eager, then compiled while the time budget lasts.
 set -u

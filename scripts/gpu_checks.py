@@ -249,7 +249,7 @@ def bench_methods() -> dict:
 def bench(args, report: Report, compiled: bool) -> dict:
     """Eager: one side-by-side run per model and dtype. Compiled: eager and compiled models in the
     same rounds, one run per model, dtype and batch size (the largest first), while time is left."""
-    from gtp.bench import benchmark
+    from gtp.measure.bench import benchmark
     kind = "compiled" if compiled else "eager"
     jobs = [(m, d, tuple(args.batch_sizes)) for d in args.dtypes for m in args.models]
     if compiled:  # the issue's headline figure first: the largest model, bf16, the largest batch

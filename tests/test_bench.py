@@ -8,7 +8,7 @@ import sys
 import torch
 
 import gtp
-from gtp.bench import Traced, benchmark, time_interleaved
+from gtp.measure.bench import Traced, benchmark, time_interleaved
 from conftest import ROOT, random_model
 
 
@@ -84,7 +84,7 @@ def test_compiled_models_are_timed_side_by_side_with_eager():
 
 def test_bench_command_has_a_compile_flag():
     import argparse
-    from gtp.bench import add_arguments
+    from gtp.measure.bench import add_arguments
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert parser.parse_args(["--compile"]).compile and not parser.parse_args([]).compile

@@ -150,7 +150,7 @@ def test_models_command_lists_all(capsys):
 
 
 def test_bench_is_wired(capsys):
-    pytest.importorskip("gtp.bench")
+    pytest.importorskip("gtp.measure.bench")
     with pytest.raises(SystemExit) as e:
         cli.main(["bench", "--help"])
     assert e.value.code == 0

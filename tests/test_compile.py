@@ -87,3 +87,12 @@ def test_recompiles_stay_under_the_limit():
         again = compiled(x)
     assert torch.equal(first, again)
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_tome_forward_is_one_graph():
+    """ToMe (sync-free, one block class) also traces as one graph with no break."""
+    from gtp import tome
+    model = tome.patch(random_model("deit_tiny_patch16_224"), r=8)
+    assert len({type(block) for block in model.blocks}) == 1
+    result = explain(model, torch.randn(2, 3, 224, 224))
+    assert result.graph_break_count == 0 and result.graph_count == 1, result.break_reasons

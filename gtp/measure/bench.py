@@ -21,9 +21,9 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from .flops import gmacs
-from .measure.metrics import device_name
-from .measure.metrics import synchronize as _sync
+from ..flops import gmacs
+from .metrics import device_name
+from .metrics import synchronize as _sync
 
 DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -157,14 +157,14 @@ class Traced(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .trace import trace
+        from ..trace import trace
         with trace(self.model):
             return self.model(x)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .options import add_gtp_arguments  # the GTP options, shared with `predict`
-    from .baselines import METHODS
+    from ..options import add_gtp_arguments  # the GTP options, shared with `predict`
+    from ..baselines import METHODS
     parser.add_argument("--model", default="deit_small_patch16_224", help="a supported model name")
     parser.add_argument("--weights", default=None, help="local .safetensors/.pth file")
     parser.add_argument("--methods", nargs="+", default=["full", "gtp"], choices=list(METHODS) + ["gtp-traced"],
@@ -187,7 +187,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def method_functions(names: Sequence[str], gtp_options: dict) -> dict[str, Callable[[nn.Module], nn.Module]]:
     """name -> function patching a model copy, at the token budget of `gtp_options["num_prop"]`."""
-    from .baselines import method_fn
+    from ..baselines import method_fn
     options = dict(gtp_options)
     amount = options.pop("num_prop")
     functions = {}
@@ -200,8 +200,8 @@ def method_functions(names: Sequence[str], gtp_options: dict) -> dict[str, Calla
 
 
 def main(args: argparse.Namespace) -> int:
-    from .options import gtp_kwargs
-    from .models import load_model
+    from ..options import gtp_kwargs
+    from ..models import load_model
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load_model(args.model, weights=args.weights, device="cpu")
