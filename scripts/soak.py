@@ -291,10 +291,10 @@ def sweep_files(folder: Path) -> dict[str, Path]:
 
 def attacks(app: App, args: argparse.Namespace, files: Path, report: Report) -> None:
     photo = app.handle_file(str(PHOTO))
-    run = app.find(r"run(_\d+)?")
+    run = app.find(r"run(_event)?(_\d+)?")
     explore = "/explore" if "/explore" in app.public else None
     if run is None:
-        print("  (no run endpoint named run*: UI-like sessions, runs, failed loads and downloads skipped)")
+        print("  (no run endpoint named run or run_event: UI-like sessions, runs, failed loads and downloads skipped)")
     if explore is None:
         print("  (no public /explore endpoint: explores skipped)")
 
