@@ -71,8 +71,9 @@ def test_sweep_loader_reads_the_gtp_sweep_format(tmp_path):
     assert [r["method"] for r in got] == ["full", "gtp", "tome"]
     assert [r["agreement"] for r in got] == [100.0, 0.8, 96.0]  # percents stay percents
     assert all(r["top1"] is None for r in got) and "3 record" in message
-    chart = F.tradeoff_chart(published_results(), None, got)
-    assert min(chart.size) > 50 and np.asarray(chart.convert("L")).std() > 1.0
+    chart = F.figure_of(F.tradeoff(published_results(), "deit_small_patch16_224", None, got))
+    sweep = [t for t in chart["data"] if (t.get("meta") or {}).get("role") == "sweep"]
+    assert sorted(len(t["x"]) for t in sweep) == [1, 1, 1]   # one agreement series per method
 
 
 # ----------------------------------------------------------------------------- bounds
@@ -169,12 +170,13 @@ def test_chart_text_is_never_mathtext(name):
     assert (shown, is_math) == (name, False)  # ... and shows the name literally
 
 
-@pytest.mark.xfail(strict=True, reason="app/figures.py (helper app) must label sweep series with "
-                                       "app.examples.chart_text(method); remove this mark when it does")
 def test_tradeoff_chart_draws_any_method_name():
-    from app import figures as F
-    from app.examples import published_results
+    """Method names from a sweep file are shown as plain text in the chart the app draws."""
+    from app import handlers as H
+    from app.figures import figure_of
     got, _ = parse_sweep(json.dumps([{"method": r"$\frac{$", "gmacs": 3.0, "top1": 70.0},
                                      {"method": "$x$", "gmacs": 4.0, "agreement": 90.0}]))
-    chart = F.tradeoff_chart(published_results(), None, got)
-    assert min(chart.size) > 50
+    chart = figure_of(H.draw_tradeoff(None, got))
+    names = [t["name"] for t in chart["data"] if (t.get("meta") or {}).get("role") == "sweep"]
+    assert len(names) == 2 and all("$" not in n for n in names)   # '$' would start LaTeX in plotly.js
+    assert any(r"&#36;\frac{&#36;" in n for n in names) and any("&#36;x&#36;" in n for n in names)
