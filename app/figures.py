@@ -22,7 +22,7 @@ from .plots_graphs import GRAPH_KINDS
 from .results import COMPARED, METHOD_LABELS, Exploration
 
 MAX_SWEEP_SERIES = 12   # distinct method names drawn from a sweep file; the rest are one series
-TRADEOFF_HEIGHT = 360
+TRADEOFF_HEIGHT = 560   # the legend lies under the chart: its entries need room
 
 
 def plot_data(fig: go.Figure) -> PlotData:
