@@ -53,7 +53,7 @@ def test_graph_hover_lists_each_tokens_neighbours(exp):
     assert sorted(near["spatial"]) == [2, 3, 4, 16, 18, 30, 31, 32] and len(near["semantic"]) == 8
     hover = tokens["hovertext"][17]
     assert "patch 17 (row 1, col 3)" in hover
-    assert all(f"patch {j} " in hover for j in near["spatial"] + near["semantic"])
+    assert all(f"· patch {j}: " in hover for j in near["spatial"] + near["semantic"])
     sim = F.figure_of(F.similarity(exp, 17))["data"][0]
     assert np.allclose(array(sim["z"]).ravel(), exp.trace.similarity[0, 17].float().numpy(), atol=1e-6)
     assert "cosine similarity to patch 17" in sim["hovertemplate"]

@@ -118,13 +118,13 @@ def test_sender_and_receiver_hovers_list_the_weights(run, walk):
     text = render(cand.hovertemplate, next(c for c in cand.customdata if c[0] == sender))
     assert f"sent its features to {len(sent)} tokens" in text
     strongest = max(sent, key=lambda e: e[1])
-    assert f"{patch_name(strongest[0], (14, 14))}: {strongest[1]:.3g}" in text
+    assert f"· patch {strongest[0]}: {strongest[1]:.3g}" in text
     receiver = dst[0]
     got = [(s, x) for s, d, x in zip(src, dst, w) if d == receiver]
     text = render(cand.hovertemplate, next(c for c in cand.customdata if c[0] == receiver))
     assert "received features in this block" in text
     assert number_after(text, "received") == pytest.approx(sum(x for _, x in got), rel=1e-2)
-    assert all(patch_name(s, (14, 14)) in text for s, _ in got)
+    assert all(f"· patch {s}: " in text for s, _ in got)
     # a token propagated in block 1 says so at block 3
     earlier = visible_tokens(walk, 2, "earlier")
     row = next(c for c in earlier.customdata if c[0] == sender)
@@ -160,7 +160,7 @@ def test_graph_hover_lists_neighbours_with_cosine(run):
     spatial = [d for s, d in zip(rec.spatial_edges.src.tolist(), rec.spatial_edges.dst.tolist()) if s == pid]
     assert f"spatial neighbours ({len(spatial)})" in text and f"semantic neighbours ({len(semantic)})" in text
     for j in semantic + spatial:
-        assert f"{patch_name(j, (14, 14))}: {sim[pid, j].item():.3f}" in text
+        assert f"· patch {j}: {sim[pid, j].item():.3f}" in text
     with pytest.raises(ValueError, match="graph kind"):
         plots.graph_figure(photo, rec, kind="nonsense")
 
