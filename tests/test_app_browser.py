@@ -125,7 +125,8 @@ def set_slider(page, elem_id: str, value: int) -> None:
     box.press("Enter")
 
 
-def test_walkthrough(page):
+def _upload_and_prediction(page) -> None:
+    """Upload a photo, see the top-5 beside the trade-off chart; a published point hovers its source."""
     # The page loads with the default model's weights banner and a first example explored.
     page.wait_for_function(  # chelsea.png, 451 x 300, is explored on page load
         "() => document.querySelector('#gtp-status') && "
@@ -155,6 +156,9 @@ def test_walkthrough(page):
     assert "published: Xu et al." in text and f"{point[0]:.2f} GMACs" in text and f"top-1 {point[1]:.2f}" in text
     shot(page, "1_prediction_tradeoff_hover")
 
+
+def _layer_walk(page) -> None:
+    """Hover a token and read its score; scrub and play with no request to the server."""
     # Layer walk: hover a token and read its score; scrub and play with no request to the server.
     open_tab(page, "Layer walk")
     wait_for_plot(page, "gtp-walk")
@@ -204,6 +208,9 @@ def test_walkthrough(page):
     shot(page, "4_layer_walk_played")
     assert requests == [], f"playing asked the server: {requests}"
 
+
+def _graphs_and_attention(page) -> None:
+    """Graph and attention views hover what they show; their controls redraw them."""
     # Graphs: hover a token for its neighbours; switch the graph.
     open_tab(page, "Graphs")
     wait_for_plot(page, "gtp-graph")
@@ -228,6 +235,9 @@ def test_walkthrough(page):
     assert "query:" in text and "key:" in text and "after sparsification" in text
     shot(page, "6_attention_hover")
 
+
+def _compare(page) -> None:
+    """GTP, ToMe and pruning run once; each patch hovers when and how its token left."""
     # Compare: GTP, ToMe and pruning run once; each patch hovers when and how its token left.
     open_tab(page, "Compare")
     wait_for_plot(page, "gtp-compare-plot", timeout=MODEL_TIMEOUT_MS)
@@ -236,6 +246,7 @@ def test_walkthrough(page):
         timeout=MODEL_TIMEOUT_MS)
     text = page.locator("#gtp-compare-md").inner_text()
     assert "ToMe" in text and "Pruning" in text and "GTP" in text
+    gw = explored((600, 400)).trace.grid_size[1]
     tome = explored((600, 400)).comparison.method("tome")
     pid, into = tome.removed[0][0], tome.merged_into[0][0]
     text = hover(page, "#gtp-compare-plot .js-plotly-plot", pid % gw + 0.5, pid // gw + 0.5, xaxis="xaxis2",
@@ -243,6 +254,9 @@ def test_walkthrough(page):
     assert f"merged in block 1 into the token of patch {into} " in text
     shot(page, "7_compare_hover")
 
+
+def _throughput_learn_examples(page) -> None:
+    """Throughput joins the chart, the Learn tab, an example photo, the preset, DINOv2."""
     # Throughput, measured now, joins the trade-off chart.
     open_tab(page, "Prediction")
     page.get_by_text("Measure throughput, add your sweep results").click()
@@ -292,6 +306,14 @@ def test_walkthrough(page):
             timeout=MODEL_TIMEOUT_MS)
         wait_for_plot(page, "gtp-compare-plot")
         shot(page, "11_dinov2_compare")
+
+
+def test_walkthrough(page):
+    _upload_and_prediction(page)
+    _layer_walk(page)
+    _graphs_and_attention(page)
+    _compare(page)
+    _throughput_learn_examples(page)
     assert not page.errors, page.errors
 
 
