@@ -28,7 +28,7 @@ from .examples import example_paths, load_sweep, published_results
 from .metrics import device_name
 from .models import DEFAULT_MODEL, DEVICE, get_model, weights_banner
 from .photos import open_photo
-from .results import COMPARED, Costs, Exploration
+from .results import Costs, Exploration
 from .settings import Settings, hyper_parameters
 
 

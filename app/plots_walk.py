@@ -9,14 +9,12 @@ which block's traces are visible and moves the marks, so scrubbing and playing
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import plotly.graph_objects as go
 
 import gtp
 
-from .plots_base import (PhotoLike, centres, edges_of, numpy, patch_name, photo_axes,
+from .plots_base import (PhotoLike, centres, edges_of, numpy, photo_axes,
                          propagated_block, score_formula, segments, theme)
 
 # Per-token status at a block -> (marker symbol, colour, size, opacity)
