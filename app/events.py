@@ -12,15 +12,15 @@ from typing import Any, Iterator
 import gradio as gr
 
 from . import api, handlers as H
+from . import plots as P
 from .handlers import RUN_OUTPUT_NAMES, View, user_errors
-from .results import COMPARED
 from .settings import Settings, make_settings
 
 RUN_QUEUE = dict(concurrency_id="gtp_models", concurrency_limit=1, trigger_mode="always_last")
 VIEW_QUEUE = dict(concurrency_id="gtp_views", concurrency_limit=4, trigger_mode="always_last",
                   show_progress="hidden", api_visibility="undocumented")
 HIDDEN = dict(api_visibility="undocumented")
-VIEW_NAMES = ["block", "graph_kind", "token", "attn_block", "head"]
+VIEW_NAMES = ["graph_kind", "token", "attn_block", "head"]  # the layer walk starts at block 1
 
 
 def settings_from_ui(model: str, weights: Any, schedule: str, hp: dict[str, Any]) -> Settings:
@@ -30,7 +30,7 @@ def settings_from_ui(model: str, weights: Any, schedule: str, hp: dict[str, Any]
 
 def _run_inputs(ui: dict) -> list:
     return ([ui["photo"], ui["model"], ui["weights"], ui["schedule"], *ui["hp"].values()]
-            + [ui[name] for name in VIEW_NAMES] + [ui["sweep_state"]])
+            + [ui[name] for name in VIEW_NAMES] + [ui["sweep_state"], ui["throughput_state"]])
 
 
 def _run_from_ui(names: list[str]):
@@ -40,7 +40,7 @@ def _run_from_ui(names: list[str]):
     def run_event(photo: Any, model: str, weights: Any, schedule: str, *rest: Any) -> Iterator[list]:
         settings = settings_from_ui(model, weights, schedule, dict(zip(names, rest[:n])))
         view = View(**dict(zip(VIEW_NAMES, rest[n:n + len(VIEW_NAMES)])))
-        yield from H.run(photo, settings=settings, view=view, sweep=rest[-1])
+        yield from H.run(photo, settings=settings, view=view, sweep=rest[-2], measured=rest[-1])
     return run_event
 
 
@@ -68,37 +68,29 @@ def _wire_runs(demo: gr.Blocks, ui: dict) -> None:
     compare_trigger = gr.Button(visible=False)
     compare_trigger.click(user_errors(api.compare), inputs=_api_inputs(ui),
                           outputs=[gr.JSON(visible=False, label="comparison")], api_name="compare", **RUN_QUEUE)
-    ui["measure"].click(user_errors(H.throughput), inputs=[ui["state"], ui["batch_size"]],
-                        outputs=[ui["throughput_md"]], **HIDDEN, **RUN_QUEUE)
-    compare_outputs = [ui["compare_block"], *[ui[f"compare_{m}"] for m in COMPARED], ui["compare_md"]]
+    ui["measure"].click(user_errors(H.measure),
+                        inputs=[ui["state"], ui["batch_size"], ui["throughput_state"], ui["sweep_state"]],
+                        outputs=[ui["throughput_md"], ui["throughput_state"], ui["tradeoff_plot"]],
+                        **HIDDEN, **RUN_QUEUE)
     gr.on([ui["tab_compare"].select, ui["compare_button"].click], user_errors(H.compare),
-          inputs=[ui["state"], ui["compare_block"]], outputs=compare_outputs, **HIDDEN, **RUN_QUEUE)
+          inputs=[ui["state"]], outputs=[ui["compare_plot"], ui["compare_md"]], **HIDDEN, **RUN_QUEUE)
     demo.load(user_errors(H.startup), inputs=[ui["photo"]], outputs=[ui["photo"], ui["banner"]], **HIDDEN)
 
 
 def _wire_views(ui: dict) -> None:
     state = ui["state"]
-    ui["block"].change(user_errors(H.draw_layer), inputs=[state, ui["block"]],
-                       outputs=[ui["layer_img"], ui["sizes_img"], ui["tokens_img"]], **VIEW_QUEUE)
-    ui["compare_block"].change(user_errors(H.draw_compare), inputs=[state, ui["compare_block"]],
-                               outputs=[ui[f"compare_{m}"] for m in COMPARED], **VIEW_QUEUE)
+    # The layer walk's slider and Play run in the browser (app.plots.PLAY_JS): no request.
+    ui["play"].click(None, js=P.PLAY_JS, **HIDDEN)
     gr.on([ui["graph_kind"].change, ui["token"].change], user_errors(H.draw_graph),
           inputs=[state, ui["graph_kind"], ui["token"]],
-          outputs=[ui["graph_img"], ui["similarity_img"], ui["neighbours_md"]], **VIEW_QUEUE)
-    ui["graph_img"].select(H.pick_token, inputs=[state], outputs=[ui["token"]], **VIEW_QUEUE)
-    ui["similarity_img"].select(H.pick_token, inputs=[state], outputs=[ui["token"]], **VIEW_QUEUE)
+          outputs=[ui["graph_plot"], ui["similarity_plot"], ui["neighbours_md"]], **VIEW_QUEUE)
     gr.on([ui["attn_block"].change, ui["head"].change], user_errors(H.draw_attention),
           inputs=[state, ui["attn_block"], ui["head"]],
-          outputs=[ui["attn_before"], ui["attn_after"], ui["attn_md"], ui["cls_img"]], **VIEW_QUEUE)
-    ui["sweep_file"].change(user_errors(H.load_sweep_file), inputs=[ui["sweep_file"], state],
-                            outputs=[ui["sweep_state"], ui["sweep_md"], ui["tradeoff_img"]], **VIEW_QUEUE)
+          outputs=[ui["attn_plot"], ui["attn_md"], ui["cls_plot"]], **VIEW_QUEUE)
+    ui["sweep_file"].change(user_errors(H.load_sweep_file), inputs=[ui["sweep_file"], state, ui["throughput_state"]],
+                            outputs=[ui["sweep_state"], ui["sweep_md"], ui["tradeoff_plot"]], **VIEW_QUEUE)
     ui["make_downloads"].click(user_errors(H.downloads), inputs=[state],
                                outputs=[ui["gif_file"], ui["trace_file"]], **HIDDEN)
-    ui["play"].click(H.toggle_play, inputs=[ui["playing"], ui["block"], state],
-                     outputs=[ui["timer"], ui["play"], ui["playing"], ui["block"]], show_progress="hidden", **HIDDEN)
-    ui["timer"].tick(H.advance, inputs=[ui["block"], state],
-                     outputs=[ui["block"], ui["timer"], ui["play"], ui["playing"]],
-                     show_progress="hidden", trigger_mode="always_last", **HIDDEN)
 
 
 def wire(demo: gr.Blocks, ui: dict) -> None:

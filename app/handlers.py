@@ -21,14 +21,13 @@ import gradio as gr
 
 from . import charts as C
 from . import costs as K
-from . import draw as D
 from . import figures as F
 from . import files, inference, limits, text
 from .caches import BoundedCache
 from .examples import example_paths, load_sweep, published_results
 from .models import DEFAULT_MODEL, DEVICE, get_model, weights_banner
 from .photos import open_photo
-from .results import COMPARED, Costs, Exploration
+from .results import Costs, Exploration
 from .settings import Settings, hyper_parameters
 
 
@@ -85,77 +84,70 @@ class View:
 
 
 # ----------------------------------------------------------------------------- view events
+# Each returns `gr.Plot` values (app.figures, cached per run and view) and text; none runs a
+# model. The layer walk has no view event: its slider and Play run in the browser.
 
 
-def draw_layer(exp: Optional[Exploration], block: Any):
-    """Layer walk panels for block `block` (1-based)."""
+def draw_layer(exp: Optional[Exploration], block: Any = 1):
+    """The layer walk: every block in one figure, starting at block `block` (1-based)."""
     if exp is None:
-        return gr.skip(), gr.skip(), gr.skip()
-    b = _clamp(block, 1, exp.depth, 1) - 1
-    return (files.deliver(F.layer_frame(exp, b)), files.deliver(F.size_overlay(exp, b)),
-            files.deliver(C.tokens_chart(exp, b)))
+        return gr.skip()
+    return F.walk(exp, _clamp(block, 1, exp.depth, 1) - 1)
 
 
 def draw_graph(exp: Optional[Exploration], kind: str, token: Any):
     if exp is None:
         return gr.skip(), gr.skip(), gr.skip()
     t = _clamp(token, 0, exp.trace.num_patches - 1, exp.trace.num_patches // 2)
-    return (files.deliver(F.graph_figure(exp, kind, t)), files.deliver(F.similarity_figure(exp, t)),
-            text.neighbours_markdown(exp, kind, t))
+    return F.graph(exp, kind), F.similarity(exp, t), text.neighbours_markdown(exp, kind, t)
 
 
 def draw_attention(exp: Optional[Exploration], block: Any, head: Any):
     if exp is None:
-        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return gr.skip(), gr.skip(), gr.skip()
     b = _clamp(block, 1, exp.depth, 1) - 1
     h = _clamp(head, 0, exp.num_heads - 1, 0)
-    before, after, stats = F.attention_figures(exp, b, h)
-    return (files.deliver(before), files.deliver(after), text.attention_markdown(stats),
-            files.deliver(F.cls_attention_figure(exp, b, h)))
+    return F.attention(exp, b, h), text.attention_markdown(F.attention_stats(exp, b, h)), F.cls_attention(exp, b, h)
 
 
 _TRADEOFF: BoundedCache = BoundedCache("trade-off charts", limits.TRADEOFF_CACHE_ENTRIES)
 
 
-def draw_tradeoff(exp: Optional[Exploration], sweep: Optional[list], costs: Optional[Costs] = None) -> str:
-    """The published trade-off with what was measured now (cached: it rarely changes)."""
+def measured_throughput(exp: Optional[Exploration], measured: Optional[list]) -> list[dict]:
+    """The session's throughput measurements of this run's model and setting."""
+    if exp is None:
+        return []
+    return [m for m in measured or () if m.get("setting") == repr(exp.settings)]
+
+
+def draw_tradeoff(exp: Optional[Exploration], sweep: Optional[list], costs: Optional[Costs] = None,
+                  measured: Optional[list] = None):
+    """The published trade-off of the model's family with what was measured now (cached: it
+    rarely changes)."""
     if costs is None and exp is not None:
         costs = K.costs(exp, count=False)
-    gmacs = None if costs is None else costs.gmacs_json()
-    current = None if gmacs is None else dict(gmacs, model=exp.model_name)
-    key = hashlib.sha256(json.dumps([current, sweep or []], sort_keys=True).encode()).hexdigest()
-    chart = _TRADEOFF.get_or_make(key, lambda: C.tradeoff_chart(published_results(), current, sweep or ()))
-    return files.deliver(chart)
+    model = exp.model_name if exp is not None else DEFAULT_MODEL
+    current = None if costs is None else {"full": costs.full, "gtp": costs.gtp}
+    rates = measured_throughput(exp, measured)
+    key = hashlib.sha256(json.dumps([model, current, sweep or [], rates], sort_keys=True).encode()).hexdigest()
+    return _TRADEOFF.get_or_make(key, lambda: F.tradeoff(published_results(), model, current, sweep or (), rates))
 
 
-def draw_compare(exp: Optional[Exploration], block: Any):
-    """The compare view at block `block` (1-based), from the run's comparison (no model runs)."""
+def draw_compare(exp: Optional[Exploration]):
+    """The compare view, from the run's comparison (no model runs)."""
     if exp is None:
-        return [gr.skip()] * len(COMPARED)
-    b = _clamp(block, 1, exp.comparison.depth, exp.comparison.depth) - 1
-    return [files.deliver(F.removed_figure(exp, method, b)) for method in COMPARED]
-
-
-def pick_token(exp: Optional[Exploration], evt: gr.SelectData):
-    """A click on a photo panel picks the patch under it."""
-    if exp is None or not evt.index:
         return gr.skip()
-    x, y = float(evt.index[0]), float(evt.index[1])
-    if not (0 <= x < D.DISPLAY and 0 <= y < D.DISPLAY):  # e.g. on a colour bar
-        return gr.skip()
-    return D.token_at(exp, x, y)
+    return F.compare(exp)
 
 
 # ----------------------------------------------------------------------------- run events
 
 RUN_OUTPUT_NAMES = [
     "state", "banner", "status", "full_label", "gtp_label", "metrics",
-    "block", "layer_img", "sizes_img", "tokens_img",
-    "token", "graph_img", "similarity_img", "neighbours_md",
-    "attn_block", "head", "attn_before", "attn_after", "attn_md", "cls_img", "tradeoff_img",
-    "compare_block", "compare_gtp", "compare_tome", "compare_pruning", "compare_md",
+    "walk_plot", "token", "graph_plot", "similarity_plot", "neighbours_md",
+    "attn_block", "head", "attn_plot", "attn_md", "cls_plot", "tradeoff_plot", "compare_plot", "compare_md",
 ]
-GMACS_OUTPUT_NAMES = ["metrics", "full_label", "gtp_label", "tradeoff_img", "compare_md"]
+GMACS_OUTPUT_NAMES = ["metrics", "full_label", "gtp_label", "tradeoff_plot", "compare_md"]
 
 
 def _banner(exp: Exploration) -> gr.Markdown:
@@ -174,10 +166,10 @@ def _labels(exp: Exploration, costs: Costs) -> tuple[gr.Label, gr.Label]:
             gr.Label(value=reduced, label=f"GTP, {cost['gtp']}{tag}", visible=True))
 
 
-def _gmacs_panels(exp: Exploration, costs: Costs, sweep: Optional[list]) -> list:
+def _gmacs_panels(exp: Exploration, costs: Costs, sweep: Optional[list], measured: Optional[list]) -> list:
     """The panels that show GMACs (GMACS_OUTPUT_NAMES order)."""
     full_label, gtp_label = _labels(exp, costs)
-    return [text.metrics_markdown(exp, costs), full_label, gtp_label, draw_tradeoff(exp, sweep, costs),
+    return [text.metrics_markdown(exp, costs), full_label, gtp_label, draw_tradeoff(exp, sweep, costs, measured),
             text.compare_markdown(exp, costs)]
 
 
@@ -187,7 +179,7 @@ def _outputs(values: dict) -> list:
 
 
 def run(photo_path: Optional[str], settings: Settings, view: View = View(),
-        sweep: Optional[list] = None) -> Iterator[list]:
+        sweep: Optional[list] = None, measured: Optional[list] = None) -> Iterator[list]:
     """A new photo or new settings: run the models once and redraw every panel (RUN_OUTPUT_NAMES);
     then, if the GMACs of this setting were never counted, count them and update their panels."""
     if not photo_path:  # the photo was cleared: leave everything as it is
@@ -196,39 +188,33 @@ def run(photo_path: Optional[str], settings: Settings, view: View = View(),
     exp = inference.explore_photo(open_photo(photo_path), settings)
     v = view.within(exp)
     costs = K.costs(exp, K.ALL_METHODS, count=False)
-    depth = exp.depth
-    panels = dict(zip(GMACS_OUTPUT_NAMES, _gmacs_panels(exp, costs, sweep)))
-    panels.update(zip(["layer_img", "sizes_img", "tokens_img"], draw_layer(exp, v.block)))
-    panels.update(zip(["graph_img", "similarity_img", "neighbours_md"], draw_graph(exp, v.graph_kind, v.token)))
-    panels.update(zip(["attn_before", "attn_after", "attn_md", "cls_img"], draw_attention(exp, v.attn_block, v.head)))
-    panels.update(zip(["compare_gtp", "compare_tome", "compare_pruning"], draw_compare(exp, depth)))
+    panels = dict(zip(GMACS_OUTPUT_NAMES, _gmacs_panels(exp, costs, sweep, measured)))
+    panels["walk_plot"] = draw_layer(exp, v.block)
+    panels.update(zip(["graph_plot", "similarity_plot", "neighbours_md"], draw_graph(exp, v.graph_kind, v.token)))
+    panels.update(zip(["attn_plot", "attn_md", "cls_plot"], draw_attention(exp, v.attn_block, v.head)))
+    panels["compare_plot"] = draw_compare(exp)
     panels.update(
         state=exp, banner=_banner(exp), status=text.status_markdown(exp),
-        block=gr.Slider(maximum=depth, value=v.block),
         token=gr.Number(value=v.token, maximum=exp.trace.num_patches - 1),
-        attn_block=gr.Slider(maximum=depth, value=v.attn_block),
-        head=gr.Slider(maximum=exp.num_heads - 1, value=v.head),
-        compare_block=gr.Slider(maximum=depth, value=depth))
+        attn_block=gr.Slider(maximum=exp.depth, value=v.attn_block),
+        head=gr.Slider(maximum=exp.num_heads - 1, value=v.head))
     yield _outputs(panels)
     if costs.full is None or costs.gtp is None:
         K.costs(exp, ("full", "gtp"))  # counted once per (model, configuration), then cached
         counted = K.costs(exp, K.ALL_METHODS, count=False)
-        yield _outputs(dict(zip(GMACS_OUTPUT_NAMES, _gmacs_panels(exp, counted, sweep))))
+        yield _outputs(dict(zip(GMACS_OUTPUT_NAMES, _gmacs_panels(exp, counted, sweep, measured))))
 
 
-def compare(exp: Optional[Exploration], block: Any, sweep: Optional[list] = None) -> Iterator[list]:
+def compare(exp: Optional[Exploration]) -> Iterator[list]:
     """The Compare tab opened (or its button pressed): draw the run's comparison of GTP, ToMe
     and pruning, then count the GMACs of the three not counted before and show them."""
     if exp is None:
-        yield [gr.skip()] * (len(COMPARED) + 2)
+        yield [gr.skip(), gr.skip()]
         return
-    depth = exp.comparison.depth
-    block = _clamp(block, 1, depth, depth)
-    yield [gr.Slider(maximum=depth, value=block), *draw_compare(exp, block),
-           text.compare_markdown(exp, K.costs(exp, K.ALL_METHODS, count=False))]
+    yield [draw_compare(exp), text.compare_markdown(exp, K.costs(exp, K.ALL_METHODS, count=False))]
     before = K.costs(exp, K.ALL_METHODS, count=False)
     if any(before.of(m) is None for m in K.ALL_METHODS):
-        yield [gr.skip()] * (len(COMPARED) + 1) + [text.compare_markdown(exp, K.costs(exp, K.ALL_METHODS))]
+        yield [gr.skip(), text.compare_markdown(exp, K.costs(exp, K.ALL_METHODS))]
 
 
 def published_preset() -> list:
@@ -237,13 +223,31 @@ def published_preset() -> list:
 
 
 def throughput(exp: Optional[Exploration], batch_size: Any) -> str:
+    return text.throughput_markdown(_measure(exp, batch_size))
+
+
+MAX_MEASUREMENTS = 16   # throughput measurements a session keeps for its chart
+
+
+def measure(exp: Optional[Exploration], batch_size: Any, measured: Optional[list], sweep: Optional[list]):
+    """The Measure button: the throughput text, the session's measurements with this one
+    added (same batch size replaced), and the trade-off chart drawing them."""
+    result = _measure(exp, batch_size)
+    row = dict(result.json(), setting=repr(exp.settings))
+    kept = [m for m in measured or () if not (m.get("setting") == row["setting"]
+                                             and m.get("batch_size") == row["batch_size"])]
+    kept = (kept + [row])[-MAX_MEASUREMENTS:]
+    return text.throughput_markdown(result), kept, draw_tradeoff(exp, sweep, None, kept)
+
+
+def _measure(exp: Optional[Exploration], batch_size: Any):
     if exp is None:
         raise gr.Error("Run a photo first: throughput is measured for the current model and setting.")
     try:
         batch = int(float(batch_size))
     except (TypeError, ValueError, OverflowError):
         raise ValueError(f"batch size must be a whole number; got {batch_size!r}") from None
-    return text.throughput_markdown(inference.throughput(exp, batch))
+    return inference.throughput(exp, batch)
 
 
 def throughput_intro() -> str:
@@ -252,11 +256,12 @@ def throughput_intro() -> str:
                                  limits.THROUGHPUT_BUDGET_S[kind])
 
 
-def load_sweep_file(path: Optional[str], exp: Optional[Exploration]):
+def load_sweep_file(path: Optional[str], exp: Optional[Exploration], measured: Optional[list] = None):
     if not path:
-        return None, "No sweep loaded.", draw_tradeoff(exp, None)
+        return None, "No sweep loaded.", draw_tradeoff(exp, None, measured=measured)
     records, message = load_sweep(path)
-    return records, message + " Shown as “your measurements”.", draw_tradeoff(exp, records)
+    return records, message + " Shown as “your sweep” in the trade-off chart.", draw_tradeoff(exp, records,
+                                                                                              measured=measured)
 
 
 def downloads(exp: Optional[Exploration]) -> tuple[str, str]:
@@ -283,23 +288,3 @@ def startup(photo_path: Optional[str]):
                          elem_classes=["gtp-banner-ok" if loaded.pretrained else "gtp-banner-random"])
     examples = example_paths()
     return (examples[0] if examples and not photo_path else gr.skip()), banner
-
-
-def toggle_play(playing: bool, block: Any, exp: Optional[Exploration]):
-    """Play / pause the layer walk; playing from the last block starts again at block 1."""
-    if exp is None:
-        return gr.skip(), gr.skip(), False, gr.skip()
-    playing = not playing
-    restart = playing and _clamp(block, 1, exp.depth, 1) >= exp.depth
-    return (gr.Timer(active=playing), gr.Button("⏸ Pause" if playing else "▶ Play"), playing,
-            1 if restart else gr.skip())
-
-
-def advance(block: Any, exp: Optional[Exploration]):
-    """One tick of the animation: the next block, stopping after the last."""
-    if exp is None:
-        return gr.skip(), gr.Timer(active=False), gr.Button("▶ Play"), False
-    nxt = _clamp(block, 1, exp.depth, 1) + 1
-    if nxt >= exp.depth:
-        return exp.depth, gr.Timer(active=False), gr.Button("▶ Play"), False
-    return nxt, gr.skip(), gr.skip(), gr.skip()

@@ -112,11 +112,13 @@ def _compare(slot: ModelSlot, x: torch.Tensor, settings: Settings, budget: list[
                 tome.patch(model, r=budget, trace_source=True)
                 feats, logits = features_and_logits(model, x)
                 removed = [tuple(ids[0].tolist()) for ids in tome.merged_ids_of(model)]
+                merged_into = tuple(tuple(ids[0].tolist()) for ids in tome.merged_into_of(model))
                 left, tokens = tome.sources_of(model).shape[-1], []  # tokens entering block 1
                 for ids in removed:
                     left -= len(ids)
                     tokens.append(left)
             else:
+                merged_into = None
                 with gtp.trace(model) as rec:
                     feats, logits = features_and_logits(model, x)
                 removed = [tuple(layer.propagated[0].tolist()) for layer in rec.layers]
@@ -127,7 +129,8 @@ def _compare(slot: ModelSlot, x: torch.Tensor, settings: Settings, budget: list[
                 cosine=round(float(cosine(full_feats, feats)[0]), 6),
                 top5=_top5(logits, loaded.class_names) if has_head else None,
                 agree=bool(top1_agreement(full_logits, logits)[0]) if has_head else None,
-                kl=round(float(kl_divergence(full_logits, logits)[0]), 6) if has_head else None))
+                kl=round(float(kl_divergence(full_logits, logits)[0]), 6) if has_head else None,
+                merged_into=merged_into))
     baselines.reset(slot.model)
     return Comparison(budget=tuple(budget), methods=tuple(results),
                       full_top5=_top5(full_logits, loaded.class_names),

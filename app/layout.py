@@ -19,19 +19,20 @@ from gtp.models import SUPPORTED_MODELS
 
 from . import figures as F
 from . import limits, text
+from . import plots as P
 from .examples import example_paths
 from .handlers import throughput_intro
 from .models import DEVICE
-from .results import COMPARED, METHOD_LABELS
 from .settings import DEFAULT_MODEL, HyperParameter, hyper_parameters
 
 TITLE = "GTP Explorer: Graph-based Token Propagation on pretrained ViTs"
 PAPER = "https://arxiv.org/abs/2311.03035"
 LEARN_TEXT = (Path(__file__).with_name("learn.md")).read_text(encoding="utf-8")
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
+# Translucent banners: readable on Gradio's light and dark themes alike.
 CSS = """
-.gtp-banner-random {background: #fff3cd; border: 1px solid #e0b000; border-radius: 6px; padding: 6px 10px;}
-.gtp-banner-ok {background: #e8f5e9; border: 1px solid #66bb6a; border-radius: 6px; padding: 6px 10px;}
+.gtp-banner-random {background: rgba(224,176,0,0.14); border: 1px solid #e0b000; border-radius: 6px; padding: 6px 10px;}
+.gtp-banner-ok {background: rgba(102,187,106,0.14); border: 1px solid #66bb6a; border-radius: 6px; padding: 6px 10px;}
 """
 
 
@@ -100,10 +101,9 @@ def settings_controls(config_cls: type = gtp.GTPConfig) -> dict[str, gr.componen
     return {p.name: control(p) for p in hyper_parameters(config_cls)}
 
 
-def _figure_image(label: str, elem_id: str, height: Optional[int] = 460) -> gr.Image:
-    """An output image for a figure (handlers return JPEG paths from `files.deliver`)."""
-    return gr.Image(label=label, type="filepath", interactive=False, elem_id=elem_id,
-                    height=height, buttons=["download", "fullscreen"])
+def _plot(label: str, elem_id: str) -> gr.Plot:
+    """An interactive plotly view (handlers return `app.figures` values)."""
+    return gr.Plot(label=label, elem_id=elem_id)
 
 
 # ----------------------------------------------------------------------------- the left column
@@ -135,33 +135,43 @@ def _inputs_column(ui: dict) -> None:
 
 
 def _prediction_tab(ui: dict) -> None:
-    with gr.Row():
-        ui["full_label"] = gr.Label(num_top_classes=5, label="Full model", elem_id="gtp-full")
-        ui["gtp_label"] = gr.Label(num_top_classes=5, label="GTP", elem_id="gtp-gtp")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=260):
+            ui["full_label"] = gr.Label(num_top_classes=5, label="Full model", elem_id="gtp-full")
+            ui["gtp_label"] = gr.Label(num_top_classes=5, label="GTP", elem_id="gtp-gtp")
+        with gr.Column(scale=3, min_width=360):
+            ui["tradeoff_plot"] = _plot("Top-1 vs GMACs", "gtp-tradeoff")
     ui["metrics"] = gr.Markdown("", elem_id="gtp-metrics")
+    with gr.Accordion("Measure throughput, add your sweep results", open=False):
+        kind = DEVICE.type
+        with gr.Row():
+            top = limits.THROUGHPUT_MAX_BATCH[kind]
+            ui["batch_size"] = checked_number(gr.Number(
+                value=limits.THROUGHPUT_DEFAULT_BATCH[kind], precision=0, minimum=1, maximum=top,
+                label=f"Batch size (1 to {top} here)", scale=1), "batch size")
+            ui["measure"] = gr.Button("Measure throughput", scale=1, elem_id="gtp-measure")
+        ui["throughput_md"] = gr.Markdown(throughput_intro())
+        ui["sweep_file"] = gr.File(label="Your sweep results (JSON or CSV from `python -m gtp sweep`)",
+                                   file_types=[".json", ".csv"], type="filepath")
+        ui["sweep_md"] = gr.Markdown("")
 
 
 def _layers_tab(ui: dict) -> None:
-    with gr.Row():
-        ui["block"] = gr.Slider(1, 12, value=1, step=1, label="Block", elem_id="gtp-block", scale=4)
-        ui["play"] = gr.Button("▶ Play", scale=1, elem_id="gtp-play")
-    with gr.Row():
-        ui["layer_img"] = _figure_image("Tokens propagated in this block", "gtp-layer")
-        ui["sizes_img"] = _figure_image("Token sizes", "gtp-sizes")
-    ui["tokens_img"] = _figure_image("Tokens remaining per block", "gtp-tokens", height=None)
-    gr.Markdown("Red: propagated in this block. Dark: propagated earlier. Yellow lines: from each "
-                "propagated token to the tokens receiving its features, thicker for a larger weight α·W.")
+    ui["walk_plot"] = _plot("Layer walk: every block (slider and Play run in your browser)", P.WALK_ELEM_ID)
+    ui["play"] = gr.Button("▶ Play / pause", elem_id="gtp-play")
+    gr.Markdown("Hover a token: its status in this block, its selection score and rank, its size and the "
+                "tokens it sent its features to (or received from), with the weights α·W.")
 
 
 def _graphs_tab(ui: dict) -> None:
     with gr.Row():
         ui["graph_kind"] = gr.Radio(list(F.GRAPH_KINDS), value="spatial + semantic", label="Show",
                                     elem_id="gtp-graph-kind")
-        ui["token"] = gr.Number(value=98, precision=0, minimum=0, label="Token (or click the graph)",
+        ui["token"] = gr.Number(value=98, precision=0, minimum=0, label="Token of the similarity map",
                                 elem_id="gtp-token")
     with gr.Row():
-        ui["graph_img"] = _figure_image("Token graph (click a patch)", "gtp-graph")
-        ui["similarity_img"] = _figure_image("Semantic similarity", "gtp-similarity")
+        ui["graph_plot"] = _plot("Token graph (hover a token)", "gtp-graph")
+        ui["similarity_plot"] = _plot("Semantic similarity", "gtp-similarity")
     ui["neighbours_md"] = gr.Markdown("")
 
 
@@ -169,41 +179,18 @@ def _attention_tab(ui: dict) -> None:
     with gr.Row():
         ui["attn_block"] = gr.Slider(1, 12, value=1, step=1, label="Block", elem_id="gtp-attn-block")
         ui["head"] = gr.Slider(0, 5, value=0, step=1, label="Head", elem_id="gtp-head")
-    with gr.Row():
-        ui["attn_before"] = _figure_image("Before sparsification", "gtp-attn-before")
-        ui["attn_after"] = _figure_image("After sparsification", "gtp-attn-after")
+    ui["attn_plot"] = _plot("Attention before and after sparsification", "gtp-attn")
     ui["attn_md"] = gr.Markdown("")
-    ui["cls_img"] = _figure_image("CLS attention over the photo", "gtp-cls")
+    ui["cls_plot"] = _plot("CLS attention over the photo", "gtp-cls")
 
 
 def _compare_tab(ui: dict) -> None:
     gr.Markdown("GTP, ToMe and pruning on the same photo with the same number of tokens removed "
-                "per block (P). Each patch is shaded by the block in which its token left: "
-                "propagated (GTP), merged into a partner (ToMe) or dropped (pruning).")
-    with gr.Row():
-        ui["compare_block"] = gr.Slider(1, 12, value=12, step=1, label="Up to block",
-                                        elem_id="gtp-compare-block", scale=4)
-        ui["compare_button"] = gr.Button("Compare", scale=1, elem_id="gtp-compare")
-    with gr.Row():
-        for m in COMPARED:
-            ui[f"compare_{m}"] = _figure_image(f"{METHOD_LABELS[m]}: tokens removed", f"gtp-compare-{m}",
-                                               height=None)
+                "per block (P). Each patch is shaded by the block in which its token left; hover it for "
+                "how: propagated to (GTP), merged into (ToMe) or dropped (pruning).")
+    ui["compare_button"] = gr.Button("Compare", elem_id="gtp-compare")
+    ui["compare_plot"] = _plot("Where each token left, and how", "gtp-compare-plot")
     ui["compare_md"] = gr.Markdown("Run a photo: the three methods run with it.", elem_id="gtp-compare-md")
-
-
-def _tradeoff_tab(ui: dict) -> None:
-    kind = DEVICE.type
-    ui["tradeoff_img"] = _figure_image("Top-1 vs GMACs", "gtp-tradeoff", height=None)
-    with gr.Row():
-        top = limits.THROUGHPUT_MAX_BATCH[kind]
-        ui["batch_size"] = checked_number(gr.Number(
-            value=limits.THROUGHPUT_DEFAULT_BATCH[kind], precision=0, minimum=1, maximum=top,
-            label=f"Batch size (1 to {top} here)", scale=1), "batch size")
-        ui["measure"] = gr.Button("Measure throughput", scale=1, elem_id="gtp-measure")
-    ui["throughput_md"] = gr.Markdown(throughput_intro())
-    ui["sweep_file"] = gr.File(label="Your sweep results (JSON or CSV from `python -m gtp sweep`)",
-                               file_types=[".json", ".csv"], type="filepath")
-    ui["sweep_md"] = gr.Markdown("")
 
 
 def _learn_tab(ui: dict) -> None:
@@ -217,8 +204,7 @@ def _learn_tab(ui: dict) -> None:
 
 TABS = [("Prediction", "prediction", _prediction_tab), ("Layer walk", "layers", _layers_tab),
         ("Graphs", "graphs", _graphs_tab), ("Attention", "attention", _attention_tab),
-        ("Compare", "compare", _compare_tab), ("Trade-off", "tradeoff", _tradeoff_tab),
-        ("Learn", "learn", _learn_tab)]
+        ("Compare", "compare", _compare_tab), ("Learn", "learn", _learn_tab)]
 
 
 def build_demo() -> gr.Blocks:
@@ -229,7 +215,7 @@ def build_demo() -> gr.Blocks:
         # Session state expires (API clients never close their session): `limits.SESSION_TTL_S`.
         ui["state"] = gr.State(None, time_to_live=limits.SESSION_TTL_S)
         ui["sweep_state"] = gr.State(None, time_to_live=limits.SESSION_TTL_S)
-        ui["playing"] = gr.State(False, time_to_live=limits.SESSION_TTL_S)
+        ui["throughput_state"] = gr.State(None, time_to_live=limits.SESSION_TTL_S)
         gr.Markdown(f"# {TITLE}\nAn interactive look at [GTP-ViT (Xu et al., WACV 2024)]({PAPER}): "
                     "watch a ViT drop tokens block by block and push them along a token graph, with no retraining.")
         ui["banner"] = gr.Markdown("Loading the default model…", elem_id="gtp-banner")
@@ -243,7 +229,6 @@ def build_demo() -> gr.Blocks:
                         with gr.Tab(title, id=tab_id, **extra) as tab:
                             build(ui)
                         ui[f"tab_{tab_id}"] = tab
-        ui["timer"] = gr.Timer(0.8, active=False)
         wire(demo, ui)
     return demo
 

@@ -163,7 +163,7 @@ def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None,
     axis = dict(gridcolor="rgba(138,143,152,0.25)", zeroline=False)
     fig.update_layout(
         xaxis=dict(domain=split, title_text="GMACs per image", **axis), yaxis=dict(title_text="ImageNet top-1 (%)", **axis),
-        legend=dict(orientation="h", y=-0.2, yanchor="top", x=0, font_size=10), margin=dict(t=50, b=10),
+        legend=dict(orientation="h", y=-0.28, yanchor="top", x=0, font_size=10), margin=dict(t=64, b=10),
         meta={"family": name, "has_family_curves": has_curves})
     xs = [float(v) for t in fig.data if t.xaxis in (None, "x") for v in (t.x or ()) if v is not None]
     xs += [float(sh.x0) for sh in fig.layout.shapes if sh.x0 is not None]
@@ -176,6 +176,8 @@ def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None,
         fig.update_layout(xaxis2=dict(domain=[0.76, 1], type="log", title_text="batch size", **axis),
                           yaxis3=dict(anchor="x2", title_text="images / s (measured)", rangemode="tozero", **axis))
     title = f"{escape(name)}: published ({escape(published.get('citation', ''))}) and measured"
-    fig.add_annotation(text=title + (f"<br><i>{escape(note)}</i>" if note else ""), xref="paper", yref="paper",
+    note = escape(note).replace(": the paper", ":<br>the paper")  # two short lines in a narrow panel
+    fig.add_annotation(text=title.replace(" and measured", "<br>and measured") + (f"<br><i>{note}</i>" if note else ""),
+                       xref="paper", yref="paper",
                        x=0, y=1.02, xanchor="left", yanchor="bottom", showarrow=False, font_size=11, align="left")
     return fig

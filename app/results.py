@@ -48,6 +48,9 @@ class MethodResult:
     top5: Optional[tuple[TopClass, ...]]     # classifier models only
     agree: Optional[bool]                    # top-1 equal to the full model's
     kl: Optional[float]                      # KL(p_full || p_method) of the softmax, in nats
+    # ToMe only: per block, the patch id naming the token each removed id merged into (in
+    # `removed`'s order; `gtp.tome.merged_into_of`); None for the other methods
+    merged_into: Optional[tuple[tuple[int, ...], ...]] = None
 
     @property
     def label(self) -> str:

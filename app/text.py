@@ -96,7 +96,8 @@ def neighbours_markdown(exp: Exploration, kind: str, token: int) -> str:
     if near["semantic"]:
         parts.append(f"Its M = {len(near['semantic'])} most similar tokens (semantic edges): "
                      f"{', '.join(map(str, near['semantic']))}.")
-    parts.append("Click a patch on the graph to pick another token.")
+    parts.append("Hover any token of the graph for its neighbours and their cosine similarity; "
+                 "type a token number to centre the similarity map on it.")
     return " ".join(parts)
 
 

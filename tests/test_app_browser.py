@@ -1,14 +1,17 @@
 """The app in a real browser: headless Debian Chromium driven by Python Playwright.
 
-Uploads a photo, waits for the models, moves the layer slider, plays the layer walk, switches
-views and tabs, clicks a patch, opens the GTP / ToMe / pruning comparison, and checks every
-panel shows a non-empty picture. Screenshots go
-to artifacts/ (gitignored) for a person to look at. Skips where /usr/bin/chromium is absent;
+Every view is an interactive plotly figure. Uploads a photo, hovers a published point of the
+trade-off chart beside the prediction, hovers a token of the layer walk and reads its score
+(checked against the server's own trace), scrubs the block slider and plays it while checking
+that no request reached the server, hovers the graph, attention and compare views, measures
+throughput into the chart, and looks at the dark theme. Screenshots go to artifacts/
+(gitignored) for a person to look at. Skips where /usr/bin/chromium is absent;
 never downloads a browser.
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -48,31 +51,64 @@ def page(url):
         browser.close()
 
 
-def image_src(page, elem_id: str) -> str:
-    """The src of the picture shown in an output gr.Image ('' when empty)."""
-    img = page.locator(f"#{elem_id} img")
-    return img.first.get_attribute("src") if img.count() else ""
+WALK = "#gtp-walk .js-plotly-plot"
+TRADEOFF = "#gtp-tradeoff .js-plotly-plot"
 
 
-def wait_for_image(page, elem_id: str, other_than: str = "", timeout: int = VIEW_TIMEOUT_MS) -> str:
-    """Wait until the panel shows a loaded, non-empty picture (different from `other_than`)."""
+def wait_for_plot(page, elem_id: str, timeout: int = VIEW_TIMEOUT_MS) -> None:
+    """Wait until the panel shows a plotly figure with at least one drawn trace."""
     page.wait_for_function(
-        """([id, old]) => {
-            const img = document.querySelector(`#${id} img`);
-            return img && img.src && img.src !== old && img.complete && img.naturalWidth > 50;
-        }""", arg=[elem_id, other_than], timeout=timeout)
-    return image_src(page, elem_id)
+        """(id) => { const gd = document.querySelector(`#${id} .js-plotly-plot`);
+                     return gd && gd.data && gd.data.length > 0 && gd._fullLayout; }""", arg=elem_id, timeout=timeout)
 
 
-def click_picture(page, elem_id: str, fx: float, fy: float) -> None:
-    """Click at a fraction (fx, fy) of the picture itself, not of its letterboxed <img> box."""
-    img = page.locator(f"#{elem_id} img").first
-    box = img.bounding_box()
-    natural_w, natural_h = img.evaluate("i => [i.naturalWidth, i.naturalHeight]")
-    scale = min(box["width"] / natural_w, box["height"] / natural_h, 1.0)  # object-fit: scale-down
-    w, h = natural_w * scale, natural_h * scale
-    x0, y0 = box["x"] + (box["width"] - w) / 2, box["y"] + (box["height"] - h) / 2
-    page.mouse.click(x0 + w * fx, y0 + h * fy)
+def plot_eval(page, elem_id: str, body: str, arg=None):
+    """Evaluate `body` (JS using gd, the panel's plotly div, and arg) in the page."""
+    return page.evaluate(f"([id, arg]) => {{ const gd = document.querySelector(`#${{id}} .js-plotly-plot`); {body} }}",
+                         [elem_id, arg])
+
+
+def point_on_page(page, plot: str, x: float, y: float, xaxis: str = "xaxis", yaxis: str = "yaxis") -> tuple[float, float]:
+    """Page coordinates of data point (x, y) on the plot's axes (through plotly's own axes)."""
+    return page.evaluate(
+        """([sel, x, y, xname, yname]) => {
+            const gd = document.querySelector(sel);
+            const xa = gd._fullLayout[xname], ya = gd._fullLayout[yname];
+            const box = gd.getBoundingClientRect();
+            return [box.left + xa._offset + xa.l2p(x), box.top + ya._offset + ya.l2p(y)];
+        }""", [plot, x, y, xaxis, yaxis])
+
+
+def hover_text(page, plot: str) -> str:
+    page.wait_for_selector(f"{plot} .hoverlayer .hovertext", timeout=VIEW_TIMEOUT_MS)
+    return page.locator(f"{plot} .hoverlayer .hovertext").first.text_content()
+
+
+def hover(page, plot: str, x: float, y: float, **axes) -> str:
+    page.mouse.move(0, 0)  # off any point first: a new hover label
+    page.mouse.move(*point_on_page(page, plot, x, y, **axes))
+    return hover_text(page, plot)
+
+
+def active_step(page) -> int:
+    return page.evaluate(f"() => document.querySelector('{WALK}').layout.sliders[0].active || 0")
+
+
+def visible_block(page, with_step: bool = False):
+    """The block whose token traces are visible now (from the traces' meta); with_step: and
+    the slider's step, read in the same instant (while playing they move on their own)."""
+    return page.evaluate(f"""() => {{
+        const gd = document.querySelector('{WALK}');
+        const shown = gd.data.filter(t => t.meta && t.meta.role === 'candidates' && t.visible !== false);
+        const block = shown.length === 1 ? shown[0].meta.block : -1;
+        return {'[block, gd.layout.sliders[0].active || 0]' if with_step else 'block'};
+    }}""")
+
+
+def explored(size: tuple[int, int]):
+    """The app's run of the photo of this size (from the server's run cache: this process)."""
+    from app.inference import RUNS
+    return next(e for e in RUNS.values() if tuple(e.photo_size) == size)
 
 
 def shot(page, name: str) -> None:
@@ -89,7 +125,8 @@ def set_slider(page, elem_id: str, value: int) -> None:
     box.press("Enter")
 
 
-def test_walkthrough(page):
+def _upload_and_prediction(page) -> None:
+    """Upload a photo, see the top-5 beside the trade-off chart; a published point hovers its source."""
     # The page loads with the default model's weights banner and a first example explored.
     page.wait_for_function(  # chelsea.png, 451 x 300, is explored on page load
         "() => document.querySelector('#gtp-status') && "
@@ -99,70 +136,136 @@ def test_walkthrough(page):
     page.wait_for_function(  # coffee.png is 600 x 400
         "() => document.querySelector('#gtp-status') && "
         "document.querySelector('#gtp-status').innerText.includes('600 × 400')", timeout=MODEL_TIMEOUT_MS)
-    page.wait_for_function(
-        "() => document.querySelector('#gtp-metrics') && document.querySelector('#gtp-metrics').innerText.includes('GMACs')",
-        timeout=MODEL_TIMEOUT_MS)
+    page.wait_for_function(  # the GMACs follow the panels (counted once per setting)
+        "() => document.querySelector('#gtp-metrics') && document.querySelector('#gtp-metrics').innerText.includes('GMACs')"
+        " && !document.querySelector('#gtp-metrics').innerText.includes('counting')", timeout=MODEL_TIMEOUT_MS)
     banner = page.locator("#gtp-banner").inner_text()
     assert "randomly initialised" in banner or "Weights:" in banner
     assert page.locator("#gtp-full").inner_text().strip()
-    shot(page, "1_prediction")
 
-    # Layer walk: a picture per panel; the slider changes the picture without rerunning.
+    # Prediction: the top-5 beside the trade-off chart; a published point hovers its source.
+    wait_for_plot(page, "gtp-tradeoff")
+    full = page.locator("#gtp-full").bounding_box()
+    chart = page.locator(TRADEOFF).bounding_box()
+    assert chart["x"] > full["x"] + full["width"] - 5 and chart["y"] < full["y"] + full["height"]  # beside
+    point = plot_eval(page, "gtp-tradeoff", """
+        const t = gd.data.find(t => t.meta && t.meta.role === 'published' && t.meta.model === 'deit_small_patch16_224');
+        return t ? [t.x[0], t.y[0]] : null;""")
+    assert point is not None, "the DeiT-S published point is drawn for DeiT-S"
+    text = hover(page, TRADEOFF, *point)
+    assert "published: Xu et al." in text and f"{point[0]:.2f} GMACs" in text and f"top-1 {point[1]:.2f}" in text
+    shot(page, "1_prediction_tradeoff_hover")
+
+
+def _layer_walk(page) -> None:
+    """Hover a token and read its score; scrub and play with no request to the server."""
+    # Layer walk: hover a token and read its score; scrub and play with no request to the server.
     open_tab(page, "Layer walk")
-    first = wait_for_image(page, "gtp-layer")
-    wait_for_image(page, "gtp-sizes")
-    wait_for_image(page, "gtp-tokens")
-    set_slider(page, "gtp-block", 6)
-    sixth = wait_for_image(page, "gtp-layer", other_than=first)
-    assert sixth != first
-    shot(page, "2_layer_walk_block6")
-    page.locator("#gtp-play").click()  # play advances the block by itself
-    wait_for_image(page, "gtp-layer", other_than=sixth, timeout=VIEW_TIMEOUT_MS)
+    wait_for_plot(page, "gtp-walk")
+    page.wait_for_selector(f"{WALK} .slider-container", timeout=VIEW_TIMEOUT_MS)
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    rec = explored((600, 400)).trace
+    layer, gw = rec.layers[0], rec.grid_size[1]
+    pid = layer.propagated[0, 0].item()
+    score = layer.score[0, layer.candidates[0].tolist().index(pid)].item()
+    text = hover(page, WALK, pid % gw + 0.5, pid // gw + 0.5)
+    assert f"patch {pid} (row {pid // gw}, col {pid % gw})" in text and "block 1: propagated in this block" in text
+    shown = float(re.search(r"selection score ([-0-9.e+]+)", text).group(1))
+    assert shown == pytest.approx(score, rel=1e-3)
+    shot(page, "2_layer_walk_hover_token")
+    rail = page.locator(f"{WALK} .slider-rail-rect").first.bounding_box()
+    y = rail["y"] + rail["height"] / 2
+    page.mouse.move(rail["x"] + 2, y)
+    page.mouse.down()
+    for frac in (0.2, 0.45, 0.7, 0.99):
+        page.mouse.move(rail["x"] + rail["width"] * frac, y, steps=5)
+    page.mouse.up()
+    page.wait_for_function(f"() => document.querySelector('{WALK}').layout.sliders[0].active === 11",
+                           timeout=VIEW_TIMEOUT_MS)
+    page.wait_for_function(f"""() => {{ const gd = document.querySelector('{WALK}');   // plotly applies a step just after moving the slider
+        const shown = gd.data.filter(t => t.meta && t.meta.role === 'candidates' && t.visible !== false);
+        return shown.length === 1 && shown[0].meta.block === 11; }}""", timeout=VIEW_TIMEOUT_MS)
+    page.mouse.click(rail["x"] + rail["width"] * 0.27, y)   # step 4 of 12 is at 3/11 of the rail
+    page.wait_for_function(f"() => document.querySelector('{WALK}').layout.sliders[0].active === 3",
+                           timeout=VIEW_TIMEOUT_MS)
+    page.wait_for_function(f"""() => {{ const gd = document.querySelector('{WALK}');   // plotly applies a step just after moving the slider
+        const shown = gd.data.filter(t => t.meta && t.meta.role === 'candidates' && t.visible !== false);
+        return shown.length === 1 && shown[0].meta.block === 3; }}""", timeout=VIEW_TIMEOUT_MS)
+    shot(page, "3_layer_walk_scrubbed_block4")
+    assert requests == [], f"scrubbing asked the server: {requests}"
+    start = active_step(page)
+    page.locator("#gtp-play").click()  # play: the slider advances by itself
+    page.wait_for_function(f"() => (document.querySelector('{WALK}').layout.sliders[0].active || 0) >= {start + 2}",
+                           timeout=VIEW_TIMEOUT_MS)
+    block, step = visible_block(page, with_step=True)
+    assert block == step
     page.locator("#gtp-play").click()  # pause
+    page.wait_for_timeout(800)   # the page runs the button's script after the click: one tick may land
+    paused = active_step(page)
+    page.wait_for_timeout(1500)
+    assert active_step(page) == paused
+    shot(page, "4_layer_walk_played")
+    assert requests == [], f"playing asked the server: {requests}"
 
-    # Graphs: switch the view and click a patch to pick a token.
+
+def _graphs_and_attention(page) -> None:
+    """Graph and attention views hover what they show; their controls redraw them."""
+    # Graphs: hover a token for its neighbours; switch the graph.
     open_tab(page, "Graphs")
-    graph = wait_for_image(page, "gtp-graph")
-    wait_for_image(page, "gtp-similarity")
+    wait_for_plot(page, "gtp-graph")
+    wait_for_plot(page, "gtp-similarity")
+    text = hover(page, "#gtp-graph .js-plotly-plot", 3.5, 2.5)   # patch 31 (row 2, col 3)
+    assert "patch 31 (row 2, col 3)" in text and "spatial neighbours (8)" in text and "semantic neighbours" in text
+    shot(page, "5_graphs_hover")
     page.locator("#gtp-graph-kind").get_by_text("spatial", exact=True).click()
-    spatial = wait_for_image(page, "gtp-graph", other_than=graph)
-    click_picture(page, "gtp-graph", 0.1, 0.1)  # 10% in from the top left: patch (1, 1) = token 15
-    page.wait_for_function("() => document.querySelector('#gtp-token input').value === '15'", timeout=VIEW_TIMEOUT_MS)
-    wait_for_image(page, "gtp-graph", other_than=spatial)
-    shot(page, "3_graphs")
+    page.wait_for_function(  # only the spatial edges are drawn now
+        "() => { const gd = document.querySelector('#gtp-graph .js-plotly-plot');"
+        " return gd && gd.data.every(t => !(t.name || '').startsWith('semantic')); }", timeout=VIEW_TIMEOUT_MS)
 
-    # Attention: before/after maps, the numbers, the CLS map; another head redraws.
+    # Attention: before/after maps hover query, key and value; another head redraws.
     open_tab(page, "Attention")
-    before = wait_for_image(page, "gtp-attn-before")
-    wait_for_image(page, "gtp-attn-after")
-    wait_for_image(page, "gtp-cls")
+    wait_for_plot(page, "gtp-attn")
+    wait_for_plot(page, "gtp-cls")
     set_slider(page, "gtp-head", 2)
-    wait_for_image(page, "gtp-attn-before", other_than=before)
-    assert "zeroed" in page.locator("body").inner_text()
-    shot(page, "4_attention")
+    page.wait_for_function("() => document.body.innerText.includes('Block 1, head 2')", timeout=VIEW_TIMEOUT_MS)
+    page.mouse.move(0, 0)
+    page.mouse.move(*point_on_page(page, "#gtp-attn .js-plotly-plot", 10, 20, xaxis="xaxis2", yaxis="yaxis2"))
+    text = hover_text(page, "#gtp-attn .js-plotly-plot")
+    assert "query:" in text and "key:" in text and "after sparsification" in text
+    shot(page, "6_attention_hover")
 
-    # Compare: opening the tab runs GTP, ToMe and pruning once; three pictures and the numbers.
+
+def _compare(page) -> None:
+    """GTP, ToMe and pruning run once; each patch hovers when and how its token left."""
+    # Compare: GTP, ToMe and pruning run once; each patch hovers when and how its token left.
     open_tab(page, "Compare")
-    shown = {m: wait_for_image(page, f"gtp-compare-{m}", timeout=MODEL_TIMEOUT_MS) for m in ("gtp", "tome", "pruning")}
-    page.wait_for_function(
-        "() => document.querySelector('#gtp-compare-md').innerText.includes('Same photo, same token budget')",
-        timeout=MODEL_TIMEOUT_MS)
+    wait_for_plot(page, "gtp-compare-plot", timeout=MODEL_TIMEOUT_MS)
     page.wait_for_function(  # the three methods' GMACs follow and agree
         "() => document.querySelector('#gtp-compare-md').innerText.includes('GMACs of the three differ by')",
         timeout=MODEL_TIMEOUT_MS)
     text = page.locator("#gtp-compare-md").inner_text()
     assert "ToMe" in text and "Pruning" in text and "GTP" in text
-    set_slider(page, "gtp-compare-block", 4)  # another block: redrawn from the cache
-    for m, src in shown.items():
-        wait_for_image(page, f"gtp-compare-{m}", other_than=src)
-    shot(page, "5_compare")
+    gw = explored((600, 400)).trace.grid_size[1]
+    tome = explored((600, 400)).comparison.method("tome")
+    pid, into = tome.removed[0][0], tome.merged_into[0][0]
+    text = hover(page, "#gtp-compare-plot .js-plotly-plot", pid % gw + 0.5, pid // gw + 0.5, xaxis="xaxis2",
+                 yaxis="yaxis2")
+    assert f"merged in block 1 into the token of patch {into} " in text
+    shot(page, "7_compare_hover")
 
-    # Trade-off: the published chart and a throughput measurement.
-    open_tab(page, "Trade-off")
-    wait_for_image(page, "gtp-tradeoff")
+
+def _throughput_learn_examples(page) -> None:
+    """Throughput joins the chart, the Learn tab, an example photo, the preset, DINOv2."""
+    # Throughput, measured now, joins the trade-off chart.
+    open_tab(page, "Prediction")
+    page.get_by_text("Measure throughput, add your sweep results").click()
     page.locator("#gtp-measure").click()
     page.wait_for_function("() => document.body.innerText.includes('img/s')", timeout=MODEL_TIMEOUT_MS)
-    shot(page, "6_tradeoff")
+    page.wait_for_function(
+        "() => document.querySelector('#gtp-tradeoff .js-plotly-plot').data.some(t => t.meta && t.meta.role === 'throughput')",
+        timeout=VIEW_TIMEOUT_MS)
+    shot(page, "8_throughput")
 
     # Learn: the formulas render (KaTeX) and the paper is linked.
     open_tab(page, "Learn")
@@ -172,7 +275,7 @@ def test_walkthrough(page):
     page.wait_for_function(
         "() => document.body.innerText.includes('.gif') && document.body.innerText.includes('.json')",
         timeout=MODEL_TIMEOUT_MS)
-    shot(page, "7_learn")
+    shot(page, "9_learn")
 
     # An example photo (rocket.jpg, 640 x 427) runs like an upload.
     open_tab(page, "Prediction")
@@ -196,12 +299,32 @@ def test_walkthrough(page):
         page.wait_for_function(  # the GMACs of this new model follow the panels
             "() => !document.querySelector('#gtp-metrics').innerText.includes('counting')",
             timeout=MODEL_TIMEOUT_MS)
-        shot(page, "8_dinov2")
+        shot(page, "10_dinov2")
         open_tab(page, "Compare")  # headless: the comparison reports only the cosine of the features
         page.wait_for_function(
             "() => document.querySelector('#gtp-compare-md').innerText.includes('cosine of final features')",
             timeout=MODEL_TIMEOUT_MS)
-        for m in ("gtp", "tome", "pruning"):
-            wait_for_image(page, f"gtp-compare-{m}")
-        shot(page, "9_dinov2_compare")
+        wait_for_plot(page, "gtp-compare-plot")
+        shot(page, "11_dinov2_compare")
+
+
+def test_walkthrough(page):
+    _upload_and_prediction(page)
+    _layer_walk(page)
+    _graphs_and_attention(page)
+    _compare(page)
+    _throughput_learn_examples(page)
     assert not page.errors, page.errors
+
+
+def test_dark_theme(page, url):
+    """The app in Gradio's dark theme: the figures' text stays readable (screenshots)."""
+    page.goto(url + "?__theme=dark", wait_until="domcontentloaded", timeout=60_000)
+    wait_for_plot(page, "gtp-tradeoff", timeout=MODEL_TIMEOUT_MS)
+    assert page.evaluate("() => document.querySelector('.dark') !== null")
+    colour = plot_eval(page, "gtp-tradeoff", "return gd._fullLayout.font.color;")
+    assert colour == "#8a8f98"   # mid grey on a transparent background: readable on both themes
+    shot(page, "12_dark_prediction")
+    open_tab(page, "Layer walk")
+    wait_for_plot(page, "gtp-walk")
+    shot(page, "13_dark_layer_walk")

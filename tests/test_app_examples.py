@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import charts as C
+from app import figures as F
 from app.examples import EXAMPLE_PHOTOS, load_sweep, parse_sweep, published_results
 from app.photos import PhotoError, open_photo
 
@@ -134,4 +134,4 @@ def test_sweep_loader_reads_the_gtp_sweep_format(tmp_path):
     assert [r["method"] for r in got] == ["full", "gtp", "tome"]
     assert [r["agreement"] for r in got] == [100.0, 0.8, 96.0]  # percents stay percents
     assert all(r["top1"] is None for r in got) and "3 record" in message
-    assert min(C.tradeoff_chart(published_results(), None, got).size) > 100
+    assert len(F.figure_of(F.tradeoff(published_results(), "deit_small_patch16_224", None, got))["data"]) > 3

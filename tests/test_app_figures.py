@@ -1,6 +1,8 @@
-"""Figures and charts (app/figures.py, app/charts.py, app/draw.py)."""
+"""The app's views (app/figures.py): plotly figures of a finished run, cached as JSON; and the
+layer-walk GIF frames (app/charts.py, app/draw.py)."""
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
@@ -20,39 +22,70 @@ from app.settings import make_settings  # noqa: E402
 CAT = str(Path(__file__).resolve().parent.parent / "assets" / "chelsea.png")
 
 
+def array(value) -> np.ndarray:
+    """A data array of figure JSON as numpy (plotly sends numpy arrays as base64 binary)."""
+    if isinstance(value, dict) and "bdata" in value:
+        shape = [int(s) for s in str(value.get("shape", "-1")).split(",")]
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"])).reshape(shape)
+    return np.asarray(value, dtype=float)
+
+
 @pytest.fixture(scope="module")
 def exp():
     return explore_photo(open_photo(CAT), make_settings("deit_tiny_patch16_224"))
 
 
 def test_attention_after_sparsification_has_zeros(exp):
-    before, after, stats = F.attention_figures(exp, 0, 0)
+    stats = F.attention_stats(exp, 0, 0)
     assert stats["zeroed_fraction"] == pytest.approx(0.4, abs=0.01)  # theta = 0.6
     assert 0 < stats["mass_removed"] < 1
-    dark_after = (np.asarray(after.convert("L")) == 0).mean()
-    dark_before = (np.asarray(before.convert("L")) == 0).mean()
-    assert dark_after > dark_before + 0.2
+    before, after = (array(t["z"]) for t in F.figure_of(F.attention(exp, 0, 0))["data"])
+    assert before.shape == after.shape == (197, 197)
+    assert (after == 0).mean() > (before == 0).mean() + 0.2
+    assert (after == 0).mean() == pytest.approx(stats["zeroed_fraction"], abs=0.01)
 
 
-def test_click_picks_the_token_under_it(exp):
-    cw, ch = D.cell_size(exp)
-    assert D.token_at(exp, 0, 0) == 0
-    assert D.token_at(exp, 3 * cw + 1, 2 * ch + 1) == 2 * 14 + 3
-    assert D.token_at(exp, D.DISPLAY - 1, D.DISPLAY - 1) == 195
+def test_graph_hover_lists_each_tokens_neighbours(exp):
+    """Hovering a token of the graph view tells its neighbours (it replaces clicking a patch)."""
+    fig = F.figure_of(F.graph(exp, "spatial + semantic"))
+    tokens = next(t for t in fig["data"] if (t.get("meta") or {}).get("role") == "tokens")
+    near = F.neighbours_of(exp, "spatial + semantic", 17)
+    assert sorted(near["spatial"]) == [2, 3, 4, 16, 18, 30, 31, 32] and len(near["semantic"]) == 8
+    hover = tokens["hovertext"][17]
+    assert "patch 17 (row 1, col 3)" in hover
+    assert all(f"· patch {j}: " in hover for j in near["spatial"] + near["semantic"])
+    sim = F.figure_of(F.similarity(exp, 17))["data"][0]
+    assert np.allclose(array(sim["z"]).ravel(), exp.trace.similarity[0, 17].float().numpy(), atol=1e-6)
+    assert "cosine similarity to patch 17" in sim["hovertemplate"]
+
+
+def test_missing_data_is_a_figure_that_says_why(exp, monkeypatch):
+    from app import plots as P
+
+    def no_maps(*a, **k):
+        raise ValueError("attention maps were not recorded")
+    monkeypatch.setattr(P, "attention_figure", no_maps)
+    D.FIGURES.clear()
+    fig = F.figure_of(F.attention(exp, 5, 1))
+    assert fig["layout"]["meta"]["message"] == "attention maps were not recorded"
+    D.FIGURES.clear()
 
 
 def test_figures_are_cached_per_run_and_never_change_the_run(exp):
-    first = F.layer_frame(exp, 2)
-    assert F.layer_frame(exp, 2) is first and F.layer_frame(exp, 3) is not first
-    assert (exp.key, "layer", 2) in D.FIGURES
+    first = F.walk(exp, 2)
+    assert F.walk(exp, 2).plot is first.plot and F.walk(exp, 3).plot is not first.plot
+    assert (exp.key, "plotly", "walk", 2) in D.FIGURES
+    frame = C.layer_frame(exp, 2)  # the GIF's frames: PIL, cached the same way
+    assert C.layer_frame(exp, 2) is frame and (exp.key, "layer", 2) in D.FIGURES
     assert exp.model_input.size == (224, 224)  # drawing copies the base picture, never draws on it
 
 
 def test_tradeoff_labels_are_text_and_series_are_bounded():
-    names = [f"$\\frac{{{i}$" for i in range(40)]  # would be a mathtext parse error
+    names = [f"$\\frac{{{i}$" for i in range(40)]  # LaTeX for plotly.js (MathJax): must stay text
     sweep = [{"gmacs": 3 + i / 10, "top1": 70 + i / 10, "agreement": None, "method": m} for i, m in enumerate(names)]
-    img = C.tradeoff_chart(published_results(), None, sweep)
-    assert min(img.size) > 100
-    series = C._series(sweep)
-    assert len(series) == C.MAX_SWEEP_SERIES + 1 and series[-1][0] == f"{40 - C.MAX_SWEEP_SERIES} other methods"
-    assert sum(len(pts) for _, pts in series) == 40
+    fig = F.figure_of(F.tradeoff(published_results(), "deit_small_patch16_224", None, sweep))
+    series = [t for t in fig["data"] if (t.get("meta") or {}).get("role") == "sweep"]
+    assert len(series) == F.MAX_SWEEP_SERIES + 1
+    assert any(f"{40 - F.MAX_SWEEP_SERIES} other methods" in t["name"] for t in series)
+    assert sum(len(t["x"]) for t in series) == 40
+    assert all("$" not in t["name"] and "&#36;" in t["name"] for t in series if "other methods" not in t["name"])

@@ -18,6 +18,7 @@ from app import figures as F  # noqa: E402
 from app import handlers as H  # noqa: E402
 from app import inference  # noqa: E402
 from app.settings import make_settings  # noqa: E402
+from test_app_figures import array as F_array  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CAT = str(ROOT / "assets" / "chelsea.png")
@@ -32,9 +33,14 @@ def run(photo: str = CAT, view: H.View = H.View(), model: str = TINY, weights=No
     return [dict(zip(H.RUN_OUTPUT_NAMES, out)) for out in H.run(photo, settings=settings, view=view)]
 
 
-def is_picture(path: str) -> bool:
-    with Image.open(path) as img:
-        return min(img.size) > 50 and np.asarray(img.convert("L")).std() > 1.0
+def is_plot(value) -> bool:
+    """A gr.Plot value holding a real figure (traces drawn, not a figure that only says why not)."""
+    fig = F.figure_of(value)
+    return bool(fig["data"]) and "message" not in (fig["layout"].get("meta") or {})
+
+
+def roles(value) -> set[str]:
+    return {(t.get("meta") or {}).get("role") for t in F.figure_of(value)["data"]}
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +51,12 @@ def ui():
 def test_ui_run_fills_every_panel(ui):
     exp = ui["state"]
     assert exp.depth == 12
-    for name in ("layer_img", "sizes_img", "tokens_img", "graph_img", "similarity_img", "attn_before",
-                 "attn_after", "cls_img", "tradeoff_img", "compare_gtp", "compare_tome", "compare_pruning"):
-        assert is_picture(ui[name]), name
+    plots = ("walk_plot", "graph_plot", "similarity_plot", "attn_plot", "cls_plot", "tradeoff_plot", "compare_plot")
+    for name in plots:
+        assert is_plot(ui[name]), name
+    assert sum(len(ui[name].plot) for name in plots) < 1_500_000  # the figure data of one run (issue 14)
+    walk = F.figure_of(ui["walk_plot"])
+    assert len(walk["layout"]["sliders"][0]["steps"]) == 12 and walk["layout"]["sliders"][0]["active"] == 2
     assert "GMACs" in ui["metrics"] and "latency" in ui["metrics"]
     assert "Token 98" in ui["neighbours_md"]
     assert "zeroed" in ui["attn_md"]
@@ -62,7 +71,11 @@ def test_gmacs_of_a_new_setting_follow_the_panels_in_the_same_event():
     g = K.costs(first["state"], ("full", "gtp"), count=False)
     assert 0 < g.gtp < g.full
     assert f"{g.gtp:.3f}" in second["metrics"] and "counting" not in second["metrics"]
-    assert isinstance(second["state"], type(gr.skip())) and is_picture(second["tradeoff_img"])
+    assert isinstance(second["state"], type(gr.skip())) and is_plot(second["tradeoff_plot"])
+    def gtp_now(plot) -> list[str]:
+        return [t["name"] for t in F.figure_of(plot)["data"] if t["name"].startswith("GTP now")]
+    assert gtp_now(first["tradeoff_plot"]) == [] and gtp_now(second["tradeoff_plot"]) == [
+        f"GTP now: {g.gtp:.2f} GMACs (DeiT-Ti, measured)"]
     again = run(num_prop=13)  # counted once: the next run has them at once, in one update
     assert len(again) == 1 and f"{g.gtp:.3f}" in again[0]["metrics"]
     assert again[0]["state"] is first["state"]  # the cached, immutable run
@@ -76,13 +89,15 @@ def test_view_events_never_rerun_the_model(ui, monkeypatch):
     monkeypatch.setattr(inference, "explore_photo", forbidden)
     monkeypatch.setattr(inference, "run_photo", forbidden)
     for b in range(1, 13):
-        assert all(is_picture(p) for p in H.draw_layer(exp, b))
-        assert all(is_picture(p) for p in H.draw_compare(exp, b))
+        assert F.figure_of(H.draw_layer(exp, b))["layout"]["sliders"][0]["active"] == b - 1
+        attn, md, cls = H.draw_attention(exp, b, b % exp.num_heads)
+        assert is_plot(attn) and is_plot(cls) and f"Block {b}, head {b % exp.num_heads}" in md
+    assert is_plot(H.draw_compare(exp))
     for kind in F.GRAPH_KINDS:
-        graph_img, sim_img, md = H.draw_graph(exp, kind, 17)
-        assert is_picture(graph_img) and is_picture(sim_img) and "Token 17" in md
-    before, after, md, cls = H.draw_attention(exp, 12, exp.num_heads - 1)
-    assert is_picture(before) and is_picture(after) and is_picture(cls) and "mass" in md
+        graph, sim, md = H.draw_graph(exp, kind, 17)
+        assert is_plot(graph) and is_plot(sim) and "Token 17" in md
+    attn, md, cls = H.draw_attention(exp, 12, exp.num_heads - 1)
+    assert is_plot(attn) and is_plot(cls) and "mass" in md
 
 
 @pytest.mark.parametrize("propagation, num_prop, schedule", [("mean", 8, ""), ("none", 8, ""), ("graph", 0, ""),
@@ -90,11 +105,11 @@ def test_view_events_never_rerun_the_model(ui, monkeypatch):
 def test_every_figure_draws_for_other_settings(propagation, num_prop, schedule):
     exp = run(view=H.View(graph_kind="semantic"), propagation=propagation, num_prop=num_prop,
               schedule=schedule)[0]["state"]
+    assert is_plot(H.draw_layer(exp, 12))
     for b in range(1, 13):
-        assert all(is_picture(p) for p in H.draw_layer(exp, b))
-        before, after, _, cls = H.draw_attention(exp, b, 1)
-        assert is_picture(before) and is_picture(after) and is_picture(cls)
-    assert is_picture(H.draw_graph(exp, "spatial + semantic", 0)[0])
+        attn, _, cls = H.draw_attention(exp, b, 1)
+        assert is_plot(attn) and is_plot(cls)
+    assert is_plot(H.draw_graph(exp, "spatial + semantic", 0)[0]) and is_plot(H.draw_compare(exp))
     gif, _ = H.downloads(exp)
     assert Image.open(gif).n_frames == 12
 
@@ -123,6 +138,11 @@ def test_throughput_is_measured_bounded_and_says_how(ui):
     assert "batch size 2" in text and "img/s" in text and "Measured now" in text and "held the model" in text
     with pytest.raises(ValueError, match="between 1 and"):
         H.throughput(ui["state"], 257)
+    text, measured, plot = H.measure(ui["state"], 1, [{"setting": "another", "batch_size": 1}], None)
+    assert "batch size 1" in text and len(measured) == 2 and measured[-1]["batch_size"] == 1
+    rates = [t for t in F.figure_of(plot)["data"] if (t.get("meta") or {}).get("role") == "throughput"]
+    assert len(rates) == 2 and [t["x"] for t in rates] == [[1], [1]]   # this setting's measurement only
+    assert rates[1]["y"][0] == pytest.approx(measured[-1]["gtp_img_per_s"])
 
 
 def test_random_weights_banner_says_so(ui):
@@ -141,7 +161,7 @@ def test_random_weights_banner_says_so(ui):
 def compared():
     """DeiT-S (the app's default) on a real photo, compared at the published P = 8."""
     exp = run(photo=str(ROOT / "assets" / "rocket.jpg"), model="deit_small_patch16_224")[0]["state"]
-    return exp, list(H.compare(exp, 12))
+    return exp, list(H.compare(exp))
 
 
 def test_compare_three_methods_same_budget_equal_gmacs(compared):
@@ -164,22 +184,35 @@ def test_compare_three_methods_same_budget_equal_gmacs(compared):
     assert 4.4 < costs.full < 4.8
     md = updates[-1][-1]
     assert f"{gm['tome']:.3f}" in md and "counting" not in md and "KL" in md
-    slider, *images, text = updates[0]
-    assert len(images) == 3 and all(is_picture(p) for p in images)
+    plot, text = updates[0]
+    assert is_plot(plot) and [t["meta"]["method"] for t in F.figure_of(plot)["data"]] == ["gtp", "tome", "pruning"]
     assert "Same photo, same token budget" in text and "ToMe" in text and "Pruning" in text
 
 
-def test_compare_block_slider_redraws_from_the_run(compared, monkeypatch):
+def test_compare_view_tells_per_patch_when_and_how_it_left(compared, monkeypatch):
     exp, _ = compared
 
     def forbidden(*a, **k):
         raise AssertionError("the compare view ran a model again")
     monkeypatch.setattr(inference, "run_photo", forbidden)
-    pictures = [H.draw_compare(exp, b) for b in range(1, 13)]
-    assert all(is_picture(p) for paths in pictures for p in paths)
-    assert len({tuple(p) for p in pictures}) == 12             # every block looks different
-    assert H.draw_compare(exp, 5) == pictures[4]                # cached: the same files again
-    assert len(list(H.compare(exp, 3))) == 1                    # GMACs known: one update, no counting
+    plot = H.draw_compare(exp)
+    assert H.draw_compare(exp).plot is plot.plot                 # cached: the same figure again
+    maps = {t["meta"]["method"]: t for t in F.figure_of(plot)["data"]}
+    how = {"gtp": "propagated in block {} to patch", "tome": "merged in block {} into the token of patch",
+           "pruning": "dropped in block {}"}
+    for m in exp.comparison.methods:
+        z = F_array(maps[m.method]["z"]).ravel()
+        text = [t for row in maps[m.method]["text"] for t in row]
+        for b, ids in enumerate(m.removed):                      # every block, every patch that left there
+            for pid in ids:
+                assert z[pid] == b + 1 and how[m.method].format(b + 1) in text[pid], (m.method, b, pid)
+        stayed = set(range(196)) - {p for ids in m.removed for p in ids}
+        assert all(np.isnan(z[p]) and "stayed to the end" in text[p] for p in stayed)
+    tome = exp.comparison.method("tome")
+    assert tome.merged_into is not None and [len(i) for i in tome.merged_into] == [len(r) for r in tome.removed]
+    pid, into = tome.removed[0][0], tome.merged_into[0][0]
+    assert f"into the token of patch {into} " in [t for row in maps["tome"]["text"] for t in row][pid]
+    assert len(list(H.compare(exp))) == 1                       # GMACs known: one update, no counting
 
 
 def test_compare_follows_a_per_block_schedule():
@@ -188,30 +221,31 @@ def test_compare_follows_a_per_block_schedule():
     for m in exp.comparison.methods:
         assert [len(ids) for ids in m.removed] == [int(p) for p in schedule.split(",")], m.method
         assert m.tokens_per_block[-1] == 197 - 120
-    assert all(is_picture(p) for p in H.draw_compare(exp, 1))  # nothing removed yet: still a picture
+    z = F_array(F.figure_of(H.draw_compare(exp))["data"][0]["z"])
+    assert np.nanmin(z) == 7                                   # nothing removed before block 7
 
 
 @pytest.mark.skipif(not DINOV2_FILE.exists(), reason="real DINOv2 weights not present")
 def test_compare_headless_model_reports_only_cosine():
     exp = run(model="vit_small_patch14_dinov2", weights=str(DINOV2_FILE))[0]["state"]
-    slider, *images, text = next(iter(H.compare(exp, 12)))
+    plot, text = next(iter(H.compare(exp)))
     for m in exp.comparison.methods:
         assert m.kl is None and m.top5 is None and m.agree is None
         assert 0.0 < m.cosine <= 1.0001
         assert [len(ids) for ids in m.removed] == [8] * 12
     assert "cosine of final features" in text and "KL" not in text
-    assert all(is_picture(p) for p in images)
+    assert is_plot(plot)
 
 
 def test_tradeoff_chart_with_sweep_and_labels(tmp_path, ui):
     sweep = [{"gmacs": 13.0, "top1": 81.0, "agreement": None, "label": ""},
              {"gmacs": 3.4, "top1": None, "agreement": 95.0, "label": ""}]
-    records, message, path = H.load_sweep_file(None, ui["state"])
-    assert records is None and is_picture(path)
+    records, message, plot = H.load_sweep_file(None, ui["state"])
+    assert records is None and is_plot(plot) and "sweep" not in roles(plot)
     sweep_file = tmp_path / "s.json"
     sweep_file.write_text(json.dumps(sweep))
-    records, message, path = H.load_sweep_file(str(sweep_file), ui["state"])
-    assert len(records) == 2 and "your measurements" in message and is_picture(path)
+    records, message, plot = H.load_sweep_file(str(sweep_file), ui["state"])
+    assert len(records) == 2 and "your sweep" in message and is_plot(plot) and "sweep" in roles(plot)
 
 
 def test_published_preset_matches_the_controls():

@@ -131,10 +131,14 @@ def test_layer_walk_and_tradeoff_in_the_browser(demo, page):
         page.mouse.move(rail["x"] + rail["width"] * frac, y, steps=5)
     page.mouse.up()
     page.wait_for_function(f"() => document.querySelector('{WALK}').layout.sliders[0].active === 11", timeout=TIMEOUT_MS)
-    assert visible_block(page) == 11
+    page.wait_for_function(f"""() => {{ const gd = document.querySelector('{WALK}');   // plotly applies a step just after moving the slider
+        const shown = gd.data.filter(t => t.meta && t.meta.role === 'candidates' && t.visible !== false);
+        return shown.length === 1 && shown[0].meta.block === 11; }}""", timeout=TIMEOUT_MS)
     page.mouse.click(rail["x"] + rail["width"] * 0.27, y)   # step 4 of 12 is at 3/11 of the rail
     page.wait_for_function(f"() => document.querySelector('{WALK}').layout.sliders[0].active === 3", timeout=TIMEOUT_MS)
-    assert visible_block(page) == 3
+    page.wait_for_function(f"""() => {{ const gd = document.querySelector('{WALK}');   // plotly applies a step just after moving the slider
+        const shown = gd.data.filter(t => t.meta && t.meta.role === 'candidates' && t.visible !== false);
+        return shown.length === 1 && shown[0].meta.block === 3; }}""", timeout=TIMEOUT_MS)
     shot(page, "2_scrubbed_block4")
     assert requests == [], f"scrubbing asked the server: {requests}"
 
@@ -143,8 +147,14 @@ def test_layer_walk_and_tradeoff_in_the_browser(demo, page):
     page.locator("#gtp-play").click()
     page.wait_for_function(f"() => (document.querySelector('{WALK}').layout.sliders[0].active || 0) >= {start + 2}",
                            timeout=TIMEOUT_MS)
-    assert visible_block(page) == active_step(page)
+    shown_and_step = page.evaluate(f"""() => {{   // read in one instant: playing moves both
+        const gd = document.querySelector('{WALK}');
+        const shown = gd.data.filter(t => t.meta && t.meta.role === 'candidates' && t.visible !== false);
+        return [shown.length === 1 ? shown[0].meta.block : -1, gd.layout.sliders[0].active || 0];
+    }}""")
+    assert shown_and_step[0] == shown_and_step[1]
     page.locator("#gtp-play").click()  # pause
+    page.wait_for_timeout(800)   # the page runs the button's script after the click: one tick may land
     paused = active_step(page)
     page.wait_for_timeout(1500)
     assert active_step(page) == paused

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import matplotlib
-import numpy as np
 import pytest
 
 matplotlib.use("Agg")
@@ -54,7 +53,7 @@ def test_sweep_loader_is_tolerant(tmp_path):
 
 def test_sweep_loader_reads_the_gtp_sweep_format(tmp_path):
     """Records as `python -m gtp sweep` documents them: percents, nulls, lists, nested timing."""
-    from app import charts
+    from app import figures as F
     from app.examples import published_results
     common = dict(model="deit_small_patch16_224", weights="random", data="/data", limit=None, images=50,
                   labelled=False, top1=None, top5=None, full_top1=None, full_top5=None, kl=0.1, cosine=0.99,
@@ -71,8 +70,9 @@ def test_sweep_loader_reads_the_gtp_sweep_format(tmp_path):
     assert [r["method"] for r in got] == ["full", "gtp", "tome"]
     assert [r["agreement"] for r in got] == [100.0, 0.8, 96.0]  # percents stay percents
     assert all(r["top1"] is None for r in got) and "3 record" in message
-    chart = charts.tradeoff_chart(published_results(), None, got)
-    assert min(chart.size) > 50 and np.asarray(chart.convert("L")).std() > 1.0
+    chart = F.figure_of(F.tradeoff(published_results(), "deit_small_patch16_224", None, got))
+    sweep = [t for t in chart["data"] if (t.get("meta") or {}).get("role") == "sweep"]
+    assert sorted(len(t["x"]) for t in sweep) == [1, 1, 1]   # one agreement series per method
 
 
 # ----------------------------------------------------------------------------- bounds
@@ -170,9 +170,12 @@ def test_chart_text_is_never_mathtext(name):
 
 
 def test_tradeoff_chart_draws_any_method_name():
-    from app import charts
-    from app.examples import published_results
+    """Method names from a sweep file are shown as plain text in the chart the app draws."""
+    from app import handlers as H
+    from app.figures import figure_of
     got, _ = parse_sweep(json.dumps([{"method": r"$\frac{$", "gmacs": 3.0, "top1": 70.0},
                                      {"method": "$x$", "gmacs": 4.0, "agreement": 90.0}]))
-    chart = charts.tradeoff_chart(published_results(), None, got)
-    assert min(chart.size) > 50
+    chart = figure_of(H.draw_tradeoff(None, got))
+    names = [t["name"] for t in chart["data"] if (t.get("meta") or {}).get("role") == "sweep"]
+    assert len(names) == 2 and all("$" not in n for n in names)   # '$' would start LaTeX in plotly.js
+    assert any(r"&#36;\frac{&#36;" in n for n in names) and any("&#36;x&#36;" in n for n in names)
