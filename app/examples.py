@@ -3,8 +3,8 @@
 A sweep file is untrusted upload: it is bounded (bytes, nesting depth, records, distinct methods,
 label length) before anything costly is done with it, each bound refusing with a sentence that
 names it. The nesting depth is counted on the raw text before `json.loads` (which recurses once
-per level) ever sees it. Names read from the file are plain text; `chart_text` makes one safe to
-hand to matplotlib, which would otherwise read `$...$` as mathtext.
+per level) ever sees it. Names read from the file are plain one-line text; the trade-off chart
+escapes them so nothing is read as markup or LaTeX.
 """
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
+
+# The bounds on an uploaded sweep file live with every other bound.
+from .limits import MAX_LABEL_CHARS, MAX_SWEEP_BYTES, MAX_SWEEP_DEPTH, MAX_SWEEP_METHODS, MAX_SWEEP_RECORDS
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EXAMPLE_PHOTOS = [ASSETS / name for name in ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")]
@@ -37,14 +40,6 @@ def published_results() -> dict:
 
 
 # ----------------------------------------------------------------------------- sweep files
-
-# Bounds on an uploaded sweep file. A real `python -m gtp sweep` file is a few hundred records of
-# depth 3 (a list of records holding a `timing` dict and `num_prop` lists) and a handful of methods.
-MAX_SWEEP_BYTES = 5 * 2**20    # 5 MB
-MAX_SWEEP_DEPTH = 16           # nested [ / { levels
-MAX_SWEEP_RECORDS = 5_000      # rows / records read (usable or not)
-MAX_SWEEP_METHODS = 12         # distinct method names: one chart series each (~7 ms per series)
-MAX_LABEL_CHARS = 80           # a method name or label longer than this is cut
 
 # Column names other tools use for the same quantity.
 _ALIASES = {
@@ -79,12 +74,6 @@ def plain_text(value: Any, limit: int = MAX_LABEL_CHARS) -> str:
     text = str(value)[: limit * 4]  # enough to fill `limit` after squeezing spaces
     text = " ".join(_NOT_PRINTABLE.sub(" ", text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def chart_text(text: str) -> str:
-    """`text` for a matplotlib label, shown literally: every `$` escaped, so nothing between
-    dollar signs is read as mathtext (`$\frac{$` would otherwise raise a parse error)."""
-    return str(text).replace("$", r"\$")
 
 
 def _number(value: Any) -> float | None:
@@ -164,8 +153,7 @@ def parse_sweep(text: str, name: str = "sweep") -> tuple[list[dict], str]:
     JSON as a list or under 'records'/'results'. Rows without GMACs or without both metrics
     are skipped and counted. Bounded: ValueError past MAX_SWEEP_DEPTH levels of nesting,
     MAX_SWEEP_RECORDS rows or MAX_SWEEP_METHODS distinct methods, or when nothing usable is
-    found. `method` and `label` are plain one-line text (pass them through `chart_text` for
-    matplotlib).
+    found. `method` and `label` are plain one-line text.
     """
     name = plain_text(name)
     text = text.lstrip("\ufeff").strip()

@@ -15,13 +15,13 @@ import numpy as np
 import plotly.graph_objects as go
 from gradio.components.plot import PlotData
 
+from . import limits
 from . import plots as P
 from .draw import cached
 from .plots_compare import tome_destinations
 from .plots_graphs import GRAPH_KINDS
 from .results import COMPARED, METHOD_LABELS, Exploration
 
-MAX_SWEEP_SERIES = 12   # distinct method names drawn from a sweep file; the rest are one series
 TRADEOFF_HEIGHT = 560   # the legend lies under the chart: its entries need room
 
 
@@ -118,10 +118,10 @@ def neighbours_of(exp: Exploration, kind: str, token: int) -> dict[str, list[int
 
 
 def bounded_sweep(records: Sequence[dict]) -> list[dict]:
-    """Sweep records with at most MAX_SWEEP_SERIES method names; past them the rest are one
+    """Sweep records with at most limits.MAX_SWEEP_METHODS method names; past them the rest are one
     series ("N other methods"), so a file with thousands of names stays one readable chart."""
     names = sorted({str(r.get("method", "sweep")) for r in records})
-    rest = set(names[MAX_SWEEP_SERIES:])
+    rest = set(names[limits.MAX_SWEEP_METHODS:])
     other = f"{len(rest)} other methods"
     return [dict(r, method=other) if str(r.get("method", "sweep")) in rest else r for r in records]
 

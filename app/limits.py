@@ -32,7 +32,8 @@ GMACS_CACHE_ENTRIES = 512
 
 FIGURE_CACHE_ENTRIES = 512
 FIGURE_CACHE_BYTES = 192 * 2**20
-"""Drawn figures kept (by run key + view): ~0.6 MB each as pixels."""
+"""Drawn figures kept (by run key + view), as plotly JSON: at most ~0.5 MB each, ~1.4 MB
+for all the views of one deit_small run (`python scripts/app_latency.py` prints them)."""
 
 TRADEOFF_CACHE_ENTRIES = 32
 """Trade-off charts kept (by measured GMACs + sweep records)."""
@@ -62,11 +63,19 @@ GRADIO_CACHE_CLEANUP = (600, 1800)
 """Gradio's `delete_cache=(every, older_than)` seconds: uploads and copies of our figures
 older than 30 minutes are deleted every 10 minutes."""
 
-FIGURE_FILES_KEPT = 400
-"""JPEG figure files kept on disk (older ones are deleted; Gradio has copied them by then)."""
-
 DOWNLOAD_FOLDERS_KEPT = 16
 """Download folders (GIF + JSON) kept on disk; older ones are deleted."""
+
+
+# ----------------------------------------------------------------------------- uploaded sweep files
+
+# A real `python -m gtp sweep` file is a few hundred records of depth 3 (a list of records
+# holding a `timing` dict and `num_prop` lists) and a handful of methods.
+MAX_SWEEP_BYTES = 5 * 2**20    # 5 MB
+MAX_SWEEP_DEPTH = 16           # nested [ / { levels (json.loads recurses once per level)
+MAX_SWEEP_RECORDS = 5_000      # rows / records read (usable or not)
+MAX_SWEEP_METHODS = 12         # distinct method names: one chart series each
+MAX_LABEL_CHARS = 80           # a method name or label longer than this is cut
 
 
 # ----------------------------------------------------------------------------- time

@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from app import charts as C  # noqa: E402
 from app import draw as D  # noqa: E402
 from app import figures as F  # noqa: E402
+from app import limits  # noqa: E402
 from app.examples import published_results  # noqa: E402
 from app.inference import explore_photo  # noqa: E402
 from app.photos import open_photo  # noqa: E402
@@ -85,7 +86,7 @@ def test_tradeoff_labels_are_text_and_series_are_bounded():
     sweep = [{"gmacs": 3 + i / 10, "top1": 70 + i / 10, "agreement": None, "method": m} for i, m in enumerate(names)]
     fig = F.figure_of(F.tradeoff(published_results(), "deit_small_patch16_224", None, sweep))
     series = [t for t in fig["data"] if (t.get("meta") or {}).get("role") == "sweep"]
-    assert len(series) == F.MAX_SWEEP_SERIES + 1
-    assert any(f"{40 - F.MAX_SWEEP_SERIES} other methods" in t["name"] for t in series)
+    assert len(series) == limits.MAX_SWEEP_METHODS + 1
+    assert any(f"{40 - limits.MAX_SWEEP_METHODS} other methods" in t["name"] for t in series)
     assert sum(len(t["x"]) for t in series) == 40
     assert all("$" not in t["name"] and "&#36;" in t["name"] for t in series if "other methods" not in t["name"])

@@ -66,25 +66,17 @@ def test_session_state_expires_and_gradio_cleans_its_cache():
     assert demo.delete_cache == limits.GRADIO_CACHE_CLEANUP
 
 
-def test_download_folders_and_figure_files_are_bounded(monkeypatch):
-    from PIL import Image
+def test_download_folders_are_bounded(monkeypatch):
     from app import files, limits
     monkeypatch.setattr(limits, "DOWNLOAD_FOLDERS_KEPT", 3)
-    monkeypatch.setattr(limits, "FIGURE_FILES_KEPT", 5)
     folders = [files.download_folder() for _ in range(6)]
     assert [f.exists() for f in folders] == [False] * 3 + [True] * 3
-    images = [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(9)]
-    paths = [files.deliver(img) for img in images]
-    assert sum(os.path.exists(p) for p in paths) == 5 and all(os.path.exists(p) for p in paths[-5:])
-    assert files.deliver(images[-1]) == paths[-1]  # the same image: the same file, not a new one
 
 
 SIGTERM_CHILD = textwrap.dedent("""
     import sys, time
-    from PIL import Image
     from app import files
-    files.deliver(Image.new("RGB", (8, 8)))
-    files.download_folder()
+    (files.download_folder() / "trace.json").write_text("{}")
     print(files.ROOT, flush=True)
     time.sleep(60)
 """)
@@ -94,7 +86,7 @@ def test_files_are_removed_on_sigterm():
     proc = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         root = Path(proc.stdout.readline().strip())
-        assert root.is_dir() and any(root.rglob("*.jpg"))
+        assert root.is_dir() and any(root.rglob("*.json"))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) != 0  # it ends, as SIGTERM asks
         assert not root.exists()

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import json
 
-import matplotlib
 import pytest
 
-matplotlib.use("Agg")
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from app import examples as E  # noqa: E402
-from app.examples import chart_text, json_depth, load_sweep, parse_sweep, plain_text  # noqa: E402
+from app import examples as E
+from app.examples import json_depth, load_sweep, parse_sweep, plain_text
 
 
 def _rows(n: int, methods: int = 1) -> list[dict]:
@@ -146,27 +141,6 @@ def test_names_become_one_short_line_of_text():
     with pytest.raises(ValueError, match=r"^evil name\.json is empty"):
         parse_sweep("", name="evil\nname.json")
     assert plain_text(12.5) == "12.5" and plain_text("") == ""
-
-
-def _draw(label: str) -> None:
-    fig = Figure()
-    FigureCanvasAgg(fig)  # a real renderer: text is laid out (and mathtext parsed) on draw
-    ax = fig.add_subplot()
-    ax.plot([1], [1], label=label)
-    ax.legend()
-    fig.canvas.draw()
-
-
-@pytest.mark.parametrize("name", [r"$\frac{$", "$x$", "cost $5 and $6", r"\$ $$ $", "$" * 7])
-def test_chart_text_is_never_mathtext(name):
-    """Issue 12: a method named `$\\frac{$` made matplotlib raise a parse error."""
-    if name == r"$\frac{$":
-        with pytest.raises(ValueError):  # what happens without chart_text
-            _draw(name)
-    _draw(chart_text(name))  # draws without error ...
-    text = Figure().text(0, 0, chart_text(name))
-    shown, is_math = text._preprocess_math(text.get_text())
-    assert (shown, is_math) == (name, False)  # ... and shows the name literally
 
 
 def test_tradeoff_chart_draws_any_method_name():
