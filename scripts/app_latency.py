@@ -35,7 +35,7 @@ from app import figures as F  # noqa: E402
 from app import handlers as H  # noqa: E402
 from app import inference  # noqa: E402
 from app.examples import example_paths  # noqa: E402
-from app.metrics import device_name  # noqa: E402
+from gtp.measure.metrics import device_name  # noqa: E402
 from app.models import DEVICE  # noqa: E402
 from app.photos import open_photo  # noqa: E402
 from app.settings import make_settings  # noqa: E402

@@ -112,3 +112,12 @@ def test_uploads_over_the_cap_are_refused_with_a_message(tmp_path):
             Client(f"http://127.0.0.1:{port}/", verbose=False).predict(handle_file(str(big)), api_name="/explore")
     finally:
         demo.close()
+
+
+@pytest.mark.parametrize("script", ["app_latency", "soak", "fidelity", "gpu_checks", "plots_demo"])
+def test_scripts_import_and_show_their_help(script):
+    """The measurement scripts import what the project has now (a moved module breaks them)."""
+    done = subprocess.run([sys.executable, f"scripts/{script}.py", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout
