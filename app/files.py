@@ -8,7 +8,6 @@ on SIGTERM.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import shutil
 import signal

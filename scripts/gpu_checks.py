@@ -17,7 +17,6 @@ With --device cpu the "device" is the CPU's batched path (numba off): what every
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import sys

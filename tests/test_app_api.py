@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import struct
 import time
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,48 +32,6 @@ def client(url):
 
 
 # ----------------------------------------------------------------------------- files that go wrong
-
-
-def write_png_header_only(path: Path, width: int, height: int) -> Path:
-    """A PNG that claims width x height (1-bit greyscale) with one tiny IDAT: a decompression
-    bomb as far as the header goes, without ever holding the pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
-    return path
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("inputs")
-    cat = Image.open(CAT).convert("RGB")
-    out = {}
-    out["not_image"] = d / "notes.png"
-    out["not_image"].write_text("this is a text file, not a picture\n")
-    out["text_file"] = d / "notes.txt"
-    out["text_file"].write_text("plain text\n")
-    rocket = (ROOT / "assets" / "rocket.jpg").read_bytes()
-    out["truncated_jpeg"] = d / "truncated.jpg"
-    out["truncated_jpeg"].write_bytes(rocket[: len(rocket) // 3])
-    out["one_pixel"] = d / "one.png"
-    Image.new("RGB", (1, 1), (200, 10, 10)).save(out["one_pixel"])
-    out["bomb"] = write_png_header_only(d / "bomb.png", 30000, 30000)
-    out["greyscale"] = d / "grey.png"
-    cat.convert("L").save(out["greyscale"])
-    out["rgba"] = d / "rgba.png"
-    rgba = cat.convert("RGBA")
-    rgba.putalpha(128)
-    rgba.save(out["rgba"])
-    out["16bit"] = d / "deep.png"
-    Image.fromarray((np.asarray(cat.convert("L"), dtype=np.uint16) * 257)).save(out["16bit"])
-    out["cmyk"] = d / "cmyk.jpg"
-    cat.convert("CMYK").save(out["cmyk"], quality=90)
-    out["animated_gif"] = d / "anim.gif"
-    frames = [cat.rotate(a) for a in (0, 10, 20)]
-    frames[0].save(out["animated_gif"], save_all=True, append_images=frames[1:], duration=100, loop=0)
-    return out
 
 
 # ----------------------------------------------------------------------------- the API

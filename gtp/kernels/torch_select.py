@@ -11,7 +11,6 @@ numba kernel's (ties with the threshold are zeroed too).
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 
