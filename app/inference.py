@@ -23,10 +23,10 @@ from PIL import Image
 
 import gtp
 from gtp import baselines, tome
+from gtp.measure.metrics import Timer, cosine, device_name, features_and_logits, kl_divergence, top1_agreement
 
 from . import limits
 from .caches import BoundedCache
-from gtp.measure.metrics import Timer, cosine, device_name, features_and_logits, kl_divergence, top1_agreement
 from .models import DEVICE, ModelSlot, get_model, wait_idle  # noqa: F401  (wait_idle: tests/conftest.py)
 from .photos import Photo
 from .results import (
@@ -137,6 +137,14 @@ def _compare(slot: ModelSlot, x: torch.Tensor, settings: Settings, budget: list[
                       seconds=full_seconds + timer.seconds)
 
 
+def _patch_or_refuse(slot: ModelSlot, settings: Settings) -> Union[torch.nn.Module, UserError]:
+    """The slot's model patched with `settings`, or a `UserError` saying why it cannot be."""
+    try:
+        return gtp.patch(slot.model, **settings.patch_kwargs())
+    except ValueError as e:
+        return UserError(f"Impossible GTP hyper-parameters for {slot.loaded.name}: {e}")
+
+
 @spaces.GPU(duration=limits.GPU_DURATION_RUN_S)
 @torch.inference_mode()
 def run_photo(job: RunJob) -> Union[RunResult, UserError]:
@@ -149,10 +157,9 @@ def run_photo(job: RunJob) -> Union[RunResult, UserError]:
     repeats = limits.LATENCY_REPEATS.get(x.device.type, 10)
     with slot.lock:
         try:
-            try:
-                model = gtp.patch(slot.model, **job.settings.patch_kwargs())
-            except ValueError as e:
-                return UserError(f"Impossible GTP hyper-parameters for {slot.loaded.name}: {e}")
+            model = _patch_or_refuse(slot, job.settings)
+            if isinstance(model, UserError):
+                return model
             with gtp.trace(model, attention=True) as rec:
                 gtp_feats, gtp_logits = features_and_logits(model, x)  # also warms the GTP path up
             gtp_ms = _best_ms(model, x, repeats)
@@ -251,10 +258,9 @@ def measure_throughput(job: ThroughputJob) -> Union[Throughput, UserError]:
     start = time.perf_counter()
     with slot.lock:
         try:
-            try:
-                model = gtp.patch(slot.model, **job.settings.patch_kwargs())
-            except ValueError as e:
-                return UserError(f"Impossible GTP hyper-parameters for {slot.loaded.name}: {e}")
+            model = _patch_or_refuse(slot, job.settings)
+            if isinstance(model, UserError):
+                return model
             gtp_ms, gtp_batches = _rate(model, x, job.budget_s / 2, job.max_batches)
             gtp.unpatch(slot.model)
             full_ms, full_batches = _rate(slot.model, x, job.budget_s / 2, job.max_batches)
