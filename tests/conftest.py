@@ -116,3 +116,15 @@ def files(tmp_path_factory) -> dict[str, Path]:
     frames = [cat.rotate(a) for a in (0, 10, 20)]
     frames[0].save(out["animated_gif"], save_all=True, append_images=frames[1:], duration=100, loop=0)
     return out
+
+
+# The real photos shipped in assets/.
+PHOTOS = [ROOT / "assets" / n for n in ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")]
+
+
+@pytest.fixture(scope="module")
+def photos():
+    missing = [p for p in PHOTOS if not p.exists()]
+    if missing:
+        pytest.skip(f"real photos missing from assets/: {missing}")
+    return PHOTOS

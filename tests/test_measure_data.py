@@ -9,17 +9,7 @@ import pytest
 
 from gtp.measure.data import class_index, imagenet_classes, read_labels, scan_folder
 
-from conftest import ROOT
 
-PHOTOS = [ROOT / "assets" / n for n in ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")]
-
-
-@pytest.fixture(scope="module")
-def photos():
-    missing = [p for p in PHOTOS if not p.exists()]
-    if missing:
-        pytest.skip(f"real photos missing from assets/: {missing}")
-    return PHOTOS
 
 
 def _put(folder: Path, photo: Path) -> None:

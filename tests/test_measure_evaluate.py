@@ -22,19 +22,10 @@ from gtp.measure.evaluate import Evaluator, shard_batches
 
 from conftest import ROOT, random_model
 
-PHOTOS = [ROOT / "assets" / n for n in ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")]
 MODEL = "deit_tiny_patch16_224"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def photos():
-    missing = [p for p in PHOTOS if not p.exists()]
-    if missing:
-        pytest.skip(f"real photos missing from assets/: {missing}")
-    return PHOTOS
 
 
 @pytest.fixture(scope="module")
