@@ -14,6 +14,10 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never wait on the model hub
+if not torch.cuda.is_available():
+    # No GPU: Triton's interpreter runs the fused GPU kernels on CPU tensors (gtp/kernels/triton_support.py).
+    # Read when a kernel is defined, so it is set before gtp's Triton modules are imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

@@ -1,0 +1,76 @@
+"""Where GTP's Triton kernels run: on CUDA tensors, and on CPU tensors under Triton's interpreter.
+
+The fused GPU path (`triton_attention`, `triton_tokens`) is written in Triton. On a GPU it
+compiles to CUDA kernels. Without one, `TRITON_INTERPRET=1` (set before the modules that
+define the kernels are imported; `tests/conftest.py` does so where CUDA is absent) runs the
+same kernels on CPU tensors, slowly but exactly, so CI checks them. On the CPU the eager
+path stays the numba one: the interpreted kernels are taken there only when a test asks,
+with `on_cpu()`.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+from typing import Callable, Iterator, NamedTuple
+
+import torch
+
+_on_cpu = False  # set by `on_cpu()`: the interpreted kernels also take CPU tensors
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+    """Whether Triton is installed (it ships with PyTorch's CUDA builds on Linux)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """Whether Triton's interpreter is on (`TRITON_INTERPRET=1`): kernels run on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0") in ("1", "true", "True")
+
+
+def runs_on(t: torch.Tensor) -> bool:
+    """Whether the Triton kernels take tensor `t`: CUDA tensors (real or fake), or CPU tensors
+    inside `on_cpu()` under the interpreter."""
+    if not available():
+        return False
+    if t.device.type == "cuda":
+        return True
+    return _on_cpu and t.device.type == "cpu" and interpreting()
+
+
+@contextlib.contextmanager
+def on_cpu() -> Iterator[None]:
+    """Run the Triton kernels on CPU tensors inside this block (needs `TRITON_INTERPRET=1`)."""
+    global _on_cpu
+    if not interpreting():
+        raise RuntimeError("the Triton kernels run on CPU tensors only under TRITON_INTERPRET=1")
+    before, _on_cpu = _on_cpu, True
+    try:
+        yield
+    finally:
+        _on_cpu = before
+
+
+# ------------------------------------------------------------------ modelled costs
+# A Triton custom op is one opaque node to a dispatch mode, so each one says what it
+# costs on a GPU: `COSTS["gtp::name"](args, kwargs)` takes the op's own arguments
+# (fake tensors will do) and returns a `KernelCost`. `gtp.measure.cuda_cost` reads it.
+class KernelCost(NamedTuple):
+    launches: int      # kernels launched
+    flops: float       # floating-point operations (a multiply-add counts 2)
+    bytes: float       # bytes read from and written to GPU memory
+    programs: int      # Triton programs (thread blocks) of the largest launch: its parallelism
+
+
+COSTS: dict[str, Callable[[tuple, dict], KernelCost]] = {}
+
+
+def register_cost(op_name: str) -> Callable:
+    """Decorator: `@register_cost("gtp::fused_attention")` on the op's cost function."""
+    def register(fn: Callable[[tuple, dict], KernelCost]) -> Callable[[tuple, dict], KernelCost]:
+        COSTS[op_name] = fn
+        return fn
+    return register
