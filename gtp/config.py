@@ -1,7 +1,7 @@
 """GTP's hyper-parameters: the ONE place they are listed, with their published defaults.
 
 Each field of `GTPConfig` is a hyper-parameter: its type, its default (the published
-setting, METHOD.md sections 5 and 6: DeiT-B with P = 8) and its metadata:
+setting, SPEC.md sections 5 and 6: DeiT-B with P = 8) and its metadata:
 
   help     one line (the CLI's --help, the app's label)
   symbol   the paper's symbol, e.g. "P", "θ"
@@ -59,7 +59,7 @@ class GTPConfig:
         return dataclasses.asdict(self)
 
 
-# The published setting, name -> value (METHOD.md sections 5 and 6).
+# The published setting, name -> value (SPEC.md sections 5 and 6).
 PUBLISHED: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(GTPConfig)}
 
 
@@ -178,7 +178,7 @@ def settings_of(config: Optional[GTPConfig] = None, **overrides: Any) -> dict[st
 def effective_num_prop(num_prop: Sequence[int], num_patches: int, propagation: str = "graph") -> list[int]:
     """The P each block really propagates, given the requested per-block schedule.
 
-    A block with no more than P patch tokens left propagates none (METHOD.md section 5),
+    A block with no more than P patch tokens left propagates none (SPEC.md section 5),
     so e.g. P = 100 on 196 patch tokens removes 100 in the first block and none after.
     "mean" propagation adds back one average token per block that propagates.
     """

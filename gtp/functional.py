@@ -1,4 +1,4 @@
-"""The GTP method as pure functions on tensors (METHOD.md sections 1-4).
+"""The GTP method as pure functions on tensors (SPEC.md sections 1-4).
 
 Shapes: B images, H heads, n tokens in a block (prefix included), N patch tokens,
 C channels, p0 prefix tokens (CLS, distillation, registers) that come first.
@@ -73,7 +73,7 @@ class GraphParts(NamedTuple):
 
 
 def graph_parts(x: Tensor, grid_size: tuple[int, int], graph: str = "mixed", num_neighbours: int = 8) -> GraphParts:
-    """The adjacencies of the token graph of METHOD.md section 1, before normalisation.
+    """The adjacencies of the token graph of SPEC.md section 1, before normalisation.
 
     x: [B, N, C] patch tokens after the position embedding.
     """
@@ -98,7 +98,7 @@ def graph_from_parts(parts: GraphParts, batch: int) -> Tensor:
 
 
 def build_graph(x: Tensor, grid_size: tuple[int, int], graph: str = "mixed", num_neighbours: int = 8) -> Tensor:
-    """The normalised token graph W of METHOD.md section 1: x [B, N, C] -> W [B, N, N] float32."""
+    """The normalised token graph W of SPEC.md section 1: x [B, N, C] -> W [B, N, N] float32."""
     return graph_from_parts(graph_parts(x, grid_size, graph, num_neighbours), x.shape[0])
 
 
@@ -125,12 +125,25 @@ def attention_map(q: Tensor, k: Tensor, size: Optional[Tensor] = None, scale: fl
     return logits.view(B, H, n, n)
 
 
+def cls_attention_row(q: Tensor, k: Tensor, size: Optional[Tensor] = None, scale: float = 1.0) -> Tensor:
+    """Row 0 of the attention map (the CLS token's query) alone: [B, H, n] float32.
+
+    What CLS-attention selection reads when nothing is sparsified: one query row
+    instead of the n x n map (the output itself comes from the fused SDPA kernel).
+    """
+    logits = (q[:, :, :1] @ k.transpose(-2, -1)).float().squeeze(2) * scale  # [B, H, n]
+    if size is not None:
+        logits = logits + size.log()[:, None, :]
+    return logits.softmax(dim=-1)
+
+
 class Attention(NamedTuple):
     """What `attention` computed: the output and, on request, what selection and tracing read."""
     out: Tensor                                  # [B, H, n, d] A @ V, A sparsified
     statistics: Optional[tuple[Tensor, Tensor]]  # ([B, H, n] diagonal, [B, H, n] column sums) of A
     dense_map: Optional[Tensor]                  # [B, H, n, n] A before sparsification
     sparse_map: Optional[Tensor]                 # [B, H, n, n] A as used for A @ V
+    cls_row: Optional[Tensor] = None             # [B, H, n] row 0 of A (CLS-attention selection)
 
 
 def attention(
@@ -143,7 +156,7 @@ def attention(
         statistics: bool = False,
         keep_maps: bool = False,
 ) -> Attention:
-    """GTP attention: token scale, sparsification, the map used for A @ V (METHOD.md section 2).
+    """GTP attention: token scale, sparsification, the map used for A @ V (SPEC.md section 2).
 
     q, k, v: [B, H, n, d]; size: [B, n] or None; scale multiplies q k^T.
     `statistics`: also return the diagonal and column sums of the sparsified
@@ -179,16 +192,16 @@ def _over_heads(t: Tensor, reduce: str) -> Tensor:
 
 
 def selection_input(selection: str) -> str:
-    """What a selection strategy reads from the block's `attention`.
+    """What a selection strategy reads from the block's attention.
 
     "statistics": the diagonal and column sums (mixed, diag, img, sum_attn);
-    "map": the sparsified map itself (cls_attn reads its CLS row, cos_sim all of
-    it); "none": nothing (random scores are noise).
+    "cls_row": row 0 of the sparsified map (cls_attn); "map": the sparsified map
+    itself (cos_sim); "none": nothing (random scores are noise).
     """
     kind, _ = _parse_selection(selection)
     if kind in ("mixed_attn", "diag_attn", "img_attn", "sum_attn"):
         return "statistics"
-    return "none" if kind == "random" else "map"
+    return {"random": "none", "cls_attn": "cls_row"}.get(kind, "map")
 
 
 def selection_scores(
@@ -197,7 +210,7 @@ def selection_scores(
         selection: str = "mixed_attn_max",
         generator: Optional[torch.Generator] = None,
 ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    """Score every patch token; the lowest scores are propagated (METHOD.md section 3).
+    """Score every patch token; the lowest scores are propagated (SPEC.md section 3).
 
     attended: the block's `attention`, computed with what `selection_input`
     names; patch tokens are tokens num_prefix.. of it. Returns (score [B, N],
@@ -212,7 +225,8 @@ def selection_scores(
     if kind == "cls_attn":
         if p0 == 0:
             raise ValueError(f"selection {selection!r} needs a CLS token; this model has none")
-        return _over_heads(attended.sparse_map[:, :, 0, p0:].float(), reduce), None, None
+        row = attended.cls_row if attended.cls_row is not None else attended.sparse_map[:, :, 0]
+        return _over_heads(row[:, :, p0:].float(), reduce), None, None
     if kind == "cos_sim":
         rows = F.normalize(_over_heads(attended.sparse_map.float(), reduce)[:, p0:, :], dim=-1)  # [B, N, n]
         return -(rows @ rows.transpose(1, 2)).sum(-1), None, None

@@ -1,23 +1,34 @@
-"""Patch a timm VisionTransformer in place with GTP. The one module that knows timm's internals.
+"""Patch a timm VisionTransformer in place with GTP.
 
 Like ToMe, each transformer block's class is swapped for a subclass whose forward
 runs attention -> selection -> propagation -> MLP; the weights are untouched.
 Every block of one timm class gets the same subclass, so torch.compile sees one
 forward function. State shared by the blocks of one forward (token sizes, the
-graph W, original patch ids) lives in one `GTPState` object on the model.
+graph W, original patch ids) lives in one `GTPState` object on the model. What
+the forward needs from timm comes from `gtp.timm_adapter`; each step runs on the
+fastest implementation for its tensors (`gtp.steps`).
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as G
+from . import steps
+from . import timm_adapter as timm_vit
 from .config import GTPConfig, make_config, settings_of
 from .trace import Trace, record_block, record_start
+
+
+def _cacheable(t: Tensor) -> bool:
+    """Whether a tensor built from `t`'s device may be kept across forwards: not while
+    torch.compile traces or fake tensors stand in for real ones."""
+    if torch.compiler.is_compiling() or t.device.type == "meta":
+        return False
+    return torch._guards.detect_fake_mode() is None
 
 
 class GTPState:
@@ -30,8 +41,21 @@ class GTPState:
         self.recorder: Optional[Trace] = None
         # Per forward:
         self.size: Optional[Tensor] = None  # [B, n] token sizes
-        self.graph: Optional[Tensor] = None  # [B, N0, N0] W over the original patch tokens
+        self.graph: Optional[Tensor] = None  # [B, N0, N0] W over the original patch tokens ([1, N0, N0] if spatial)
         self.ids: Optional[Tensor] = None   # [B, N] original id of each current patch token
+        # Across forwards: the grid graph depends only on the grid and the device.
+        self._spatial: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def spatial(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The grid adjacency A [N0, N0] and its normalised W [1, N0, N0], kept per grid and device."""
+        key = (self.grid_size, x.device)
+        if key in self._spatial:
+            return self._spatial[key]
+        adjacency = G.spatial_adjacency(*self.grid_size, device=x.device)
+        graph = (adjacency, G.normalise_adjacency(adjacency).unsqueeze(0))
+        if _cacheable(x):
+            self._spatial[key] = graph
+        return graph
 
     def start(self, x: Tensor) -> None:
         """Called by block 0 with its input x: [B, n, C] (after pos-embed and norm_pre)."""
@@ -42,41 +66,19 @@ class GTPState:
             raise RuntimeError(f"patch grid {self.grid_size} does not match the {N} patch tokens")
         self.size = torch.ones(B, n, device=x.device, dtype=torch.float32)
         patches = x[:, p0:]
-        parts = None
+        parts, self.graph = None, None
         if cfg.propagation == "graph" and any(cfg.num_prop):
-            parts = G.graph_parts(patches, self.grid_size, cfg.graph, cfg.num_neighbours)
-            self.graph = G.graph_from_parts(parts, B)
-        else:
-            self.graph = None
+            adjacency, normalised = self.spatial(x) if cfg.graph != "semantic" else (None, None)
+            if cfg.graph == "spatial":  # the same W for every image: one [1, N0, N0], never copied per image
+                parts, self.graph = G.GraphParts(adjacency, None, None), normalised
+            else:
+                similarity = G.cosine_similarity(patches)
+                semantic = G.semantic_adjacency(similarity, cfg.num_neighbours)
+                parts = G.GraphParts(adjacency, semantic, similarity)
+                self.graph = G.graph_from_parts(parts, B)
         self.ids = torch.arange(N, device=x.device).expand(B, N)
         if self.recorder is not None:
             record_start(self.recorder, self.grid_size, p0, cfg, patches, parts)
-
-
-def _attend(attn: nn.Module, x: Tensor, size: Optional[Tensor], sparsity: float,
-            statistics: bool = False, keep_maps: bool = False) -> tuple[Tensor, G.Attention]:
-    """timm `Attention.forward` with GTP's attention (token scale, sparsification).
-
-    x: [B, n, C]. Returns (output [B, n, C], the `functional.attention` result
-    with the statistics / maps asked for).
-    """
-    B, n, C = x.shape
-    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
-    qkv = attn.qkv(x).reshape(B, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    if statistics or keep_maps or sparsity < 1.0:
-        attended = G.attention(q, k, v, size, sparsity, attn.scale, statistics, keep_maps)
-        out = attended.out
-    else:  # no map needed: the fused kernel, with token scale as an additive bias
-        bias = None if size is None else size.log().to(q.dtype)[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        attended = G.Attention(out, None, None, None)
-    out = out.transpose(1, 2).reshape(B, n, attn.attn_dim)
-    out = attn.norm(out)
-    if gate is not None:
-        out = out * gate
-    return attn.proj_drop(attn.proj(out)), attended
 
 
 @functools.lru_cache(maxsize=None)
@@ -102,71 +104,26 @@ def _gtp_block_class(block_cls: type) -> type:
                 return super().forward(x)  # exactly timm's block
 
             # Selection names what it reads; attention computes just that (and the maps for a trace).
-            needs = G.selection_input(cfg.selection) if num_prop > 0 else "none"
-            y, attended = _attend(self.attn, self.norm1(x), state.size if cfg.token_scale else None,
-                                  cfg.sparsity, needs == "statistics", needs == "map" or rec is not None)
-            x = x + self.drop_path1(self.ls1(y))
+            heads = timm_vit.heads(self.attn, self.norm1(x))
+            attended = steps.attend(heads.q, heads.k, heads.v, state.size if cfg.token_scale else None,
+                                    cfg.sparsity, timm_vit.scale(self.attn),
+                                    G.selection_input(cfg.selection) if num_prop > 0 else "none", rec is not None)
+            x = timm_vit.add_attention(self, x, timm_vit.output(self.attn, attended.out, heads.gate))
 
             candidates = state.ids
-            score = regeneration = broadcasting = keep = weights = None
-            prop = candidates.new_empty(x.shape[0], 0)
+            choice = weights = None
             if num_prop > 0:
-                score, regeneration, broadcasting = G.selection_scores(attended, p0, cfg.selection)
-                prop, keep = G.split_tokens(score, num_prop)
-                x, state.size, state.ids, weights = G.propagate(
-                    x, state.size, state.graph, state.ids, prop, keep, p0, cfg.propagation, cfg.alpha)
+                choice = steps.choose(attended, candidates, p0, cfg.selection, num_prop)
+                x, state.size, state.ids, weights = steps.propagate(
+                    x, state.size, state.graph, candidates, choice, p0, cfg.propagation, cfg.alpha, rec is not None)
             if rec is not None:
                 record_block(rec, block=self._gtp_index, tokens_in=n, candidates=candidates, attended=attended,
-                             score=score, regeneration=regeneration, broadcasting=broadcasting, prop=prop,
-                             keep=keep, weights=weights, kept=state.ids, sizes=state.size)
-            return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+                             choice=choice, weights=weights, kept=state.ids, sizes=state.size)
+            return timm_vit.add_mlp(self, x)
 
     GTPBlock.__name__ = f"GTP{block_cls.__name__}"
     GTPBlock.__qualname__ = GTPBlock.__name__
     return GTPBlock
-
-
-def swap_block_classes(model: nn.Module, subclass_of: Callable[[type], type], state: object, tag: str) -> None:
-    """Give each block of `model` the class `subclass_of(its class)`; weights stay as they are.
-
-    Each block keeps `_<tag>_original_class` (for `restore_block_classes`), `_<tag>_state`
-    (shared by all blocks) and `_<tag>_index` (its depth). Used by GTP ("gtp") and ToMe ("tome").
-    """
-    for i, blk in enumerate(model.blocks):
-        setattr(blk, f"_{tag}_original_class", blk.__class__)
-        blk.__class__ = subclass_of(blk.__class__)
-        setattr(blk, f"_{tag}_state", state)
-        setattr(blk, f"_{tag}_index", i)
-
-
-def restore_block_classes(model: nn.Module, tag: str) -> None:
-    """Undo `swap_block_classes(..., tag)`: every block is its original class again."""
-    for blk in model.blocks:
-        blk.__class__ = getattr(blk, f"_{tag}_original_class")
-        for name in ("original_class", "state", "index"):
-            delattr(blk, f"_{tag}_{name}")
-
-
-def _grid_hook(state: GTPState):
-    def hook(patch_embed: nn.Module, args) -> None:
-        img = args[0]
-        if hasattr(patch_embed, "dynamic_feat_size"):
-            state.grid_size = tuple(patch_embed.dynamic_feat_size(img.shape[-2:]))
-    return hook
-
-
-def _check_model(model: nn.Module) -> None:
-    from timm.models.vision_transformer import Block, VisionTransformer
-    from timm.layers import Attention
-    if not isinstance(model, VisionTransformer):
-        raise ValueError(f"gtp.patch supports timm VisionTransformer models; got {type(model).__name__}")
-    for i, blk in enumerate(model.blocks):
-        base = getattr(blk, "_gtp_original_class", type(blk))
-        if not issubclass(base, Block) or not isinstance(blk.attn, Attention):
-            raise ValueError(f"block {i} is a {base.__name__} with {type(blk.attn).__name__}; "
-                             "gtp.patch supports timm's Block with its standard Attention")
-    if getattr(model, "attn_pool", None) is not None:
-        raise ValueError("gtp.patch does not support attention-pool heads")
 
 
 def patch(model: nn.Module, config: Optional[GTPConfig] = None, **overrides: Any) -> nn.Module:
@@ -180,18 +137,18 @@ def patch(model: nn.Module, config: Optional[GTPConfig] = None, **overrides: Any
     Bad values raise ValueError naming the valid range. Calling it again reconfigures
     the model; `gtp.unpatch` restores it.
     """
-    _check_model(model)
-    grid = tuple(model.patch_embed.grid_size)
+    timm_vit.check_model(model, "gtp.patch")
+    grid = timm_vit.grid_size(model)
     config = make_config(depth=len(model.blocks), num_patches=grid[0] * grid[1],
-                         num_prefix=model.num_prefix_tokens, **settings_of(config, **overrides))
+                         num_prefix=timm_vit.num_prefix(model), **settings_of(config, **overrides))
     state = getattr(model, "_gtp_state", None)
     if state is not None:
         state.config = config
         return model
-    state = GTPState(config, model.num_prefix_tokens, grid)
+    state = GTPState(config, timm_vit.num_prefix(model), grid)
     model._gtp_state = state
-    model._gtp_hook = model.patch_embed.register_forward_pre_hook(_grid_hook(state))
-    swap_block_classes(model, _gtp_block_class, state, "gtp")
+    model._gtp_hook = timm_vit.on_grid_change(model, lambda grid: setattr(state, "grid_size", grid))
+    timm_vit.swap_block_classes(model, _gtp_block_class, state, "gtp")
     return model
 
 
@@ -200,7 +157,7 @@ def unpatch(model: nn.Module) -> nn.Module:
     if getattr(model, "_gtp_state", None) is None:
         return model
     model._gtp_hook.remove()
-    restore_block_classes(model, "gtp")
+    timm_vit.restore_block_classes(model, "gtp")
     del model._gtp_state, model._gtp_hook
     return model
 

@@ -68,7 +68,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .patch import restore_block_classes, swap_block_classes
+from . import timm_adapter as timm_vit
+from .steps import sdpa
 
 
 # ------------------------------------------------------------------------ pure maths
@@ -152,12 +153,11 @@ def proportional_attention(q: Tensor, k: Tensor, v: Tensor, size: Optional[Tenso
     The fused kernel takes the size term as an additive mask; `fused=False` runs the
     explicit matmuls (which PyTorch's FLOP counter can see on CPU).
     """
-    bias = None if size is None else size.log().to(q.dtype)[:, None, None, :]
     if fused:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return sdpa(q, k, v, size, scale)
     logits = (q * scale) @ k.transpose(-2, -1)
-    if bias is not None:
-        logits = logits + bias
+    if size is not None:
+        logits = logits + size.log().to(q.dtype)[:, None, None, :]
     return logits.softmax(dim=-1) @ v
 
 
@@ -202,17 +202,10 @@ def _attend_keys(attn: nn.Module, x: Tensor, size: Optional[Tensor]) -> tuple[Te
 
     x: [B, n, C]. Returns (output [B, n, C], keys [B, H, n, d]).
     """
-    B, n, C = x.shape
-    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
-    qkv = attn.qkv(x).reshape(B, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    out = proportional_attention(q, k, v, size, attn.scale, fused=getattr(attn, "fused_attn", True))
-    out = out.transpose(1, 2).reshape(B, n, attn.attn_dim)
-    out = attn.norm(out)
-    if gate is not None:
-        out = out * gate
-    return attn.proj_drop(attn.proj(out)), k
+    heads = timm_vit.heads(attn, x)
+    out = proportional_attention(heads.q, heads.k, heads.v, size, timm_vit.scale(attn),
+                                 fused=getattr(attn, "fused_attn", True))
+    return timm_vit.output(attn, out, heads.gate), heads.k
 
 
 @functools.lru_cache(maxsize=None)
@@ -241,7 +234,7 @@ def _tome_block_class(block_cls: type) -> type:
                 return super().forward(x)  # nothing merged yet: exactly timm's block
             size = state.size if state.prop_attn else None
             y, keys = _attend_keys(self.attn, self.norm1(x), size)
-            x = x + self.drop_path1(self.ls1(y))
+            x = timm_vit.add_attention(self, x, y)
             match = None
             if r > 0:
                 match = bipartite_soft_matching(keys.mean(1), r, p0)
@@ -249,7 +242,7 @@ def _tome_block_class(block_cls: type) -> type:
                 x, state.size = merge_wavg(x, current, match)
             if state.trace_source:
                 state.record_merge(match, x)
-            return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+            return timm_vit.add_mlp(self, x)
 
     ToMeBlock.__name__ = f"ToMe{block_cls.__name__}"
     ToMeBlock.__qualname__ = ToMeBlock.__name__
@@ -270,14 +263,9 @@ def patch(model: nn.Module, r: Union[int, Sequence[int]] = 8, prop_attn: bool = 
 
     Calling it again reconfigures the model; `gtp.tome.unpatch` restores it.
     """
-    from timm.layers import Attention
-    from timm.models.vision_transformer import Block, VisionTransformer
-    if not isinstance(model, VisionTransformer):
-        raise ValueError(f"gtp.tome.patch supports timm VisionTransformer models; got {type(model).__name__}")
     if getattr(model, "_gtp_state", None) is not None:
         raise ValueError("the model is patched with GTP; call gtp.unpatch(model) first")
-    if getattr(model, "attn_pool", None) is not None:
-        raise ValueError("gtp.tome.patch does not support attention-pool heads")
+    timm_vit.check_model(model, "gtp.tome.patch")
     depth = len(model.blocks)
     schedule = [r] * depth if isinstance(r, int) else list(r)
     if len(schedule) != depth or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in schedule):
@@ -286,12 +274,9 @@ def patch(model: nn.Module, r: Union[int, Sequence[int]] = 8, prop_attn: bool = 
     if state is not None:
         state.r, state.prop_attn, state.trace_source = schedule, bool(prop_attn), bool(trace_source)
         return model
-    for i, blk in enumerate(model.blocks):
-        if not isinstance(blk, Block) or not isinstance(blk.attn, Attention):
-            raise ValueError(f"block {i} is a {type(blk).__name__}; gtp.tome.patch supports timm's Block")
-    state = ToMeState(schedule, model.num_prefix_tokens, bool(prop_attn), bool(trace_source))
+    state = ToMeState(schedule, timm_vit.num_prefix(model), bool(prop_attn), bool(trace_source))
     model._tome_state = state
-    swap_block_classes(model, _tome_block_class, state, "tome")
+    timm_vit.swap_block_classes(model, _tome_block_class, state, "tome")
     return model
 
 
@@ -299,7 +284,7 @@ def unpatch(model: nn.Module) -> nn.Module:
     """Undo `gtp.tome.patch`: the model behaves exactly as before."""
     if getattr(model, "_tome_state", None) is None:
         return model
-    restore_block_classes(model, "tome")
+    timm_vit.restore_block_classes(model, "tome")
     del model._tome_state
     return model
 

@@ -141,11 +141,7 @@ def record_block(
         tokens_in: int,
         candidates: Tensor,
         attended: G.Attention,
-        score: Optional[Tensor],
-        regeneration: Optional[Tensor],
-        broadcasting: Optional[Tensor],
-        prop: Tensor,
-        keep: Optional[Tensor],
+        choice: Optional[Any],
         weights: Optional[Tensor],
         kept: Tensor,
         sizes: Tensor,
@@ -153,16 +149,18 @@ def record_block(
     """Append what block `block` did to the record, from the tensors the block used.
 
     candidates: [B, N_in] original ids of the patch tokens entering; attended:
-    the block's `functional.attention`, with its maps; prop [B, P] / keep
-    [B, N_in-P] (or None when P = 0): indices into candidates; weights: the
-    propagation weights [B, N_in-P, P] or None; kept [B, N_out], sizes
-    [B, n_out]: the ids and token sizes (prefix included) after the block.
+    the block's attention, with its maps; choice: the block's `steps.Choice`
+    (prop [B, P] / keep [B, N_in-P] index candidates; score and its factors), or
+    None when it propagated nothing; weights: the propagation weights
+    [B, N_in-P, P] or None; kept [B, N_out], sizes [B, n_out]: the ids and token
+    sizes (prefix included) after the block.
     """
     p0 = record.num_prefix
+    prop = candidates.new_empty(candidates.shape[0], 0) if choice is None else choice.prop
     propagated = candidates.gather(1, prop)             # [B, P]
     edges = []
     if weights is not None:
-        receivers = candidates.gather(1, keep)          # [B, N-P]
+        receivers = candidates.gather(1, choice.keep)   # [B, N-P]
         for b in range(candidates.shape[0]):
             k_i, r_i = weights[b].nonzero(as_tuple=True)
             edges.append(Edges(propagated[b, r_i], receivers[b, k_i], weights[b, k_i, r_i].float()))
@@ -174,9 +172,9 @@ def record_block(
         tokens_in=tokens_in,
         tokens_out=p0 + kept.shape[1],
         candidates=candidates,
-        score=score,
-        regeneration=regeneration,
-        broadcasting=broadcasting,
+        score=None if choice is None else choice.score,
+        regeneration=None if choice is None else choice.regeneration,
+        broadcasting=None if choice is None else choice.broadcasting,
         propagated=propagated,
         kept=kept,
         sizes=sizes[:, p0:].clone(),

@@ -229,7 +229,8 @@ def test_attention_with_the_selection_statistics_matches_its_parts(numba, monkey
 
 def test_selection_asks_for_what_it_reads():
     assert {G.selection_input(s) for s in gtp.SELECTIONS if "_attn_" in s and "cls" not in s} == {"statistics"}
-    assert G.selection_input("cls_attn_max") == G.selection_input("cos_sim_mean") == "map"
+    assert G.selection_input("cls_attn_max") == G.selection_input("cls_attn_mean") == "cls_row"
+    assert G.selection_input("cos_sim_max") == G.selection_input("cos_sim_mean") == "map"
     assert G.selection_input("random") == "none"
     with pytest.raises(ValueError, match="selection"):
         G.selection_input("best")

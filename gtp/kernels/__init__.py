@@ -1,4 +1,4 @@
-"""Sparsification of attention maps (METHOD.md section 2) behind one entry point, `sparsify`.
+"""Sparsification of attention maps (SPEC.md section 2) behind one entry point, `sparsify`.
 
 Two implementations give bit-identical zeroed entries:
 
@@ -54,7 +54,7 @@ def sparsify(
     differentiated). The zeroed entries are the same on every path and device.
 
     With `statistics`, also returns what the attention-based selections read
-    (METHOD.md section 3), from the map AFTER zeroing, both float32 [B, H, n]:
+    (SPEC.md section 3), from the map AFTER zeroing, both float32 [B, H, n]:
       - diagonal[b, h, j] = A[j, j] (regeneration difficulty, per head);
       - column_sums[b, h, j] = sum_i A[i, j] (broadcasting ability, per head).
     The numba kernel takes them in its zeroing pass.

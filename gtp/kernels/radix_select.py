@@ -1,6 +1,6 @@
 """Exact per-row k-th smallest with zeroing, compiled for the CPU with numba.
 
-Sparsification (METHOD.md section 2) zeroes every entry of an attention map that
+Sparsification (SPEC.md section 2) zeroes every entry of an attention map that
 is not above its k-th smallest value. On the CPU, PyTorch's own selections
 (`kthvalue`, `topk`) keep an index per entry and run one row per thread, which
 makes them cost more than the attention itself. This kernel does the same in three

@@ -13,11 +13,12 @@ import contextlib
 import functools
 import importlib.util
 import os
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
 
 _on_cpu = False  # set by `on_cpu()`: the interpreted kernels also take CPU tensors
+_disabled: Optional[str] = None  # why the kernels failed to build here, once they have
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,11 +35,22 @@ def interpreting() -> bool:
 def runs_on(t: torch.Tensor) -> bool:
     """Whether the Triton kernels take tensor `t`: CUDA tensors (real or fake), or CPU tensors
     inside `on_cpu()` under the interpreter."""
-    if not available():
+    if not available() or _disabled is not None:
         return False
     if t.device.type == "cuda":
         return True
     return _on_cpu and t.device.type == "cpu" and interpreting()
+
+
+def disable(reason: str) -> None:
+    """Stop using the Triton kernels in this process (a kernel failed to build or launch)."""
+    global _disabled
+    _disabled = reason
+
+
+def disabled() -> Optional[str]:
+    """Why the Triton kernels are off in this process, or None while they are on."""
+    return _disabled
 
 
 @contextlib.contextmanager

@@ -1,0 +1,153 @@
+"""The three steps of a GTP block, attend -> choose -> propagate, each on the fastest path for its tensors.
+
+`gtp.functional` holds the maths in plain PyTorch: the reference every path is tested
+against. Here each step picks an implementation of the same semantics (SPEC.md
+sections 2-4):
+
+- CUDA tensors (and CPU tensors under Triton's interpreter, for tests): the Triton
+  kernels of `gtp.kernels.triton_attention` / `triton_tokens`. The attention map never
+  reaches GPU memory, and a block between its attention and its MLP launches three
+  kernels (attention, selection, propagation) instead of dozens.
+- Eager float32 CPU tensors: the numba kernels (`gtp.kernels.cpu_attention`), through
+  `functional.attention`.
+- Anything else (meta tensors, autograd, no Triton): the batched PyTorch functions.
+
+Whatever the path, a step that needs no map does not build one: with nothing to read
+the attention is PyTorch's fused `scaled_dot_product_attention`, and CLS-attention
+selection without sparsification reads one query row beside it.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, NamedTuple, Optional, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import functional as G
+from .kernels import triton_support
+
+T = TypeVar("T")
+
+
+def _triton(t: Tensor) -> bool:
+    """Whether the Triton kernels take this step's tensors (never under autograd: they have no backward)."""
+    return triton_support.runs_on(t) and not (torch.is_grad_enabled() and t.requires_grad)
+
+
+def _guarded(fused: Callable[[], T], fallback: Callable[[], T]) -> T:
+    """Run a Triton kernel; if it cannot be built on this machine (an old GPU, a Triton
+    without some feature), say so once and use the PyTorch path from then on."""
+    if torch.compiler.is_compiling():
+        return fused()
+    try:
+        return fused()
+    except Exception as error:  # noqa: BLE001 - any build or launch failure: the fallback is exact too
+        if not triton_support.available():
+            raise
+        triton_support.disable(f"{type(error).__name__}: {error}")
+        warnings.warn(f"GTP's Triton kernels are off on this machine ({type(error).__name__}: {error}); "
+                      "using the PyTorch path", RuntimeWarning, stacklevel=3)
+        return fallback()
+
+
+# ------------------------------------------------------------------------ attention
+def sdpa(q: Tensor, k: Tensor, v: Tensor, size: Optional[Tensor], scale: float) -> Tensor:
+    """softmax(scale q k^T + log s_j) v with PyTorch's fused kernel: [B, H, n, d] -> [B, H, n, d]."""
+    bias = None if size is None else size.log().to(q.dtype)[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+
+def attend(
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        size: Optional[Tensor],
+        sparsity: float,
+        scale: float,
+        needs: str = "none",
+        keep_maps: bool = False,
+) -> G.Attention:
+    """GTP attention (SPEC.md section 2) with what the selection reads (`functional.selection_input`).
+
+    q, k, v: [B, H, n, d]; size: [B, n] token sizes or None (no token scale);
+    needs: "statistics", "cls_row", "map" or "none"; keep_maps: also the maps before
+    and after sparsification (the trace). Returns `functional.Attention`; its
+    dense/sparse maps are set only when `keep_maps` or `needs == "map"`.
+    """
+    if sparsity >= 1.0 and needs in ("none", "cls_row") and not keep_maps:
+        row = G.cls_attention_row(q, k, size, scale) if needs == "cls_row" else None
+        return G.Attention(sdpa(q, k, v, size, scale), None, None, None, row)
+    if sparsity >= 1.0 and needs == "cls_row":  # traced: the same row and output, the maps for display
+        amap = G.attention_map(q, k, size, scale)
+        return G.Attention(sdpa(q, k, v, size, scale), None, amap, amap, G.cls_attention_row(q, k, size, scale))
+    maps = keep_maps or needs == "map"
+    if _triton(q):
+        from .kernels import triton_attention
+        return _guarded(
+            lambda: triton_attention.attention(q, k, v, size, scale, sparsity, needs == "statistics",
+                                               needs == "cls_row", maps),
+            lambda: attend(q, k, v, size, sparsity, scale, needs, keep_maps))
+    attended = G.attention(q, k, v, size, sparsity, scale, needs == "statistics", maps or needs == "cls_row")
+    if needs == "cls_row":
+        attended = attended._replace(cls_row=attended.sparse_map[:, :, 0])
+        if not maps:
+            attended = attended._replace(dense_map=None, sparse_map=None)
+    return attended
+
+
+# ------------------------------------------------------------------------ selection
+class Choice(NamedTuple):
+    """Which patch tokens leave a block (indices into the block's current patch tokens)."""
+    prop: Tensor                    # [B, P] propagated, ascending
+    keep: Tensor                    # [B, N-P] kept, ascending
+    kept_ids: Tensor                # [B, N-P] original patch ids of the kept tokens
+    score: Tensor                   # [B, N] selection score (low = propagated)
+    regeneration: Optional[Tensor]  # [B, N] the score's factors, for the strategies that use them
+    broadcasting: Optional[Tensor]
+
+
+def choose(attended: G.Attention, ids: Tensor, num_prefix: int, selection: str, num_prop: int) -> Choice:
+    """The `num_prop` patch tokens with the lowest score leave (SPEC.md section 3).
+
+    attended: the block's attention with what `functional.selection_input(selection)`
+    names; ids: [B, N] original patch ids of the current patch tokens.
+    """
+    if _triton(attended.out):
+        from .kernels import triton_tokens
+        return _guarded(lambda: Choice(*triton_tokens.choose(attended, ids, num_prefix, selection, num_prop)),
+                        lambda: choose(attended, ids, num_prefix, selection, num_prop))
+    score, regeneration, broadcasting = G.selection_scores(attended, num_prefix, selection)
+    prop, keep = G.split_tokens(score, num_prop)
+    return Choice(prop, keep, ids.gather(1, keep), score, regeneration, broadcasting)
+
+
+# ---------------------------------------------------------------------- propagation
+def propagate(
+        x: Tensor,
+        size: Tensor,
+        graph: Optional[Tensor],
+        ids: Tensor,
+        choice: Choice,
+        num_prefix: int,
+        propagation: str,
+        alpha: float,
+        weights: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """Remove the chosen tokens and push their features into the kept ones (SPEC.md section 4).
+
+    x: [B, n, C]; size: [B, n]; graph: W [B or 1, N0, N0] over the original patch
+    ids (for "graph"); ids: [B, N] current original ids. Returns (x, size, ids, the
+    weights alpha W[K, R] [B, N-P, P] for "graph" when `weights` is asked, else None)
+    as `functional.propagate` does.
+    """
+    if propagation != "mean" and _triton(x):
+        from .kernels import triton_tokens
+        return _guarded(
+            lambda: triton_tokens.propagate(x, size, graph, choice, num_prefix, propagation, alpha, weights),
+            lambda: propagate(x, size, graph, ids, choice, num_prefix, propagation, alpha, weights))
+    if graph is not None:  # a spatial graph is one [1, N0, N0] for every image
+        graph = graph.expand(x.shape[0], -1, -1)
+    x, size, kept, w = G.propagate(x, size, graph, ids, choice.prop, choice.keep, num_prefix, propagation, alpha)
+    return x, size, kept, w if weights else None
