@@ -110,6 +110,29 @@ def test_close_to_the_torch_path():
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
 
 
+def test_no_map_in_memory_unless_traced(monkeypatch):
+    """Untraced, the kernel is handed no buffer of n x n entries: it can write no map anywhere."""
+    from gtp.kernels import triton_attention as T
+    kernel, handed = T._gtp_attention_kernel, []
+
+    class Recorder:  # stands in for the kernel: records what each launch is given
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                handed.append([a for a in args if isinstance(a, torch.Tensor)])
+                return kernel[grid](*args, **kwargs)
+            return run
+
+    monkeypatch.setattr(T, "_gtp_attention_kernel", Recorder())
+    B, H, n, d = 1, 2, 33, 8  # n > d: q, k, v hold fewer entries than one map per head
+    q, k, v, size = inputs(B, H, n, d, seed=7)
+    lean = FA.fused_attention(q, k, v, size, 0.3, 300, statistics=True, cls_row=True)
+    traced = FA.fused_attention(q, k, v, size, 0.3, 300, statistics=True, cls_row=True, keep_maps=True)
+    assert len(handed) == 2  # one launch each
+    assert max(t.numel() for t in handed[0]) < B * H * n * n
+    assert sum(t.numel() == B * H * n * n for t in handed[1]) == 2  # the dense and sparse maps
+    assert torch.equal(lean.out, traced.out)
+
+
 def test_without_maps_the_same_results():
     """keep_maps / cls_row change only what is written, not out or the statistics."""
     q, k, v, size = inputs(1, 2, 17, 8, seed=4)
