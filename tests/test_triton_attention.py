@@ -1,0 +1,272 @@
+"""The fused Triton attention (gtp/kernels/triton_attention.py, fused_attention.py).
+
+On a CUDA machine the kernel runs on the GPU; elsewhere Triton's interpreter runs the
+same kernel on CPU tensors (conftest sets TRITON_INTERPRET=1). The interpreter is
+slow, so maps stay small; n = 17 and 50 span several ragged 16 x 16 tiles there.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from gtp import functional as G  # noqa: E402
+from gtp import kernels  # noqa: E402
+from gtp.kernels import fused_attention as FA  # noqa: E402
+from gtp.kernels import torch_select, triton_support  # noqa: E402
+from conftest import ROOT  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu" and not triton_support.interpreting():
+    pytest.skip("no CUDA and TRITON_INTERPRET is not set", allow_module_level=True)
+
+
+def inputs(B: int, H: int, n: int, d: int, dtype=torch.float32, token_scale: bool = True, seed: int = 0):
+    """q, k, v [B, H, n, d] and token sizes [B, n] (or None), on DEVICE."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, n, d, generator=g).to(DEVICE, dtype) for _ in range(3))
+    size = (1 + 3 * torch.rand(B, n, generator=g)).round().to(DEVICE) if token_scale else None
+    return q, k, v, size
+
+
+def zeroed_like_torch(dense, num_zero: int):
+    """The kernel's own dense map, zeroed by the PyTorch selection."""
+    B, H, n, _ = dense.shape
+    zeroed = dense.clone()
+    if num_zero > 0:
+        torch_select.zero_smallest_(zeroed.view(B * H, n * n), num_zero)
+    return zeroed
+
+
+def check_outputs(res: FA.FusedAttention, v):
+    """out, diagonal, column sums and CLS row are those of the returned sparse map."""
+    sparse = res.sparse_map
+    torch.testing.assert_close(res.out.float(), sparse @ v.float(), atol=1e-5, rtol=1e-4)
+    diagonal, column_sums = res.statistics
+    torch.testing.assert_close(diagonal, sparse.diagonal(dim1=-2, dim2=-1), atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(column_sums, sparse.sum(-2), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(res.cls_row, sparse[:, :, 0], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("sparsity", [1.0, 0.6, 0.3])
+@pytest.mark.parametrize("token_scale", [False, True])
+@pytest.mark.parametrize("n, d", [(5, 8), (17, 12), (50, 20)])
+def test_zeroes_exactly_the_smallest_entries(n, d, token_scale, sparsity):
+    """The sparse map is the kernel's dense map with zero_smallest_ applied: same zeros, same values."""
+    q, k, v, size = inputs(1, 2, n, d, token_scale=token_scale, seed=n)
+    num_zero = kernels.num_zeroed(n, sparsity)
+    res = FA.fused_attention(q, k, v, size, 0.3, num_zero, statistics=True, cls_row=True, keep_maps=True)
+    assert torch.equal(res.sparse_map, zeroed_like_torch(res.dense_map, num_zero))
+    # the softmax of torch's own logits, up to float32 rounding
+    torch.testing.assert_close(res.dense_map, G.attention_map(q, k, size, 0.3), atol=1e-6, rtol=1e-5)
+    check_outputs(res, v)
+
+
+@pytest.mark.parametrize("n", [17, 50])
+def test_threshold_is_the_kth_smallest(n):
+    """Exactly k entries per head are zeroed, ties with the threshold aside: an off-by-one fails."""
+    q, k, v, _ = inputs(1, 3, n, 16, seed=1)
+    num_zero = kernels.num_zeroed(n, 0.6)
+    res = FA.fused_attention(q, k, v, None, 0.25, num_zero, keep_maps=True)
+    dense = res.dense_map.flatten(2)
+    threshold = dense.kthvalue(num_zero, dim=-1, keepdim=True).values
+    ties = (dense == threshold).sum(-1)
+    zeroed = (res.sparse_map.flatten(2) == 0).sum(-1)
+    assert torch.equal(zeroed, (dense < threshold).sum(-1) + ties)
+    assert (zeroed >= num_zero).all() and (zeroed - ties < num_zero).all()
+    assert (ties == 1).float().mean() > 0.9  # random maps: the count is mostly k itself
+
+
+@pytest.mark.parametrize("token_scale", [False, True])
+def test_a_map_of_ties(token_scale):
+    """q = 0: every row is the same (uniform without token scale); ties with the threshold are zeroed."""
+    n, num_zero = 17, kernels.num_zeroed(17, 0.6)
+    _, k, v, size = inputs(1, 2, n, 8, token_scale=token_scale)
+    if size is not None:
+        size[0, ::2] = 1.0  # many equal sizes: many equal columns
+    q = torch.zeros_like(k)
+    res = FA.fused_attention(q, k, v, size, 1.0, num_zero, statistics=True, cls_row=True, keep_maps=True)
+    assert torch.equal(res.sparse_map, zeroed_like_torch(res.dense_map, num_zero))
+    zeroed = (res.sparse_map == 0).flatten(2).sum(-1)
+    if size is None:  # all n^2 entries equal the threshold
+        assert (zeroed == n * n).all() and (res.out == 0).all()
+    else:  # whole columns go: a multiple of n, at least num_zero
+        assert ((zeroed % n) == 0).all() and (zeroed >= num_zero).all()
+    check_outputs(res, v)
+
+
+def test_close_to_the_torch_path():
+    """The same attention as gtp.functional.attention, up to rounding at the threshold."""
+    q, k, v, size = inputs(2, 2, 23, 16, seed=3)
+    ours = FA.fused_attention(q, k, v, size, 0.25, kernels.num_zeroed(23, 0.6), statistics=True)
+    theirs = G.attention(q, k, v, size, 0.6, 0.25, statistics=True)
+    torch.testing.assert_close(ours.out, theirs.out, atol=1e-4, rtol=1e-3)
+    for a, b in zip(ours.statistics, theirs.statistics):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_no_map_in_memory_unless_traced(monkeypatch):
+    """Untraced, the kernel is handed no buffer of n x n entries: it can write no map anywhere."""
+    from gtp.kernels import triton_attention as T
+    kernel, handed = T._gtp_attention_kernel, []
+
+    class Recorder:  # stands in for the kernel: records what each launch is given
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                handed.append([a for a in args if isinstance(a, torch.Tensor)])
+                return kernel[grid](*args, **kwargs)
+            return run
+
+    monkeypatch.setattr(T, "_gtp_attention_kernel", Recorder())
+    B, H, n, d = 1, 2, 33, 8  # n > d: q, k, v hold fewer entries than one map per head
+    q, k, v, size = inputs(B, H, n, d, seed=7)
+    lean = FA.fused_attention(q, k, v, size, 0.3, 300, statistics=True, cls_row=True)
+    traced = FA.fused_attention(q, k, v, size, 0.3, 300, statistics=True, cls_row=True, keep_maps=True)
+    assert len(handed) == 2  # one launch each
+    assert max(t.numel() for t in handed[0]) < B * H * n * n
+    assert sum(t.numel() == B * H * n * n for t in handed[1]) == 2  # the dense and sparse maps
+    assert torch.equal(lean.out, traced.out)
+
+
+def test_without_maps_the_same_results():
+    """keep_maps / cls_row change only what is written, not out or the statistics."""
+    q, k, v, size = inputs(1, 2, 17, 8, seed=4)
+    with_maps = FA.fused_attention(q, k, v, size, 0.3, 100, statistics=True, cls_row=True, keep_maps=True)
+    lean = FA.fused_attention(q, k, v, size, 0.3, 100, statistics=True)
+    assert lean.dense_map is None and lean.sparse_map is None and lean.cls_row is None
+    assert torch.equal(lean.out, with_maps.out)
+    assert all(torch.equal(a, b) for a, b in zip(lean.statistics, with_maps.statistics))
+    bare = FA.fused_attention(q, k, v, size, 0.3, 100)
+    assert bare.statistics is None and torch.equal(bare.out, with_maps.out)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs(dtype):
+    """Logits and softmax in float32 from the half inputs; p is rounded to the input dtype for P @ V."""
+    q, k, v, size = inputs(1, 2, 17, 16, dtype=dtype, seed=5)
+    num_zero = kernels.num_zeroed(17, 0.6)
+    res = FA.fused_attention(q, k, v, size, 0.25, num_zero, statistics=True, cls_row=True, keep_maps=True)
+    assert res.out.dtype == dtype and res.dense_map.dtype == torch.float32
+    assert torch.equal(res.sparse_map, zeroed_like_torch(res.dense_map, num_zero))
+    torch.testing.assert_close(res.dense_map, G.attention_map(q.float(), k.float(), size, 0.25),
+                               atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(res.out.float(), res.sparse_map @ v.float(), atol=1e-2, rtol=1e-2)
+
+
+def test_strided_views_and_the_output_layout():
+    """q, k, v as timm slices them from one qkv tensor are read in place; out is [B, n, H, d] memory."""
+    B, n, H, d = 2, 17, 3, 8
+    qkv = torch.randn(B, n, 3 * H * d, generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    q, k, v = qkv.reshape(B, n, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+    size = torch.ones(B, n, device=DEVICE) + torch.arange(n, device=DEVICE) % 3
+    strided = FA.fused_attention(q, k, v, size, 0.3, 120, statistics=True)
+    packed = FA.fused_attention(q.contiguous(), k.contiguous(), v.contiguous(), size, 0.3, 120, statistics=True)
+    assert torch.equal(strided.out, packed.out)
+    assert torch.equal(strided.statistics[1], packed.statistics[1])
+    merged = strided.out.transpose(1, 2).reshape(B, n, H * d)
+    assert merged.data_ptr() == strided.out.data_ptr()  # a view: no copy
+    torch.testing.assert_close(merged, packed.out.transpose(1, 2).flatten(2))
+
+
+def test_single_token_and_validation():
+    q, k, v, size = inputs(2, 1, 1, 8)
+    res = FA.fused_attention(q, k, v, size, 0.3, 1, statistics=True, keep_maps=True)
+    assert (res.dense_map == 1).all() and (res.sparse_map == 0).all() and (res.out == 0).all()
+    with pytest.raises(ValueError, match="num_zero"):
+        FA.fused_attention(q, k, v, size, 0.3, 2)
+    with pytest.raises(ValueError, match="size"):
+        FA.fused_attention(q, k, v, size[:, :0], 0.3, 0)
+    with pytest.raises(ValueError, match="dtype"):
+        FA.fused_attention(q, k, v.double(), size, 0.3, 0)
+
+
+@pytest.mark.parametrize("device", ["cuda", "meta"])
+def test_shapes_on_fake_and_meta_tensors(device):
+    """The fake implementation gives every output its shape, dtype and layout, with no data."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    B, H, n, d = 2, 3, 197, 64
+    mode = FakeTensorMode() if device == "cuda" else torch.device("meta")
+    with mode:
+        q, k, v = (torch.empty(B, H, n, d, dtype=torch.bfloat16, device=device) for _ in range(3))
+        size = torch.ones(B, n, device=device)
+        res = FA.fused_attention(q, k, v, size, 0.125, 100, statistics=True, cls_row=True, keep_maps=True)
+        lean = FA.fused_attention(q, k, v, None, 0.125, 0)
+    assert res.out.shape == (B, H, n, d) and res.out.dtype == torch.bfloat16
+    assert res.out.transpose(1, 2).is_contiguous()
+    assert [t.shape for t in (*res.statistics, res.cls_row)] == [(B, H, n)] * 3
+    assert res.dense_map.shape == res.sparse_map.shape == (B, H, n, n)
+    assert res.out.device.type == device and lean.statistics is None and lean.sparse_map is None
+
+
+def test_one_graph_under_torch_compile():
+    """The op is one node: dynamo traces a block's attention without a break."""
+    q, k, v, size = inputs(1, 2, 9, 8)
+
+    def attend(q, k, v, size):
+        res = FA.fused_attention(q, k, v, size, 0.3, 20, statistics=True)
+        return res.out.transpose(1, 2).flatten(2) * 2, res.statistics[0].amax(1)
+
+    explained = torch._dynamo.explain(attend)(q, k, v, size)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+    compiled = torch.compile(attend, backend="aot_eager", fullgraph=True)
+    for a, b in zip(compiled(q, k, v, size), attend(q, k, v, size)):
+        assert torch.equal(a, b)
+
+
+def test_modelled_cost():
+    """Registered under the op's name; every pass and every requested output is paid for."""
+    cost = triton_support.COSTS["gtp::fused_attention"]
+    B, H, n, d = 4, 6, 197, 64
+    with torch.device("meta"):
+        q = torch.empty(B, H, n, d, dtype=torch.bfloat16)
+        size = torch.ones(B, n)
+    dense = cost((q, q, q, None, 0.125, 0, False, False, False), {})
+    sparse = cost((q, q, q, size), dict(scale=0.125, num_zero=100, statistics=True, cls_row=True, keep_maps=False))
+    traced = cost((q, q, q, size, 0.125, 100, True, True, True), {})
+    assert dense.launches == 1 and dense.programs == B * H
+    matmul = 2 * n * n * d * B * H
+    assert 3 * matmul < dense.flops < 3.2 * matmul    # lse pass, final pass, P @ V
+    assert 6 * matmul < sparse.flops < 6.4 * matmul   # and three radix passes
+    assert dense.bytes < sparse.bytes < traced.bytes
+    assert traced.bytes - sparse.bytes == 2 * B * H * n * n * 4
+
+
+# Compiles the kernel for a Hopper GPU (sm_90) down to a cubin with Triton's own ptxas: no GPU needed.
+# The interpreter runs Python, so it accepts code the real compiler rejects; this catches that.
+COMPILE_FOR_SM90 = """
+import torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from gtp.kernels import triton_attention as T
+kernel = T._gtp_attention_kernel
+pointers = dict(Q="*bf16", K="*bf16", V="*bf16", OUT="*bf16", SIZE="*fp32", LSE="*fp32", DIAG="*fp32",
+                COLSUM="*fp32", CLS="*fp32", DENSE="*fp32", SPARSE="*fp32", scale="fp32")
+block_m, block_n, block_d, num_warps = T._blocks(torch.device("cuda"), torch.bfloat16, 64)
+constants = dict(HAS_SIZE=True, STATISTICS=True, CLS_ROW=True, KEEP_MAPS=True, DOT=T._dot_kind(torch.bfloat16),
+                 BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BINS=T._BINS, RADIX_BITS=T._RADIX_BITS)
+signature = {a: "constexpr" if a in constants else pointers.get(a, "i32") for a in kernel.arg_names}
+source = ASTSource(kernel, signature, constexprs={(kernel.arg_names.index(a),): c for a, c in constants.items()})
+compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=num_warps, num_stages=2, enable_fp_fusion=False))
+ttgir = compiled.asm["ttgir"]
+assert ttgir.count("tt.histogram") == 3 and "ttg.barrier" in ttgir and compiled.asm["cubin"]
+"""
+
+
+def test_compiles_for_a_gpu():
+    """The kernel compiles for sm_90 (bfloat16, every output on): histograms, barriers, a cubin."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], cwd=ROOT, env=env, check=True, timeout=300)
+
+
+def test_gtp_imports_without_triton():
+    """The kernel module is imported on the first call only: gtp, and the op, load where Triton is missing."""
+    code = ("import sys; sys.modules['triton'] = None; "  # any `import triton` now fails
+            "import gtp, gtp.patch, gtp.kernels.fused_attention; "
+            "assert 'gtp.kernels.triton_attention' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
