@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import functional as G
+from . import kernels
 from .kernels import triton_support
 
 T = TypeVar("T")
@@ -38,8 +39,9 @@ def _triton(t: Tensor) -> bool:
 
 def _guarded(fused: Callable[[], T], fallback: Callable[[], T]) -> T:
     """Run a Triton kernel; if it cannot be built on this machine (an old GPU, a Triton
-    without some feature), say so once and use the PyTorch path from then on."""
-    if torch.compiler.is_compiling():
+    without some feature), say so once and use the PyTorch path from then on. Under the
+    interpreter (tests) a failure is raised: a fallback there would hide a broken kernel."""
+    if torch.compiler.is_compiling() or triton_support.interpreting():
         return fused()
     try:
         return fused()
@@ -84,10 +86,11 @@ def attend(
         return G.Attention(sdpa(q, k, v, size, scale), None, amap, amap, G.cls_attention_row(q, k, size, scale))
     maps = keep_maps or needs == "map"
     if _triton(q):
-        from .kernels import triton_attention
+        from .kernels.fused_attention import fused_attention
+        num_zero = kernels.num_zeroed(q.shape[2], sparsity)
         return _guarded(
-            lambda: triton_attention.attention(q, k, v, size, scale, sparsity, needs == "statistics",
-                                               needs == "cls_row", maps),
+            lambda: G.Attention(*fused_attention(q, k, v, size, scale, num_zero, needs == "statistics",
+                                                 needs == "cls_row", maps)),
             lambda: attend(q, k, v, size, sparsity, scale, needs, keep_maps))
     attended = G.attention(q, k, v, size, sparsity, scale, needs == "statistics", maps or needs == "cls_row")
     if needs == "cls_row":

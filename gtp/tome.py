@@ -65,7 +65,6 @@ import functools
 from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import timm_adapter as timm_vit

@@ -37,17 +37,20 @@ def test_kth_smallest_equals_kthvalue():
         values[1, : length // 2] = 0.0  # underflowed softmax entries
         for k in (1, 17, length // 3, int(0.4 * length), length - 1, length):
             expected = values.kthvalue(k, dim=1).values
-            assert torch.equal(kernels.kth_smallest(values, k), expected)
             assert torch.equal(torch_select.kth_smallest(values, k), expected)
 
 
-@pytest.mark.parametrize("path", ["dispatch", "torch", "radix"])
+def radix_zero_smallest_(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The numba kernel on rows [R, L]: zeroes in place, returns the thresholds [R]."""
+    return torch.from_numpy(radix_select.zeroer(values, k)())
+
+
+@pytest.mark.parametrize("path", ["torch", "radix"])
 def test_zero_smallest_zeroes_what_kthvalue_names(path):
     """Each implementation zeroes exactly the entries <= the k-th smallest, ties included."""
     if path == "radix" and not radix_select.available():
         pytest.skip("numba is not installed")
-    fn = {"dispatch": kernels.zero_smallest_, "torch": torch_select.zero_smallest_,
-          "radix": radix_select.zero_smallest_}[path]
+    fn = {"torch": torch_select.zero_smallest_, "radix": radix_zero_smallest_}[path]
     gen = torch.Generator().manual_seed(1)
     values = (torch.randn(6, 38809, generator=gen) * 4).softmax(-1)
     values[0, ::3] = values[0, 5]                   # many ties at one value
@@ -66,14 +69,14 @@ def test_zero_smallest_zeroes_what_kthvalue_names(path):
     else:
         signed = torch.randn(2, 100, generator=gen)
         kept = signed.clone()
-        assert radix_select.zero_smallest_(signed, 10).isnan().all() and torch.equal(signed, kept)
+        assert radix_zero_smallest_(signed, 10).isnan().all() and torch.equal(signed, kept)
 
 
 @needs_numba
 @pytest.mark.parametrize("k", [0, 1, 1000, 2450, 2500])
 def test_zeroing_pass_also_takes_the_diagonal_and_column_sums(k):
     """The fused kernel zeroes what kthvalue names and reads the zeroed maps'
-    diagonal and column sums; `diagonal_and_column_sums` gives the same bits."""
+    diagonal and column sums; `kernels.sparsify` with theta = 1 gives the same bits."""
     maps = tied_maps(seed=3)
     rows = maps.clone().view(6, 2500)
     expected = expected_zeroed(maps.view(6, 2500), k) if k > 0 else maps.clone().view(6, 2500)
@@ -83,7 +86,7 @@ def test_zeroing_pass_also_takes_the_diagonal_and_column_sums(k):
     zeroed = expected.view(6, 50, 50)
     assert torch.equal(diagonal, zeroed.diagonal(dim1=-2, dim2=-1))
     assert torch.allclose(column_sums, zeroed.sum(-2), rtol=1e-5, atol=1e-7)
-    again = kernels.diagonal_and_column_sums(zeroed.view(2, 3, 50, 50))
+    again = kernels.sparsify(zeroed.clone().view(2, 3, 50, 50), 1.0, statistics=True)[1]
     assert torch.equal(again[0].view(6, 50), diagonal) and torch.equal(again[1].view(6, 50), column_sums)
     with pytest.raises(ValueError, match="shapes"):  # the compiled kernel would write out of bounds
         radix_select.zeroer(rows, k, statistics=True)(diagonal[:, :49].numpy(), column_sums.numpy())
@@ -147,7 +150,8 @@ def test_zero_smallest_from_many_threads_at_once():
     gen = torch.Generator().manual_seed(2)
     values = [torch.rand(12, 38809, generator=gen) for _ in range(6)]
     expected = [expected_zeroed(v, 15000) for v in values]
-    workers = [threading.Thread(target=kernels.zero_smallest_, args=(v, 15000)) for v in values]
+    zero = radix_zero_smallest_ if radix_select.available() else torch_select.zero_smallest_
+    workers = [threading.Thread(target=zero, args=(v, 15000)) for v in values]
     for w in workers:
         w.start()
     for w in workers:

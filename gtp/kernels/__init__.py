@@ -14,15 +14,13 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from . import cpu_attention, radix_select, torch_select
 from .custom_ops import radix_sparsify_
 
-__all__ = ["sparsify", "num_zeroed", "zero_smallest_", "kth_smallest", "diagonal_and_column_sums",
-           "cpu_attention", "radix_select", "torch_select", "warm_up"]
+__all__ = ["sparsify", "num_zeroed", "cpu_attention", "radix_select", "torch_select", "warm_up"]
 
 
 def num_zeroed(n: int, sparsity: float) -> int:
@@ -79,41 +77,6 @@ def sparsify(
         return attn, None
     maps = attn.float()
     return attn, (maps.diagonal(dim1=-2, dim2=-1).clone(), maps.sum(-2))
-
-
-def zero_smallest_(values: Tensor, k: int) -> Tensor:
-    """Zero, in place, the entries of each row not above its k-th smallest: [R, L] -> thresholds [R].
-
-    values: no NaN; 1 <= k <= L. Exactly `values[values <= values.kthvalue(k,
-    dim=1, keepdim=True).values] = 0`: float32 CPU rows go to the numba kernel,
-    everything else (and rows holding negative values) to `torch_select`.
-    """
-    if not _numba_applies(values):
-        return torch_select.zero_smallest_(values, k)
-    threshold = radix_select.zero_smallest_(values, k)
-    if bool(np.isnan(threshold.numpy()).any()):  # rows with negative values were skipped
-        skipped = torch.from_numpy(np.flatnonzero(np.isnan(threshold.numpy())))
-        rows = values[skipped]
-        threshold[skipped] = torch_select.zero_smallest_(rows, k)
-        values[skipped] = rows
-    return threshold
-
-
-def kth_smallest(values: Tensor, k: int) -> Tensor:
-    """The k-th smallest value (1-based) of each row: [R, L] -> [R] (`values` is left untouched)."""
-    return zero_smallest_(values.clone(), k)
-
-
-def diagonal_and_column_sums(attn: Tensor) -> tuple[Tensor, Tensor]:
-    """[B, H, n, n] -> ([B, H, n] diagonal, [B, H, n] column sums), float32, attn unchanged.
-
-    What `sparsify(attn, 1.0, statistics=True)` returns; float32 CPU maps are
-    summed by the numba kernel, row after row, as its zeroing pass sums them.
-    """
-    if _numba_applies(attn):
-        return radix_select.diagonal_and_column_sums(attn)
-    attn = attn.float()
-    return attn.diagonal(dim1=-2, dim2=-1).clone(), attn.sum(-2)
 
 
 def warm_up() -> None:

@@ -45,7 +45,7 @@ _SHIFT = 18  # bits >> 18: 8192 buckets, 32 per octave of (non-negative) float v
 
 
 def available() -> bool:
-    """True when numba is installed, so `zero_smallest_` can be used."""
+    """True when numba is installed, so `zeroer` can be used."""
     return numba is not None
 
 
@@ -228,28 +228,6 @@ def zeroer(values: Tensor, k: int, statistics: bool = False) -> Callable[..., np
     return launch
 
 
-def diagonal_and_column_sums(maps: Tensor) -> tuple[Tensor, Tensor]:
-    """The diagonal and the column sums of square maps: [..., n, n] -> 2 x [..., n].
-
-    maps: a contiguous float32 CPU tensor, left unchanged. The sums are
-    bit-identical to those `zeroer(..., statistics=True)` takes while zeroing.
-    """
-    n = maps.shape[-1]
-    rows = maps.reshape(-1, n * n)
-    diagonal, column_sums = (maps.new_empty(maps.shape[:-1]) for _ in range(2))
-    zeroer(rows, 0, statistics=True)(diagonal.view(-1, n).numpy(), column_sums.view(-1, n).numpy())
-    return diagonal, column_sums
-
-
-def zero_smallest_(values: Tensor, k: int) -> Tensor:
-    """Zero, in place, the entries of each row not above its k-th smallest: [R, L] -> thresholds [R].
-
-    values: a contiguous float32 CPU tensor; 1 <= k <= L. Rows holding a negative
-    value are left untouched with a NaN threshold (softmax maps have none).
-    """
-    return torch.from_numpy(zeroer(values, k)())
-
-
 _launch_lock = threading.Lock()
 
 
@@ -264,5 +242,5 @@ def _threadsafe_layer() -> bool:
 def warm_up() -> None:
     """Compile the kernels now (they are otherwise compiled by their first use)."""
     if numba is not None:
-        zero_smallest_(torch.rand(2, 64), 10)
-        diagonal_and_column_sums(torch.rand(2, 8, 8))
+        zeroer(torch.rand(2, 64), 10)()
+        zeroer(torch.rand(2, 64), 0, statistics=True)(np.empty((2, 8), np.float32), np.empty((2, 8), np.float32))

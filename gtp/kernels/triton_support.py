@@ -1,9 +1,9 @@
 """Where GTP's Triton kernels run: on CUDA tensors, and on CPU tensors under Triton's interpreter.
 
 The fused GPU path (`triton_attention`, `triton_tokens`) is written in Triton. On a GPU it
-compiles to CUDA kernels. Without one, `TRITON_INTERPRET=1` (set before the modules that
-define the kernels are imported; `tests/conftest.py` does so where CUDA is absent) runs the
-same kernels on CPU tensors, slowly but exactly, so CI checks them. On the CPU the eager
+compiles to CUDA kernels. Without one, `TRITON_INTERPRET=1` (set before Triton itself is
+imported, which timm does through torch._dynamo; `tests/conftest.py` does so where CUDA is
+absent) runs the same kernels on CPU tensors, slowly but exactly, so CI checks them. On the CPU the eager
 path stays the numba one: the interpreted kernels are taken there only when a test asks,
 with `on_cpu()`.
 """
