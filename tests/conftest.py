@@ -9,15 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
-from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never wait on the model hub
 if not torch.cuda.is_available():
     # No GPU: Triton's interpreter runs the fused GPU kernels on CPU tensors (gtp/kernels/triton_support.py).
-    # Read when a kernel is defined, so it is set before gtp's Triton modules are imported.
+    # Read when a function is jitted, Triton's own library (tl.sum, tl.cumsum) included, so it is set
+    # before triton is imported: `import torch` does not import it, but timm (through torch._dynamo) does.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import timm  # noqa: E402
+from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

@@ -29,39 +29,30 @@ from . import triton_support
 
 REDUCES = ("max", "mean")                    # over the heads
 COMBINES = ("mixed", "sum", "diag", "img")   # regeneration x / + broadcasting, or one of them alone
-SELECT_BLOCK = 1024                          # patch tokens per tile of the selection kernel
+SELECT_BLOCKS = (64, 256)                    # (ranked, compared) patch tokens per tile of the selection kernel
 
 
 # ------------------------------------------------------------------------------------ selection
 @triton.jit
-def _order_key(score):
-    """float32 -> int64 in [0, 2^32) ordered as the floats are (no NaN; -0.0 equals 0.0, as torch compares)."""
-    score = tl.where(score == 0.0, 0.0, score)
-    bits = score.to(tl.int32, bitcast=True)
-    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: larger magnitude -> smaller integer
-    return bits.to(tl.int64) + 2147483648
-
-
-@triton.jit
 def _select_kernel(
-        diag_ptr, cols_ptr, src_ptr, ids_ptr,                       # inputs
+        diag_ptr, cols_ptr, src_ptr, ids_ptr,                               # inputs
         prop_ptr, keep_ptr, new_ids_ptr, score_ptr, regen_ptr, bcast_ptr,  # outputs
         N, H, num_heads_f, p0, P,
         s_db, s_dh, s_dn, s_cb, s_ch, s_cn, s_sb, s_sn, s_ib, s_in,
-        FROM_STATS: tl.constexpr, MEAN: tl.constexpr, COMBINE: tl.constexpr, BLOCK: tl.constexpr):
+        FROM_STATS: tl.constexpr, MEAN: tl.constexpr, COMBINE: tl.constexpr,
+        BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, BLOCK)
 
     # 1. The score of every patch token (into score_ptr, which src_ptr then reads).
     if FROM_STATS:
-        for start in range(0, N, BLOCK):
-            j = start + offs
+        for start in range(0, N, BLOCK_J):
+            j = start + tl.arange(0, BLOCK_J)
             ok = j < N
             d_row = diag_ptr + b * s_db + (j + p0) * s_dn
             c_row = cols_ptr + b * s_cb + (j + p0) * s_cn
             regen = tl.load(d_row, mask=ok, other=0.0)
             bcast = tl.load(c_row, mask=ok, other=0.0)
-            for h in range(1, H):  # heads in order, as a sequential sum would add them
+            for h in range(1, H):  # the heads in order
                 d = tl.load(d_row + h * s_dh, mask=ok, other=0.0)
                 c = tl.load(c_row + h * s_ch, mask=ok, other=0.0)
                 if MEAN:
@@ -85,44 +76,29 @@ def _select_kernel(
         tl.debug_barrier()  # the scores written above are read back below by other threads
     src = src_ptr + b * s_sb
 
-    # 2. t = the P-th smallest order key (0-based), one bit at a time, highest first:
-    # the largest t with #{key < t} <= P. `less` = #{key < t}.
-    t = b * 0
-    less = 0
-    top = b * 0 + 2147483648
-    for i in range(32):
-        candidate = t | (top >> i)
-        count = 0
-        for start in range(0, N, BLOCK):
-            j = start + offs
-            ok = j < N
-            key = _order_key(tl.load(src + j * s_sn, mask=ok, other=0.0))
-            count += tl.sum(((key < candidate) & ok).to(tl.int32), axis=0)
-        take = count <= P
-        t = tl.where(take, candidate, t)
-        less = tl.where(take, count, less)
-
-    # 3. Tokens below t leave, and the first `P - less` equal to t (lower index first).
-    # Exclusive prefix sums place each token in its list; both lists come out ascending.
-    need = P - less
-    seen_equal = 0
+    # 2. Token i's place in a stable ascending sort, rank_i = #{j: s_j < s_i} + #{j < i: s_j == s_i}:
+    # the P lowest ranks leave. Tiles of i in order, so exclusive prefix sums (carried from tile
+    # to tile) place each token in its list, and both lists come out ascending.
     num_left = 0
-    for start in range(0, N, BLOCK):
-        j = start + offs
-        ok = j < N
-        key = _order_key(tl.load(src + j * s_sn, mask=ok, other=0.0))
-        equal = ((key == t) & ok).to(tl.int32)
-        equal_before = seen_equal + tl.cumsum(equal, axis=0) - equal
-        leaves = ok & ((key < t) | ((equal == 1) & (equal_before < need)))
-        stays = ok & (leaves == 0)
+    for start_i in range(0, N, BLOCK_I):
+        i = start_i + tl.arange(0, BLOCK_I)
+        i_ok = i < N
+        s_i = tl.load(src + i * s_sn, mask=i_ok, other=0.0)[:, None]
+        rank = tl.zeros([BLOCK_I], dtype=tl.int32)
+        for start_j in range(0, N, BLOCK_J):
+            j = start_j + tl.arange(0, BLOCK_J)
+            s_j = tl.load(src + j * s_sn, mask=j < N, other=0.0)[None, :]
+            before = (s_j < s_i) | ((s_j == s_i) & (j[None, :] < i[:, None]))
+            rank += tl.sum((before & (j < N)[None, :]).to(tl.int32), axis=1)
+        leaves = i_ok & (rank < P)
+        stays = i_ok & (rank >= P)
         left = leaves.to(tl.int32)
         pos_prop = num_left + tl.cumsum(left, axis=0) - left
-        pos_keep = j - pos_prop
-        tl.store(prop_ptr + b * P + pos_prop, j.to(tl.int64), mask=leaves)
-        tl.store(keep_ptr + b * (N - P) + pos_keep, j.to(tl.int64), mask=stays)
-        ids = tl.load(ids_ptr + b * s_ib + j * s_in, mask=stays, other=0)
+        pos_keep = i - pos_prop
+        tl.store(prop_ptr + b * P + pos_prop, i.to(tl.int64), mask=leaves)
+        tl.store(keep_ptr + b * (N - P) + pos_keep, i.to(tl.int64), mask=stays)
+        ids = tl.load(ids_ptr + b * s_ib + i * s_in, mask=stays, other=0)
         tl.store(new_ids_ptr + b * (N - P) + pos_keep, ids, mask=stays)
-        seen_equal += tl.sum(equal, axis=0)
         num_left += tl.sum(left, axis=0)
 
 
@@ -143,7 +119,8 @@ def _select_impl(diagonal: Optional[Tensor], column_sums: Optional[Tensor], scor
     _select_kernel[(B,)](
         d, c, src, ids, prop, keep, new_ids, score_out, regen, bcast,
         N, H, float(H), num_prefix, P, *strides, *src.stride(), *ids.stride(),
-        FROM_STATS=from_stats, MEAN=reduce == "mean", COMBINE=COMBINES.index(combine), BLOCK=_select_block(N))
+        FROM_STATS=from_stats, MEAN=reduce == "mean", COMBINE=COMBINES.index(combine),
+        BLOCK_I=_select_blocks(N)[0], BLOCK_J=_select_blocks(N)[1], num_warps=8)
     return prop, keep, new_ids, score_out, regen, bcast
 
 
@@ -156,8 +133,9 @@ def _fake_select(diagonal, column_sums, score, ids, num_prefix, num_prop, reduce
             *(ids.new_empty(B, width, dtype=torch.float32) for _ in range(3)))
 
 
-def _select_block(N: int) -> int:
-    return min(SELECT_BLOCK, max(16, triton.next_power_of_2(N)))
+def _select_blocks(N: int) -> tuple[int, int]:
+    """(BLOCK_I, BLOCK_J): tokens ranked, and tokens compared with them, per step."""
+    return tuple(min(block, max(16, triton.next_power_of_2(N))) for block in SELECT_BLOCKS)
 
 
 # ---------------------------------------------------------------------------------- propagation
@@ -247,8 +225,13 @@ def _fake_propagate(x, size, graph, ids, prop, keep, num_prefix, alpha, weights)
 
 
 def _check_runs(t: Tensor) -> None:
-    if t.device.type == "cpu" and not triton_support.interpreting():
+    if t.device.type != "cpu":
+        return
+    if not triton_support.interpreting():
         raise RuntimeError("the Triton token kernels take CPU tensors only under TRITON_INTERPRET=1")
+    if type(tl.sum).__name__ != "InterpretedFunction":  # triton's library was jitted for the GPU
+        raise RuntimeError("TRITON_INTERPRET=1 was set after triton was imported (timm and torch._dynamo "
+                           "import it): set it before those imports")
 
 
 # ----------------------------------------------------------------------- custom ops and their costs
