@@ -158,3 +158,125 @@ def test_selection_rejects_bad_input():
         T.select_tokens(ids, 3, statistics=(stats, stats), num_prefix=0)
     with pytest.raises(ValueError, match="reduce"):
         T.select_tokens(ids, 3, statistics=(stats, stats), num_prefix=1, reduce="median")
+
+
+# ---------------------------------------------------------------------------------- propagation
+def propagation_inputs(B: int, p0: int, dtype: torch.dtype, seed: int):
+    """Tokens after earlier blocks: N = 80 of N0 = 100 patch tokens left (ids a random subset),
+    C = 80 channels (two channel tiles), sizes in [1, 3), P = 37 leaving (two steps of 32)."""
+    gen = torch.Generator().manual_seed(seed)
+    N0, N, C, P = 100, 80, 80, 37
+    x = torch.randn(B, p0 + N, C, generator=gen).to(DEVICE, dtype)
+    size = (1 + 2 * torch.rand(B, p0 + N, generator=gen)).to(DEVICE)
+    ids = original_ids(B, N, N0, seed)
+    sel = T.select_tokens(ids, P, score=torch.rand(B, N, generator=gen).to(DEVICE))
+    grid_graph = G.build_graph(torch.randn(B, N0, 8, generator=gen), (10, 10), "mixed").to(DEVICE)
+    return x, size, ids, sel, grid_graph
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p0", [0, 1, 2, 5])
+def test_propagation_equals_torch(p0, dtype):
+    B = 2
+    x, size, ids, sel, graph = propagation_inputs(B, p0, dtype, seed=p0)
+    # per-image W; one W for every image, as [N0, N0] or broadcast to [B, N0, N0] (batch stride 0)
+    shared = graph[0]
+    given, reference = [(graph, graph), (shared, shared.expand(B, -1, -1)),
+                        (shared.expand(B, -1, -1), shared.expand(B, -1, -1)), (graph, graph)][p0 % 4]
+    x_ref, size_ref, ids_ref, weights_ref = G.propagate(x, size, reference, ids, sel.prop, sel.keep, p0, "graph", 0.3)
+    x_new, size_new, weights = T.propagate_tokens(x, size, given, ids, sel.prop, sel.keep, p0, "graph", 0.3,
+                                                  weights=True)
+    assert x_new.dtype == dtype and torch.equal(sel.ids, ids_ref)
+    assert torch.equal(weights, weights_ref) and weights.abs().sum() > 0
+    tolerance = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(x_new, x_ref, **tolerance)
+    torch.testing.assert_close(size_new, size_ref, rtol=1e-6, atol=1e-6)
+    assert torch.equal(x_new[:, :p0], x[:, :p0]) and torch.equal(size_new[:, :p0], size[:, :p0])
+    assert not torch.allclose(size_new[:, p0:], size.gather(1, sel.keep + p0))  # something was propagated
+
+    x_new, size_new, weights = T.propagate_tokens(x, size, None, ids, sel.prop, sel.keep, p0, "none")
+    x_ref, size_ref, _, _ = G.propagate(x, size, None, ids, sel.prop, sel.keep, p0, "none")
+    assert weights is None and torch.equal(x_new, x_ref) and torch.equal(size_new, size_ref)
+
+
+def test_propagation_of_no_token_copies_the_rows():
+    x, size, ids, _, graph = propagation_inputs(1, 1, torch.float32, seed=3)
+    keep = torch.arange(80, device=DEVICE)[None]
+    prop = keep[:, :0]
+    x_new, size_new, weights = T.propagate_tokens(x, size, graph, ids, prop, keep, 1, weights=True)
+    assert torch.equal(x_new, x) and torch.equal(size_new, size) and weights.shape == (1, 80, 0)
+
+
+def test_propagation_rejects_bad_input():
+    x, size, ids, sel, graph = propagation_inputs(1, 1, torch.float32, seed=4)
+    with pytest.raises(ValueError, match="'graph' or 'none'"):
+        T.propagate_tokens(x, size, graph, ids, sel.prop, sel.keep, 1, "mean")
+    with pytest.raises(ValueError, match="needs the graph"):
+        T.propagate_tokens(x, size, None, ids, sel.prop, sel.keep, 1, "graph")
+    with pytest.raises(ValueError, match="must split"):
+        T.propagate_tokens(x, size, graph, ids, sel.prop, sel.keep, 2)
+
+
+# ------------------------------------------------------------- fake tensors, torch.compile, costs
+def block_step(diagonal, column_sums, ids, x, size, graph, num_prefix: int = 1, num_prop: int = 13):
+    """Selection then graph propagation, as a patched block runs them."""
+    sel = T.select_tokens(ids, num_prop, statistics=(diagonal, column_sums), num_prefix=num_prefix)
+    x, size, weights = T.propagate_tokens(x, size, graph, ids, sel.prop, sel.keep, num_prefix, weights=True)
+    return x, size, sel.ids, sel.score, weights
+
+
+def block_inputs(device: str, B: int = 2, H: int = 6, n: int = 50, C: int = 32):
+    diagonal, column_sums = torch.rand(B, H, n, device=device), torch.rand(B, H, n, device=device)
+    ids = torch.arange(n - 1, device=device).expand(B, n - 1)
+    x = torch.randn(B, n, C, device=device, dtype=torch.bfloat16)
+    return diagonal, column_sums, ids, x, torch.ones(B, n, device=device), torch.rand(n - 1, n - 1, device=device)
+
+
+@pytest.mark.parametrize("mode", ["fake cuda", "meta"])
+def test_ops_give_shapes_on_fake_and_meta_tensors(mode):
+    context = FakeTensorMode() if mode == "fake cuda" else torch.device("meta")
+    with context:
+        inputs = block_inputs("cuda" if mode == "fake cuda" else "meta")
+        x, size, ids, score, weights = block_step(*inputs)
+        sel = T.select_tokens(inputs[2], 5, score=torch.rand(2, 49, device=inputs[0].device))
+    assert (x.shape, x.dtype, size.shape, ids.shape, score.shape, weights.shape) == (
+        (2, 37, 32), torch.bfloat16, (2, 37), (2, 36), (2, 49), (2, 36, 13))
+    assert x.device.type == inputs[0].device.type == ("cuda" if mode == "fake cuda" else "meta")
+    assert (sel.prop.shape, sel.keep.shape, sel.prop.dtype, sel.regeneration) == ((2, 5), (2, 44), torch.int64, None)
+
+
+def test_torch_compile_keeps_one_graph():
+    inputs = block_inputs(DEVICE)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(block_step)(*inputs)
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
+    compiled = torch.compile(block_step, backend="eager", fullgraph=True)(*inputs)
+    for got, expected in zip(compiled, block_step(*inputs)):
+        assert torch.equal(got, expected)
+
+
+class RecordOps(TorchDispatchMode):
+    """Keeps (op name, args, kwargs) of every op dispatched, as a cost counter sees them."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((func._schema.name, args, kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+def test_each_op_registers_its_modelled_cost():
+    """One launch each; FLOPs and parallelism follow the shapes the dispatcher passes."""
+    with torch.device("meta"), RecordOps() as recorder:
+        block_step(*block_inputs("meta", B=2, H=6, n=50, C=32))
+    costs = {name: triton_support.COSTS[name](args, kwargs) for name, args, kwargs in recorder.calls
+             if name.startswith("gtp::")}
+    select, propagate = costs["gtp::select_tokens"], costs["gtp::propagate_tokens"]
+    B, H, N, K, P, C = 2, 6, 49, 36, 13, 32
+    assert select.launches == propagate.launches == 1 and select.programs == B
+    assert select.flops == 2 * B * (H - 1) * N + B * N and select.bytes >= 2 * B * H * N * 4
+    assert propagate.flops == B * K * P * (2 * C + 3)
+    assert propagate.programs == B * 2 * 1  # 37 output rows in tiles of 32, 32 channels in one tile
+    assert propagate.bytes >= B * (1 + K) * C * 2 * 2 + B * K * P * 4

@@ -145,7 +145,7 @@ def _propagate_kernel(
         x_out_ptr, size_out_ptr, w_out_ptr,                    # outputs
         C, p0, P, M_out, alpha,
         s_xb, s_xn, s_xc, s_sb, s_sn, s_wb, s_wr, s_wc, s_ib, s_in, s_pb, s_pn, s_kb, s_kn,
-        GRAPH: tl.constexpr, WEIGHTS: tl.constexpr, IEEE: tl.constexpr,
+        GRAPH: tl.constexpr, WEIGHTS: tl.constexpr, IEEE: tl.constexpr, INTERPRETED: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     first_tile = tl.program_id(2) == 0  # the programs of the first channel tile also write sizes and weights
@@ -177,6 +177,8 @@ def _propagate_kernel(
             x_prop = tl.load(x_rows + (prop_j + p0)[:, None] * s_xn, mask=j_ok[:, None] & col_ok[None, :], other=0.0)
             if IEEE:  # float32 tokens: full-precision products (tensor cores would round to tf32)
                 acc = tl.dot(w, x_prop, acc, input_precision="ieee")
+            elif INTERPRETED:  # the interpreter's half-precision tl.dot is wrong: the same products in float32
+                acc = tl.dot(w.to(x_prop.dtype).to(tl.float32), x_prop.to(tl.float32), acc, input_precision="ieee")
             else:  # half-precision tokens: the weights in their dtype, as torch's product takes them
                 acc = tl.dot(w.to(x_prop.dtype), x_prop, acc)
             size_prop = tl.load(size_ptr + b * s_sb + (prop_j + p0) * s_sn, mask=j_ok, other=0.0)
@@ -212,6 +214,7 @@ def _propagate_impl(x: Tensor, size: Tensor, graph: Optional[Tensor], ids: Tenso
         C, num_prefix, P, rows_out, alpha,
         *x.stride(), *size.stride(), *w_strides, *ids.stride(), *prop.stride(), *keep.stride(),
         GRAPH=use_graph, WEIGHTS=weights and use_graph, IEEE=x.dtype == torch.float32,
+        INTERPRETED=x.device.type == "cpu",
         BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_C=block_c)
     return x_new, size_new, w_out
 
