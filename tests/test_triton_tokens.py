@@ -167,6 +167,7 @@ def propagation_inputs(B: int, p0: int, dtype: torch.dtype, seed: int):
     gen = torch.Generator().manual_seed(seed)
     N0, N, C, P = 100, 80, 80, 37
     x = torch.randn(B, p0 + N, C, generator=gen).to(DEVICE, dtype)
+    x[:, ::2, 3] = -0.0  # copies keep the sign of zero
     size = (1 + 2 * torch.rand(B, p0 + N, generator=gen)).to(DEVICE)
     ids = original_ids(B, N, N0, seed)
     sel = T.select_tokens(ids, P, score=torch.rand(B, N, generator=gen).to(DEVICE))
@@ -192,11 +193,13 @@ def test_propagation_equals_torch(p0, dtype):
     torch.testing.assert_close(x_new, x_ref, **tolerance)
     torch.testing.assert_close(size_new, size_ref, rtol=1e-6, atol=1e-6)
     assert torch.equal(x_new[:, :p0], x[:, :p0]) and torch.equal(size_new[:, :p0], size[:, :p0])
+    assert torch.equal(x_new[:, :p0].signbit(), x[:, :p0].signbit())
     assert not torch.allclose(size_new[:, p0:], size.gather(1, sel.keep + p0))  # something was propagated
 
     x_new, size_new, weights = T.propagate_tokens(x, size, None, ids, sel.prop, sel.keep, p0, "none")
     x_ref, size_ref, _, _ = G.propagate(x, size, None, ids, sel.prop, sel.keep, p0, "none")
     assert weights is None and torch.equal(x_new, x_ref) and torch.equal(size_new, size_ref)
+    assert torch.equal(x_new.signbit(), x_ref.signbit())
 
 
 def test_propagation_of_no_token_copies_the_rows():
@@ -215,6 +218,8 @@ def test_propagation_rejects_bad_input():
         T.propagate_tokens(x, size, None, ids, sel.prop, sel.keep, 1, "graph")
     with pytest.raises(ValueError, match="must split"):
         T.propagate_tokens(x, size, graph, ids, sel.prop, sel.keep, 2)
+    with pytest.raises(ValueError, match="graph must be"):
+        T.propagate_tokens(x, size, graph[:, :50], ids, sel.prop, sel.keep, 1)
 
 
 # ------------------------------------------------------------- fake tensors, torch.compile, costs
@@ -276,7 +281,7 @@ def test_each_op_registers_its_modelled_cost():
     select, propagate = costs["gtp::select_tokens"], costs["gtp::propagate_tokens"]
     B, H, N, K, P, C = 2, 6, 49, 36, 13, 32
     assert select.launches == propagate.launches == 1 and select.programs == B
-    assert select.flops == 2 * B * (H - 1) * N + B * N and select.bytes >= 2 * B * H * N * 4
+    assert select.flops == 2 * B * (H - 1) * N + B * N + 2 * B * N * N and select.bytes >= 2 * B * H * N * 4
     assert propagate.flops == B * K * P * (2 * C + 3)
     assert propagate.programs == B * 2 * 1  # 37 output rows in tiles of 32, 32 channels in one tile
     assert propagate.bytes >= B * (1 + K) * C * 2 * 2 + B * K * P * 4

@@ -43,7 +43,7 @@ def _select_kernel(
         BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
 
-    # 1. The score of every patch token (into score_ptr, which src_ptr then reads).
+    # 1. The score of every patch token, from the statistics (else src_ptr holds it).
     if FROM_STATS:
         for start in range(0, N, BLOCK_J):
             j = start + tl.arange(0, BLOCK_J)
@@ -74,7 +74,9 @@ def _select_kernel(
             tl.store(bcast_ptr + b * N + j, bcast, mask=ok)
             tl.store(score_ptr + b * N + j, score, mask=ok)
         tl.debug_barrier()  # the scores written above are read back below by other threads
-    src = src_ptr + b * s_sb
+        src, step = score_ptr + b * N, 1  # through the pointer written (a read-only alias may be cached)
+    else:
+        src, step = src_ptr + b * s_sb, s_sn
 
     # 2. Token i's place in a stable ascending sort, rank_i = #{j: s_j < s_i} + #{j < i: s_j == s_i}:
     # the P lowest ranks leave. Tiles of i in order, so exclusive prefix sums (carried from tile
@@ -83,11 +85,11 @@ def _select_kernel(
     for start_i in range(0, N, BLOCK_I):
         i = start_i + tl.arange(0, BLOCK_I)
         i_ok = i < N
-        s_i = tl.load(src + i * s_sn, mask=i_ok, other=0.0)[:, None]
+        s_i = tl.load(src + i * step, mask=i_ok, other=0.0)[:, None]
         rank = tl.zeros([BLOCK_I], dtype=tl.int32)
         for start_j in range(0, N, BLOCK_J):
             j = start_j + tl.arange(0, BLOCK_J)
-            s_j = tl.load(src + j * s_sn, mask=j < N, other=0.0)[None, :]
+            s_j = tl.load(src + j * step, mask=j < N, other=0.0)[None, :]
             before = (s_j < s_i) | ((s_j == s_i) & (j[None, :] < i[:, None]))
             rank += tl.sum((before & (j < N)[None, :]).to(tl.int32), axis=1)
         leaves = i_ok & (rank < P)
@@ -115,10 +117,10 @@ def _select_impl(diagonal: Optional[Tensor], column_sums: Optional[Tensor], scor
         d, c, src, H = diagonal, column_sums, score_out, diagonal.shape[1]
     else:  # the statistics are not read: any tensor stands in for them
         d, c, src, H = score, score, score, 1
-    strides = (*d.stride(), *c.stride()) if from_stats else (0,) * 6
+    strides = (*d.stride(), *c.stride(), 0, 0) if from_stats else (0,) * 6 + tuple(score.stride())
     _select_kernel[(B,)](
         d, c, src, ids, prop, keep, new_ids, score_out, regen, bcast,
-        N, H, float(H), num_prefix, P, *strides, *src.stride(), *ids.stride(),
+        N, H, float(H), num_prefix, P, *strides, *ids.stride(),
         FROM_STATS=from_stats, MEAN=reduce == "mean", COMBINE=COMBINES.index(combine),
         BLOCK_I=_select_blocks(N)[0], BLOCK_J=_select_blocks(N)[1], num_warps=8)
     return prop, keep, new_ids, score_out, regen, bcast
@@ -158,8 +160,8 @@ def _propagate_kernel(
     cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C
     x_rows = x_ptr + b * s_xb + cols[None, :] * s_xc
-    acc = tl.load(x_rows + source[:, None] * s_xn, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-    acc = acc.to(tl.float32)
+    rows_in = tl.load(x_rows + source[:, None] * s_xn, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+    acc = rows_in.to(tl.float32)
     size = tl.load(size_ptr + b * s_sb + source * s_sn, mask=row_ok, other=0.0)
     if GRAPH:  # x_K += alpha W[ids_K, ids_R] x_R and s_K += alpha W[ids_K, ids_R] s_R, P tokens at a time
         id_k = tl.load(ids_ptr + b * s_ib + keep_k * s_in, mask=kept, other=0)
@@ -184,8 +186,9 @@ def _propagate_kernel(
             size_prop = tl.load(size_ptr + b * s_sb + (prop_j + p0) * s_sn, mask=j_ok, other=0.0)
             size_in += tl.sum(w * size_prop[None, :], axis=1)
         size += size_in
+    out = tl.where(kept[:, None], acc.to(x_out_ptr.dtype.element_ty), rows_in)  # prefix rows: bit copies (-0.0 too)
     out_rows = x_out_ptr + (b * M_out + rows[:, None]) * C + cols[None, :]
-    tl.store(out_rows, acc.to(x_out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    tl.store(out_rows, out, mask=row_ok[:, None] & col_ok[None, :])
     tl.store(size_out_ptr + b * M_out + rows, size, mask=row_ok & first_tile)
 
 
@@ -256,9 +259,9 @@ def _bind(fn, args: tuple, kwargs: dict) -> dict:
 
 @triton_support.register_cost("gtp::select_tokens")
 def select_cost(args: tuple, kwargs: dict) -> triton_support.KernelCost:
-    """One program per image. From the statistics: H-term max / sum of both factors (+ the mean's
-    divisions and the combination); reads 2 x [B, H, N] once, the score 33 times (32 radix passes
-    and the split) from the L1/L2 the program just wrote it to, so only once from memory."""
+    """One program per image: the heads' max / sum of both factors (+ the mean's divisions and the
+    combination), then 2 float comparisons per pair of patch tokens (counted as FLOPs: they are the
+    work). Reads 2 x [B, H, n] once; the score's re-reads hit the L1/L2 it was just written to."""
     a = _bind(_select_impl, args, kwargs)
     B, N = a["ids"].shape
     P = a["num_prop"]
@@ -269,6 +272,7 @@ def select_cost(args: tuple, kwargs: dict) -> triton_support.KernelCost:
         moved = 2 * B * H * N * 4 + 3 * B * N * 4 + index_bytes
     else:
         flops, moved = 0, B * N * 4 + index_bytes
+    flops += 2 * B * N * N
     return triton_support.KernelCost(launches=1, flops=float(flops), bytes=float(moved), programs=B)
 
 
@@ -377,9 +381,13 @@ def propagate_tokens(
     if propagation == "graph" and graph is None:
         raise ValueError("graph propagation needs the graph W")
     B, n, _ = x.shape
-    if prop.shape[0] != B or keep.shape[0] != B or num_prefix + prop.shape[1] + keep.shape[1] != n:
-        raise ValueError(f"prop {tuple(prop.shape)} and keep {tuple(keep.shape)} must split the "
-                         f"{n - num_prefix} patch tokens of x {tuple(x.shape)}")
+    N = n - num_prefix
+    if prop.shape[0] != B or keep.shape[0] != B or prop.shape[1] + keep.shape[1] != N or ids.shape != (B, N):
+        raise ValueError(f"prop {tuple(prop.shape)}, keep {tuple(keep.shape)} and ids {tuple(ids.shape)} must "
+                         f"split and name the {N} patch tokens of x {tuple(x.shape)}")
+    if graph is not None and (graph.dim() not in (2, 3) or graph.shape[-1] != graph.shape[-2]
+                              or graph.dim() == 3 and graph.shape[0] != B):
+        raise ValueError(f"graph must be [N0, N0] or [{B}, N0, N0], got {tuple(graph.shape)}")
     graph = graph.float() if propagation == "graph" else None
     x_new, size_new, w = _propagate_op(x, size.float(), graph, ids, prop, keep, num_prefix, float(alpha),
                                        weights and graph is not None)
