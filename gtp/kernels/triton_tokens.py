@@ -324,8 +324,8 @@ def select_tokens(
     attention-statistic selections: heads reduced by `reduce` in REDUCES, factors combined
     by `combine` in COMBINES: "mixed" regeneration x broadcasting, "sum" +, "diag"
     regeneration, "img" broadcasting), OR score: float32 [B, N] computed by the caller
-    (cls_attn, cos_sim, random). The num_prop = P lowest scores leave; ties go to the
-    lower index. "max" equals torch's amax bit for bit; "mean" adds the heads in order
+    (cls_attn, cos_sim, random); no NaN. The num_prop = P lowest scores leave; ties go to
+    the lower index (-0.0 ties with 0.0). "max" equals torch's amax bit for bit; "mean" adds the heads in order
     0..H-1 and divides by H (torch's own mean may add them in another order: last bits).
     """
     if (statistics is None) == (score is None):
