@@ -14,8 +14,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never wait on the model hub
 if not torch.cuda.is_available():
     # No GPU: Triton's interpreter runs the fused GPU kernels on CPU tensors (gtp/kernels/triton_support.py).
-    # Read when Triton defines its own functions, so it is set before anything imports Triton:
-    # timm does, through torch._dynamo (torch alone does not).
+    # Read when a function is jitted, Triton's own library (tl.sum, tl.cumsum) included, so it is set
+    # before Triton is imported: `import torch` does not import it, but timm (through torch._dynamo) does.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import timm  # noqa: E402

@@ -1,0 +1,394 @@
+"""Token selection and graph propagation, each as ONE Triton kernel (the GPU path of a GTP block).
+
+Between a block's attention and its MLP, `gtp.functional` scores the patch tokens
+(`selection_scores`), splits them (`split_tokens`) and propagates the leaving ones into
+the kept ones (`propagate`): some thirty small PyTorch operations. Here they are two launches:
+
+- `select_tokens`: one program per image reduces the attention statistics over the heads,
+  combines them into the score, finds the P lowest scores (ties to the lower index, as a
+  stable sort) and writes the propagated / kept indices, each list ascending;
+- `propagate_tokens`: one program per image x tile of output rows x tile of channels copies
+  the prefix and kept rows and, for "graph", adds alpha * W[ids_keep, ids_prop] @ x_prop.
+
+Both are `torch.library` custom ops ("gtp::select_tokens", "gtp::propagate_tokens") with fake
+implementations, so torch.compile keeps one graph around them, and each registers its modelled
+GPU cost (`triton_support.register_cost`). On CPU tensors they run only under Triton's
+interpreter (`TRITON_INTERPRET=1`, see `triton_support`). This module imports triton: `gtp`
+never imports it at load time.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from . import triton_support
+
+REDUCES = ("max", "mean")                    # over the heads
+COMBINES = ("mixed", "sum", "diag", "img")   # regeneration x / + broadcasting, or one of them alone
+SELECT_BLOCKS = (64, 256)                    # (ranked, compared) patch tokens per tile of the selection kernel
+
+
+# ------------------------------------------------------------------------------------ selection
+@triton.jit
+def _select_kernel(
+        diag_ptr, cols_ptr, src_ptr, ids_ptr,                               # inputs
+        prop_ptr, keep_ptr, new_ids_ptr, score_ptr, regen_ptr, bcast_ptr,  # outputs
+        N, H, num_heads_f, p0, P,
+        s_db, s_dh, s_dn, s_cb, s_ch, s_cn, s_sb, s_sn, s_ib, s_in,
+        FROM_STATS: tl.constexpr, MEAN: tl.constexpr, COMBINE: tl.constexpr,
+        BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+
+    # 1. The score of every patch token, from the statistics (else src_ptr holds it).
+    if FROM_STATS:
+        for start in range(0, N, BLOCK_J):
+            j = start + tl.arange(0, BLOCK_J)
+            ok = j < N
+            d_row = diag_ptr + b * s_db + (j + p0) * s_dn
+            c_row = cols_ptr + b * s_cb + (j + p0) * s_cn
+            regen = tl.load(d_row, mask=ok, other=0.0)
+            bcast = tl.load(c_row, mask=ok, other=0.0)
+            for h in range(1, H):  # the heads in order
+                d = tl.load(d_row + h * s_dh, mask=ok, other=0.0)
+                c = tl.load(c_row + h * s_ch, mask=ok, other=0.0)
+                if MEAN:
+                    regen, bcast = regen + d, bcast + c
+                else:
+                    regen, bcast = tl.maximum(regen, d), tl.maximum(bcast, c)
+            if MEAN:  # IEEE division: Triton's `/` is approximate on NVIDIA GPUs
+                regen = tl.math.div_rn(regen, num_heads_f)
+                bcast = tl.math.div_rn(bcast, num_heads_f)
+            if COMBINE == 0:
+                score = regen * bcast
+            elif COMBINE == 1:
+                score = regen + bcast
+            elif COMBINE == 2:
+                score = regen
+            else:
+                score = bcast
+            tl.store(regen_ptr + b * N + j, regen, mask=ok)
+            tl.store(bcast_ptr + b * N + j, bcast, mask=ok)
+            tl.store(score_ptr + b * N + j, score, mask=ok)
+        tl.debug_barrier()  # the scores written above are read back below by other threads
+        src, step = score_ptr + b * N, 1  # through the pointer written (a read-only alias may be cached)
+    else:
+        src, step = src_ptr + b * s_sb, s_sn
+
+    # 2. Token i's place in a stable ascending sort, rank_i = #{j: s_j < s_i} + #{j < i: s_j == s_i}:
+    # the P lowest ranks leave. Tiles of i in order, so exclusive prefix sums (carried from tile
+    # to tile) place each token in its list, and both lists come out ascending.
+    num_left = 0
+    for start_i in range(0, N, BLOCK_I):
+        i = start_i + tl.arange(0, BLOCK_I)
+        i_ok = i < N
+        s_i = tl.load(src + i * step, mask=i_ok, other=0.0)[:, None]
+        rank = tl.zeros([BLOCK_I], dtype=tl.int32)
+        for start_j in range(0, N, BLOCK_J):
+            j = start_j + tl.arange(0, BLOCK_J)
+            s_j = tl.load(src + j * step, mask=j < N, other=0.0)[None, :]
+            before = (s_j < s_i) | ((s_j == s_i) & (j[None, :] < i[:, None]))
+            rank += tl.sum((before & (j < N)[None, :]).to(tl.int32), axis=1)
+        leaves = i_ok & (rank < P)
+        stays = i_ok & (rank >= P)
+        left = leaves.to(tl.int32)
+        pos_prop = num_left + tl.cumsum(left, axis=0) - left
+        pos_keep = i - pos_prop
+        tl.store(prop_ptr + b * P + pos_prop, i.to(tl.int64), mask=leaves)
+        tl.store(keep_ptr + b * (N - P) + pos_keep, i.to(tl.int64), mask=stays)
+        ids = tl.load(ids_ptr + b * s_ib + i * s_in, mask=stays, other=0)
+        tl.store(new_ids_ptr + b * (N - P) + pos_keep, ids, mask=stays)
+        num_left += tl.sum(left, axis=0)
+
+
+def _select_impl(diagonal: Optional[Tensor], column_sums: Optional[Tensor], score: Optional[Tensor],
+                 ids: Tensor, num_prefix: int, num_prop: int, reduce: str, combine: str
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    _check_runs(ids)
+    B, N = ids.shape
+    P = num_prop
+    prop, keep, new_ids, score_out, regen, bcast = _fake_select(
+        diagonal, column_sums, score, ids, num_prefix, num_prop, reduce, combine)
+    from_stats = score is None
+    if from_stats:  # the kernel writes the score, then reads it back
+        d, c, src, H = diagonal, column_sums, score_out, diagonal.shape[1]
+    else:  # the statistics are not read: any tensor stands in for them
+        d, c, src, H = score, score, score, 1
+    strides = (*d.stride(), *c.stride(), 0, 0) if from_stats else (0,) * 6 + tuple(score.stride())
+    _select_kernel[(B,)](
+        d, c, src, ids, prop, keep, new_ids, score_out, regen, bcast,
+        N, H, float(H), num_prefix, P, *strides, *ids.stride(),
+        FROM_STATS=from_stats, MEAN=reduce == "mean", COMBINE=COMBINES.index(combine),
+        BLOCK_I=_select_blocks(N)[0], BLOCK_J=_select_blocks(N)[1], num_warps=8)
+    return prop, keep, new_ids, score_out, regen, bcast
+
+
+def _fake_select(diagonal, column_sums, score, ids, num_prefix, num_prop, reduce, combine):
+    B, N = ids.shape
+    P = num_prop
+    width = N if score is None else 0  # the score, when given, is the caller's own tensor
+    index = dict(dtype=torch.int64)
+    return (ids.new_empty(B, P, **index), ids.new_empty(B, N - P, **index), ids.new_empty(B, N - P),
+            *(ids.new_empty(B, width, dtype=torch.float32) for _ in range(3)))
+
+
+def _select_blocks(N: int) -> tuple[int, int]:
+    """(BLOCK_I, BLOCK_J): tokens ranked, and tokens compared with them, per step."""
+    return tuple(min(block, max(16, triton.next_power_of_2(N))) for block in SELECT_BLOCKS)
+
+
+# ---------------------------------------------------------------------------------- propagation
+@triton.jit
+def _propagate_kernel(
+        x_ptr, size_ptr, w_ptr, ids_ptr, prop_ptr, keep_ptr,   # inputs
+        x_out_ptr, size_out_ptr, w_out_ptr,                    # outputs
+        C, p0, P, M_out, alpha,
+        s_xb, s_xn, s_xc, s_sb, s_sn, s_wb, s_wr, s_wc, s_ib, s_in, s_pb, s_pn, s_kb, s_kn,
+        GRAPH: tl.constexpr, WEIGHTS: tl.constexpr, IEEE: tl.constexpr, INTERPRETED: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    first_tile = tl.program_id(2) == 0  # the programs of the first channel tile also write sizes and weights
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)  # output rows: p0 prefix, then the kept
+    row_ok = rows < M_out
+    k = rows - p0                                                # index among the kept tokens
+    kept = row_ok & (k >= 0)
+    keep_k = tl.load(keep_ptr + b * s_kb + k * s_kn, mask=kept, other=0)
+    source = tl.where(kept, keep_k + p0, rows)                   # the input row each output row copies
+    cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < C
+    x_rows = x_ptr + b * s_xb + cols[None, :] * s_xc
+    rows_in = tl.load(x_rows + source[:, None] * s_xn, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+    acc = rows_in.to(tl.float32)
+    size = tl.load(size_ptr + b * s_sb + source * s_sn, mask=row_ok, other=0.0)
+    if GRAPH:  # x_K += alpha W[ids_K, ids_R] x_R and s_K += alpha W[ids_K, ids_R] s_R, P tokens at a time
+        id_k = tl.load(ids_ptr + b * s_ib + keep_k * s_in, mask=kept, other=0)
+        size_in = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for start in range(0, P, BLOCK_P):
+            j = start + tl.arange(0, BLOCK_P)
+            j_ok = j < P
+            prop_j = tl.load(prop_ptr + b * s_pb + j * s_pn, mask=j_ok, other=0)
+            id_j = tl.load(ids_ptr + b * s_ib + prop_j * s_in, mask=j_ok, other=0)
+            pair_ok = kept[:, None] & j_ok[None, :]
+            w = alpha * tl.load(w_ptr + b * s_wb + id_k[:, None] * s_wr + id_j[None, :] * s_wc,
+                                mask=pair_ok, other=0.0)
+            if WEIGHTS:
+                tl.store(w_out_ptr + (b * (M_out - p0) + k[:, None]) * P + j[None, :], w, mask=pair_ok & first_tile)
+            x_prop = tl.load(x_rows + (prop_j + p0)[:, None] * s_xn, mask=j_ok[:, None] & col_ok[None, :], other=0.0)
+            if IEEE:  # float32 tokens: full-precision products (tensor cores would round to tf32)
+                acc = tl.dot(w, x_prop, acc, input_precision="ieee")
+            elif INTERPRETED:  # the interpreter's half-precision tl.dot is wrong: the same products in float32
+                acc = tl.dot(w.to(x_prop.dtype).to(tl.float32), x_prop.to(tl.float32), acc, input_precision="ieee")
+            else:  # half-precision tokens: the weights in their dtype, as torch's product takes them
+                acc = tl.dot(w.to(x_prop.dtype), x_prop, acc)
+            size_prop = tl.load(size_ptr + b * s_sb + (prop_j + p0) * s_sn, mask=j_ok, other=0.0)
+            size_in += tl.sum(w * size_prop[None, :], axis=1)
+        size += size_in
+    out = tl.where(kept[:, None], acc.to(x_out_ptr.dtype.element_ty), rows_in)  # prefix rows: bit copies (-0.0 too)
+    out_rows = x_out_ptr + (b * M_out + rows[:, None]) * C + cols[None, :]
+    tl.store(out_rows, out, mask=row_ok[:, None] & col_ok[None, :])
+    tl.store(size_out_ptr + b * M_out + rows, size, mask=row_ok & first_tile)
+
+
+def _propagate_blocks(C: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_P, BLOCK_C): output rows, propagated tokens and channels per step (tl.dot needs >= 16)."""
+    return 32, 32, min(64, max(16, triton.next_power_of_2(C)))
+
+
+def _propagate_grid(B: int, rows_out: int, C: int) -> tuple[int, int, int]:
+    block_m, _, block_c = _propagate_blocks(C)
+    return B, triton.cdiv(rows_out, block_m), triton.cdiv(C, block_c)
+
+
+def _propagate_impl(x: Tensor, size: Tensor, graph: Optional[Tensor], ids: Tensor, prop: Tensor, keep: Tensor,
+                    num_prefix: int, alpha: float, weights: bool) -> tuple[Tensor, Tensor, Tensor]:
+    _check_runs(x)
+    x_new, size_new, w_out = _fake_propagate(x, size, graph, ids, prop, keep, num_prefix, alpha, weights)
+    B, rows_out, C = x_new.shape
+    P = prop.shape[1]
+    use_graph = graph is not None and P > 0
+    w = graph if use_graph else size  # not read without a graph
+    w_strides = ((0,) if graph.dim() == 2 else ()) + tuple(graph.stride()) if use_graph else (0, 0, 0)
+    block_m, block_p, block_c = _propagate_blocks(C)
+    _propagate_kernel[_propagate_grid(B, rows_out, C)](
+        x, size, w, ids, prop, keep, x_new, size_new, w_out,
+        C, num_prefix, P, rows_out, alpha,
+        *x.stride(), *size.stride(), *w_strides, *ids.stride(), *prop.stride(), *keep.stride(),
+        GRAPH=use_graph, WEIGHTS=weights and use_graph, IEEE=x.dtype == torch.float32,
+        INTERPRETED=x.device.type == "cpu",
+        BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_C=block_c)
+    return x_new, size_new, w_out
+
+
+def _fake_propagate(x, size, graph, ids, prop, keep, num_prefix, alpha, weights):
+    B, _, C = x.shape
+    P, K = prop.shape[1], keep.shape[1]
+    w_shape = (B, K, P) if weights and graph is not None else (B, 0, 0)
+    return (x.new_empty(B, num_prefix + K, C), size.new_empty(B, num_prefix + K),
+            x.new_empty(w_shape, dtype=torch.float32))
+
+
+def _check_runs(t: Tensor) -> None:
+    if t.device.type != "cpu":
+        return
+    if not triton_support.interpreting():
+        raise RuntimeError("the Triton token kernels take CPU tensors only under TRITON_INTERPRET=1")
+    if type(tl.sum).__name__ != "InterpretedFunction":  # triton's library was jitted for the GPU
+        raise RuntimeError("TRITON_INTERPRET=1 was set after triton was imported (timm and torch._dynamo "
+                           "import it): set it before those imports")
+
+
+# ----------------------------------------------------------------------- custom ops and their costs
+# Opaque to torch.compile (one node each, no graph break); the fake implementations give the
+# shapes, so a forward on fake or meta tensors runs. Outputs not asked for come back empty.
+_select_op = torch.library.custom_op(
+    "gtp::select_tokens", _select_impl, mutates_args=(), device_types=("cuda", "cpu"))
+_select_op.register_fake(_fake_select)
+_propagate_op = torch.library.custom_op(
+    "gtp::propagate_tokens", _propagate_impl, mutates_args=(), device_types=("cuda", "cpu"))
+_propagate_op.register_fake(_fake_propagate)
+
+
+def _bind(fn, args: tuple, kwargs: dict) -> dict:
+    """The op's arguments by name, however a dispatch mode passed them."""
+    names = fn.__code__.co_varnames[:fn.__code__.co_argcount]
+    return {**dict(zip(names, args)), **kwargs}
+
+
+@triton_support.register_cost("gtp::select_tokens")
+def select_cost(args: tuple, kwargs: dict) -> triton_support.KernelCost:
+    """One program per image: the heads' max / sum of both factors (+ the mean's divisions and the
+    combination), then 2 float comparisons per pair of patch tokens (counted as FLOPs: they are the
+    work). Reads 2 x [B, H, n] once; the score's re-reads hit the L1/L2 it was just written to."""
+    a = _bind(_select_impl, args, kwargs)
+    B, N = a["ids"].shape
+    P = a["num_prop"]
+    index_bytes = B * N * 8 + B * N * 8 + B * (N - P) * 8  # ids read; prop + keep, new ids written
+    if a["score"] is None:
+        H = a["diagonal"].shape[1]
+        flops = 2 * B * (H - 1) * N + B * N * (3 if a["reduce"] == "mean" else 1)
+        moved = 2 * B * H * N * 4 + 3 * B * N * 4 + index_bytes
+    else:
+        flops, moved = 0, B * N * 4 + index_bytes
+    flops += 2 * B * N * N
+    return triton_support.KernelCost(launches=1, flops=float(flops), bytes=float(moved), programs=B)
+
+
+@triton_support.register_cost("gtp::propagate_tokens")
+def propagate_cost(args: tuple, kwargs: dict) -> triton_support.KernelCost:
+    """Programs: image x row tile x channel tile. Each copies its rows; with the graph, each row
+    tile reads its W[K, R] block and every channel tile of it reads x_R (2 K P C FLOPs per image)."""
+    a = _bind(_propagate_impl, args, kwargs)
+    x, prop, keep = a["x"], a["prop"], a["keep"]
+    B, _, C = x.shape
+    P, K, p0 = prop.shape[1], keep.shape[1], a["num_prefix"]
+    grid = _propagate_grid(B, p0 + K, C)
+    e = x.element_size()
+    moved = 2 * B * (p0 + K) * (C * e + 4) + B * (K + P) * 8  # rows in and out, sizes, indices
+    flops = 0
+    if a["graph"] is not None and P > 0:
+        flops = B * K * P * (2 * C + 3)  # the product, alpha x W and the sizes' product
+        moved += B * K * P * 4 + grid[1] * B * P * (C * e + 4 + 8)  # W gathered; x_R per row tile
+        if a["weights"]:
+            moved += B * K * P * 4
+    return triton_support.KernelCost(launches=1, flops=float(flops), bytes=float(moved),
+                                     programs=grid[0] * grid[1] * grid[2])
+
+
+# ------------------------------------------------------------------------------------ entry points
+class Selection(NamedTuple):
+    """What `select_tokens` returns (B images, N current patch tokens, P = num_prop)."""
+    prop: Tensor                    # [B, P] int64: propagated patch tokens (current indices), ascending
+    keep: Tensor                    # [B, N-P] int64: kept patch tokens, ascending
+    ids: Tensor                     # [B, N-P]: ids.gather(1, keep), the original ids of the kept
+    score: Tensor                   # [B, N] float32: the lowest P scores leave
+    regeneration: Optional[Tensor]  # [B, N] float32 (from the statistics only)
+    broadcasting: Optional[Tensor]  # [B, N] float32 (from the statistics only)
+
+
+def select_tokens(
+        ids: Tensor,
+        num_prop: int,
+        statistics: Optional[tuple[Tensor, Tensor]] = None,
+        num_prefix: int = 0,
+        reduce: str = "max",
+        combine: str = "mixed",
+        score: Optional[Tensor] = None,
+) -> Selection:
+    """Score the patch tokens and split them in one launch: `functional.selection_scores` then `split_tokens`.
+
+    ids: [B, N] int64, the original id of each current patch token. Give EITHER
+    statistics = (diagonal, column sums), float32 [B, H, n] with n = num_prefix + N (the
+    attention-statistic selections: heads reduced by `reduce` in REDUCES, factors combined
+    by `combine` in COMBINES: "mixed" regeneration x broadcasting, "sum" +, "diag"
+    regeneration, "img" broadcasting), OR score: float32 [B, N] computed by the caller
+    (cls_attn, cos_sim, random); no NaN. The num_prop = P lowest scores leave; ties go to
+    the lower index (-0.0 ties with 0.0). "max" equals torch's amax bit for bit; "mean" adds the heads in order
+    0..H-1 and divides by H (torch's own mean may add them in another order: last bits).
+    """
+    if (statistics is None) == (score is None):
+        raise ValueError("give either the attention statistics or a score")
+    if reduce not in REDUCES or combine not in COMBINES:
+        raise ValueError(f"reduce must be one of {REDUCES} and combine one of {COMBINES}; got {reduce!r}, {combine!r}")
+    B, N = ids.shape
+    if not 0 <= num_prop <= N:
+        raise ValueError(f"num_prop must be in [0, {N}] for {N} patch tokens, got {num_prop}")
+    diagonal = column_sums = None
+    if statistics is not None:
+        diagonal, column_sums = statistics
+        if diagonal.shape != column_sums.shape or diagonal.shape[::2] != (B, num_prefix + N):
+            raise ValueError(f"statistics must be [{B}, H, {num_prefix + N}], got {tuple(diagonal.shape)}"
+                             f" and {tuple(column_sums.shape)}")
+        diagonal, column_sums = diagonal.float(), column_sums.float()
+    elif score.shape != (B, N):
+        raise ValueError(f"score must be [{B}, {N}], got {tuple(score.shape)}")
+    else:
+        score = score.float()
+    prop, keep, new_ids, score_out, regen, bcast = _select_op(
+        diagonal, column_sums, score, ids, num_prefix, num_prop, reduce, combine)
+    if score is not None:
+        return Selection(prop, keep, new_ids, score, None, None)
+    return Selection(prop, keep, new_ids, score_out, regen, bcast)
+
+
+def propagate_tokens(
+        x: Tensor,
+        size: Tensor,
+        graph: Optional[Tensor],
+        ids: Tensor,
+        prop: Tensor,
+        keep: Tensor,
+        num_prefix: int,
+        propagation: str = "graph",
+        alpha: float = 0.1,
+        weights: bool = False,
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Remove the propagated patch tokens in one launch: `functional.propagate` for "graph" and "none".
+
+    x: [B, n, C] all tokens (any float dtype; sums in float32); size: [B, n] float32;
+    graph: W float32 [B, N0, N0] or [N0, N0] (the same for every image; a batch stride 0
+    will do) over the ORIGINAL patch ids, only read for "graph"; ids: [B, N] original id
+    of each current patch token; prop [B, P] and keep [B, N-P] index the current patch
+    tokens. Returns (x_new [B, p0 + N-P, C] in x's dtype: the prefix rows then the kept
+    ones, plus alpha W[ids_keep, ids_prop] @ x_prop for "graph"; size_new [B, p0 + N-P]
+    likewise; the weights alpha W[ids_keep, ids_prop] [B, N-P, P] float32 when `weights`
+    and "graph", else None). The new ids are `select_tokens`'s.
+    """
+    if propagation not in ("graph", "none"):
+        raise ValueError(f"propagation must be 'graph' or 'none' here, got {propagation!r}")
+    if propagation == "graph" and graph is None:
+        raise ValueError("graph propagation needs the graph W")
+    B, n, _ = x.shape
+    N = n - num_prefix
+    if prop.shape[0] != B or keep.shape[0] != B or prop.shape[1] + keep.shape[1] != N or ids.shape != (B, N):
+        raise ValueError(f"prop {tuple(prop.shape)}, keep {tuple(keep.shape)} and ids {tuple(ids.shape)} must "
+                         f"split and name the {N} patch tokens of x {tuple(x.shape)}")
+    if graph is not None and (graph.dim() not in (2, 3) or graph.shape[-1] != graph.shape[-2]
+                              or graph.dim() == 3 and graph.shape[0] != B):
+        raise ValueError(f"graph must be [N0, N0] or [{B}, N0, N0], got {tuple(graph.shape)}")
+    graph = graph.float() if propagation == "graph" else None
+    x_new, size_new, w = _propagate_op(x, size.float(), graph, ids, prop, keep, num_prefix, float(alpha),
+                                       weights and graph is not None)
+    return x_new, size_new, w if weights and graph is not None else None
