@@ -176,7 +176,7 @@ def attention(
 
 
 # ------------------------------------------------------------------------ selection
-def _parse_selection(selection: str) -> tuple[str, str]:
+def parse_selection(selection: str) -> tuple[str, str]:
     """"mixed_attn_max" -> ("mixed_attn", "max"), "random" -> ("random", ""); raises on an unknown strategy."""
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
@@ -187,8 +187,18 @@ def _parse_selection(selection: str) -> tuple[str, str]:
 
 
 def _over_heads(t: Tensor, reduce: str) -> Tensor:
-    """[B, H, ...] -> [B, ...]: max or mean over the heads."""
-    return t.amax(1) if reduce == "max" else t.mean(1)
+    """[B, H, ...] -> [B, ...]: max or mean over the heads.
+
+    The mean adds the heads in order 0..H-1, then divides by H: the Triton selection
+    kernel does the same, so both paths give the same bits (torch's `mean` may
+    interleave the additions, which moves the last bit and could flip a near-tie).
+    """
+    if reduce == "max":
+        return t.amax(1)
+    total = t[:, 0].clone()
+    for h in range(1, t.shape[1]):
+        total += t[:, h]
+    return total / t.shape[1]
 
 
 def selection_input(selection: str) -> str:
@@ -198,7 +208,7 @@ def selection_input(selection: str) -> str:
     "cls_row": row 0 of the sparsified map (cls_attn); "map": the sparsified map
     itself (cos_sim); "none": nothing (random scores are noise).
     """
-    kind, _ = _parse_selection(selection)
+    kind, _ = parse_selection(selection)
     if kind in ("mixed_attn", "diag_attn", "img_attn", "sum_attn"):
         return "statistics"
     return {"random": "none", "cls_attn": "cls_row"}.get(kind, "map")
@@ -218,7 +228,7 @@ def selection_scores(
     None); the factors are returned for the strategies that use them.
     """
     p0 = num_prefix
-    kind, reduce = _parse_selection(selection)
+    kind, reduce = parse_selection(selection)
     if kind == "random":
         B, _, n, _ = attended.out.shape
         return torch.rand(B, n - p0, device=attended.out.device, generator=generator), None, None
@@ -278,7 +288,7 @@ def propagate(
 ) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """Remove the propagated patch tokens, pushing their features into the kept ones.
 
-    x: [B, n, C] all tokens; size: [B, n]; graph: W [B, N0, N0] over the ORIGINAL
+    x: [B, n, C] all tokens; size: [B, n]; graph: W [B or 1, N0, N0] over the ORIGINAL
     patch tokens (only needed for "graph"); ids: [B, N] the original id of each
     current patch token; prop [B, P] and keep [B, N-P] index the current patch
     tokens. Restricting W to the survivors (W <- W[K, K]) is the same as indexing
@@ -304,6 +314,7 @@ def propagate(
         s_prop = rows_s.index_select(0, propagated).view(B, -1)
     if propagation == "graph":
         N0 = graph.shape[-1]
+        graph = graph.expand(B, N0, N0)  # a spatial graph may be one [1, N0, N0] for all images
         pairs = ids_keep.unsqueeze(2) * N0 + ids.gather(1, prop).unsqueeze(1)  # [B, N-P, P] flat into W
         weights = alpha * graph.flatten(1).gather(1, pairs.flatten(1)).view_as(pairs)
         # In place on the kept rows: x_K += alpha W[K, R] x_R, s_K += alpha W[K, R] s_R.

@@ -119,8 +119,17 @@ def choose(attended: G.Attention, ids: Tensor, num_prefix: int, selection: str, 
     """
     if _triton(attended.out):
         from .kernels import triton_tokens
-        return _guarded(lambda: Choice(*triton_tokens.choose(attended, ids, num_prefix, selection, num_prop)),
-                        lambda: choose(attended, ids, num_prefix, selection, num_prop))
+        kind, reduce = G.parse_selection(selection)
+        if attended.statistics is not None:  # mixed / sum / diag / img _attn: scored inside the kernel
+            inputs = dict(statistics=attended.statistics, reduce=reduce, combine=kind.split("_")[0])
+        else:
+            inputs = dict(score=G.selection_scores(attended, num_prefix, selection)[0])
+        return _guarded(lambda: Choice(*triton_tokens.select_tokens(ids, num_prop, num_prefix=num_prefix, **inputs)),
+                        lambda: _choose_torch(attended, ids, num_prefix, selection, num_prop))
+    return _choose_torch(attended, ids, num_prefix, selection, num_prop)
+
+
+def _choose_torch(attended: G.Attention, ids: Tensor, num_prefix: int, selection: str, num_prop: int) -> Choice:
     score, regeneration, broadcasting = G.selection_scores(attended, num_prefix, selection)
     prop, keep = G.split_tokens(score, num_prop)
     return Choice(prop, keep, ids.gather(1, keep), score, regeneration, broadcasting)
@@ -145,12 +154,23 @@ def propagate(
     weights alpha W[K, R] [B, N-P, P] for "graph" when `weights` is asked, else None)
     as `functional.propagate` does.
     """
+    if graph is not None:  # a spatial graph is one [1, N0, N0] for every image: a stride-0 view, no copy
+        graph = graph.expand(x.shape[0], -1, -1)
     if propagation != "mean" and _triton(x):
         from .kernels import triton_tokens
-        return _guarded(
-            lambda: triton_tokens.propagate(x, size, graph, choice, num_prefix, propagation, alpha, weights),
-            lambda: propagate(x, size, graph, ids, choice, num_prefix, propagation, alpha, weights))
-    if graph is not None:  # a spatial graph is one [1, N0, N0] for every image
-        graph = graph.expand(x.shape[0], -1, -1)
+
+        def fused() -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+            x_new, size_new, w = triton_tokens.propagate_tokens(
+                x, size, graph, ids, choice.prop, choice.keep, num_prefix, propagation, alpha, weights)
+            return x_new, size_new, choice.kept_ids, w
+
+        return _guarded(fused, lambda: _propagate_torch(x, size, graph, ids, choice, num_prefix, propagation,
+                                                        alpha, weights))
+    return _propagate_torch(x, size, graph, ids, choice, num_prefix, propagation, alpha, weights)
+
+
+def _propagate_torch(x: Tensor, size: Tensor, graph: Optional[Tensor], ids: Tensor, choice: Choice,
+                     num_prefix: int, propagation: str, alpha: float, weights: bool,
+                     ) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     x, size, kept, w = G.propagate(x, size, graph, ids, choice.prop, choice.keep, num_prefix, propagation, alpha)
     return x, size, kept, w if weights else None
