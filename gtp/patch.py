@@ -23,12 +23,13 @@ from .config import GTPConfig, make_config, settings_of
 from .trace import Trace, record_block, record_start
 
 
-def _cacheable(t: Tensor) -> bool:
-    """Whether a tensor built from `t`'s device may be kept across forwards: not while
-    torch.compile traces or fake tensors stand in for real ones."""
+def _cache_key(t: Tensor) -> Optional[tuple]:
+    """What a tensor built on `t`'s device may be kept under across forwards, or None when it
+    may not: while torch.compile traces, or on the meta device. Under fake tensors (a cost
+    model) it is kept per fake mode, so fake and real tensors never mix."""
     if torch.compiler.is_compiling() or t.device.type == "meta":
-        return False
-    return torch._guards.detect_fake_mode() is None
+        return None
+    return (t.device, torch._guards.detect_fake_mode())
 
 
 class GTPState:
@@ -48,13 +49,13 @@ class GTPState:
 
     def spatial(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The grid adjacency A [N0, N0] and its normalised W [1, N0, N0], kept per grid and device."""
-        key = (self.grid_size, x.device)
-        if key in self._spatial:
-            return self._spatial[key]
+        key = _cache_key(x)
+        if key is not None and (self.grid_size, key) in self._spatial:
+            return self._spatial[self.grid_size, key]
         adjacency = G.spatial_adjacency(*self.grid_size, device=x.device)
         graph = (adjacency, G.normalise_adjacency(adjacency).unsqueeze(0))
-        if _cacheable(x):
-            self._spatial[key] = graph
+        if key is not None:
+            self._spatial[self.grid_size, key] = graph
         return graph
 
     def start(self, x: Tensor) -> None:

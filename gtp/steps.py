@@ -120,12 +120,19 @@ def choose(attended: G.Attention, ids: Tensor, num_prefix: int, selection: str, 
     if _triton(attended.out):
         from .kernels import triton_tokens
         kind, reduce = G.parse_selection(selection)
+        factors = kind != "cls_attn"
         if attended.statistics is not None:  # mixed / sum / diag / img _attn: scored inside the kernel
             inputs = dict(statistics=attended.statistics, reduce=reduce, combine=kind.split("_")[0])
-        else:
+        elif attended.cls_row is not None:  # cls_attn: row 0 over the heads, as "img" reduces column sums
+            inputs = dict(statistics=(attended.cls_row, attended.cls_row), reduce=reduce, combine="img")
+        else:  # cos_sim, random: scored in PyTorch
             inputs = dict(score=G.selection_scores(attended, num_prefix, selection)[0])
-        return _guarded(lambda: Choice(*triton_tokens.select_tokens(ids, num_prop, num_prefix=num_prefix, **inputs)),
-                        lambda: _choose_torch(attended, ids, num_prefix, selection, num_prop))
+
+        def fused() -> Choice:
+            chosen = Choice(*triton_tokens.select_tokens(ids, num_prop, num_prefix=num_prefix, **inputs))
+            return chosen if factors else chosen._replace(regeneration=None, broadcasting=None)
+
+        return _guarded(fused, lambda: _choose_torch(attended, ids, num_prefix, selection, num_prop))
     return _choose_torch(attended, ids, num_prefix, selection, num_prop)
 
 
