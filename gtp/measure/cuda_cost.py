@@ -8,9 +8,10 @@ CUDA backend would run them) and turns it into kernels:
 
   no kernel  views and metadata (`OpOverload.is_view`: view, permute, expand, transpose, t, slice,
              select, (un)squeeze, alias, detach, as_strided, split / unbind / chunk, diagonal,
-             lift_fresh), `_unsafe_view`, the empty* allocators, and `to` returning its input;
-  one kernel everything else, `_to_copy` included (it always copies), and factories that fill
-             (zeros, ones, full, arange, scalar_tensor, *_like);
+             lift_fresh), `_unsafe_view`, the empty* allocators; `to` to the dtype and device a
+             tensor has returns it and reaches no kernel (`to` is decomposed first);
+  one kernel everything else, `_to_copy` included (only a real conversion or copy reaches it),
+             and factories that fill (zeros, ones, full, arange, scalar_tensor, *_like);
   SDPA       `scaled_dot_product_attention` is one FlashAttention kernel (bf16 / fp16, no mask, on
              GPUs that have it) or one memory-efficient kernel (fp32 or a mask; plus one kernel
              padding a mask whose last dim is not a multiple of 16); FLOPs from torch's counter;
@@ -161,8 +162,7 @@ class CostLog(TorchDispatchMode):
         if sync:
             self.events.append(("sync", str(func), self.scope))
         packet = func._overloadpacket
-        if packet in (aten._local_scalar_dense, aten.item) or (
-                packet in _NO_KERNEL or func.is_view or (packet is aten.to and out is args[0])):
+        if packet in (aten._local_scalar_dense, aten.item, *_NO_KERNEL) or func.is_view:
             self.events.append(("host", str(func), self.scope))
             return
         ins = _tensors((args, {k: v for k, v in kwargs.items() if k != "out"}))
