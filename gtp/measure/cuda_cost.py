@@ -1,8 +1,10 @@
 """What one forward costs on a GPU, modelled without one: kernels, host syncs, bytes, FLOPs, time.
 
-The model runs once on FAKE CUDA tensors (`FakeTensorMode`: shapes, dtypes and strides, no data),
-so every CUDA branch of timm, GTP and the baselines is taken on a machine with no GPU, under the
-same `torch.inference_mode()` and CUDA autocast that `gtp.measure.bench` times with. A
+The model runs on FAKE CUDA tensors (`FakeTensorMode`: shapes, dtypes and strides, no data), so
+every CUDA branch of timm, GTP and the baselines is taken on a machine with no GPU, under the same
+`torch.inference_mode()` and CUDA autocast that `gtp.measure.bench` times with (one unlogged
+warm-up forward, then the logged one). Under inference mode autocast caches no weight casts, so
+every forward casts every weight again: counted, as a timed loop pays them. A
 `TorchDispatchMode` sees each aten operation after composite operations are decomposed (as the
 CUDA backend would run them) and turns it into kernels:
 
@@ -244,7 +246,7 @@ class CostLog(TorchDispatchMode):
 # ---------------------------------------------------------------------- one forward
 @dataclass
 class Estimate:
-    """One forward's modelled cost. `seconds` and everything derived from it are modelled."""
+    """One forward's cost: counts (kernels, syncs, FLOPs, bytes) and modelled times (`modelled_*`)."""
     label: str
     batch: int
     dtype: str
