@@ -1,4 +1,4 @@
-"""Command line: `python -m gtp predict|bench|eval|sweep|models ...`.
+"""Command line: `python -m gtp predict|bench|eval|sweep|cost|models ...`.
 
 Bad input (unknown model, bad hyper-parameters, unreadable image or weights) ends
 with one line on stderr and exit code 2, never a traceback.
@@ -107,6 +107,70 @@ def _run_bench(args: argparse.Namespace) -> int:
     return int(rc or 0)
 
 
+def _add_cost_arguments(parser: argparse.ArgumentParser) -> None:
+    from .baselines import METHODS
+    from .measure.bench import DTYPES
+    from .measure.gpu_model import GPUS
+    parser.add_argument("--model", default="deit_base_patch16_224", metavar="NAME",
+                        help="any timm model name (no weights are read; default deit_base_patch16_224)")
+    parser.add_argument("--methods", nargs="+", default=["full", "gtp", "tome", "pruning"], choices=list(METHODS),
+                        help="methods, each removing --num-prop tokens per block (ToMe: r = P); "
+                             "ratios are to full, which is always modelled")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[1, 256], metavar="B")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="bf16", help="autocast dtype (float32: none)")
+    parser.add_argument("--device-kind", choices=list(GPUS), default="h100", help="the GPU modelled (default h100)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="model CUDA-graph replay, not eager launches")
+    parser.add_argument("--tf32", action="store_true", help="fp32 matmuls on TF32 tensor cores")
+    parser.add_argument("--json", default=None, metavar="FILE", help="write every estimate to this JSON file")
+    add_gtp_arguments(parser, many=("sparsity",))
+
+
+def _run_cost(args: argparse.Namespace) -> int:
+    """One row per method, setting and batch size. Every time is modelled (gtp.measure.gpu_model)."""
+    import dataclasses
+    import json
+    from .config import GTPConfig
+    from .measure.cuda_cost import estimate, meta_model
+    from .measure.gpu_model import GPUS
+    if min(args.batch_size) < 1:
+        raise ValueError("--batch-size must be >= 1")
+    meta_model(args.model)  # an unknown name fails here
+    options = gtp_kwargs(args)
+    amount, sparsities = options.pop("num_prop"), options.pop("sparsity")
+    GTPConfig(num_prop=amount, sparsity=sparsities[0], **options)  # bad options fail before any model is built
+    rows = [("full", "-", {})] + [(m, f"r={amount}" if m == "tome" else f"P={amount}", {})
+                                  for m in args.methods if m not in ("full", "gtp")]
+    if "gtp" in args.methods:
+        rows[1:1] = [("gtp", f"theta={s:g}", dict(sparsity=s)) for s in sparsities]
+    gpu = GPUS[args.device_kind]
+    print(f"{args.model} on a MODELLED {gpu.name} ({args.dtype}{', TF32' if args.tf32 else ''}, "
+          f"{'CUDA graphs' if args.cuda_graphs else 'eager'}); P={amount}; no GPU was used: "
+          f"every time below is modelled, not measured")
+    print(f"{'method':<8} {'setting':<10} {'batch':>5} {'kern/blk':>9} {'syncs':>5} {'GB/batch':>9}"
+          f" {'ms (mod.)':>10} {'img/s(mod)':>10} {'vs full':>8}")
+    results = []
+    for batch in args.batch_size:
+        full = None
+        for method, setting, extra in rows:
+            e = estimate(args.model, method, amount, batch, args.dtype, args.device_kind, args.cuda_graphs,
+                         args.tf32, **{**options, **extra})
+            full = full or e
+            ratio = full.modelled_s / e.modelled_s
+            results.append(dict(dataclasses.asdict(e), setting=setting, modelled_img_per_s=e.modelled_img_per_s,
+                                modelled_speedup_vs_full=ratio))
+            if method not in args.methods:
+                continue
+            flag = "" if e.capturable or not args.cuda_graphs else " (not capturable: it syncs)"
+            print(f"{method:<8} {setting:<10} {batch:>5} {e.kernels_per_block:9.1f} {len(e.syncs):5d} "
+                  f"{e.bytes / 1e9:9.3f} {e.modelled_s * 1e3:10.3f} {e.modelled_img_per_s:10.0f} {ratio:7.2f}x{flag}",
+                  flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(model=args.model, gpu=dataclasses.asdict(gpu), dtype=args.dtype, cuda_graphs=args.cuda_graphs,
+                           tf32=args.tf32, num_prop=amount, gtp=options, rows=results), f, indent=2, default=str)
+    return 0
+
+
 def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     """The `python -m gtp` parser. gtp.measure.bench is imported only when `with_bench` (the bench
     subcommand is being run), so predict works whatever state that module is in."""
@@ -144,6 +208,12 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     add_model_arguments(sw)
     sweep.add_arguments(sw)
     sw.set_defaults(func=sweep.main)
+
+    co = sub.add_parser("cost", help="modelled GPU cost (kernels, syncs, bytes, time) on fake CUDA tensors, no GPU",
+                        description="Model one forward per method on a GPU without using one (see "
+                                    "gtp/measure/cuda_cost.py and gpu_model.py); every time printed is modelled.")
+    _add_cost_arguments(co)
+    co.set_defaults(func=_run_cost)
 
     mo = sub.add_parser("models", help="list the supported models")
     mo.set_defaults(func=_run_models)

@@ -80,11 +80,13 @@ def add_field_option(group: Any, f: dataclasses.Field, many: bool = False, defau
     group.add_argument(option_name(f), help=f"{help_text} (default {shown})", **kwargs)
 
 
-def add_gtp_arguments(parser: argparse.ArgumentParser, config: type = GTPConfig) -> None:
-    """One option per field of `config` (a dataclass like `GTPConfig`); defaults: the published setting."""
+def add_gtp_arguments(parser: argparse.ArgumentParser, config: type = GTPConfig, many: tuple[str, ...] = ()) -> None:
+    """One option per field of `config` (a dataclass like `GTPConfig`); defaults: the published setting.
+
+    many: fields that take a list of values to try (`python -m gtp cost --sparsity 1 0.6`)."""
     group = parser.add_argument_group("GTP hyper-parameters (defaults: the published setting)")
     for f in dataclasses.fields(config):
-        add_field_option(group, f)
+        add_field_option(group, f, many=f.name in many, default=[f.default] if f.name in many else None)
 
 
 def gtp_kwargs(args: argparse.Namespace, config: type = GTPConfig) -> dict[str, Any]:

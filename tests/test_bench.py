@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import gtp
@@ -88,3 +89,33 @@ def test_bench_command_has_a_compile_flag():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert parser.parse_args(["--compile"]).compile and not parser.parse_args([]).compile
+
+
+def test_cuda_graphs_refuse_without_cuda_clearly():
+    import argparse
+    from gtp.measure.bench import add_arguments
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--cuda-graphs"]).cuda_graphs and not parser.parse_args([]).cuda_graphs
+    with pytest.raises(ValueError, match="--cuda-graphs .* needs a CUDA device; this run is on cpu"):
+        benchmark(random_model("deit_tiny_patch16_224"), {"full": lambda m: m}, [1], device="cpu",
+                  cuda_graphs=True, log=lambda s: None)
+    proc = subprocess.run([sys.executable, "-m", "gtp", "bench", "--cuda-graphs", "--device", "cpu"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "needs a CUDA device" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_replay_the_eager_forward_side_by_side():
+    from gtp.measure.bench import CudaGraphed
+    model = gtp.patch(random_model("deit_tiny_patch16_224"), num_prop=8, sparsity=0.6).cuda()
+    x = torch.randn(2, 3, 224, 224, device="cuda")
+    with torch.inference_mode():
+        assert torch.allclose(CudaGraphed(model)(x), model(x), atol=1e-4)
+    result = benchmark(random_model("deit_tiny_patch16_224"),
+                       {"full": lambda m: m, "gtp": lambda m: gtp.patch(m, num_prop=8, sparsity=0.6)},
+                       batch_sizes=[2], repeats=2, warmup=1, device="cuda", dtype="bf16", log=lambda s: None,
+                       cuda_graphs=True)
+    assert result["graph_errors"] == {}
+    assert list(result["runs"][0]["img_per_s"]) == ["full", "gtp", "full+graphs", "gtp+graphs"]

@@ -6,6 +6,14 @@ those medians, never from separate runs. Each round also gives one ratio per
 model (the reference's time over the model's, taken a moment apart); their
 median and middle half show how far the machine's noise moves a ratio, so a
 difference inside that spread is not a difference.
+
+Two more columns per method can join the same rounds: `--compile` (torch.compile:
+fusion and fewer launches) and, on CUDA, `--cuda-graphs` (the same eager kernels,
+captured once per batch size with `torch.cuda.CUDAGraph` and replayed: no launch
+overhead, no fusion). Manual capture rather than `torch.compile(mode="reduce-overhead")`
+because it keeps the kernels exactly those of eager (what `python -m gtp cost` counts)
+and fails loudly where a forward cannot be captured (a host sync), where
+reduce-overhead would add inductor's fusion and quietly skip graphs on a graph break.
 """
 from __future__ import annotations
 
@@ -64,6 +72,54 @@ def time_interleaved(
     return times
 
 
+class CudaGraphed(nn.Module):
+    """`model`'s forward captured in a CUDA graph per input shape, then replayed.
+
+    The first call with a shape runs the forward twice on a side stream (lazy initialisation,
+    cuBLAS workspaces), then captures it; every call copies x into the captured input and
+    replays. The output is the graph's own tensor, overwritten by the next call. Captured in
+    the caller's autocast and inference mode (autocast's weight cache off: cached casts would
+    be made outside the graph). A forward that reads a value back to the host cannot be captured:
+    the first call raises.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(x)
+        graph, static_in, static_out = self.graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
+
+    def _capture(self, x: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
+        static_in = x.clone()
+        autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
+                                  enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), autocast:
+            for _ in range(2):
+                self.model(static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), autocast:
+            static_out = self.model(static_in)
+        return graph, static_in, static_out
+
+
+def refuse_graphs_off_cuda(device: torch.device) -> None:
+    """ValueError unless `device` is a CUDA device (CUDA graphs capture CUDA kernel launches)."""
+    if device.type != "cuda":
+        raise ValueError(f"--cuda-graphs captures CUDA kernel launches and needs a CUDA device; this run is on "
+                         f"{device.type}{'' if torch.cuda.is_available() else ' (CUDA is not available here)'}")
+
+
 def benchmark(
         model: nn.Module,
         methods: dict[str, Callable[[nn.Module], nn.Module]],
@@ -75,6 +131,7 @@ def benchmark(
         warmup: int = 2,
         log: Callable[[str], None] = print,
         compile_backend: Optional[str] = None,
+        cuda_graphs: bool = False,
 ) -> dict:
     """Throughput of `model` reduced by each method, the first method being the reference.
 
@@ -82,12 +139,17 @@ def benchmark(
     (e.g. {"full": lambda m: m, "gtp": lambda m: gtp.patch(m, num_prop=8)}).
     compile_backend: also time `torch.compile(backend=...)` of each model
     ("<name>+compile") in the same rounds; compilation happens in the untimed warm-up.
+    cuda_graphs: also time each (eager) model replayed from a CUDA graph ("<name>+graphs"), captured
+    in the untimed warm-up; a model whose capture fails is left out of that batch size's rounds
+    and its error recorded under "graph_errors". CUDA only.
     Returns a JSON-ready dict with img/s, ratios to the first method and GMACs.
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch_dtype = DTYPES[dtype]
     if dev.type == "cpu" and torch_dtype == torch.float16:
         raise ValueError("fp16 autocast is for CUDA; use bf16 on CPU")
+    if cuda_graphs:
+        refuse_graphs_off_cuda(dev)
     models = {}
     for name, apply in methods.items():
         m = apply(copy.deepcopy(model)).eval()
@@ -107,16 +169,30 @@ def benchmark(
                        for name, m in list(models.items())})
         macs.update({f"{name}+compile": macs[name] for name in list(macs)})
         warmup = max(warmup, 1)
+    if cuda_graphs:
+        eager = [name for name in models if not name.endswith("+compile")]
+        models.update({f"{name}+graphs": CudaGraphed(models[name]) for name in eager})
+        macs.update({f"{name}+graphs": macs[name] for name in eager})
     reference = next(iter(models))
     result = {
         "device": device_name(dev),
         "dtype": dtype, "img_size": img_size, "repeats": repeats, "compile": compile_backend,
-        "torch": torch.__version__, "gmacs": macs, "runs": [],
+        "cuda_graphs": cuda_graphs, "torch": torch.__version__, "gmacs": macs, "runs": [], "graph_errors": {},
     }
     for batch in batch_sizes:
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(batch, 3, img_size, img_size, generator=gen).to(dev)
-        times = time_interleaved(models, x, repeats, warmup, torch_dtype)
+        timed = dict(models)
+        for name, m in models.items():  # capture now, so a forward that cannot be captured is left out
+            if isinstance(m, CudaGraphed):
+                try:
+                    with torch.inference_mode(), _autocast(dev, torch_dtype):
+                        m(x)
+                except RuntimeError as e:
+                    result["graph_errors"][f"{name} batch {batch}"] = str(e).splitlines()[0][:300]
+                    del timed[name]
+                    torch.cuda.synchronize(dev)
+        times = time_interleaved(timed, x, repeats, warmup, torch_dtype)
         medians = {name: statistics.median(t) for name, t in times.items()}
         run = {
             "batch_size": batch,
@@ -143,7 +219,7 @@ def format_run(run: dict, macs: dict[str, float], reference: str) -> str:
     for name, ips in run["img_per_s"].items():
         rounds = run["per_round_speedup"][name]
         lines.append(
-            f"  {name:<10} {ips:9.1f} img/s  {run['speedup'][name]:5.3f}x vs {reference}"
+            f"  {name:<16} {ips:9.1f} img/s  {run['speedup'][name]:5.3f}x vs {reference}"
             f" (rounds: {rounds['q1']:5.3f}-{rounds['q3']:5.3f}x)"
             f"   {macs[name]:6.3f} GMACs ({macs[reference] / macs[name]:5.3f}x fewer)")
     return "\n".join(lines)
@@ -181,6 +257,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile of every method, side by side with eager")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="also time every method's eager forward replayed from a CUDA graph (CUDA only)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     add_gtp_arguments(parser)
 
@@ -204,13 +282,15 @@ def main(args: argparse.Namespace) -> int:
     from ..models import load_model
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cuda_graphs:  # before the model is loaded
+        refuse_graphs_off_cuda(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
     loaded = load_model(args.model, weights=args.weights, device="cpu")
     kwargs = gtp_kwargs(args)
     methods = method_functions(args.methods, kwargs)
     print(f"model {args.model} ({loaded.source} weights), GTP {kwargs}", file=sys.stderr)
     result = benchmark(loaded.model, methods, args.batch_size, args.img_size, args.device,
                        args.dtype, args.repeats, args.warmup,
-                       compile_backend="inductor" if args.compile else None)
+                       compile_backend="inductor" if args.compile else None, cuda_graphs=args.cuda_graphs)
     result["model"] = args.model
     result["gtp"] = kwargs
     print(f"device {result['device']}, dtype {result['dtype']}, "

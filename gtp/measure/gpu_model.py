@@ -1,0 +1,128 @@
+"""GPUs on paper and how long a kernel takes on one: the time model of `gtp.measure.cuda_cost`.
+
+Every time it gives is MODELLED, never measured. A kernel occupies the GPU for
+
+    launch + max(flops / (peak * achievable_flops * fill), bytes / (bandwidth * achievable_bandwidth * fill))
+
+  launch    `graph_launch_us`: the floor every kernel costs the GPU (what it costs inside a CUDA graph);
+  peak      the tensor-core rate for GEMMs, attention and custom (Triton) kernels in fp16 / bf16 (V100:
+            bf16 at the fp32 rate), the TF32 rate for fp32 ones when `tf32`, else the fp32 CUDA-core
+            rate, which every other kernel (elementwise, reductions, sorts) gets; attention and custom
+            kernels reach ATTENTION of it (ViT sequences are short);
+  fill      min(1, programs / SMs): a kernel with fewer thread blocks than the GPU has SMs gets that
+            share of its FLOP/s and bandwidth. Programs (counted by `cuda_cost`): one per 128 x 128
+            output tile of a GEMM (per batch entry), one per 128 queries per head of attention, one per
+            slice of kthvalue / median / sort (PyTorch gives each slice one block), one per 1024
+            elements of the largest tensor of any other kernel; custom ops say their own.
+
+Eager, the host also spends `eager_launch_us` per kernel (HOST_VIEW_US per op that launches nothing).
+Launches are asynchronous, so between two host syncs a forward takes max(host time, GPU time), and
+each sync adds SYNC_US. With CUDA graphs: one replay (GRAPH_REPLAY_US) plus the GPU time (a forward
+that syncs cannot be captured; `cuda_cost` flags it).
+
+Constants: spec sheets (dense, no sparsity: H100 / H200 SXM 989 bf16, 495 TF32, 67 fp32 TFLOP/s, 3.35 /
+4.8 TB/s, 132 SMs; A100 SXM 312 / 156 / 19.5, 2.04 TB/s, 108 SMs; RTX 4090 165 (fp16 with fp32
+accumulate) / 83 / 83, 1.01 TB/s, 128 SMs; V100 SXM2 125 fp16 / 15.7 fp32, 0.9 TB/s, 80 SMs), and
+round guesses: 0.7 of peak FLOP/s for a large GEMM, 5 us of host time per eager launch, 1.5 us of
+GPU time per kernel. The bandwidth share was 0.7 at first; the RTX 4090 check below came out 22-28%
+low, mostly in memory-bound kernels, so it is 0.9 (what large copies reach on these GPUs).
+
+Calibration against published throughput (`tests/test_cuda_cost.py` keeps what must hold):
+  timm results/benchmark-infer-amp-nchw-pt240-cu124-rtx4090.csv (AMP fp16, batch 1024; pt291-cu128
+  in brackets): deit_tiny 17,674 (18,550), deit_small 7,688 (8,206), deit_base 2,848 (2,989) img/s.
+  Modelled (full, fp16, batch 1024, rtx4090): 16,755, 6,528, 2,223 img/s: 0.90-0.95, 0.80-0.85,
+  0.74-0.78 of published. The model is conservative where GEMMs dominate (a 4090 boosts above
+  its spec clock; cuBLAS reaches more than 0.7 of spec on these shapes).
+  ToMe's README (facebookresearch/ToMe, timm off the shelf on a V100, `tome.utils.benchmark`, whose
+  default is fp32): ViT-S/16 953 -> 1,564 img/s at r=13 (1.64x), ViT-B/16 309 -> 511 (1.65x).
+  Modelled (fp32, batch 256, v100, this project's ToMe): ViT-S 1,014 -> 1,649 (1.63x), ViT-B 286
+  -> 474 (1.66x). No published batch-1 figure was found, so batch 1 (launch-bound) is unchecked.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+
+@dataclass(frozen=True)
+class GPU:
+    """Spec-sheet numbers and the modelling assumptions beside them."""
+    name: str
+    tensor_tflops: float      # fp16 / bf16 tensor cores, fp32 accumulate
+    tf32_tflops: float        # fp32 matmuls with TF32 allowed
+    fp32_tflops: float        # CUDA cores: fp32 matmuls without TF32, and every other kernel
+    bandwidth_gbs: float      # DRAM bandwidth
+    sms: int
+    flash: bool               # PyTorch's FlashAttention kernels run (sm80 and later)
+    bf16: bool = True         # bf16 tensor cores (V100: none)
+    achievable_flops: float = 0.7      # share of peak FLOP/s a large, well-filled GEMM reaches
+    achievable_bandwidth: float = 0.9  # share of peak bandwidth a large copy reaches
+    eager_launch_us: float = 5.0       # host time per kernel launch in eager PyTorch
+    graph_launch_us: float = 1.5       # GPU time every kernel costs, its work aside
+
+
+GPUS: dict[str, GPU] = {
+    "h100": GPU("H100 SXM", 989.0, 494.7, 66.9, 3350.0, 132, True),
+    "h200": GPU("H200 SXM", 989.0, 494.7, 66.9, 4800.0, 132, True),
+    "a100": GPU("A100 SXM 80GB", 312.0, 156.0, 19.5, 2039.0, 108, True),
+    "rtx4090": GPU("RTX 4090", 165.2, 82.6, 82.6, 1008.0, 128, True),
+    "v100": GPU("V100 SXM2", 125.0, 15.7, 15.7, 900.0, 80, False, bf16=False),  # no TF32 either
+}
+ATTENTION = 0.5         # fused attention: about half the GEMM rate at ViT's short sequences
+HOST_VIEW_US = 1.0      # eager host time of an op that launches nothing
+SYNC_US = 10.0          # a host sync's round trip, once the GPU has drained
+GRAPH_REPLAY_US = 10.0  # host time to replay one captured forward
+
+
+class Kernel(NamedTuple):
+    """One launch (or `launches` launches of a custom op) as the model sees it."""
+    op: str
+    scope: str        # "stem", "block 3", "head"
+    kind: str         # "gemm", "attention", "custom" or "vector" (everything else)
+    dtype: torch.dtype
+    flops: float
+    bytes: float
+    programs: int     # thread blocks of the (largest) launch
+    launches: int = 1
+
+
+def kernel_seconds(k: Kernel, gpu: GPU, tf32: bool = False) -> float:
+    """Modelled GPU time of one kernel's work, the per-launch floor not included."""
+    if k.kind == "vector":
+        peak = gpu.fp32_tflops
+    elif k.dtype == torch.float16 or (k.dtype == torch.bfloat16 and gpu.bf16):
+        peak = gpu.tensor_tflops
+    else:
+        peak = gpu.tf32_tflops if tf32 and k.dtype == torch.float32 else gpu.fp32_tflops
+    if k.kind in ("attention", "custom"):
+        peak *= ATTENTION
+    fill = min(1.0, k.programs / gpu.sms)
+    return max(k.flops / (peak * 1e12 * gpu.achievable_flops * fill),
+               k.bytes / (gpu.bandwidth_gbs * 1e9 * gpu.achievable_bandwidth * fill))
+
+
+def launch_seconds(k: Kernel, gpu: GPU, tf32: bool = False) -> float:
+    """Modelled GPU time of a kernel with its per-launch floor."""
+    return k.launches * gpu.graph_launch_us * 1e-6 + kernel_seconds(k, gpu, tf32)
+
+
+def modelled_seconds(events: list, gpu: GPU, tf32: bool = False,
+                     cuda_graphs: bool = False) -> tuple[float, float, float]:
+    """(modelled seconds per forward, host seconds, GPU seconds) of a forward's events, in order:
+    `Kernel`s, ("host", op, scope) for an op that launches nothing, ("sync", op, scope)."""
+    total = host = device = seg_host = seg_device = 0.0
+    for e in events:
+        if isinstance(e, Kernel):
+            seg_device += launch_seconds(e, gpu, tf32)
+            seg_host += e.launches * gpu.eager_launch_us * 1e-6
+        elif e[0] == "host":
+            seg_host += HOST_VIEW_US * 1e-6
+        else:  # a sync: the host waits for the GPU to drain, then the GPU waits for the host
+            total += max(seg_host, seg_device) + SYNC_US * 1e-6
+            host, device, seg_host, seg_device = host + seg_host, device + seg_device, 0.0, 0.0
+    host, device = host + seg_host, device + seg_device
+    if cuda_graphs:
+        return GRAPH_REPLAY_US * 1e-6 + device, GRAPH_REPLAY_US * 1e-6, device
+    return total + max(seg_host, seg_device), host, device

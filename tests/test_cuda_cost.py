@@ -1,0 +1,166 @@
+"""The GPU cost model (`gtp.measure.cuda_cost`, `gtp.measure.gpu_model`), run without a GPU.
+
+What is asserted are facts the model must get right whatever its constants: which operations
+launch kernels, what a GEMM reads and computes, that a host read is a sync, that fused attention
+launches fewer kernels than the explicit softmax path, that a bigger batch costs less per image.
+Its calibration against published throughput is in gpu_model's docstring, not asserted here.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from gtp.kernels import triton_support
+from gtp.measure import cuda_cost
+from gtp.measure.gpu_model import GPUS, Kernel, kernel_seconds, modelled_seconds
+from conftest import ROOT
+
+H100 = GPUS["h100"]
+
+
+class Probe(nn.Module):
+    """Runs fn(module, x) on a fake CUDA tensor x of `shape` (the image batch itself is ignored)."""
+
+    def __init__(self, fn, shape):
+        super().__init__()
+        self.linear = nn.Linear(shape[-1], 32)
+        self.fn, self.shape = fn, shape
+
+    def forward(self, images):
+        return self.fn(self, images.new_empty(self.shape))
+
+
+def run(fn, shape=(4, 16), dtype="float32", **kwargs) -> cuda_cost.Estimate:
+    """One logged forward of Probe(fn, shape) (batch = shape[0])."""
+    return cuda_cost.estimate_module(Probe(fn, shape), batch=shape[0], dtype=dtype, img_size=(8, 8), **kwargs)
+
+
+def test_views_launch_nothing_fills_and_copies_do():
+    views = run(lambda m, x: x.view(2, 2, 16).permute(2, 0, 1).transpose(0, 1).unsqueeze(0)[..., 1].squeeze(0))
+    assert views.kernels == 0 and views.bytes == 0
+    fills = run(lambda m, x: (torch.zeros(5, device=x.device), torch.arange(7, device=x.device), x.clone()))
+    assert fills.kernels == 3
+    assert fills.bytes == 5 * 4 + 7 * 8 + 2 * 4 * 16 * 4  # zeros writes, arange writes, clone reads and writes
+
+
+def test_gemm_flops_bytes_and_programs():
+    est = run(lambda m, x: m.linear(x), shape=(300, 16))
+    (op, launches, _), = est.top_ops
+    assert op == "aten.addmm.default" and launches == 1
+    assert est.flops == 2 * 300 * 16 * 32
+    assert est.bytes == (300 * 16 + 16 * 32 + 32 + 300 * 32) * 4  # input, weight, bias read; output written
+
+
+def test_a_host_read_in_the_forward_is_a_sync():
+    synced = run(lambda m, x: x * x.sum().item())
+    assert synced.syncs == ["aten._local_scalar_dense.default (stem)"] and not synced.capturable
+    clean = run(lambda m, x: x * x.sum())
+    assert clean.syncs == [] and clean.capturable
+    masked = run(lambda m, x: x[x > 0])  # a boolean mask: the output size comes from the data
+    assert len(masked.syncs) == 1 and masked.syncs[0].startswith("aten.index.Tensor")
+    upload = run(lambda m, x: x + torch.ones(16).to(x.device))  # a host tensor copied in the forward
+    assert any("_to_copy" in s for s in upload.syncs)
+
+
+def test_fused_attention_launches_fewer_kernels_per_block_than_the_explicit_softmax():
+    fused, explicit = cuda_cost.meta_model("deit_tiny_patch16_224"), cuda_cost.meta_model("deit_tiny_patch16_224")
+    for block in explicit.blocks:
+        block.attn.fused_attn = False
+    a = cuda_cost.estimate_module(fused, batch=2, dtype="bf16")
+    b = cuda_cost.estimate_module(explicit, batch=2, dtype="bf16")
+    assert a.kernels_per_block < b.kernels_per_block
+    assert ("flash attention", 12) in [(op, n) for op, n, _ in a.top_ops]
+    assert a.bytes < b.bytes  # no n x n map is written and read back
+    assert set(a.per_scope) == {"stem", "head"} | {f"block {i}" for i in range(12)}
+
+
+def test_a_bigger_batch_costs_less_per_image_and_graphs_cost_less_than_eager():
+    one = cuda_cost.estimate("deit_tiny_patch16_224", "full", batch=1)
+    many = cuda_cost.estimate("deit_tiny_patch16_224", "full", batch=64)
+    assert many.modelled_s / 64 < one.modelled_s
+    assert many.kernels == one.kernels  # the same launches, more work each
+    graphs = cuda_cost.estimate("deit_tiny_patch16_224", "full", batch=1, cuda_graphs=True)
+    assert graphs.modelled_s < one.modelled_s and graphs.modelled_gpu_s == pytest.approx(one.modelled_gpu_s)
+
+
+def test_gtp_on_fake_cuda_never_syncs_and_drops_work():
+    full = cuda_cost.estimate("deit_tiny_patch16_224", "full", batch=4)
+    reduced = cuda_cost.estimate("deit_tiny_patch16_224", "pruning", amount=8, batch=4)
+    gtp = cuda_cost.estimate("deit_tiny_patch16_224", "gtp", amount=8, batch=4, sparsity=0.6)
+    assert gtp.syncs == [] and reduced.syncs == []
+    assert reduced.flops < full.flops and gtp.flops < full.flops
+
+
+def test_custom_ops_cost_what_their_registry_says():
+    lib_op = "gtp::_cost_model_probe"
+    if not hasattr(torch.ops.gtp, "_cost_model_probe"):  # registered once per process
+        @torch.library.custom_op(lib_op, mutates_args=())
+        def probe(x: torch.Tensor) -> torch.Tensor:
+            return x.clone()
+
+        @probe.register_fake
+        def _(x):
+            return torch.empty_like(x)
+    triton_support.register_cost(lib_op)(lambda args, kwargs: triton_support.KernelCost(3, 1e9, 2e6, 7))
+    try:
+        est = run(lambda m, x: torch.ops.gtp._cost_model_probe(x))
+        assert (est.kernels, est.flops, est.bytes, est.uncosted) == (3, 1e9, 2e6, [])
+        del triton_support.COSTS[lib_op]
+        est = run(lambda m, x: torch.ops.gtp._cost_model_probe(x))
+        assert est.kernels == 1 and est.uncosted == [lib_op] and est.bytes == 2 * 4 * 16 * 4
+    finally:
+        triton_support.COSTS.pop(lib_op, None)
+
+
+def test_time_model_fill_rule_and_syncs():
+    big = Kernel("k", "stem", "vector", torch.float32, 0.0, 1e9, H100.sms)
+    half = big._replace(programs=H100.sms // 2)
+    assert kernel_seconds(big, H100) == pytest.approx(1e9 / (H100.bandwidth_gbs * 1e9 * H100.achievable_bandwidth))
+    assert kernel_seconds(half, H100) == pytest.approx(2 * kernel_seconds(big, H100))
+    gemm = Kernel("mm", "stem", "gemm", torch.bfloat16, 1e12, 1.0, 10 * H100.sms)
+    assert kernel_seconds(gemm, H100) == pytest.approx(1 / (H100.tensor_tflops * H100.achievable_flops))
+    assert kernel_seconds(gemm._replace(dtype=torch.float32), H100, tf32=True) < kernel_seconds(
+        gemm._replace(dtype=torch.float32), H100)
+    tiny = Kernel("k", "stem", "vector", torch.float32, 0.0, 4.0, 1)
+    eager, host, device = modelled_seconds([tiny] * 10, H100)
+    assert eager == host == pytest.approx(10 * H100.eager_launch_us * 1e-6) and device < host  # launch-bound
+    split, _, _ = modelled_seconds([tiny] * 5 + [("sync", "item", "stem")] + [tiny] * 5, H100)
+    assert split > eager  # the sync adds its round trip
+
+
+def test_cost_command_prints_modelled_rows_and_json(tmp_path):
+    out = tmp_path / "cost.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gtp", "cost", "--model", "deit_tiny_patch16_224", "--methods", "gtp", "tome",
+         "--batch-size", "2", "--sparsity", "1", "0.6", "--device-kind", "a100", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "MODELLED A100" in lines[0] and "modelled" in lines[0]
+    rows = [line.split() for line in lines[2:]]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("gtp", "theta=1", "2"), ("gtp", "theta=0.6", "2"), ("tome", "r=8", "2")]
+    data = json.loads(out.read_text())
+    assert [r["setting"] for r in data["rows"]] == ["-", "theta=1", "theta=0.6", "r=8"]  # full: the reference
+    assert data["rows"][0]["modelled_speedup_vs_full"] == 1.0
+    assert all(r["modelled_s"] > 0 and r["syncs"] == [] for r in data["rows"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "no_such_model"], "unknown timm model"),
+    (["--device-kind", "tpu"], "invalid choice"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--sparsity", "1.5"], "sparsity"),
+])
+def test_cost_command_bad_input_exits_2(argv, message, capsys):
+    from gtp import cli
+    try:
+        code = cli.main(["cost", "--methods", "full", *argv])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    assert code == 2
+    assert message in capsys.readouterr().err
