@@ -115,11 +115,10 @@ def tf32(enabled: bool):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
-def autocast(device: str, dtype: str):
-    """The autocast `gtp.measure.bench` times under (float32: none)."""
-    from gtp.measure.bench import DTYPES
-    cast = DTYPES[dtype]
-    return contextlib.nullcontext() if cast == torch.float32 else torch.autocast(device_type=device, dtype=cast)
+def inference(device: str, dtype: str):
+    """No autograd, and the autocast `gtp.measure.bench` times under (float32: none)."""
+    from gtp.measure.bench import DTYPES, inference
+    return inference(torch.device(device), DTYPES[dtype])
 
 
 def gpu_kind(device: str) -> str:
@@ -194,7 +193,7 @@ def sync(args) -> dict:
 def count_kernels(model: torch.nn.Module, x: torch.Tensor, dtype: str) -> int:
     """CUDA kernels (and copies) one forward launches, by the profiler; on the CPU, aten operations."""
     from torch.profiler import ProfilerActivity, profile
-    with torch.inference_mode(), autocast(x.device.type, dtype):
+    with inference(x.device.type, dtype):
         model(x)
         if x.device.type == "cpu":
             with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -275,7 +274,7 @@ def profile_gtp(args) -> dict:
     x = torch.randn(batch, 3, 224, 224, device=args.device)
     cuda = args.device != "cpu"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with torch.inference_mode(), autocast(args.device, dtype), device_path(args.device):
+    with inference(args.device, dtype), device_path(args.device):
         model(x)
         with profile(activities=activities) as prof:
             model(x)

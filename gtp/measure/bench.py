@@ -36,10 +36,20 @@ from .metrics import synchronize as _sync
 DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _autocast(device: torch.device, dtype: torch.dtype):
+def inference(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """How every method runs when timed: no autograd, and autocast for a reduced `dtype`.
+
+    Reduced precision runs under `no_grad` rather than `inference_mode`: autocast keeps the
+    bf16/fp16 copies of the weights from one forward to the next only outside inference
+    mode (PyTorch #158232), and re-casting every weight on every forward would add ten
+    kernels to each block of every method.
+    """
     if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+        return torch.inference_mode()
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.no_grad())
+    stack.enter_context(torch.autocast(device_type=device.type, dtype=dtype))
+    return stack
 
 
 def time_interleaved(
@@ -56,7 +66,7 @@ def time_interleaved(
     device = x.device
     names = list(models)
     times: dict[str, list[float]] = {name: [] for name in names}
-    with torch.inference_mode(), _autocast(device, dtype):
+    with inference(device, dtype):
         for name in names:
             for _ in range(warmup):
                 models[name](x)
@@ -78,8 +88,8 @@ class CudaGraphed(nn.Module):
     The first call with a shape runs the forward twice on a side stream (lazy initialisation,
     cuBLAS workspaces), then captures it; every call copies x into the captured input and
     replays. The output is the graph's own tensor, overwritten by the next call. Captured in
-    the caller's autocast and inference mode (autocast's weight cache off: cached casts would
-    be made outside the graph). A forward that reads a value back to the host cannot be captured:
+    the caller's autocast and grad mode (autocast's weight cache off: cached casts would be
+    made outside the graph). A forward that reads a value back to the host cannot be captured:
     the first call raises.
     """
 
@@ -186,7 +196,7 @@ def benchmark(
         for name, m in models.items():  # capture now, so a forward that cannot be captured is left out
             if isinstance(m, CudaGraphed):
                 try:
-                    with torch.inference_mode(), _autocast(dev, torch_dtype):
+                    with inference(dev, torch_dtype):
                         m(x)
                 except RuntimeError as e:
                     result["graph_errors"][f"{name} batch {batch}"] = str(e).splitlines()[0][:300]

@@ -2,9 +2,9 @@
 
 The model runs on FAKE CUDA tensors (`FakeTensorMode`: shapes, dtypes and strides, no data), so
 every CUDA branch of timm, GTP and the baselines is taken on a machine with no GPU, under the same
-`torch.inference_mode()` and CUDA autocast that `gtp.measure.bench` times with (one unlogged
-warm-up forward, then the logged one). Under inference mode autocast caches no weight casts, so
-every forward casts every weight again: counted, as a timed loop pays them. A
+grad mode and CUDA autocast that `gtp.measure.bench` times with (one unlogged warm-up forward,
+then the logged one): `no_grad` under autocast, so the weights' bf16 copies made by the warm-up
+are reused (under inference mode autocast caches none and every forward casts every weight). A
 `TorchDispatchMode` sees each aten operation after composite operations are decomposed (as the
 CUDA backend would run them) and turns it into kernels:
 
@@ -39,10 +39,12 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch._subclasses.fake_tensor import (DataDependentOutputException, DynamicOutputShapeException,
                                            FakeTensorMode)
 from torch.utils import flop_counter
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -169,6 +171,9 @@ class CostLog(TorchDispatchMode):
             return
         ins = _tensors((args, {k: v for k, v in kwargs.items() if k != "out"}))
         outs = _tensors(out)
+        if func.namespace == "aten" and outs and all(t.numel() == 0 for t in outs):
+            self.events.append(("host", str(func), self.scope))  # CUDA launches nothing for an empty output
+            return
         if packet in _WRITES_ONLY:
             ins = ins[1:]
         nbytes = sum(map(touched_bytes, ins)) * (SELECT_PASSES if packet in _SELECTS else 1)
@@ -202,7 +207,11 @@ class CostLog(TorchDispatchMode):
     def _attention(self, func, args, kwargs):
         q, k, v = args[:3]
         mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
-        out = func(*args, **kwargs)
+        recording, self.recording = self.recording, False  # what it decomposes into is not the CUDA kernel
+        try:
+            out = func(*args, **kwargs)
+        finally:
+            self.recording = recording
         # the fused kernels write [B, n, H, d] memory, returned as a [B, H, n, d] view
         out = out.transpose(1, 2).contiguous().transpose(1, 2)
         if not self.recording:
@@ -241,6 +250,22 @@ class CostLog(TorchDispatchMode):
         finally:
             for h in handles:
                 h.remove()
+
+
+class WholeAttention(TorchFunctionMode):
+    """Hands `F.scaled_dot_product_attention` whole to `CostLog`: with autograd on (no_grad
+    included) it is decomposed before a dispatch mode sees it, and fake CUDA tensors then take
+    the math fallback, which is not what a GPU runs."""
+
+    def __init__(self, log: CostLog):
+        super().__init__()
+        self.log = log
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            return self.log._attention(aten.scaled_dot_product_attention.default, args, kwargs)
+        return func(*args, **kwargs)
 
 
 # ---------------------------------------------------------------------- one forward
@@ -313,7 +338,9 @@ def estimate_module(model: nn.Module, batch: int = 1, dtype: str = "bf16", gpu: 
     with FakeTensorMode(allow_non_fake_inputs=True):
         fake = fake.to_empty(device="cuda").eval()
         x = torch.empty(batch, 3, *size, device="cuda")
-        with torch.inference_mode(), cuda_autocast(torch_dtype), log, log.scoped(fake):
+        # As `bench.inference`: no_grad under autocast, so the weights' bf16 copies are kept.
+        grad_off = torch.inference_mode() if torch_dtype == torch.float32 else torch.no_grad()
+        with grad_off, cuda_autocast(torch_dtype), log, WholeAttention(log), log.scoped(fake):
             log.recording = False
             fake(x)
             log.recording, log.scope = True, "stem"
