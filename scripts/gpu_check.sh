@@ -34,11 +34,11 @@ echo "nvidia-smi: $(grep -m1 -oE 'NVIDIA [A-Z0-9][A-Za-z0-9 -]+|not available' "
 if [ "$PART" = A ]; then
     # the tests marked gpu (they skip without CUDA), then the Triton kernels' tests (compiled on CUDA,
     # interpreted on a CPU); each capped so the checks below keep their time
-    timeout 75 python3 -m pytest -q -m gpu -p no:cacheprovider tests > "$WORK/pytest_gpu.txt" 2>&1
+    timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider tests > "$WORK/pytest_gpu.txt" 2>&1
     echo "pytest -m gpu: exit $? ($(tail -n 1 "$WORK/pytest_gpu.txt"))" >> "$S"
-    TRITON_TESTS=$(ls tests/test_*triton*.py 2>/dev/null)
+    TRITON_TESTS=$(ls tests/test_*triton*.py tests/test_fused_path.py 2>/dev/null)
     if [ -n "$TRITON_TESTS" ]; then
-        timeout 60 python3 -m pytest -q -p no:cacheprovider $TRITON_TESTS > "$WORK/pytest_triton.txt" 2>&1
+        timeout 90 python3 -m pytest -q -p no:cacheprovider $TRITON_TESTS > "$WORK/pytest_triton.txt" 2>&1
         echo "pytest Triton tests: exit $? ($(tail -n 1 "$WORK/pytest_triton.txt"))" >> "$S"
     else
         echo "pytest Triton tests: none (no tests/test_*triton*.py)" >> "$S"
