@@ -19,6 +19,7 @@ import ctypes
 import functools
 import gc
 import logging
+import math
 import os
 import socket
 import threading
@@ -206,8 +207,12 @@ def weights_bounds(name: str) -> WeightsBounds:
 
 
 def _non_finite(model: nn.Module) -> int:
-    """NaN and inf values in the model's floating-point weights."""
-    return sum(int((~torch.isfinite(t)).sum()) for t in model.state_dict().values() if t.is_floating_point())
+    """NaN and inf values in the model's floating-point weights. A float64 sum of float32 values
+    cannot overflow, so it is finite exactly when every value is: one fast reduction per
+    tensor, and a count only where a sum is not finite (isfinite everywhere took ~10x longer)."""
+    floats = [t for t in model.state_dict().values() if t.is_floating_point()]
+    sums = torch.stack([t.sum(dtype=torch.float64) for t in floats]).tolist() if floats else []
+    return sum(int((~torch.isfinite(t)).sum()) for t, total in zip(floats, sums) if not math.isfinite(total))
 
 
 def _create_from_file(name: str, path: Union[str, Path]) -> tuple[nn.Module, str]:
@@ -232,7 +237,10 @@ def _create_from_file(name: str, path: Union[str, Path]) -> tuple[nn.Module, str
     if size > MAX_WEIGHTS_BYTES:
         raise ValueError(f"weights file {label} is {size / 2**20:.0f} MB; the limit is "
                          f"{MAX_WEIGHTS_BYTES // 2**20} MB (the largest supported model needs about 350 MB)")
-    digest = file_digest(path, MAX_WEIGHTS_BYTES)
+    try:
+        digest = file_digest(path, MAX_WEIGHTS_BYTES)
+    except (OSError, WeightsRefused) as e:  # unreadable, or grown past the limit since stat()
+        raise ValueError(public_message(f"could not read weights file {label}: {e}")) from None
     remembered = REFUSED.get(digest, name)
     if remembered is not None:
         raise ValueError(remembered)

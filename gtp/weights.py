@@ -39,8 +39,9 @@ REFUSED_ENTRIES = 256
 
 # ----------------------------------------------------------------------------- messages
 
-# An absolute path: "/" (or "C:\") then at least one folder, up to a space, quote or bracket.
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])(?:[A-Za-z]:\\|/)(?:[^\s'\"()\[\]<>,;/\\]+[/\\])+")
+# An absolute path: "/" (or "C:\") then at least one folder, up to a space, quote or bracket
+# (not the "//host/" of a URL, nor a relative "./folder/").
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/])(?:[A-Za-z]:\\|/)(?:[^\s'\"()\[\]<>,;/\\]+[/\\])+")
 
 
 def public_message(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:

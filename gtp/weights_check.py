@@ -170,8 +170,8 @@ def check_torch_zip(f: BinaryIO, bounds: WeightsBounds) -> WeightsInfo:
     total, pickle_info = 0, None
     for info in infos:
         if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
-            raise WeightsRefused("its archive holds a compressed entry; torch.save never compresses, "
-                                 "and a compressed entry can unpack to any size (a zip bomb)")
+            raise WeightsRefused("its archive holds a compressed entry, which can unpack to any size "
+                                 "(a zip bomb); torch.save never compresses: save with torch.save")
         if info.flag_bits & 0x1:
             raise WeightsRefused("its archive holds an encrypted entry")
         if info.header_offset + info.file_size > size:
