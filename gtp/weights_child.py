@@ -146,6 +146,7 @@ def _run_child(job: dict) -> None:
 def _serve(idle_s: float = READER_IDLE_S) -> None:
     """The reader server: one JSON job per line on stdin; per job, fork a child, wait for it at
     most job["timeout_s"] seconds (then kill it), answer {"exit": code, "timed_out": bool}."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the caller; we end when it does
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything else printed goes to stderr, not into the protocol
     proto.write('{"ready": true}\n')
@@ -217,18 +218,20 @@ class _Reader:
     def run(self, job: dict) -> dict:
         """Send one job; the server's {"exit", "timed_out"} answer."""
         with self.lock:
-            self.ensure_running()
-            try:
-                self.proc.stdin.write(json.dumps(job).encode() + b"\n")
-            except OSError:  # it exited (idle) just now: once more, fresh
-                self.stop()
+            for attempt in range(2):
                 self.ensure_running()
-                self.proc.stdin.write(json.dumps(job).encode() + b"\n")
-            answer = self._line(time.monotonic() + job["timeout_s"] + 10.0)
-            if answer is None:  # the server itself hangs or died: start afresh next time
-                self.stop()
-                raise WeightsRefused("the weights reader stopped answering; try again")
-            return answer
+                try:
+                    self.proc.stdin.write(json.dumps(job).encode() + b"\n")
+                    answer = self._line(time.monotonic() + job["timeout_s"] + 10.0)
+                except OSError:
+                    answer = None
+                if answer is not None:
+                    return answer
+                idle_exit = self.proc.poll() == 0  # it ended, idle, just as the job came: once more
+                self.stop()  # else it hangs or died: a fresh one next time
+                if not idle_exit:
+                    break
+            raise WeightsRefused("the weights reader stopped answering; try again")
 
 
 _READER = _Reader()
@@ -251,6 +254,7 @@ def read_torch_file(path: Path, out: Path, bounds: WeightsBounds, timeout_s: flo
     """
     memory_bytes = 3 * bounds.max_bytes + 256 * MB if memory_bytes is None else memory_bytes
     reply = out.with_suffix(".json")
+    reply.unlink(missing_ok=True)  # only this child's answer counts
     answer = _READER.run(dict(path=str(path), out=str(out), reply=str(reply), timeout_s=timeout_s,
                               memory_bytes=memory_bytes, max_bytes=bounds.max_bytes,
                               max_tensors=bounds.max_tensors))

@@ -219,6 +219,18 @@ def test_reader_child_that_overruns_its_time_is_stopped(tmp_path):
     assert load_file(tmp_path / "good.safetensors")["w"].tolist() == [1.0, 1.0, 1.0]
 
 
+def test_reader_starts_again_after_its_server_died(tmp_path):
+    from gtp.weights_child import _READER
+    torch.save({"model": {"w": torch.arange(4.0)}}, tmp_path / "good.pth")
+    start_server()
+    first = _READER.proc
+    first.kill()
+    first.wait()
+    read_torch_file(tmp_path / "good.pth", tmp_path / "good.safetensors", SMALL)
+    assert _READER.proc is not first and _READER.proc.poll() is None
+    assert load_file(tmp_path / "good.safetensors")["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
 def test_reader_child_that_overruns_its_memory_is_stopped(tmp_path):
     """4 bytes on disk that claim 200 MB (a stride-0 view): the child runs out of its 64 MB."""
     path = tmp_path / "expanded.pth"
