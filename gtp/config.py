@@ -91,6 +91,27 @@ def valid_range(f: dataclasses.Field, high: Optional[float] = None) -> str:
     return "(any value)" if hi is None else f"<= {hi:g}"
 
 
+MAX_ECHO_CHARS = 80
+"""Longest piece of a bad value an error message repeats (a value may be megabytes long)."""
+
+
+def cut(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """`text` cut to `limit` characters, with an ellipsis where cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def shown(value: Any, limit: int = MAX_ECHO_CHARS) -> str:
+    """`repr(value)` for an error message, cut to `limit` characters with an ellipsis. A huge int
+    is described by its length (Python refuses to print one of over 4,300 digits)."""
+    if isinstance(value, int) and value.bit_length() > 1000:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)):,} digits"
+    try:
+        text = repr(value)
+    except ValueError:  # a huge int inside a list
+        text = f"a {type(value).__name__} holding an integer of over 4,300 digits"
+    return cut(text, limit)
+
+
 def check_value(f: dataclasses.Field, value: Any, high: Optional[float] = None, why: str = "") -> Any:
     """One value of field `f` checked (type, choices, range; `high` replaces the field's
     max) and returned as the field's type. ValueError naming the valid values otherwise."""
@@ -98,20 +119,23 @@ def check_value(f: dataclasses.Field, value: Any, high: Optional[float] = None, 
     choices = f.metadata.get("choices")
     if choices is not None:
         if value not in choices:
-            raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
+            raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {shown(value)}")
         return value
     if kind is bool:
         if not isinstance(value, numbers.Integral) or value not in (0, 1):
-            raise ValueError(f"{f.name} must be True or False; got {value!r}")
+            raise ValueError(f"{f.name} must be True or False; got {shown(value)}")
         return bool(value)
     if kind is str:
         if not isinstance(value, str):
-            raise ValueError(f"{f.name} must be a string; got {value!r}")
+            raise ValueError(f"{f.name} must be a string; got {shown(value)}")
         return value
     whole = kind is int
     ok = isinstance(value, numbers.Integral if whole else numbers.Real) and not isinstance(value, bool)
     if ok:
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float's range: out of every range here
+            number = math.inf
         lo, hi = f.metadata.get("min"), f.metadata.get("max") if high is None else high
         ok = (math.isfinite(number)
               and (lo is None or number > lo or (number == lo and not f.metadata.get("min_open")))
@@ -119,7 +143,7 @@ def check_value(f: dataclasses.Field, value: Any, high: Optional[float] = None, 
     if not ok:
         note = f" ({why})" if why else ""
         raise ValueError(f"{label(f)} must be {'an int' if whole else 'a finite number'} "
-                         f"{valid_range(f, high)}{note}; got {value!r}")
+                         f"{valid_range(f, high)}{note}; got {shown(value)}")
     return int(value) if whole else float(value)
 
 
@@ -131,12 +155,20 @@ def _field(name: str) -> dataclasses.Field:
 def _schedule(num_prop: Any, depth: int, num_patches: int) -> list[int]:
     """One P per block from an int or a per-block list; each in [0, patch tokens - 1]."""
     if isinstance(num_prop, bool) or not isinstance(num_prop, (int, list, tuple)):
-        raise ValueError(f"num_prop must be an int or a list of {depth} ints; got {num_prop!r}")
+        raise ValueError(f"num_prop must be an int or a list of {depth} ints; got {shown(num_prop)}")
     schedule = [num_prop] * depth if isinstance(num_prop, int) else list(num_prop)
     if len(schedule) != depth:
         raise ValueError(f"a per-block num_prop needs one entry per block: {depth} entries; got {len(schedule)}")
     why = (f"the model has {num_patches} patch tokens; propagating all of them would leave none")
     return [check_value(_field("num_prop"), p, high=num_patches - 1, why=why) for p in schedule]
+
+
+def _any_int(f: dataclasses.Field, value: Any) -> int:
+    """`value` as an int, unchecked otherwise (a setting its method ignores)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):  # None, "abc", inf
+        raise ValueError(f"{label(f)} must be an int; got {shown(value)}") from None
 
 
 def make_config(depth: int, num_patches: int, num_prefix: int, **settings: Any) -> GTPConfig:
@@ -149,7 +181,7 @@ def make_config(depth: int, num_patches: int, num_prefix: int, **settings: Any) 
     names = [f.name for f in dataclasses.fields(GTPConfig)]
     unknown = sorted(set(settings) - set(names))
     if unknown:
-        raise ValueError(f"unknown GTP setting {', '.join(unknown)}; the settings are {', '.join(names)}")
+        raise ValueError(f"unknown GTP setting {cut(', '.join(unknown))}; the settings are {', '.join(names)}")
     values = {**PUBLISHED, **settings}
     resolved: dict[str, Any] = {}
     for f in dataclasses.fields(GTPConfig):
@@ -159,7 +191,7 @@ def make_config(depth: int, num_patches: int, num_prefix: int, **settings: Any) 
         elif f.name == "num_neighbours":
             # M is only read by a semantic graph; the spatial graph accepts any value, as it always has.
             semantic = values["graph"] != "spatial"
-            resolved[f.name] = check_value(f, value, high=num_patches - 1) if semantic else int(value)
+            resolved[f.name] = check_value(f, value, high=num_patches - 1) if semantic else _any_int(f, value)
         else:
             resolved[f.name] = check_value(f, value)
     if resolved["selection"].startswith("cls_attn") and num_prefix == 0:

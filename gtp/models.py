@@ -2,8 +2,9 @@
 (Images in and predictions out live in `gtp.images`; their names are re-exported here.)
 
 Weights are looked for in this order, and the first that exists is used:
-  1. `weights=` given: that local .safetensors / .pth / .pt file (an error if it cannot be loaded
-     or is larger than MAX_WEIGHTS_BYTES);
+  1. `weights=` given: that local .safetensors / .pth / .pt file, treated as hostile (checked
+     and read within bounds by `gtp.weights`; an error if it cannot be loaded, is larger than
+     MAX_WEIGHTS_BYTES or more than the model can hold);
   2. `<name>.safetensors` in $GTP_WEIGHTS_DIR, then in the repo's sibling `shared/weights/`;
   3. the local Hugging Face (or torch hub) cache of the model's timm weights;
   4. the Hugging Face hub, only when not offline (HF_HUB_OFFLINE) and the hub answers a quick probe;
@@ -15,8 +16,10 @@ before the error reaches the caller (see `_create_from_file`).
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import logging
+import math
 import os
 import socket
 import threading
@@ -33,6 +36,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .images import load_image, preprocess, to_rgb, top_k  # noqa: F401 (re-exported: older imports)
+from .weights import (REFUSED, WeightsBounds, WeightsRefused, file_digest, file_label, load_notes,
+                      public_message, readable)
 
 # The largest weights file accepted (the app's upload limit too): room for the biggest supported
 # model, DeiT-B / ViT-B at about 350 MB in float32, not for an arbitrary file filling memory.
@@ -192,34 +197,68 @@ def _create(name: str, **kwargs) -> nn.Module:
     return timm.create_model(name, **_CREATE_KWARGS.get(name, {}), **kwargs)
 
 
-def _create_from_file(name: str, path: Union[str, Path]) -> nn.Module:
-    """timm's own pretrained loading from a local file: unwraps 'model'/'state_dict' checkpoints,
-    strips 'module.', runs the model's checkpoint filter (e.g. DINOv2 / original-repo layouts),
-    loads strictly and reads .pth with torch.load(weights_only=True) (no arbitrary pickles).
+@functools.lru_cache(maxsize=None)
+def weights_bounds(name: str) -> WeightsBounds:
+    """What a weights file for `name` may hold (bytes, tensors, header and pickle sizes), from
+    the model's own state dict built on the meta device (shapes only: nothing is allocated)."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        state = _create(_check_name(name)).state_dict()
+    return WeightsBounds.for_model(sum(t.numel() for t in state.values()) * 4, len(state))
+
+
+def _non_finite(model: nn.Module) -> int:
+    """NaN and inf values in the model's floating-point weights. A float64 sum of float32 values
+    cannot overflow, so it is finite exactly when every value is: one fast reduction per
+    tensor, and a count only where a sum is not finite (isfinite everywhere took ~10x longer)."""
+    floats = [t for t in model.state_dict().values() if t.is_floating_point()]
+    sums = torch.stack([t.sum(dtype=torch.float64) for t in floats]).tolist() if floats else []
+    return sum(int((~torch.isfinite(t)).sum()) for t, total in zip(floats, sums) if not math.isfinite(total))
+
+
+def _create_from_file(name: str, path: Union[str, Path]) -> tuple[nn.Module, str]:
+    """(model, message) from a local file, which is treated as hostile: checked before any parser
+    sees it, a torch.save archive read in a bounded child process (`gtp.weights`), then timm's
+    own pretrained loading of the result (unwraps 'model'/'state_dict' checkpoints, strips
+    'module.', runs the model's checkpoint filter, e.g. DINOv2 layouts, and loads strictly).
+    A refused file is remembered by its content's hash (`gtp.weights.REFUSED`) and refused at
+    once next time. Messages name the file, never its folder.
 
     On failure the ValueError carries no exception chain: timm's error holds, through its
     traceback's frames, the model it built and the tensors it read (hundreds of MB for DeiT-B),
     so the message is taken, that error dropped, memory collected, and only then is ValueError
     raised (`raise ... from None` would still keep the old error as `__context__`)."""
     path = Path(path).expanduser()
+    label = file_label(path)
     if not path.is_file():
-        raise ValueError(f"weights file not found: {path}")
+        raise ValueError(f"weights file not found: {label}")
     if path.suffix.lower() not in (".safetensors", ".pth", ".pt", ".bin"):
-        raise ValueError(f"weights must be a .safetensors, .pth, .pt or .bin file; got {path.name}")
+        raise ValueError(f"weights must be a .safetensors, .pth, .pt or .bin file; got {label}")
     size = path.stat().st_size
     if size > MAX_WEIGHTS_BYTES:
-        raise ValueError(f"weights file {path.name} is {size / 2**20:.0f} MB; the limit is "
+        raise ValueError(f"weights file {label} is {size / 2**20:.0f} MB; the limit is "
                          f"{MAX_WEIGHTS_BYTES // 2**20} MB (the largest supported model needs about 350 MB)")
-    failure = ""
     try:
-        return _create(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+        digest = file_digest(path, MAX_WEIGHTS_BYTES)
+    except (OSError, WeightsRefused) as e:  # unreadable, or grown past the limit since stat()
+        raise ValueError(public_message(f"could not read weights file {label}: {e}")) from None
+    remembered = REFUSED.get(digest, name)
+    if remembered is not None:
+        raise ValueError(remembered)
+    failure, hint = "", ""  # hint: only for files that passed the checks and failed in timm
+    try:
+        with readable(path, weights_bounds(name)) as ready:
+            model = _create(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(ready.file)))
+        notes = load_notes(ready.info.dtypes, _non_finite(model))
+        return model, public_message(f"Loaded {name} weights from {label}" + (f" ({notes})." if notes else "."))
+    except WeightsRefused as e:  # refused by a check, or by the bounded reader
+        failure = str(e)
     except Exception as e:  # noqa: BLE001 (any failure means: not this model's weights)
-        failure = " ".join(str(e).split()) or type(e).__name__
-    # Outside the except block: the error and its frames are no longer referenced.
-    _release_memory()
-    why = failure if len(failure) <= 300 else failure[:297] + "..."
-    raise ValueError(f"could not load weights for {name} from {path} (do they belong to this "
-                     f"model?): {why}")
+        failure, hint = " ".join(str(e).split()) or type(e).__name__, " (do they belong to this model?)"
+    if hint:  # timm built a model; outside the except block its error's frames are gone
+        _release_memory()  # (a check's refusal built nothing: no 0.5 s collection for it)
+    message = public_message(f"could not load weights for {name} from {label}{hint}: {failure}")
+    REFUSED.put(digest, name, message)
+    raise ValueError(message)
 
 
 def _create_random(name: str) -> nn.Module:
@@ -241,14 +280,15 @@ def _hub_or_random(name: str) -> tuple[nn.Module, str, bool, str]:
     for path in weight_candidates(name):
         if path.is_file():
             try:
-                return _create_from_file(name, path), "file", True, f"Loaded {name} weights from {path}."
+                model, message = _create_from_file(name, path)
+                return model, "file", True, message
             except ValueError as e:  # a bad candidate is skipped, not fatal
                 _log.warning("skipping %s: %s", path, e)
     cached = _cached_hub_file(name)
     if cached is not None:
         try:
             model = _create(name, pretrained=True, pretrained_cfg_overlay=dict(file=cached))
-            return model, "hub", True, f"Loaded pretrained {name} weights from the local model-hub cache ({cached})."
+            return model, "hub", True, f"Loaded pretrained {name} weights from the local model-hub cache."
         except Exception as e:
             _log.warning("cached weights for %s did not load: %s", name, e)
         _release_memory()  # the failed model, held by the error's frames until now
@@ -290,9 +330,8 @@ def load_model(
     _check_name(name)
     dev = _resolve_device(device)
     if weights is not None and str(weights).strip():
-        model = _create_from_file(name, weights)
+        model, message = _create_from_file(name, weights)
         source, pretrained = "file", True
-        message = f"Loaded {name} weights from {Path(weights).expanduser()}."
     else:
         model, source, pretrained, message = _hub_or_random(name)
     model = model.eval().to(dev)

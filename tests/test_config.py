@@ -59,6 +59,31 @@ def test_make_config_names_the_valid_range(bad, message):
         C.make_config(depth=12, num_patches=196, num_prefix=0, **bad)
 
 
+def test_numbers_too_large_for_a_float_are_a_user_error():
+    """A schedule of 12 ints of 4,000 digits gave OverflowError (float(value)); a huge value is
+    never echoed whole."""
+    huge = 10**4000
+    for bad in (dict(num_prop=[huge] * 12), dict(num_prop=huge), dict(alpha=huge),
+                dict(num_neighbours=-huge), dict(graph="spatial", num_neighbours=float("inf"))):
+        with pytest.raises(ValueError, match="must be") as info:
+            C.make_config(depth=12, num_patches=196, num_prefix=1, **bad)
+        assert len(str(info.value)) < 300 and "0000000000" not in str(info.value), str(info.value)
+    with pytest.raises(ValueError, match="got an integer of about 4,000 digits"):
+        C.make_config(depth=12, num_patches=196, num_prefix=1, num_prop=huge)
+
+
+def test_bad_values_are_echoed_cut():
+    long = "x" * 10**6
+    for bad, words in [(dict(graph=long), "graph must be one of"), (dict(num_prop=long), "12 ints; got 'xxx"),
+                       (dict(**{long: 1}), "unknown GTP setting xxx"), (dict(token_scale=long), "True or False")]:
+        with pytest.raises(ValueError, match=words) as info:
+            C.make_config(depth=12, num_patches=196, num_prefix=1, **bad)
+        assert len(str(info.value)) < 300 and "xxxx" in str(info.value) and "x…" in str(info.value)
+    assert C.shown("x" * 100) == "'" + "x" * 78 + "…" and len(C.shown("x" * 100)) == C.MAX_ECHO_CHARS
+    assert C.shown([10**5000]) == "a list holding an integer of over 4,300 digits"
+    assert C.shown(0.5) == "0.5"
+
+
 def test_make_config_resolves_a_setting():
     cfg = C.make_config(depth=3, num_patches=196, num_prefix=1, num_prop=[4, 0, 2], sparsity=1, token_scale=0)
     assert cfg == gtp.GTPConfig(num_prop=[4, 0, 2], sparsity=1.0, alpha=0.1, graph="mixed", num_neighbours=8,

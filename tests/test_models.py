@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import gtp.models as M
+from gtp.weights import MAX_MESSAGE_CHARS
 from conftest import DINOV2_FILE, dinov2_model, random_model
 
 TINY = "deit_tiny_patch16_224"
@@ -23,6 +24,14 @@ def no_local(monkeypatch, tmp_path):
     monkeypatch.setenv("GTP_WEIGHTS_DIR", str(tmp_path / "empty"))
     monkeypatch.setattr(M, "_REPO_ROOT", tmp_path / "repo")
     monkeypatch.setattr(M, "_cached_hub_file", lambda name: None)
+
+
+@pytest.fixture(autouse=True)
+def forget_refusals():
+    """Refused files are remembered by content, and several tests build the same content."""
+    M.REFUSED.clear()
+    yield
+    M.REFUSED.clear()
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +147,8 @@ def test_weights_file_round_trips_exactly(tmp_path, fmt):
         obj = {"pth": sd, "pth-model": {"model": sd, "epoch": 3}, "pt-state_dict": {"state_dict": sd}}[fmt]
         torch.save(obj, path)
     loaded = M.load_model(TINY, weights=str(path), device="cpu")
-    assert loaded.source == "file" and loaded.pretrained and str(path) in loaded.message
+    assert loaded.source == "file" and loaded.pretrained
+    assert loaded.message == f"Loaded {TINY} weights from {path.name}."  # the name, not the folder
     x = _image()
     with torch.inference_mode():
         assert torch.equal(loaded.model(x), ref(x))
@@ -151,6 +161,7 @@ def test_weights_dir_env_is_looked_up_first(monkeypatch, tmp_path):
     assert M.weight_candidates(TINY)[0] == tmp_path / f"{TINY}.safetensors"
     loaded = M.load_model(TINY, device="cpu")
     assert loaded.source == "file" and loaded.pretrained
+    assert loaded.message == f"Loaded {TINY} weights from {TINY}.safetensors."
     x = _image()
     with torch.inference_mode():
         assert torch.equal(loaded.model(x), ref(x))
@@ -173,6 +184,39 @@ def test_bad_weights_raise_value_error(tmp_path):
         M.load_model(TINY, weights=str(pickled))
     with pytest.raises(ValueError, match=".safetensors"):
         M.load_model(TINY, weights=__file__)
+
+
+def test_cast_and_non_finite_weights_load_with_a_note(tmp_path):
+    state = random_model(TINY, 1).state_dict()
+    int8 = {k: (v * 50).to(torch.int8) for k, v in state.items()}
+    torch.save(int8, tmp_path / "int8.pth")
+    loaded = M.load_model(TINY, weights=str(tmp_path / "int8.pth"), device="cpu")
+    assert loaded.message == f"Loaded {TINY} weights from int8.pth (cast from int8 to float32)."
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, int8[key].float()), key
+    half = {k: v.half() for k, v in state.items()}
+    half["cls_token"][..., :5] = float("nan")
+    half["head.bias"][0] = float("-inf")
+    save_file(half, str(tmp_path / "half.safetensors"))
+    loaded = M.load_model(TINY, weights=str(tmp_path / "half.safetensors"), device="cpu")
+    assert "(cast from float16 to float32; contains 6 non-finite values (NaN/inf)" in loaded.message
+    assert len(loaded.message) <= MAX_MESSAGE_CHARS
+
+
+def test_refusals_name_the_file_not_its_folder(tmp_path):
+    """Every refusal: a non-empty message of bounded length with the file's (cut) name only."""
+    long = "w" * 200
+    (tmp_path / f"{long}.txt").write_text("x")
+    (tmp_path / f"{long}.safetensors").write_bytes(b"not a safetensors file")
+    save_file(random_model("deit_small_patch16_224").state_dict(), str(tmp_path / "small.safetensors"))
+    cases = {f"{long}.pth": "not found", f"{long}.txt": "must be a .safetensors",
+             f"{long}.safetensors": "neither", "small.safetensors": "tensors take 84 MB"}
+    for name, words in cases.items():
+        with pytest.raises(ValueError, match=words) as info:
+            M.load_model(TINY, weights=str(tmp_path / name), device="cpu")
+        message = str(info.value)
+        assert 0 < len(message) <= MAX_MESSAGE_CHARS and str(tmp_path) not in message
+        assert name[:50] in message and long not in message  # a long name is cut
 
 
 def test_bad_device_raises():
@@ -207,6 +251,8 @@ def test_dinov2_shared_file_loads(monkeypatch):
     monkeypatch.delenv("GTP_WEIGHTS_DIR", raising=False)
     auto = M.load_model("vit_small_patch14_dinov2", device="cpu")
     assert auto.source == "file" and auto.pretrained and str(DINOV2_FILE.name) in auto.message
+    # The shared file is float16: the message says so, and names no folder.
+    assert "cast from float16 to float32" in lm.message and str(DINOV2_FILE.parent) not in lm.message
 
 
 # ----------------------------------------------------------------------------- failed loads free memory
@@ -254,6 +300,9 @@ def test_failed_load_frees_the_model_it_built(tmp_path, built_models, kind):
         M.load_model(name, weights=str(path), device="cpu")
     # The error the caller holds carries no chain back to timm's frames ...
     assert info.value.__context__ is None and info.value.__cause__ is None
+    if kind == "corrupt":  # a file cut short is refused by its check, before any model is built
+        assert not built_models and "outside the file's data" in str(info.value)
+        return
     assert built_models, "the failing load built no model: the test checks nothing"
     # ... and, with that error still held and without collecting here, the models are gone.
     assert all(ref() is None for ref in built_models), f"{kind}: a failed load kept its model alive"
@@ -263,6 +312,7 @@ def test_failed_loads_in_a_row_do_not_accumulate(tmp_path, built_models):
     name, path = _weights_file(tmp_path, "wrong_shape")
     built_models.clear()
     for _ in range(3):
+        M.REFUSED.clear()  # else the second and third are refused from memory, building nothing
         try:
             M.load_model(name, weights=str(path), device="cpu")
         except ValueError as e:
@@ -299,10 +349,11 @@ def test_failed_load_gives_freed_memory_back(tmp_path, monkeypatch):
         def malloc_trim(self, pad):
             calls.append(pad)
     monkeypatch.setattr(M.ctypes, "CDLL", lambda name: FakeLibc())
-    name, path = _weights_file(tmp_path, "corrupt")
+    name, path = _weights_file(tmp_path, "wrong_shape")
     with pytest.raises(ValueError, match="could not load weights"):
         M.load_model(name, weights=str(path), device="cpu")
     assert calls == [0]
+    M.REFUSED.clear()
     monkeypatch.setattr(M.ctypes, "CDLL", lambda name: (_ for _ in ()).throw(OSError("no libc")))
     with pytest.raises(ValueError, match="could not load weights"):  # elsewhere: still the same error
         M.load_model(name, weights=str(path), device="cpu")
