@@ -30,15 +30,15 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from app import draw as D  # noqa: E402
-from app import figures as F  # noqa: E402
-from app import handlers as H  # noqa: E402
-from app import inference  # noqa: E402
-from app.examples import example_paths  # noqa: E402
+from app.core import inference  # noqa: E402
+from app.core.assets import example_paths  # noqa: E402
+from app.ui import handlers as H  # noqa: E402
+from app.views import base as V  # noqa: E402
+from app.views.graphs import GRAPH_KINDS  # noqa: E402
 from gtp.measure.metrics import device_name  # noqa: E402
-from app.models import DEVICE  # noqa: E402
-from app.photos import open_photo  # noqa: E402
-from app.settings import make_settings  # noqa: E402
+from app.core.models import DEVICE  # noqa: E402
+from app.core.photos import open_photo  # noqa: E402
+from app.core.settings import make_settings  # noqa: E402
 
 RUN_BUDGET_MS = 1500
 VIEW_BUDGET_MS = 200
@@ -67,7 +67,7 @@ def fresh(photo: str, settings) -> tuple[float, float, dict]:
     """(ms for the models, ms for the whole event, its first update) with no cached run or
     figure: the run is made first (timed), then the event draws every panel from it."""
     inference.RUNS.clear()
-    D.FIGURES.clear()
+    V.FIGURES.clear()
     model_ms = ms(lambda: inference.explore_photo(open_photo(photo), settings))
     out: list[dict] = []
     rest = ms(lambda: out.append(first_update(photo, settings)))
@@ -109,7 +109,7 @@ def main() -> None:
     for i in range(args.repeats):
         other = make_settings(args.model, num_prop=9 + i)
         inference.RUNS.clear()
-        D.FIGURES.clear()
+        V.FIGURES.clear()
         events = iter(H.run(photos[0], settings=other))
         new_params.append(ms(lambda: next(events)))
         counting.append(ms(lambda: list(events)))
@@ -130,8 +130,8 @@ def main() -> None:
     exp = first_update(photos[1], settings)["state"]
     graphs, attention = [], []
     for _ in range(args.repeats):
-        D.FIGURES.clear()
-        graphs += [ms(lambda: H.draw_graph(exp, kind, 40 + 7 * i)) for i, kind in enumerate(F.GRAPH_KINDS)]
+        V.FIGURES.clear()
+        graphs += [ms(lambda: H.draw_graph(exp, kind, 40 + 7 * i)) for i, kind in enumerate(GRAPH_KINDS)]
         attention += [ms(lambda: H.draw_attention(exp, b, b % exp.num_heads)) for b in range(1, exp.depth + 1)]
     summary("graph view / token (2 figures)", graphs, VIEW_BUDGET_MS)
     summary("attention block / head (2 figures + text)", attention, VIEW_BUDGET_MS)
@@ -140,7 +140,7 @@ def main() -> None:
     if not args.no_http:
         from gradio_client import Client, handle_file
 
-        from app.layout import create_app
+        from app.ui.layout import create_app
         demo = create_app()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

@@ -31,7 +31,7 @@ def random_model(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
 
 
 def dinov2_model() -> torch.nn.Module:
-    """The real DINOv2 ViT-S/14 from ../shared/weights (skips where absent)."""
+    """The real DINOv2 ViT-S/14 from the `shared/weights` folder beside the checkout (skips where absent)."""
     if not DINOV2_FILE.exists():
         pytest.skip(f"real weights not found at {DINOV2_FILE}")
     return timm.create_model(
@@ -63,8 +63,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def url():
     """The app launched in this process on a free port: its base URL."""
-    from app.inference import wait_idle
-    from app.layout import CSS, create_app
+    from app.core.inference import wait_idle
+    from app.ui.layout import CSS, create_app
     demo = create_app()
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, css=CSS)

@@ -5,8 +5,8 @@ import threading
 
 import torch
 
-from app import limits
-from app.caches import BoundedCache, nbytes
+from app.core import limits
+from app.core.caches import BoundedCache, nbytes
 
 
 def test_entries_bound_drops_the_least_recently_used():
@@ -44,9 +44,11 @@ def test_concurrent_use_keeps_the_bounds():
 
 
 def test_the_app_caches_are_bounded_as_documented():
-    from app import costs, draw, handlers, inference, models
+    from app.core import costs, inference, models
+    from app.ui import handlers
+    from app.views import base
     assert models.MODELS.max_entries == limits.MODEL_CACHE_ENTRIES
     assert inference.RUNS.max_entries == limits.RUN_CACHE_ENTRIES and inference.RUNS.max_bytes == limits.RUN_CACHE_BYTES
     assert costs.GMACS.max_entries == limits.GMACS_CACHE_ENTRIES
-    assert draw.FIGURES.max_bytes == limits.FIGURE_CACHE_BYTES
+    assert base.FIGURES.max_bytes == limits.FIGURE_CACHE_BYTES
     assert handlers._TRADEOFF.max_entries == limits.TRADEOFF_CACHE_ENTRIES

@@ -13,11 +13,11 @@ from PIL import Image
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from app import costs as K  # noqa: E402
-from app import figures as F  # noqa: E402
-from app import handlers as H  # noqa: E402
-from app import inference  # noqa: E402
-from app.settings import make_settings  # noqa: E402
+from app.core import costs as K  # noqa: E402
+from app.core import inference  # noqa: E402
+from app.ui import handlers as H  # noqa: E402
+from app.views import base as V, graphs as G  # noqa: E402
+from app.core.settings import make_settings  # noqa: E402
 from test_app_figures import array as F_array  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,12 +35,12 @@ def run(photo: str = CAT, view: H.View = H.View(), model: str = TINY, weights=No
 
 def is_plot(value) -> bool:
     """A gr.Plot value holding a real figure (traces drawn, not a figure that only says why not)."""
-    fig = F.figure_of(value)
+    fig = V.figure_of(value)
     return bool(fig["data"]) and "message" not in (fig["layout"].get("meta") or {})
 
 
 def roles(value) -> set[str]:
-    return {(t.get("meta") or {}).get("role") for t in F.figure_of(value)["data"]}
+    return {(t.get("meta") or {}).get("role") for t in V.figure_of(value)["data"]}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_ui_run_fills_every_panel(ui):
     for name in plots:
         assert is_plot(ui[name]), name
     assert sum(len(ui[name].plot) for name in plots) < 1_500_000  # the figure data of one run (issue 14)
-    walk = F.figure_of(ui["walk_plot"])
+    walk = V.figure_of(ui["walk_plot"])
     assert len(walk["layout"]["sliders"][0]["steps"]) == 12 and walk["layout"]["sliders"][0]["active"] == 2
     assert "GMACs" in ui["metrics"] and "latency" in ui["metrics"]
     assert "Token 98" in ui["neighbours_md"]
@@ -73,7 +73,7 @@ def test_gmacs_of_a_new_setting_follow_the_panels_in_the_same_event():
     assert f"{g.gtp:.3f}" in second["metrics"] and "counting" not in second["metrics"]
     assert isinstance(second["state"], type(gr.skip())) and is_plot(second["tradeoff_plot"])
     def gtp_now(plot) -> list[str]:
-        return [t["name"] for t in F.figure_of(plot)["data"] if t["name"].startswith("GTP now")]
+        return [t["name"] for t in V.figure_of(plot)["data"] if t["name"].startswith("GTP now")]
     assert gtp_now(first["tradeoff_plot"]) == [] and gtp_now(second["tradeoff_plot"]) == [
         f"GTP now: {g.gtp:.2f} GMACs (DeiT-Ti, measured)"]
     again = run(num_prop=13)  # counted once: the next run has them at once, in one update
@@ -89,11 +89,11 @@ def test_view_events_never_rerun_the_model(ui, monkeypatch):
     monkeypatch.setattr(inference, "explore_photo", forbidden)
     monkeypatch.setattr(inference, "run_photo", forbidden)
     for b in range(1, 13):
-        assert F.figure_of(H.draw_layer(exp, b))["layout"]["sliders"][0]["active"] == b - 1
+        assert V.figure_of(H.draw_layer(exp, b))["layout"]["sliders"][0]["active"] == b - 1
         attn, md, cls = H.draw_attention(exp, b, b % exp.num_heads)
         assert is_plot(attn) and is_plot(cls) and f"Block {b}, head {b % exp.num_heads}" in md
     assert is_plot(H.draw_compare(exp))
-    for kind in F.GRAPH_KINDS:
+    for kind in G.GRAPH_KINDS:
         graph, sim, md = H.draw_graph(exp, kind, 17)
         assert is_plot(graph) and is_plot(sim) and "Token 17" in md
     attn, md, cls = H.draw_attention(exp, 12, exp.num_heads - 1)
@@ -140,7 +140,7 @@ def test_throughput_is_measured_bounded_and_says_how(ui):
         H.throughput(ui["state"], 257)
     text, measured, plot = H.measure(ui["state"], 1, [{"setting": "another", "batch_size": 1}], None)
     assert "batch size 1" in text and len(measured) == 2 and measured[-1]["batch_size"] == 1
-    rates = [t for t in F.figure_of(plot)["data"] if (t.get("meta") or {}).get("role") == "throughput"]
+    rates = [t for t in V.figure_of(plot)["data"] if (t.get("meta") or {}).get("role") == "throughput"]
     assert len(rates) == 2 and [t["x"] for t in rates] == [[1], [1]]   # this setting's measurement only
     assert rates[1]["y"][0] == pytest.approx(measured[-1]["gtp_img_per_s"])
 
@@ -185,7 +185,7 @@ def test_compare_three_methods_same_budget_equal_gmacs(compared):
     md = updates[-1][-1]
     assert f"{gm['tome']:.3f}" in md and "counting" not in md and "KL" in md
     plot, text = updates[0]
-    assert is_plot(plot) and [t["meta"]["method"] for t in F.figure_of(plot)["data"]] == ["gtp", "tome", "pruning"]
+    assert is_plot(plot) and [t["meta"]["method"] for t in V.figure_of(plot)["data"]] == ["gtp", "tome", "pruning"]
     assert "Same photo, same token budget" in text and "ToMe" in text and "Pruning" in text
 
 
@@ -197,7 +197,7 @@ def test_compare_view_tells_per_patch_when_and_how_it_left(compared, monkeypatch
     monkeypatch.setattr(inference, "run_photo", forbidden)
     plot = H.draw_compare(exp)
     assert H.draw_compare(exp).plot is plot.plot                 # cached: the same figure again
-    maps = {t["meta"]["method"]: t for t in F.figure_of(plot)["data"]}
+    maps = {t["meta"]["method"]: t for t in V.figure_of(plot)["data"]}
     how = {"gtp": "propagated in block {} to patch", "tome": "merged in block {} into the token of patch",
            "pruning": "dropped in block {}"}
     for m in exp.comparison.methods:
@@ -221,7 +221,7 @@ def test_compare_follows_a_per_block_schedule():
     for m in exp.comparison.methods:
         assert [len(ids) for ids in m.removed] == [int(p) for p in schedule.split(",")], m.method
         assert m.tokens_per_block[-1] == 197 - 120
-    z = F_array(F.figure_of(H.draw_compare(exp))["data"][0]["z"])
+    z = F_array(V.figure_of(H.draw_compare(exp))["data"][0]["z"])
     assert np.nanmin(z) == 7                                   # nothing removed before block 7
 
 
@@ -249,7 +249,7 @@ def test_tradeoff_chart_with_sweep_and_labels(tmp_path, ui):
 
 
 def test_published_preset_matches_the_controls():
-    from app.settings import hyper_parameters
+    from app.core.settings import hyper_parameters
     import gtp
     values = H.published_preset()
     assert values[0] == ""

@@ -46,8 +46,8 @@ def test_app_py_honours_gradio_server_env(tmp_path):
 def test_app_py_launches_with_the_bounds():
     src = (ROOT / "app.py").read_text()
     assert "limits.launch_options()" in src
-    from app import limits
-    from app.text import UPLOAD_NOTE
+    from app.core import limits
+    from app.ui.text import UPLOAD_NOTE
     options = limits.launch_options()
     assert options["state_session_capacity"] == limits.SESSION_CAPACITY <= 1000
     import gradio.utils
@@ -57,8 +57,8 @@ def test_app_py_launches_with_the_bounds():
 
 
 def test_session_state_expires_and_gradio_cleans_its_cache():
-    from app import limits
-    from app.layout import build_demo
+    from app.core import limits
+    from app.ui.layout import build_demo
     import gradio as gr
     demo = build_demo()
     states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
@@ -67,7 +67,7 @@ def test_session_state_expires_and_gradio_cleans_its_cache():
 
 
 def test_download_folders_are_bounded(monkeypatch):
-    from app import files, limits
+    from app.core import files, limits
     monkeypatch.setattr(limits, "DOWNLOAD_FOLDERS_KEPT", 3)
     folders = [files.download_folder() for _ in range(6)]
     assert [f.exists() for f in folders] == [False] * 3 + [True] * 3
@@ -75,7 +75,7 @@ def test_download_folders_are_bounded(monkeypatch):
 
 SIGTERM_CHILD = textwrap.dedent("""
     import sys, time
-    from app import files
+    from app.core import files
     (files.download_folder() / "trace.json").write_text("{}")
     print(files.ROOT, flush=True)
     time.sleep(60)
@@ -99,8 +99,8 @@ def test_uploads_over_the_cap_are_refused_with_a_message(tmp_path):
     """The cap is Gradio's `max_file_size` (set from `limits.launch_options`); shown here with a
     small cap so the test needs no 400 MB file."""
     from gradio_client import Client, handle_file
-    from app import limits
-    from app.layout import create_app
+    from app.core import limits
+    from app.ui.layout import create_app
     demo = create_app()
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from app import limits, models  # noqa: E402
+from app.core import limits, models  # noqa: E402
 from conftest import random_model  # noqa: E402
 
 

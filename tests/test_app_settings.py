@@ -7,8 +7,8 @@ import gradio as gr
 import pytest
 
 import gtp
-from app.layout import settings_controls
-from app.settings import Settings, hyper_parameters, make_settings, parse_schedule
+from app.core.settings import Settings, hyper_parameters, make_settings, parse_schedule
+from app.ui.layout import settings_controls
 
 
 def test_every_config_field_has_a_control_with_the_published_default():

@@ -15,10 +15,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from app import inference, models  # noqa: E402
-from app.photos import open_photo  # noqa: E402
-from app.results import RunJob, RunResult, Throughput, ThroughputJob, UserError  # noqa: E402
-from app.settings import make_settings  # noqa: E402
+from app.core import inference, models  # noqa: E402
+from app.core.photos import open_photo  # noqa: E402
+from app.core.results import RunJob, RunResult, Throughput, ThroughputJob, UserError  # noqa: E402
+from app.core.settings import make_settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CAT = str(ROOT / "assets" / "chelsea.png")
@@ -77,10 +77,10 @@ FORK_SCRIPT = textwrap.dedent("""
     import json, multiprocessing, pickle, sys
     import torch
     torch.set_num_threads(1)
-    from app import inference, models
-    from app.photos import open_photo
-    from app.results import RunJob, ThroughputJob, UserError
-    from app.settings import make_settings
+    from app.core import inference, models
+    from app.core.photos import open_photo
+    from app.core.results import RunJob, ThroughputJob, UserError
+    from app.core.settings import make_settings
 
     def child(fn, arg, queue):
         queue.put(pickle.dumps(fn(pickle.loads(arg))))
@@ -150,7 +150,7 @@ def test_throughput_job_and_result_pickle_and_inputs_stay(job):
 
 def test_gpu_functions_have_a_measured_duration_and_gmacs_stay_outside():
     import inspect
-    from app import limits
+    from app.core import limits
     src = inspect.getsource(inference)
     assert f"@spaces.GPU(duration=limits.GPU_DURATION_RUN_S)" in src
     assert "@spaces.GPU(duration=limits.GPU_DURATION_THROUGHPUT_S)" in src

@@ -12,10 +12,9 @@ import torch
 from PIL import Image
 
 import gtp
-from app import plots
-from app import plots_compare
-from app.plots_base import gtp_destinations, patch_name
-from app.plots_walk import STATIC_TRACES, TRACES_PER_BLOCK
+from app.views import attention, compare as plots_compare, graphs, tradeoff, walk as walk_view
+from app.views.base import gtp_destinations, patch_name
+from app.views.walk import STATIC_TRACES, TRACES_PER_BLOCK
 
 from conftest import random_model
 
@@ -39,7 +38,7 @@ def run():
 
 @pytest.fixture(scope="module")
 def walk(run):
-    return plots.layer_walk_figure(*run)
+    return walk_view.layer_walk_figure(*run)
 
 
 def render(template: str, customdata: list) -> str:
@@ -151,7 +150,7 @@ def test_charts_follow_the_trace(run, walk):
 
 def test_graph_hover_lists_neighbours_with_cosine(run):
     photo, rec = run
-    fig = plots.graph_figure(photo, rec)
+    fig = graphs.graph_figure(photo, rec)
     tokens = next(t for t in fig.data if t.meta and t.meta.get("role") == "tokens")
     pid = 15
     text = tokens.hovertext[pid]
@@ -162,12 +161,12 @@ def test_graph_hover_lists_neighbours_with_cosine(run):
     for j in semantic + spatial:
         assert f"· patch {j}: {sim[pid, j].item():.3f}" in text
     with pytest.raises(ValueError, match="graph kind"):
-        plots.graph_figure(photo, rec, kind="nonsense")
+        graphs.graph_figure(photo, rec, kind="nonsense")
 
 
 def test_similarity_map_holds_the_tokens_row(run):
     photo, rec = run
-    fig = plots.similarity_figure(photo, rec, token=20)
+    fig = graphs.similarity_figure(photo, rec, token=20)
     assert np.allclose(np.asarray(fig.data[0].z).ravel(), rec.similarity[0, 20].numpy(), atol=1e-6)
     assert "cosine similarity to patch 20" in fig.data[0].hovertemplate
 
@@ -175,7 +174,7 @@ def test_similarity_map_holds_the_tokens_row(run):
 def test_attention_hover_tells_zeroed_entries(run):
     _, rec = run
     layer = rec.layers[2]
-    fig = plots.attention_figure(rec, block=2, head=1)
+    fig = attention.attention_figure(rec, block=2, head=1)
     before, after = fig.data   # two float32 maps: the figure stays light (~2 x 200 kB at 197 tokens)
     before_map, after_map = layer.attn_before[0, 1].numpy(), layer.attn_after[0, 1].numpy()
     truly_zeroed = (after_map == 0) & (before_map != 0)
@@ -191,7 +190,7 @@ def test_attention_hover_tells_zeroed_entries(run):
 
 def test_cls_attention_marks_tokens_already_gone(run):
     photo, rec = run
-    fig = plots.cls_attention_figure(photo, rec, block=4, head=0)
+    fig = attention.cls_attention_figure(photo, rec, block=4, head=0)
     z = np.asarray(fig.data[0].z, dtype=float).ravel()
     gone = {p for l in rec.layers[:4] for p in l.propagated[0].tolist()}
     assert {int(i) for i in np.flatnonzero(np.isnan(z))} == gone
@@ -203,7 +202,7 @@ def test_compare_hover_says_in_which_block_and_how(run):
     photo, rec = run
     gtp_removed = [l.propagated[0].tolist() for l in rec.layers]
     tome_removed = [ids[::-1] for ids in gtp_removed[1:]] + [gtp_removed[0]]   # other blocks
-    fig = plots.compare_figure(photo, rec.grid_size, {"gtp": gtp_removed, "tome": tome_removed, "pruning": gtp_removed},
+    fig = plots_compare.compare_figure(photo, rec.grid_size, {"gtp": gtp_removed, "tome": tome_removed, "pruning": gtp_removed},
                                destinations={"gtp": gtp_destinations(rec)})
     texts = {t.meta["method"]: np.asarray(t.text).ravel() for t in fig.data}
     pid = gtp_removed[5][0]
@@ -227,7 +226,7 @@ def test_compare_hover_names_the_tome_partner(run):
     merged = [m[0].tolist() for m in tome.merged_ids_of(model)]
     into = [m[0].tolist() for m in tome.merged_into_of(model)]
     destinations = plots_compare.tome_destinations(merged, into)
-    fig = plots.compare_figure(photo, rec.grid_size, {"tome": merged}, destinations={"tome": destinations})
+    fig = plots_compare.compare_figure(photo, rec.grid_size, {"tome": merged}, destinations={"tome": destinations})
     texts = np.asarray(fig.data[0].text).ravel()
     checked = 0
     for block, (gone, partners) in enumerate(zip(merged, into)):
@@ -241,7 +240,7 @@ def test_compare_hover_names_the_tome_partner(run):
 
 
 def test_tradeoff_draws_only_the_selected_models_family(run):
-    fig = plots.tradeoff_figure(PUBLISHED, "deit_small_patch16_224", current={"full": 4.6, "gtp": 3.4})
+    fig = tradeoff.tradeoff_figure(PUBLISHED, "deit_small_patch16_224", current={"full": 4.6, "gtp": 3.4})
     published = [t for t in fig.data if t.meta and t.meta.get("role") == "published"]
     assert published and all(t.meta["model"] == "deit_small_patch16_224" for t in published)
     assert not any("DeiT-B" in (t.name or "") for t in fig.data)
@@ -249,11 +248,11 @@ def test_tradeoff_draws_only_the_selected_models_family(run):
     assert "not drawn" in fig.layout.annotations[-1].text
     assert any("3.40 GMACs (DeiT-S, measured)" in (t.name or "") for t in fig.data)
     # asked for, DeiT-B's curves come labelled as DeiT-B's, never as DeiT-S's
-    fig = plots.tradeoff_figure(PUBLISHED, "deit_small_patch16_224", other_families=True)
+    fig = tradeoff.tradeoff_figure(PUBLISHED, "deit_small_patch16_224", other_families=True)
     deit_b = [t for t in fig.data if t.meta and t.meta.get("model") == "deit_base_patch16_224"]
     assert deit_b and all(t.name.startswith("DeiT-B · ") for t in deit_b)
     # DeiT-B: the paper's curves, each point with method, GMACs, top-1 and the source
-    fig = plots.tradeoff_figure(PUBLISHED, "deit_base_patch16_224")
+    fig = tradeoff.tradeoff_figure(PUBLISHED, "deit_base_patch16_224")
     curve = next(t for t in fig.data if t.name == "GTP (published)")
     expected = sorted((r["gmacs"], r["top1"]) for r in PUBLISHED["tradeoff_deit_base"] if r["method"] == "GTP")
     assert list(zip(curve.x, curve.y)) == expected
@@ -267,7 +266,7 @@ def test_tradeoff_sweep_labels_are_plain_text_and_throughput_has_its_panel():
              {"model": "deit_small_patch16_224", "method": "tome", "gmacs": 3.4, "agreement": 91.0}]
     speed = [{"batch_size": 1, "full_img_per_s": 50.0, "gtp_img_per_s": 60.0, "device": "CPU (2 threads)"},
              {"batch_size": 8, "full_img_per_s": 80.0, "gtp_img_per_s": 100.0, "device": "CPU (2 threads)"}]
-    fig = plots.tradeoff_figure(PUBLISHED, "deit_small_patch16_224", sweep=sweep, throughput=speed)
+    fig = tradeoff.tradeoff_figure(PUBLISHED, "deit_small_patch16_224", sweep=sweep, throughput=speed)
     mine = [t for t in fig.data if t.meta and t.meta.get("role") == "sweep"]
     assert len(mine) == 2
     labelled = next(t for t in mine if "cost" in t.name)
@@ -279,12 +278,12 @@ def test_tradeoff_sweep_labels_are_plain_text_and_throughput_has_its_panel():
 
 
 def test_play_js_steps_the_slider_of_the_named_plot():
-    js = plots.play_js("my-walk", 300)
+    js = walk_view.play_js("my-walk", 300)
     assert '"my-walk"' in js and "Plotly.update" in js and "sliders[0].active" in js and "300" in js
-    assert f'"{plots.WALK_ELEM_ID}"' in plots.PLAY_JS
+    assert f'"{walk_view.WALK_ELEM_ID}"' in walk_view.PLAY_JS
 
 
 def test_figures_are_transparent_for_both_themes(run, walk):
     photo, rec = run
-    for fig in (walk, plots.graph_figure(photo, rec), plots.tradeoff_figure(PUBLISHED, "deit_base_patch16_224")):
+    for fig in (walk, graphs.graph_figure(photo, rec), tradeoff.tradeoff_figure(PUBLISHED, "deit_base_patch16_224")):
         assert fig.layout.paper_bgcolor == "rgba(0,0,0,0)" and fig.layout.plot_bgcolor == "rgba(0,0,0,0)"

@@ -1,4 +1,4 @@
-"""app.examples: reading an uploaded sweep file: tolerant of formats, bounded against abuse
+"""app.core.sweep_file: reading an uploaded sweep file: tolerant of formats, bounded against abuse
 (bytes, nesting depth, records, distinct methods, label length), names shown as plain text."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from app import examples as E
-from app.examples import json_depth, load_sweep, parse_sweep, plain_text
+from app.core import sweep_file as E
+from app.core.sweep_file import json_depth, load_sweep, parse_sweep, plain_text
 
 
 def _rows(n: int, methods: int = 1) -> list[dict]:
@@ -48,8 +48,9 @@ def test_sweep_loader_is_tolerant(tmp_path):
 
 def test_sweep_loader_reads_the_gtp_sweep_format(tmp_path):
     """Records as `python -m gtp sweep` documents them: percents, nulls, lists, nested timing."""
-    from app import figures as F
-    from app.examples import published_results
+    from app.core.assets import published_results
+    from app.views import tradeoff as F
+    from app.views.base import figure_of
     common = dict(model="deit_small_patch16_224", weights="random", data="/data", limit=None, images=50,
                   labelled=False, top1=None, top5=None, full_top1=None, full_top5=None, kl=0.1, cosine=0.99,
                   cosine_min=0.9, full_gmacs=4.599, timing={"device": "cpu", "img_per_s": 10.0})
@@ -65,7 +66,7 @@ def test_sweep_loader_reads_the_gtp_sweep_format(tmp_path):
     assert [r["method"] for r in got] == ["full", "gtp", "tome"]
     assert [r["agreement"] for r in got] == [100.0, 0.8, 96.0]  # percents stay percents
     assert all(r["top1"] is None for r in got) and "3 record" in message
-    chart = F.figure_of(F.tradeoff(published_results(), "deit_small_patch16_224", None, got))
+    chart = figure_of(F.tradeoff(published_results(), "deit_small_patch16_224", None, got))
     sweep = [t for t in chart["data"] if (t.get("meta") or {}).get("role") == "sweep"]
     assert sorted(len(t["x"]) for t in sweep) == [1, 1, 1]   # one agreement series per method
 
@@ -145,8 +146,8 @@ def test_names_become_one_short_line_of_text():
 
 def test_tradeoff_chart_draws_any_method_name():
     """Method names from a sweep file are shown as plain text in the chart the app draws."""
-    from app import handlers as H
-    from app.figures import figure_of
+    from app.ui import handlers as H
+    from app.views.base import figure_of
     got, _ = parse_sweep(json.dumps([{"method": r"$\frac{$", "gmacs": 3.0, "top1": 70.0},
                                      {"method": "$x$", "gmacs": 4.0, "agreement": 90.0}]))
     chart = figure_of(H.draw_tradeoff(None, got))

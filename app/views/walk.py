@@ -5,17 +5,21 @@ token trace and a few line traces (propagated token -> receivers, wider for a la
 alpha * W). Right: tokens left after each block and the attention sparsity per block, with
 the current block marked. Each slider step uses plotly's "update" method: it only switches
 which block's traces are visible and moves the marks, so scrubbing and playing
-(`app.plots.PLAY_JS`) never ask the server for anything.
+(`PLAY_JS` below) never ask the server for anything.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import plotly.graph_objects as go
+from gradio.components.plot import PlotData
 
 import gtp
 
-from .plots_base import (PhotoLike, centres, edges_of, numpy, photo_axes,
-                         propagated_block, score_formula, segments, theme)
+from ..core.results import Exploration
+from .base import (PhotoLike, centres, edges_of, numpy, photo_axes, propagated_block, score_formula, segments,
+                   theme, view)
 
 # Per-token status at a block -> (marker symbol, colour, size, opacity)
 STATUS_STYLE = {
@@ -256,3 +260,52 @@ def layer_walk_figure(photo: PhotoLike, trace: gtp.Trace, image: int = 0, block:
         yanchor="top", pad=dict(t=20, b=0), font_size=10)])
     return fig
 
+
+
+def walk(exp: Exploration, block: int = 0) -> PlotData:
+    """Every block in one figure (slider and Play run in the browser), starting at `block` (0-based)."""
+    return view(exp, ("walk", block), lambda: layer_walk_figure(exp.model_input, exp.trace, block=block))
+
+
+# ----------------------------------------------------------------------------- Play, in the browser
+# Gradio 6 hands plotly only data, layout and config (no frames, so no `animate`); the slider's
+# steps use plotly's "update" method, and PLAY_JS steps through them with `Plotly.update` in the
+# page, asking the server for nothing:
+#
+#     walk = gr.Plot(elem_id=WALK_ELEM_ID)              # shows layer_walk_figure(...)
+#     gr.Button("Play").click(None, js=PLAY_JS)          # a second press pauses
+
+WALK_ELEM_ID = "gtp-walk"
+PLAY_MS = 700          # milliseconds per block while playing
+
+_PLAY_TEMPLATE = """
+() => {
+  const host = document.getElementById(__ID__);
+  const gd = host && host.querySelector(".js-plotly-plot");
+  if (!gd || !window.Plotly || !gd.layout || !(gd.layout.sliders || []).length) return [];
+  if (gd._gtpPlay) { clearInterval(gd._gtpPlay); gd._gtpPlay = null; return []; }  // pressed again: pause
+  const slider = () => gd.layout.sliders[0];
+  let i = slider().active || 0;
+  if (i >= slider().steps.length - 1) i = -1;                                     // at the end: from the start
+  const next = () => {
+    const steps = slider().steps;                     // re-read: the server may have sent a new figure
+    i += 1;
+    if (i >= steps.length) { clearInterval(gd._gtpPlay); gd._gtpPlay = null; return; }
+    const [data, layout] = steps[i].args;
+    window.Plotly.update(gd, data, Object.assign({}, layout || {}, {"sliders[0].active": i}));
+  };
+  next();
+  gd._gtpPlay = setInterval(next, __MS__);
+  return [];
+}
+"""
+
+
+def play_js(elem_id: str = WALK_ELEM_ID, ms_per_block: int = PLAY_MS) -> str:
+    """JavaScript for `gr.Button(...).click(None, js=...)`: step the slider of the plotly
+    figure inside the element `elem_id` through its steps in the browser; pressing again
+    pauses; at the last step it starts over."""
+    return _PLAY_TEMPLATE.replace("__ID__", json.dumps(elem_id)).replace("__MS__", str(int(ms_per_block)))
+
+
+PLAY_JS = play_js()

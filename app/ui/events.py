@@ -12,9 +12,9 @@ from typing import Any, Iterator
 import gradio as gr
 
 from . import api, handlers as H
-from . import plots as P
+from ..views import walk
 from .handlers import RUN_OUTPUT_NAMES, View, user_errors
-from .settings import Settings, make_settings
+from ..core.settings import Settings, make_settings
 
 RUN_QUEUE = dict(concurrency_id="gtp_models", concurrency_limit=1, trigger_mode="always_last")
 VIEW_QUEUE = dict(concurrency_id="gtp_views", concurrency_limit=4, trigger_mode="always_last",
@@ -79,8 +79,8 @@ def _wire_runs(demo: gr.Blocks, ui: dict) -> None:
 
 def _wire_views(ui: dict) -> None:
     state = ui["state"]
-    # The layer walk's slider and Play run in the browser (app.plots.PLAY_JS): no request.
-    ui["play"].click(None, js=P.PLAY_JS, **HIDDEN)
+    # The layer walk's slider and Play run in the browser (app.views.walk.PLAY_JS): no request.
+    ui["play"].click(None, js=walk.PLAY_JS, **HIDDEN)
     gr.on([ui["graph_kind"].change, ui["token"].change], user_errors(H.draw_graph),
           inputs=[state, ui["graph_kind"], ui["token"]],
           outputs=[ui["graph_plot"], ui["similarity_plot"], ui["neighbours_md"]], **VIEW_QUEUE)

@@ -12,9 +12,12 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
+from gradio.components.plot import PlotData
+
 import gtp
 
-from .plots_base import PhotoLike, numpy, patch_name, photo_axes, propagated_block, theme
+from ..core.results import Exploration
+from .base import PhotoLike, numpy, patch_name, photo_axes, propagated_block, theme, view
 
 DECADES = 3.0            # colours run over the top three decades below the map's largest entry (log scale)
 PREFIX_NAMES = ("CLS", "distillation token")
@@ -118,3 +121,23 @@ def cls_attention_figure(photo: PhotoLike, trace: gtp.Trace, block: int, head: i
     photo_axes(fig, photo, grid)
     theme(fig, height)
     return fig
+
+
+def attention(exp: Exploration, block: int, head: int) -> PlotData:
+    """Head `head`'s map in block `block` (0-based) before and after sparsification."""
+    return view(exp, ("attention", block, head), lambda: attention_figure(exp.trace, block, head))
+
+
+def cls_attention(exp: Exploration, block: int, head: int) -> PlotData:
+    return view(exp, ("cls", block, head), lambda: cls_attention_figure(exp.model_input, exp.trace, block, head))
+
+
+def attention_stats(exp: Exploration, block: int, head: int) -> dict:
+    """The share of entries zeroed and of attention mass removed in this block (this head and
+    all heads), as measured by the library in this run."""
+    layer = exp.trace.layers[block]
+    return {"block": block + 1, "head": head, "tokens": layer.tokens_in,
+            "zeroed_fraction": float(layer.zeroed_fraction[0, head]),
+            "mass_removed": float(layer.mass_removed[0, head]),
+            "zeroed_fraction_all_heads": float(layer.zeroed_fraction[0].mean()),
+            "mass_removed_all_heads": float(layer.mass_removed[0].mean())}

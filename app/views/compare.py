@@ -4,7 +4,7 @@ into ..., dropped) or that it stayed to the end.
 
 Data (plain lists, e.g. from the app's comparison): `removed[method][b]` = original patch ids
 whose token left in block b; optionally `destinations[method][b]` = {patch id: receiving
-patch ids} (for GTP: `app.plots_base.gtp_destinations(trace)`; for ToMe:
+patch ids} (for GTP: `app.views.base.gtp_destinations(trace)`; for ToMe:
 `tome_destinations(merged, merged_into)` from `gtp.tome.merged_ids_of` / `merged_into_of`).
 """
 from __future__ import annotations
@@ -15,7 +15,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .plots_base import PhotoLike, patch_name, photo_axes, theme
+from gradio.components.plot import PlotData
+
+from ..core.results import COMPARED, METHOD_LABELS, Exploration
+from .base import PhotoLike, gtp_destinations, patch_name, photo_axes, theme, view
 
 LABELS = {"gtp": "GTP", "tome": "ToMe", "pruning": "Pruning", "evit": "EViT"}
 HOW = {"gtp": ("propagated", "to"), "tome": ("merged", "into"), "pruning": ("dropped", ""),
@@ -105,3 +108,17 @@ def compare_figure(photo: PhotoLike, grid: tuple[int, int], removed: Mapping[str
     theme(fig, height)
     fig.update_layout(margin=dict(t=30))
     return fig
+
+
+def compare(exp: Exploration) -> PlotData:
+    """GTP, ToMe and pruning on the photo: per patch the block where its token left and how."""
+    def make() -> go.Figure:
+        comp = exp.comparison
+        removed = {m: [list(ids) for ids in comp.method(m).removed] for m in COMPARED}
+        destinations = {"gtp": gtp_destinations(exp.trace)}
+        tome = comp.method("tome")
+        if tome.merged_into is not None:
+            destinations["tome"] = tome_destinations(tome.removed, tome.merged_into)
+        labels = {m: f"{METHOD_LABELS[m]}: {comp.method(m).num_removed} tokens removed" for m in COMPARED}
+        return compare_figure(exp.model_input, exp.trace.grid_size, removed, destinations, labels)
+    return view(exp, ("compare",), make)

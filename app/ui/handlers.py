@@ -19,16 +19,17 @@ from typing import Any, Callable, Iterator, Optional
 
 import gradio as gr
 
-from . import charts as C
-from . import costs as K
-from . import figures as F
-from . import files, inference, limits, text
-from .caches import BoundedCache
-from .examples import example_paths, load_sweep, published_results
-from .models import DEFAULT_MODEL, DEVICE, get_model, weights_banner
-from .photos import open_photo
-from .results import Costs, Exploration
-from .settings import Settings, hyper_parameters
+from ..core import costs as K
+from ..core import files, inference, limits
+from ..core.assets import example_paths, published_results
+from ..core.caches import BoundedCache
+from ..core.models import DEFAULT_MODEL, DEVICE, get_model, weights_banner
+from ..core.photos import open_photo
+from ..core.results import Costs, Exploration
+from ..core.settings import Settings, hyper_parameters
+from ..core.sweep_file import load_sweep
+from ..views import attention, compare as compare_view, gif, graphs, tradeoff, walk
+from . import text
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -84,7 +85,7 @@ class View:
 
 
 # ----------------------------------------------------------------------------- view events
-# Each returns `gr.Plot` values (app.figures, cached per run and view) and text; none runs a
+# Each returns `gr.Plot` values (app.views, cached per run and view) and text; none runs a
 # model. The layer walk has no view event: its slider and Play run in the browser.
 
 
@@ -92,14 +93,14 @@ def draw_layer(exp: Optional[Exploration], block: Any = 1):
     """The layer walk: every block in one figure, starting at block `block` (1-based)."""
     if exp is None:
         return gr.skip()
-    return F.walk(exp, _clamp(block, 1, exp.depth, 1) - 1)
+    return walk.walk(exp, _clamp(block, 1, exp.depth, 1) - 1)
 
 
 def draw_graph(exp: Optional[Exploration], kind: str, token: Any):
     if exp is None:
         return gr.skip(), gr.skip(), gr.skip()
     t = _clamp(token, 0, exp.trace.num_patches - 1, exp.trace.num_patches // 2)
-    return F.graph(exp, kind), F.similarity(exp, t), text.neighbours_markdown(exp, kind, t)
+    return graphs.graph(exp, kind), graphs.similarity(exp, t), text.neighbours_markdown(exp, kind, t)
 
 
 def draw_attention(exp: Optional[Exploration], block: Any, head: Any):
@@ -107,7 +108,7 @@ def draw_attention(exp: Optional[Exploration], block: Any, head: Any):
         return gr.skip(), gr.skip(), gr.skip()
     b = _clamp(block, 1, exp.depth, 1) - 1
     h = _clamp(head, 0, exp.num_heads - 1, 0)
-    return F.attention(exp, b, h), text.attention_markdown(F.attention_stats(exp, b, h)), F.cls_attention(exp, b, h)
+    return attention.attention(exp, b, h), text.attention_markdown(attention.attention_stats(exp, b, h)), attention.cls_attention(exp, b, h)
 
 
 _TRADEOFF: BoundedCache = BoundedCache("trade-off charts", limits.TRADEOFF_CACHE_ENTRIES)
@@ -130,14 +131,14 @@ def draw_tradeoff(exp: Optional[Exploration], sweep: Optional[list], costs: Opti
     current = None if costs is None else {"full": costs.full, "gtp": costs.gtp}
     rates = measured_throughput(exp, measured)
     key = hashlib.sha256(json.dumps([model, current, sweep or [], rates], sort_keys=True).encode()).hexdigest()
-    return _TRADEOFF.get_or_make(key, lambda: F.tradeoff(published_results(), model, current, sweep or (), rates))
+    return _TRADEOFF.get_or_make(key, lambda: tradeoff.tradeoff(published_results(), model, current, sweep or (), rates))
 
 
 def draw_compare(exp: Optional[Exploration]):
     """The compare view, from the run's comparison (no model runs)."""
     if exp is None:
         return gr.skip()
-    return F.compare(exp)
+    return compare_view.compare(exp)
 
 
 # ----------------------------------------------------------------------------- run events
@@ -271,13 +272,13 @@ def downloads(exp: Optional[Exploration]) -> tuple[str, str]:
         raise gr.Error("Run a photo first.")
     from .api import comparison_json, prediction_json
     folder = files.download_folder()
-    gif = C.animation_gif(exp, str(folder / f"gtp_layers_{exp.model_name}.gif"))
+    animation = gif.animation_gif(exp, str(folder / f"gtp_layers_{exp.model_name}.gif"))
     trace_path = folder / f"gtp_trace_{exp.model_name}.json"
     costs = K.costs(exp, K.ALL_METHODS, count=False)
     summary = {"prediction": prediction_json(exp, costs), "trace": exp.trace.summary(),
                "comparison": comparison_json(exp, costs)}
     trace_path.write_text(json.dumps(summary), encoding="utf-8")
-    return gif, str(trace_path)
+    return animation, str(trace_path)
 
 
 def startup(photo_path: Optional[str]):

@@ -2,12 +2,12 @@
 
 `run_photo` and `measure_throughput` are the only functions that touch a model's forward.
 On a ZeroGPU Space they run in a forked worker (`@spaces.GPU`), so they are pure: their
-arguments and results are picklable CPU values (`app.results`), they never change their
+arguments and results are picklable CPU values (`app.core.results`), they never change their
 arguments, and the only module state they touch is the model they patch and unpatch under its
 lock. One call per new photo does everything (full, GTP with trace, ToMe, pruning); GMACs,
-which need no GPU, are counted outside (`app.costs`).
+which need no GPU, are counted outside (`app.core.costs`).
 
-`duration` of each GPU function: `app.limits.GPU_DURATION_*`, sized from the measured time of
+`duration` of each GPU function: `app.core.limits.GPU_DURATION_*`, sized from the measured time of
 one call (see there). Outside ZeroGPU `spaces.GPU` returns the function unchanged.
 """
 from __future__ import annotations
@@ -273,7 +273,7 @@ def measure_throughput(job: ThroughputJob) -> Union[Throughput, UserError]:
 
 def throughput(exp: Exploration, batch_size: int) -> Throughput:
     """`measure_throughput` of the exploration's model, setting and photo, within the bounds
-    of `app.limits` for this device. ValueError for a batch size out of them."""
+    of `app.core.limits` for this device. ValueError for a batch size out of them."""
     settings = exp.settings
     kind = DEVICE.type
     top = limits.THROUGHPUT_MAX_BATCH.get(kind, 16)

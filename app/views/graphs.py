@@ -11,9 +11,12 @@ import networkx as nx
 import numpy as np
 import plotly.graph_objects as go
 
+from gradio.components.plot import PlotData
+
 import gtp
 
-from .plots_base import PhotoLike, centres, numpy, patch_name, photo_axes, segments, theme
+from ..core.results import Exploration
+from .base import PhotoLike, centres, numpy, patch_name, photo_axes, segments, theme, view
 
 GRAPH_KINDS = ("spatial", "semantic", "spatial + semantic")
 EDGE_COLOURS = {"spatial": "rgba(80,200,255,0.55)", "semantic": "rgba(255,120,220,0.35)"}
@@ -126,3 +129,24 @@ def similarity_figure(photo: PhotoLike, trace: gtp.Trace, token: Optional[int] =
     photo_axes(fig, photo, grid)
     theme(fig, height)
     return fig
+
+
+def graph(exp: Exploration, kind: str) -> PlotData:
+    kind = kind if kind in GRAPH_KINDS else GRAPH_KINDS[-1]
+    return view(exp, ("graph", kind), lambda: graph_figure(exp.model_input, exp.trace, kind))
+
+
+def similarity(exp: Exploration, token: int) -> PlotData:
+    return view(exp, ("similarity", token), lambda: similarity_figure(exp.model_input, exp.trace, token))
+
+
+def neighbours_of(exp: Exploration, kind: str, token: int) -> dict[str, list[int]]:
+    """The token's neighbours in the chosen graph, by edge kind (recorded before block 1)."""
+    rec = exp.trace
+    out: dict[str, list[int]] = {"spatial": [], "semantic": []}
+    edges = {"spatial": rec.spatial_edges, "semantic": rec.semantic_edges[0] if rec.semantic_edges else None}
+    for name, e in edges.items():
+        if name in kind and e is not None:
+            src, dst = np.asarray(e.src), np.asarray(e.dst)
+            out[name] = [int(j) for j in dst[src == token]]
+    return out

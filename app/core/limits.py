@@ -101,7 +101,7 @@ Measured on this project's shared 2-core CPU (no GPU was available to measure on
 takes 5-12 s warm (deit_small / deit_base, latency repeats included); a GPU runs the same ~9
 forwards at batch 1 in well under a second, so 20 s leaves room for a cold worker's CUDA set-up
 while staying far below the 60 s default (a shorter reservation queues sooner). To re-measure
-on the Space's card, time one `app.inference.run_photo` call on CUDA and set 3x its cold time."""
+on the Space's card, time one `app.core.inference.run_photo` call on CUDA and set 3x its cold time."""
 
 GPU_DURATION_THROUGHPUT_S = 30
 """ZeroGPU reservation for one throughput measurement: THROUGHPUT_BUDGET_S['cuda'] plus the

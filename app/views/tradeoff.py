@@ -13,7 +13,10 @@ from typing import Iterable, Optional, Sequence
 
 import plotly.graph_objects as go
 
-from .plots_base import escape, theme
+from gradio.components.plot import PlotData
+
+from ..core import limits
+from .base import escape, plot_data, theme
 
 FAMILIES = {  # timm name -> the name papers use
     "deit_tiny_patch16_224": "DeiT-Ti", "deit_small_patch16_224": "DeiT-S", "deit_base_patch16_224": "DeiT-B",
@@ -22,6 +25,7 @@ FAMILIES = {  # timm name -> the name papers use
 }
 STYLES = {"GTP": ("rgb(214,39,40)", "circle"), "ToMe": ("rgb(31,119,180)", "square"),
           "EViT": ("rgb(44,160,44)", "triangle-up"), "ATS": ("rgb(148,103,189)", "diamond")}
+TRADEOFF_HEIGHT = 560   # the legend lies under the chart: its entries need room
 SWEEP_SYMBOLS = ("x", "cross", "star-triangle-up", "hexagram", "asterisk-open", "y-down-open")
 
 
@@ -181,3 +185,24 @@ def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None,
                        xref="paper", yref="paper",
                        x=0, y=1.02, xanchor="left", yanchor="bottom", showarrow=False, font_size=11, align="left")
     return fig
+
+
+def bounded_sweep(records: Sequence[dict]) -> list[dict]:
+    """Sweep records with at most limits.MAX_SWEEP_METHODS method names; past them the rest are one
+    series ("N other methods"), so a file with thousands of names stays one readable chart."""
+    names = sorted({str(r.get("method", "sweep")) for r in records})
+    rest = set(names[limits.MAX_SWEEP_METHODS:])
+    other = f"{len(rest)} other methods"
+    return [dict(r, method=other) if str(r.get("method", "sweep")) in rest else r for r in records]
+
+
+def tradeoff(published: dict, model: str, current: Optional[dict], sweep: Sequence[dict] = (),
+             throughput: Sequence[dict] = ()) -> PlotData:
+    """The compact trade-off chart beside the prediction: the published curves of `model`'s
+    family, its GMACs measured now, the user's sweep and the measured throughput. Where the
+    paper has no curve for this model's family (it has DeiT-B's), the other families' curves
+    are drawn dotted and labelled with their model, never as this model's."""
+    own = any(r["model"] == model and r.get("top1") is not None and not str(r.get("method", "none")).startswith("none")
+              for r in published_records(published))
+    return plot_data(tradeoff_figure(published, model, current=current, sweep=bounded_sweep(sweep),
+                                       throughput=throughput, other_families=not own, height=TRADEOFF_HEIGHT))

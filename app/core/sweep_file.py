@@ -1,4 +1,5 @@
-"""Files the app ships or reads: example photos, the paper's published numbers, sweep results.
+"""Sweep results uploaded by the person (`python -m gtp sweep` JSON or CSV) read for the
+trade-off chart.
 
 A sweep file is untrusted upload: it is bounded (bytes, nesting depth, records, distinct methods,
 label length) before anything costly is done with it, each bound refusing with a sentence that
@@ -13,33 +14,12 @@ import io
 import json
 import math
 import re
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 
-# The bounds on an uploaded sweep file live with every other bound.
 from .limits import MAX_LABEL_CHARS, MAX_SWEEP_BYTES, MAX_SWEEP_DEPTH, MAX_SWEEP_METHODS, MAX_SWEEP_RECORDS
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-EXAMPLE_PHOTOS = [ASSETS / name for name in ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")]
-PUBLISHED_FILE = ASSETS / "published_results.json"
-
-
-def example_paths() -> list[str]:
-    """The example photos that exist (all four in a normal checkout)."""
-    return [str(p) for p in EXAMPLE_PHOTOS if p.is_file()]
-
-
-@lru_cache(maxsize=1)
-def published_results() -> dict:
-    """The paper's numbers as published (see assets/CREDITS.md); never measured here."""
-    with open(PUBLISHED_FILE, encoding="utf-8") as f:
-        return json.load(f)
-
-
-# ----------------------------------------------------------------------------- sweep files
 
 # Column names other tools use for the same quantity.
 _ALIASES = {

@@ -1,18 +1,18 @@
 """The public API endpoints `explore` and `compare` (gradio_client: `api_name="/explore"`).
 
 Their parameters are explicit and documented (their names and order are the API); each
-becomes a `Settings` through `app.settings.make_settings`, which checks every value's type.
+becomes a `Settings` through `app.core.settings.make_settings`, which checks every value's type.
 """
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from . import costs as K
-from .inference import explore_photo
-from .photos import open_photo
-from .results import Costs, Exploration, TopClass
-from .settings import DEFAULT_MODEL, PUBLISHED_SETTINGS as P
-from .settings import make_settings
+from ..core import costs as K
+from ..core.inference import explore_photo
+from ..core.photos import open_photo
+from ..core.results import Costs, Exploration, TopClass
+from ..core.settings import DEFAULT_MODEL, PUBLISHED_SETTINGS as P
+from ..core.settings import make_settings
 
 API_PARAMETERS = ["model", "num_prop", "schedule", "sparsity", "alpha", "num_neighbours", "graph",
                   "selection", "propagation", "token_scale"]

@@ -1,6 +1,6 @@
 """The page: its components, built tab by tab (`build_demo`), and nothing else.
 
-Every component goes into one dict, `ui`, by name; `app.events.wire` connects them to the
+Every component goes into one dict, `ui`, by name; `app.ui.events.wire` connects them to the
 handlers. The hyper-parameter controls are made from `gtp.GTPConfig`'s fields
 (`settings_controls`), so a new field appears here without an edit.
 """
@@ -17,13 +17,13 @@ import gradio as gr
 import gtp
 from gtp.models import SUPPORTED_MODELS
 
-from . import figures as F
-from . import limits, text
-from . import plots as P
-from .examples import example_paths
+from ..core import limits
+from ..core.assets import example_paths
+from ..core.models import DEVICE
+from ..core.settings import DEFAULT_MODEL, HyperParameter, hyper_parameters
+from ..views import graphs, walk
+from . import text
 from .handlers import throughput_intro
-from .models import DEVICE
-from .settings import DEFAULT_MODEL, HyperParameter, hyper_parameters
 
 TITLE = "GTP Explorer: Graph-based Token Propagation on pretrained ViTs"
 PAPER = "https://arxiv.org/abs/2311.03035"
@@ -41,7 +41,7 @@ def photo_input(**kwargs: Any) -> gr.Image:
 
     Stock gr.Image opens the file with PIL before the app sees it, so a damaged file or a
     decompression bomb would fail inside Gradio with an unhelpful message; here
-    `app.photos.open_photo` does all decoding, safely. The override is per instance: a subclass
+    `app.core.photos.open_photo` does all decoding, safely. The override is per instance: a subclass
     would make Gradio write a .pyi stub next to this file at import.
     """
     image = gr.Image(type="filepath", **kwargs)
@@ -102,7 +102,7 @@ def settings_controls(config_cls: type = gtp.GTPConfig) -> dict[str, gr.componen
 
 
 def _plot(label: str, elem_id: str) -> gr.Plot:
-    """An interactive plotly view (handlers return `app.figures` values)."""
+    """An interactive plotly view (handlers return `app.views` values)."""
     return gr.Plot(label=label, elem_id=elem_id)
 
 
@@ -157,7 +157,7 @@ def _prediction_tab(ui: dict) -> None:
 
 
 def _layers_tab(ui: dict) -> None:
-    ui["walk_plot"] = _plot("Layer walk: every block (slider and Play run in your browser)", P.WALK_ELEM_ID)
+    ui["walk_plot"] = _plot("Layer walk: every block (slider and Play run in your browser)", walk.WALK_ELEM_ID)
     ui["play"] = gr.Button("▶ Play / pause", elem_id="gtp-play")
     gr.Markdown("Hover a token: its status in this block, its selection score and rank, its size and the "
                 "tokens it sent its features to (or received from), with the weights α·W.")
@@ -165,7 +165,7 @@ def _layers_tab(ui: dict) -> None:
 
 def _graphs_tab(ui: dict) -> None:
     with gr.Row():
-        ui["graph_kind"] = gr.Radio(list(F.GRAPH_KINDS), value="spatial + semantic", label="Show",
+        ui["graph_kind"] = gr.Radio(list(graphs.GRAPH_KINDS), value="spatial + semantic", label="Show",
                                     elem_id="gtp-graph-kind")
         ui["token"] = gr.Number(value=98, precision=0, minimum=0, label="Token of the similarity map",
                                 elem_id="gtp-token")
@@ -208,7 +208,7 @@ TABS = [("Prediction", "prediction", _prediction_tab), ("Layer walk", "layers", 
 
 
 def build_demo() -> gr.Blocks:
-    """The whole app (not launched): the components, then `app.events.wire`."""
+    """The whole app (not launched): the components, then `app.ui.events.wire`."""
     from .events import wire
     ui: dict[str, Any] = {}
     with gr.Blocks(title="GTP Explorer", delete_cache=limits.GRADIO_CACHE_CLEANUP) as demo:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from . import figures as F
-from .limits import MAX_UPLOAD_BYTES
-from .models import weights_banner
-from .results import METHOD_LABELS, Costs, Exploration, Throughput
+from ..core.limits import MAX_UPLOAD_BYTES
+from ..core.models import weights_banner
+from ..views.graphs import neighbours_of
+from ..core.results import METHOD_LABELS, Costs, Exploration, Throughput
 
 UPLOAD_NOTE = (f"Uploads up to {MAX_UPLOAD_BYTES // 2**20} MB (room for deit_base weights, ~346 MB); "
                "larger files are refused.")
@@ -89,7 +89,7 @@ def attention_markdown(stats: dict) -> str:
 
 def neighbours_markdown(exp: Exploration, kind: str, token: int) -> str:
     gh, gw = exp.trace.grid_size
-    near = F.neighbours_of(exp, kind, token)
+    near = neighbours_of(exp, kind, token)
     parts = [f"**Token {token}** (row {token // gw}, column {token % gw})."]
     if near["spatial"]:
         parts.append(f"Spatial neighbours: {', '.join(map(str, sorted(near['spatial'])))}.")

@@ -12,19 +12,24 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Optional, Union
+import json
+from typing import Callable, Optional, Union
 
 import numpy as np
 import plotly.graph_objects as go
+from gradio.components.plot import PlotData
 from PIL import Image
 
 import gtp
+
+from ..core import limits
+from ..core.caches import BoundedCache
+from ..core.results import Exploration
 
 PhotoLike = Union[Image.Image, np.ndarray]
 
 FONT_COLOUR = "#8a8f98"            # mid grey: readable on Gradio's light and dark themes
 GRID_COLOUR = "rgba(138,143,152,0.25)"
-CITATION = "Xu et al., WACV 2024, arXiv:2311.03035"
 PHOTO_SIDE = 336                   # pixels of the embedded JPEG (the model input is 224)
 JPEG_QUALITY = 80
 
@@ -146,3 +151,46 @@ def gtp_destinations(trace: gtp.Trace, image: int = 0) -> list[dict[int, list[in
             per.setdefault(s, []).append(d)
         out.append(per)
     return out
+
+
+# ----------------------------------------------------------------------------- the figure cache
+
+FIGURES: BoundedCache = BoundedCache("figures", limits.FIGURE_CACHE_ENTRIES, limits.FIGURE_CACHE_BYTES)
+"""Every view of a run, drawn once: by (run key, view), shared by all sessions."""
+
+
+def cached(exp: Exploration, view: tuple, make: Callable):
+    """The figure `view` of this run, drawn once (`make`) and then taken from the cache."""
+    return FIGURES.get_or_make((exp.key,) + view, make)
+
+
+def plot_data(fig: go.Figure) -> PlotData:
+    """A figure as `gr.Plot` takes it, serialised once."""
+    return PlotData(type="plotly", plot=fig.to_json())
+
+
+def figure_of(value: PlotData) -> dict:
+    """The figure JSON (data, layout) a view handed to `gr.Plot` (for tests and scripts)."""
+    return json.loads(value.plot)
+
+
+def message(text: str, height: int = 160) -> go.Figure:
+    """A figure holding only a sentence: why this view has nothing to show."""
+    fig = go.Figure()
+    fig.add_annotation(text=escape(text), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font_size=14)
+    theme(fig, height)
+    hidden = dict(visible=False, fixedrange=True)
+    fig.update_layout(xaxis=hidden, yaxis=hidden, meta={"message": text})
+    return fig
+
+
+def view(exp: Exploration, key: tuple, make: Callable[[], go.Figure]) -> PlotData:
+    """The view's figure, made once per run and kept as JSON; a ValueError of the builder
+    (data the run does not hold) becomes a figure saying so."""
+    def draw() -> str:
+        try:
+            return make().to_json()
+        except ValueError as e:
+            return message(str(e)).to_json()
+    return PlotData(type="plotly", plot=cached(exp, ("plotly",) + key, draw))
