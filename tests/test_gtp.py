@@ -1,4 +1,4 @@
-"""gtp.patch against the unpatched model and against the slow reference of METHOD.md."""
+"""gtp.patch against the unpatched model and against the slow reference of SPEC.md."""
 from __future__ import annotations
 
 import threading
