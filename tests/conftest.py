@@ -63,7 +63,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def url():
     """The app launched in this process on a free port: its base URL."""
-    from app.core.inference import wait_idle
+    from app.core.models import wait_idle
     from app.ui.layout import CSS, create_app
     demo = create_app()
     port = free_port()

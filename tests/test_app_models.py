@@ -12,11 +12,12 @@ from safetensors.torch import save_file
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from app.core import limits, models  # noqa: E402
+from app.core.errors import InputError  # noqa: E402
 from conftest import random_model  # noqa: E402
 
 
 def test_unknown_model_is_refused_by_name():
-    with pytest.raises(ValueError, match="resnet50"):
+    with pytest.raises(InputError, match="resnet50"):
         models.get_model("resnet50")
 
 
@@ -36,7 +37,7 @@ def test_a_refused_weights_file_frees_the_model_it_built(tmp_path, monkeypatch, 
         return original(model, *args, **kwargs)
     monkeypatch.setattr(builder, "load_pretrained", recording)
     before = len(models.MODELS)
-    with pytest.raises(ValueError, match="could not load weights") as info:
+    with pytest.raises(InputError, match="could not load weights") as info:
         models.get_model(target, str(path))
     assert built, "the load never built a model"
     assert info.value.__context__ is None and info.value.__cause__ is None  # no chain back to the frames

@@ -8,6 +8,7 @@ import pytest
 
 from app.core import sweep_file as E
 from app.core.sweep_file import json_depth, load_sweep, parse_sweep, plain_text
+from app.core.errors import InputError
 
 
 def _rows(n: int, methods: int = 1) -> list[dict]:
@@ -38,11 +39,11 @@ def test_sweep_loader_is_tolerant(tmp_path):
     got, _ = parse_sweep(json.dumps(records[:1]))  # a bare list
     assert len(got) == 1
     for bad in ("", "{not json", "a,b\n1,2\n", json.dumps([{"gmacs": 1}])):
-        with pytest.raises(ValueError):
+        with pytest.raises(InputError):
             parse_sweep(bad)
     binary = tmp_path / "sweep.bin.json"
     binary.write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(ValueError, match="not a text"):
+    with pytest.raises(InputError, match="not a text"):
         load_sweep(binary)
 
 
@@ -79,7 +80,7 @@ def test_oversize_file_refused_unread(tmp_path, monkeypatch):
     with open(path, "wb") as f:  # sparse: no disk used
         f.truncate(E.MAX_SWEEP_BYTES + 1)
     monkeypatch.setattr(type(path), "read_bytes", lambda self: pytest.fail("read an oversize file"))
-    with pytest.raises(ValueError, match=f"at most {E.MAX_SWEEP_BYTES // 2**20} MB"):
+    with pytest.raises(InputError, match=f"at most {E.MAX_SWEEP_BYTES // 2**20} MB"):
         load_sweep(path)
 
 
@@ -88,15 +89,15 @@ def test_deeply_nested_json_is_refused_without_recursion(tmp_path):
     for opener, closer in (("[", "]"), ('{"a":', "}")):
         path = tmp_path / "deep.json"
         path.write_text(opener * 100_000 + "1" + closer * 100_000)
-        with pytest.raises(ValueError, match=f"100,000 levels deep; a sweep file needs at most {E.MAX_SWEEP_DEPTH}"):
+        with pytest.raises(InputError, match=f"100,000 levels deep; a sweep file needs at most {E.MAX_SWEEP_DEPTH}"):
             load_sweep(path)
     # Just past the bound is refused, at the bound is parsed (and then judged on its records).
     deep = "[" * (E.MAX_SWEEP_DEPTH + 1) + "]" * (E.MAX_SWEEP_DEPTH + 1)
-    with pytest.raises(ValueError, match="levels deep"):
+    with pytest.raises(InputError, match="levels deep"):
         parse_sweep(deep)
     at_bound = "[" * (E.MAX_SWEEP_DEPTH - 2) + json.dumps(_rows(1)) + "]" * (E.MAX_SWEEP_DEPTH - 2)
     assert json_depth(at_bound) == E.MAX_SWEEP_DEPTH
-    with pytest.raises(ValueError, match="no usable records"):
+    with pytest.raises(InputError, match="no usable records"):
         parse_sweep(at_bound)
 
 
@@ -118,7 +119,7 @@ def test_too_many_records_refused(fmt):
         ok = "method,gmacs,top1\n" + "m,1.0,70\n" * n
         too_many = ok + "m,2.0,71\n"
     assert len(parse_sweep(ok)[0]) == n
-    with pytest.raises(ValueError, match=f"more than {n:,} records"):
+    with pytest.raises(InputError, match=f"more than {n:,} records"):
         parse_sweep(too_many)
 
 
@@ -127,7 +128,7 @@ def test_too_many_methods_refused():
     n = E.MAX_SWEEP_METHODS
     got, _ = parse_sweep(json.dumps(_rows(2 * n, methods=n)))
     assert len({r["method"] for r in got}) == n
-    with pytest.raises(ValueError, match=f"3,000 different method names.*at most {n}"):
+    with pytest.raises(InputError, match=f"3,000 different method names.*at most {n}"):
         parse_sweep(json.dumps(_rows(3000, methods=3000)))
 
 
@@ -139,7 +140,7 @@ def test_names_become_one_short_line_of_text():
     assert got[0]["method"] == "a b c d e"
     assert len(got[1]["method"]) == E.MAX_LABEL_CHARS and got[1]["method"].endswith("…")
     assert all(len(r["label"]) <= 3 * E.MAX_LABEL_CHARS for r in got)
-    with pytest.raises(ValueError, match=r"^evil name\.json is empty"):
+    with pytest.raises(InputError, match=r"^evil name\.json is empty"):
         parse_sweep("", name="evil\nname.json")
     assert plain_text(12.5) == "12.5" and plain_text("") == ""
 

@@ -9,23 +9,28 @@ GPU outside `@spaces.GPU`, and counting needs none).
 from __future__ import annotations
 
 import threading
-from typing import Hashable, Optional
+from typing import Optional, Sequence
 
 import torch
 
 import gtp
-from gtp import baselines
+from gtp import methods
 from gtp.models import load_model
 
 from . import limits
 from .caches import BoundedCache
 from .models import DEVICE, ModelSlot, get_model
-from .results import COMPARED, Costs, Exploration
-from .settings import Settings, parse_schedule
+from .results import Costs, Exploration
+from .settings import Settings
 
 GMACS: BoundedCache[float] = BoundedCache("gmacs", limits.GMACS_CACHE_ENTRIES)
 _COUNTING: BoundedCache[ModelSlot] = BoundedCache("counting models", limits.COUNTING_MODELS, size_of=lambda v: 0)
 _counting_lock = threading.Lock()
+
+
+def all_methods() -> tuple[str, ...]:
+    """The methods whose GMACs the page shows: the full model, GTP and the compared methods."""
+    return tuple(dict.fromkeys(["full", "gtp"] + [m.name for m in methods.compared()]))
 
 
 def _counting_slot(settings: Settings) -> ModelSlot:
@@ -39,48 +44,36 @@ def _counting_slot(settings: Settings) -> ModelSlot:
         return slot
 
 
-def _budget(settings: Settings, depth: int) -> list[int]:
-    schedule = parse_schedule(settings.schedule)
-    return schedule if schedule is not None else [int(settings.num_prop)] * depth
-
-
-def _key(settings: Settings, method: str, depth: int) -> Hashable:
-    if method == "full":
-        return (settings.model, "full")
-    if method == "gtp":
-        return (settings.model, "gtp", settings.config_key())
-    # ToMe and pruning depend only on the budget (pruning's other switches are a preset)
-    return (settings.model, method, tuple(_budget(settings, depth)))
+def _amount_and_options(settings: Settings, method: str, depth: int) -> tuple[object, dict]:
+    """GTP runs the setting itself; every other method removes the comparison's budget per block."""
+    options = settings.patch_kwargs()
+    amount = options.pop("num_prop")
+    return (amount if method == "gtp" else settings.budget(depth)), options
 
 
 @torch.inference_mode()
-def _count(settings: Settings, method: str) -> float:
+def _count(settings: Settings, method: str, depth: int) -> float:
     slot = _counting_slot(settings)
-    options = settings.patch_kwargs()
-    amount = options.pop("num_prop")
-    if method in ("tome", "pruning"):
-        amount = _budget(settings, len(slot.model.blocks))
+    amount, options = _amount_and_options(settings, method, depth)
     with slot.lock:
         try:
-            model = baselines.apply_method(slot.model, method, amount, **options)
+            model = methods.get(method).apply(slot.model, amount, **options)
             return gtp.gmacs(model, img_size=slot.loaded.img_size)
         finally:
-            baselines.reset(slot.model)
+            methods.reset(slot.model)
 
 
 def gmacs(settings: Settings, method: str, depth: int, count: bool = True) -> Optional[float]:
-    """GMACs of `method` ("full", "gtp", "tome", "pruning") with this setting; None when not
-    counted before and `count` is False (counting takes seconds on a CPU)."""
-    key = _key(settings, method, depth)
+    """GMACs of `method` (a name in `gtp.methods.METHODS`) with this setting; None when not
+    counted before and `count` is False (counting takes seconds on a CPU). Cached by the model
+    and the method's own cost key (`Method.cost_key`)."""
+    amount, options = _amount_and_options(settings, method, depth)
+    key = (settings.model, methods.get(method).cost_key(amount, **options))
     if not count:
         return GMACS.get(key)
-    return GMACS.get_or_make(key, lambda: _count(settings, method))
+    return GMACS.get_or_make(key, lambda: _count(settings, method, depth))
 
 
-def costs(exp: Exploration, methods: tuple[str, ...] = ("full", "gtp"), count: bool = True) -> Costs:
-    """The exploration's GMACs for `methods` (the others None), counted where `count`."""
-    values = {m: gmacs(exp.settings, m, exp.depth, count) for m in methods}
-    return Costs(**values)
-
-
-ALL_METHODS = ("full",) + COMPARED
+def costs(exp: Exploration, names: Sequence[str] = ("full", "gtp"), count: bool = True) -> Costs:
+    """The exploration's GMACs for the methods `names` (the others None), counted where `count`."""
+    return Costs({m: gmacs(exp.settings, m, exp.depth, count) for m in names})

@@ -1,20 +1,27 @@
-"""Running the models: the two GPU functions and the run cache in front of them.
+"""Running the models: the GPU functions and the run cache in front of them.
 
-`run_photo` and `measure_throughput` are the only functions that touch a model's forward.
-On a ZeroGPU Space they run in a forked worker (`@spaces.GPU`), so they are pure: their
+`run_photo`, `compare_photo` and `measure_throughput` are the only functions that run a model's
+forward. On a ZeroGPU Space they run in a forked worker (`@spaces.GPU`), so they are pure: their
 arguments and results are picklable CPU values (`app.core.results`), they never change their
 arguments, and the only module state they touch is the model they patch and unpatch under its
-lock. One call per new photo does everything (full, GTP with trace, ToMe, pruning); GMACs,
-which need no GPU, are counted outside (`app.core.costs`).
+lock. Everything the person can get wrong is checked before a GPU function is called
+(`check_settings`), so an exception inside one is a bug.
+
+One new photo runs GTP (traced, then timed) and the full model once; the other compared methods
+(`gtp.methods.compared()`) run in the same call on ZeroGPU (one GPU call per photo), and
+elsewhere only when the Compare tab or the `compare` endpoint asks (`compared`), reusing the
+full model's outputs kept from the first call: the full model never runs twice for one photo.
+GMACs, which need no GPU, are counted outside (`app.core.costs`).
 
 `duration` of each GPU function: `app.core.limits.GPU_DURATION_*`, sized from the measured time of
 one call (see there). Outside ZeroGPU `spaces.GPU` returns the function unchanged.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 import spaces
@@ -22,18 +29,19 @@ import torch
 from PIL import Image
 
 import gtp
-from gtp import baselines, tome
+from gtp import methods
 from gtp.measure.metrics import Timer, cosine, device_name, features_and_logits, kl_divergence, top1_agreement
 
 from . import limits
 from .caches import BoundedCache
-from .models import DEVICE, ModelSlot, get_model, wait_idle  # noqa: F401  (wait_idle: tests/conftest.py)
+from .errors import InputError
+from .models import DEVICE, ZERO_GPU, ModelSlot, file_names_only, get_model
 from .photos import Photo
 from .results import (
-    COMPARED, METHOD_LABELS, Comparison, Exploration, MethodResult, ModelInfo, RunJob, RunResult, Throughput,
-    ThroughputJob, TopClass, UserError,
+    CompareJob, Comparison, Exploration, MethodResult, MethodRun, ModelInfo, Outputs, RunJob, RunResult, Throughput,
+    ThroughputJob, TopClass,
 )
-from .settings import Settings, parse_schedule
+from .settings import Settings
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -47,14 +55,11 @@ def _top5(logits: Optional[torch.Tensor], class_names: Optional[list[str]]) -> O
                  for q, i in zip(p, idx))
 
 
-def _best_ms(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    """The best wall time of `repeats` forwards, in ms (other work only ever adds time)."""
-    times = []
-    for _ in range(repeats):
-        with Timer(x.device) as t:
-            model(x)
-        times.append(t.seconds * 1000)
-    return min(times)
+def _outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[Outputs, float]:
+    """(the model's outputs on x, moved to the CPU as float32; the seconds the forward took)."""
+    with Timer(x.device) as timer:
+        feats, logits = features_and_logits(model, x)
+    return Outputs(feats.float().cpu(), None if logits is None else logits.float().cpu()), timer.seconds
 
 
 def _to_cpu(value):
@@ -84,108 +89,88 @@ def _compact(rec: gtp.Trace) -> gtp.Trace:
     return rec
 
 
-def _slot_for(settings: Settings) -> ModelSlot:
-    """The loaded model (loaded before the GPU call; a reused ZeroGPU worker forked before
-    that load loads its own copy, which is deterministic for the same name and file)."""
-    return get_model(settings.model, settings.weights)
-
-
-# ----------------------------------------------------------------------------- the run (GPU)
-
-
-def _compare(slot: ModelSlot, x: torch.Tensor, settings: Settings, budget: list[int],
-             full_feats: torch.Tensor, full_logits: Optional[torch.Tensor], full_seconds: float) -> Comparison:
-    """GTP (this setting), ToMe and pruning, each removing `budget` tokens per block, against the
-    full model's forward (`full_*`, which took `full_seconds`). Hold the lock."""
-    loaded = slot.loaded
+def _others(slot: ModelSlot, x: torch.Tensor, settings: Settings, budget: tuple[int, ...]) -> tuple[MethodRun, ...]:
+    """Every compared method but GTP, each removing `budget` tokens per block. Hold the lock."""
     options = settings.patch_kwargs()
     options.pop("num_prop")
-    results = []
-    with Timer(x.device) as timer:
-        for method in COMPARED:
-            try:
-                model = baselines.apply_method(slot.model, method, budget, **options)
-            except ValueError as e:
-                raise ValueError(f"Cannot run {METHOD_LABELS[method]} at this token budget on "
-                                 f"{loaded.name}: {e}") from None
-            if method == "tome":
-                tome.patch(model, r=budget, trace_source=True)
-                feats, logits = features_and_logits(model, x)
-                removed = [tuple(ids[0].tolist()) for ids in tome.merged_ids_of(model)]
-                merged_into = tuple(tuple(ids[0].tolist()) for ids in tome.merged_into_of(model))
-                left, tokens = tome.sources_of(model).shape[-1], []  # tokens entering block 1
-                for ids in removed:
-                    left -= len(ids)
-                    tokens.append(left)
-            else:
-                merged_into = None
-                with gtp.trace(model) as rec:
-                    feats, logits = features_and_logits(model, x)
-                removed = [tuple(layer.propagated[0].tolist()) for layer in rec.layers]
-                tokens = rec.tokens_per_block()
-            has_head = full_logits is not None
-            results.append(MethodResult(
-                method=method, removed=tuple(removed), tokens_per_block=tuple(tokens),
-                cosine=round(float(cosine(full_feats, feats)[0]), 6),
-                top5=_top5(logits, loaded.class_names) if has_head else None,
-                agree=bool(top1_agreement(full_logits, logits)[0]) if has_head else None,
-                kl=round(float(kl_divergence(full_logits, logits)[0]), 6) if has_head else None,
-                merged_into=merged_into))
-    baselines.reset(slot.model)
-    return Comparison(budget=tuple(budget), methods=tuple(results),
-                      full_top5=_top5(full_logits, loaded.class_names),
-                      seconds=full_seconds + timer.seconds)
+    runs = []
+    for method in methods.compared():
+        if method.name == "gtp":   # the exploration's own GTP run stands for it
+            continue
+        (outputs, seconds), blocks = method.run_recorded(slot.model, lambda m: _outputs(m, x), list(budget),
+                                                         **options)
+        runs.append(MethodRun(method.name, outputs, tuple(blocks), seconds))
+    return tuple(runs)
 
 
-def _patch_or_refuse(slot: ModelSlot, settings: Settings) -> Union[torch.nn.Module, UserError]:
-    """The slot's model patched with `settings`, or a `UserError` saying why it cannot be."""
-    try:
-        return gtp.patch(slot.model, **settings.patch_kwargs())
-    except ValueError as e:
-        return UserError(f"Impossible GTP hyper-parameters for {slot.loaded.name}: {e}")
+# ----------------------------------------------------------------------------- the GPU functions
 
 
 @spaces.GPU(duration=limits.GPU_DURATION_RUN_S)
 @torch.inference_mode()
-def run_photo(job: RunJob) -> Union[RunResult, UserError]:
-    """Full model, GTP (traced, with attention maps, and timed), ToMe and pruning on one photo.
-
-    Returns a `UserError` for hyper-parameters the model cannot take (not raised: see there).
-    """
-    slot = _slot_for(job.settings)
+def run_photo(job: RunJob) -> RunResult:
+    """GTP (traced with attention maps, then timed), the full model once, and with `job.compare`
+    the other compared methods, on one photo. The settings were checked (`check_settings`)."""
+    slot = get_model(job.settings.model, job.settings.weights)
     x = job.x.to(slot.loaded.device)
-    repeats = limits.LATENCY_REPEATS.get(x.device.type, 10)
     with slot.lock:
         try:
-            model = _patch_or_refuse(slot, job.settings)
-            if isinstance(model, UserError):
-                return model
-            with gtp.trace(model, attention=True) as rec:
-                gtp_feats, gtp_logits = features_and_logits(model, x)  # also warms the GTP path up
-            gtp_ms = _best_ms(model, x, repeats)
+            model = gtp.patch(slot.model, **job.settings.patch_kwargs())
+            with gtp.trace(model, attention=True) as rec:   # also warms the GTP path up
+                features_and_logits(model, x)
+            reduced, gtp_seconds = _outputs(model, x)       # timed without the recording
             gtp.unpatch(slot.model)
-            with Timer(x.device) as full_timer:
-                full_feats, full_logits = features_and_logits(slot.model, x)
-            full_ms = _best_ms(slot.model, x, repeats)
-            schedule = parse_schedule(job.settings.schedule)
-            budget = schedule if schedule is not None else [int(job.settings.num_prop)] * len(rec.layers)
-            try:
-                comparison = _compare(slot, x, job.settings, budget, full_feats, full_logits, full_timer.seconds)
-            except ValueError as e:
-                return UserError(str(e))
+            full, full_seconds = _outputs(slot.model, x)
+            others = _others(slot, x, job.settings, job.budget) if job.compare else None
         finally:
-            baselines.reset(slot.model)  # the model rests unpatched
+            methods.reset(slot.model)  # the model rests unpatched
     names = slot.loaded.class_names
     return RunResult(
-        trace=_compact(rec), full_top5=_top5(full_logits, names), gtp_top5=_top5(gtp_logits, names),
-        feature_cosine=round(float(cosine(full_feats, gtp_feats)[0]), 6),
-        latency_ms=(round(full_ms, 2), round(gtp_ms, 2)), repeats=repeats, device=device_name(x.device),
-        num_heads=int(slot.model.blocks[0].attn.num_heads), comparison=comparison)
+        trace=_compact(rec), full=full, gtp=reduced, full_top5=_top5(full.logits, names),
+        gtp_top5=_top5(reduced.logits, names), feature_cosine=round(float(cosine(full.features, reduced.features)[0]), 6),
+        latency_ms=(round(full_seconds * 1000, 2), round(gtp_seconds * 1000, 2)), device=device_name(x.device),
+        num_heads=int(slot.model.blocks[0].attn.num_heads), others=others)
+
+
+@spaces.GPU(duration=limits.GPU_DURATION_RUN_S)
+@torch.inference_mode()
+def compare_photo(job: CompareJob) -> tuple[MethodRun, ...]:
+    """The compared methods besides GTP on one photo (the Compare tab opened after the run)."""
+    slot = get_model(job.settings.model, job.settings.weights)
+    with slot.lock:
+        try:
+            return _others(slot, job.x.to(slot.loaded.device), job.settings, job.budget)
+        finally:
+            methods.reset(slot.model)
 
 
 # ----------------------------------------------------------------------------- explorations (cached)
 
 RUNS: BoundedCache[Exploration] = BoundedCache("runs", limits.RUN_CACHE_ENTRIES, limits.RUN_CACHE_BYTES)
+
+
+def check_settings(slot: ModelSlot, settings: Settings) -> tuple[int, ...]:
+    """The comparison's budget (tokens removed per block) after checking that GTP and every
+    compared method accept the settings on this model: each is applied and removed again, no
+    forward run. InputError saying which refuses and why."""
+    depth = len(slot.model.blocks)
+    options = settings.patch_kwargs()
+    budget = tuple(settings.budget(depth))
+    with slot.lock:
+        try:
+            try:
+                gtp.patch(slot.model, **options)
+            except ValueError as e:  # the library names the value and its valid range
+                raise InputError(f"Impossible GTP hyper-parameters for {slot.loaded.name}: {e}") from None
+            for method in methods.compared():
+                try:
+                    method.apply(slot.model, list(budget), **{k: v for k, v in options.items() if k != "num_prop"})
+                except ValueError as e:
+                    raise InputError(f"Cannot run {method.label} at this token budget on {slot.loaded.name}: "
+                                     f"{e}") from None
+        finally:
+            methods.reset(slot.model)
+    return budget
 
 
 def _unnormalise(x: torch.Tensor, data_config: dict) -> Image.Image:
@@ -208,25 +193,59 @@ def model_input(photo: Photo, slot: ModelSlot) -> torch.Tensor:
     return slot.loaded.transform(photo.image.convert("RGB")).unsqueeze(0)
 
 
+def _result(method: str, blocks: tuple, full: Outputs, out: Outputs, class_names: Optional[list[str]]) -> MethodResult:
+    has_head = full.logits is not None
+    return MethodResult(
+        method=method, blocks=blocks, cosine=round(float(cosine(full.features, out.features)[0]), 6),
+        top5=_top5(out.logits, class_names) if has_head else None,
+        agree=bool(top1_agreement(full.logits, out.logits)[0]) if has_head else None,
+        kl=round(float(kl_divergence(full.logits, out.logits)[0]), 6) if has_head else None)
+
+
+def _comparison(exp: Exploration, others: tuple[MethodRun, ...], class_names: Optional[list[str]]) -> Comparison:
+    """The comparison of a run: GTP from the run itself, the others from their forwards."""
+    run = exp.run
+    results = {"gtp": _result("gtp", tuple(methods.records_of_trace(run.trace)), run.full, run.gtp, class_names)}
+    results.update({o.method: _result(o.method, o.blocks, run.full, o.outputs, class_names) for o in others})
+    seconds = sum(run.latency_ms) / 1000 + sum(o.seconds for o in others)
+    return Comparison(budget=tuple(exp.settings.budget(exp.depth)),
+                      methods=tuple(results[m.name] for m in methods.compared() if m.name in results),
+                      full_top5=run.full_top5, seconds=seconds)
+
+
 def explore_photo(photo: Photo, settings: Settings) -> Exploration:
     """One run of the photo with this setting, answered from the cache when seen before.
-    ValueError (a message for the person) for impossible settings or unusable weights."""
+    InputError for settings the model cannot take or unusable weights."""
     slot = get_model(settings.model, settings.weights)  # outside the GPU call: loading needs none
     key = run_key(photo, settings)
     hit = RUNS.get(key)
     if hit is not None:
         return hit
+    budget = check_settings(slot, settings)
     x = model_input(photo, slot)
-    result = run_photo(RunJob(settings=settings, x=x))
-    if isinstance(result, UserError):
-        raise ValueError(result.message)
+    result = run_photo(RunJob(settings=settings, x=x, budget=budget, compare=ZERO_GPU))
     loaded = slot.loaded
     exp = Exploration(
         key=key, settings=settings,
-        model=ModelInfo(loaded.name, loaded.pretrained, loaded.message, loaded.has_head), x=x,
+        model=ModelInfo(loaded.name, loaded.pretrained, file_names_only(loaded.message), loaded.has_head), x=x,
         model_input=_unnormalise(x, loaded.data_config), photo_size=tuple(photo.original_size),
         photo_notes=tuple(photo.notes), run=result)
+    if result.others is not None:
+        exp = dataclasses.replace(exp, comparison=_comparison(exp, result.others, loaded.class_names))
     return RUNS.put(key, exp)
+
+
+def compared(exp: Exploration) -> Exploration:
+    """The exploration with its comparison: as it is, from the run cache, or with the compared
+    methods run now (the full model's outputs come from the run)."""
+    if exp.comparison is not None:
+        return exp
+    hit = RUNS.get(exp.key)
+    if hit is not None and hit.comparison is not None:
+        return hit
+    slot = get_model(exp.settings.model, exp.settings.weights)
+    others = compare_photo(CompareJob(settings=exp.settings, x=exp.x, budget=tuple(exp.settings.budget(exp.depth))))
+    return RUNS.put(exp.key, dataclasses.replace(exp, comparison=_comparison(exp, others, slot.loaded.class_names)))
 
 
 # ----------------------------------------------------------------------------- throughput (GPU)
@@ -247,25 +266,23 @@ def _rate(model: torch.nn.Module, x: torch.Tensor, budget_s: float, max_batches:
 
 @spaces.GPU(duration=limits.GPU_DURATION_THROUGHPUT_S)
 @torch.inference_mode()
-def measure_throughput(job: ThroughputJob) -> Union[Throughput, UserError]:
+def measure_throughput(job: ThroughputJob) -> Throughput:
     """Images per second of the full and the GTP model, measured now on this device.
 
     The photo repeated `batch_size` times; each model gets half of `job.budget_s`: batches
     until it is spent (a warm-up batch first, dropped when another fitted), best of them.
     """
-    slot = _slot_for(job.settings)
+    slot = get_model(job.settings.model, job.settings.weights)
     x = job.x.to(slot.loaded.device).expand(job.batch_size, -1, -1, -1).contiguous()
     start = time.perf_counter()
     with slot.lock:
         try:
-            model = _patch_or_refuse(slot, job.settings)
-            if isinstance(model, UserError):
-                return model
+            model = gtp.patch(slot.model, **job.settings.patch_kwargs())
             gtp_ms, gtp_batches = _rate(model, x, job.budget_s / 2, job.max_batches)
             gtp.unpatch(slot.model)
             full_ms, full_batches = _rate(slot.model, x, job.budget_s / 2, job.max_batches)
         finally:
-            baselines.reset(slot.model)
+            methods.reset(slot.model)
     return Throughput(model=slot.loaded.name, device=device_name(x.device), batch_size=job.batch_size,
                       timed_batches=min(gtp_batches, full_batches), full_img_per_s=job.batch_size / full_ms * 1000,
                       gtp_img_per_s=job.batch_size / gtp_ms * 1000, seconds=time.perf_counter() - start)
@@ -273,16 +290,11 @@ def measure_throughput(job: ThroughputJob) -> Union[Throughput, UserError]:
 
 def throughput(exp: Exploration, batch_size: int) -> Throughput:
     """`measure_throughput` of the exploration's model, setting and photo, within the bounds
-    of `app.core.limits` for this device. ValueError for a batch size out of them."""
-    settings = exp.settings
-    kind = DEVICE.type
-    top = limits.THROUGHPUT_MAX_BATCH.get(kind, 16)
-    if not 1 <= batch_size <= top:
-        raise ValueError(f"batch size must be between 1 and {top} on this server ({kind.upper()}); got {batch_size}")
-    get_model(settings.model, settings.weights)  # loaded outside the GPU call
-    job = ThroughputJob(settings=settings, x=exp.x, batch_size=batch_size,
-                        budget_s=limits.THROUGHPUT_BUDGET_S.get(kind, 4.0), max_batches=10)
-    result = measure_throughput(job)
-    if isinstance(result, UserError):
-        raise ValueError(result.message)
-    return result
+    of `app.core.limits` for this device. InputError for a batch size out of them."""
+    bounds = limits.THROUGHPUT[DEVICE.type]
+    if not 1 <= batch_size <= bounds.max_batch:
+        raise InputError(f"batch size must be between 1 and {bounds.max_batch} on this server "
+                         f"({DEVICE.type.upper()}); got {batch_size}")
+    get_model(exp.settings.model, exp.settings.weights)  # loaded outside the GPU call
+    return measure_throughput(ThroughputJob(settings=exp.settings, x=exp.x, batch_size=batch_size,
+                                            budget_s=bounds.budget_s, max_batches=bounds.max_batches))

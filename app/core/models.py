@@ -8,6 +8,8 @@ GPU at start-up (`preload`), outside any request, as ZeroGPU requires.
 from __future__ import annotations
 
 import gc
+import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,9 +21,13 @@ from gtp.models import SUPPORTED_MODELS, LoadedModel, load_model
 
 from . import limits
 from .caches import BoundedCache
+from .errors import InputError
 from .settings import DEFAULT_MODEL
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+"""On a ZeroGPU Space (as the `spaces` package reads it) every forward of one photo stays in one
+GPU call; elsewhere what the page does not show yet may run later."""
 
 
 @dataclass(eq=False)
@@ -40,10 +46,10 @@ _load_lock = threading.Lock()  # loading twice at once would only waste memory a
 
 
 def get_model(name: str, weights: Optional[str] = None) -> ModelSlot:
-    """A supported model, loaded on first use. ValueError for unknown names or bad files; a
-    failed load frees what it built before the error reaches the user."""
+    """A supported model, loaded on first use. InputError for unknown names or unusable weights
+    files; a failed load frees what it built before the error reaches the user."""
     if name not in SUPPORTED_MODELS:
-        raise ValueError(f"Unknown model {name!r}; choose one of: {', '.join(SUPPORTED_MODELS)}.")
+        raise InputError(f"Unknown model {name!r}; choose one of: {', '.join(SUPPORTED_MODELS)}.")
     key = (name, weights or None)
     with _load_lock:
         slot = MODELS.get(key)
@@ -51,13 +57,13 @@ def get_model(name: str, weights: Optional[str] = None) -> ModelSlot:
             refused = None
             try:
                 loaded = load_model(name, weights=weights, device=DEVICE)
-            except ValueError as e:
+            except ValueError as e:  # the library's refusal of the weights file: a message for the person
                 refused = str(e)
             if refused is not None:
                 # Raised outside the `except`: a new error raised inside it would keep the old one
                 # (and the frames holding the refused model) as its __context__, even `from None`.
                 gc.collect()
-                raise ValueError(refused)
+                raise InputError(file_names_only(refused))
             slot = MODELS.put(key, ModelSlot(loaded))
         return slot
 
@@ -67,10 +73,19 @@ def preload() -> None:
     get_model(DEFAULT_MODEL)
 
 
+_FOLDERS = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\\/\s'\"`]+)+[\\/](?=[^\\/\s'\"`]+)")
+
+
+def file_names_only(text: str) -> str:
+    """`text` with every absolute path cut to its file name: the page never shows where a file
+    lies on the server ("/srv/cache/x/model.safetensors" -> "model.safetensors")."""
+    return _FOLDERS.sub("", text)
+
+
 def weights_banner(name: str, pretrained: bool, message: str) -> str:
     """A plain statement of where the weights came from; loud when they are random."""
     if pretrained:
-        return f"Weights: {message}"
+        return f"Weights: {file_names_only(message)}"
     return (
         f"⚠ **Predictions come from randomly initialised weights**: no pretrained weights for "
         f"`{name}` could be had here, so the classes below are meaningless (the token "

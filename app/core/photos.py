@@ -14,6 +14,8 @@ from PIL import Image, UnidentifiedImageError
 
 from gtp.images import to_rgb
 
+from .errors import InputError
+
 # PIL refuses (DecompressionBombError) images over 2x this many pixels and warns over 1x;
 # the app turns the warning into a refusal too, so a 30000 x 30000 file is never decoded.
 MAX_PIXELS = 50_000_000
@@ -25,7 +27,7 @@ MAX_FILE_BYTES = 50 * 1024 * 1024
 WORKING_SIDE = 1024    # photos are shrunk to this longest side before anything else (speed)
 
 
-class PhotoError(ValueError):
+class PhotoError(InputError):
     """An upload the app cannot use; the message says why and what to do."""
 
 

@@ -15,9 +15,10 @@ from typing import Any, Optional
 import gradio as gr
 
 import gtp
+from gtp import methods
 from gtp.models import SUPPORTED_MODELS
 
-from ..core import limits
+from ..core import files, limits
 from ..core.assets import example_paths
 from ..core.models import DEVICE
 from ..core.settings import DEFAULT_MODEL, HyperParameter, hyper_parameters
@@ -28,6 +29,7 @@ from .handlers import throughput_intro
 TITLE = "GTP Explorer: Graph-based Token Propagation on pretrained ViTs"
 PAPER = "https://arxiv.org/abs/2311.03035"
 LEARN_TEXT = (Path(__file__).with_name("learn.md")).read_text(encoding="utf-8")
+gr.set_static_paths([files.PHOTO_DIR])   # the photos the figures show (`app.views.base.photo_of`)
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 # Translucent banners: readable on Gradio's light and dark themes alike.
 CSS = """
@@ -143,12 +145,11 @@ def _prediction_tab(ui: dict) -> None:
             ui["tradeoff_plot"] = _plot("Top-1 vs GMACs", "gtp-tradeoff")
     ui["metrics"] = gr.Markdown("", elem_id="gtp-metrics")
     with gr.Accordion("Measure throughput, add your sweep results", open=False):
-        kind = DEVICE.type
+        bounds = limits.THROUGHPUT[DEVICE.type]
         with gr.Row():
-            top = limits.THROUGHPUT_MAX_BATCH[kind]
             ui["batch_size"] = checked_number(gr.Number(
-                value=limits.THROUGHPUT_DEFAULT_BATCH[kind], precision=0, minimum=1, maximum=top,
-                label=f"Batch size (1 to {top} here)", scale=1), "batch size")
+                value=bounds.default_batch, precision=0, minimum=1, maximum=bounds.max_batch,
+                label=f"Batch size (1 to {bounds.max_batch} here)", scale=1), "batch size")
             ui["measure"] = gr.Button("Measure throughput", scale=1, elem_id="gtp-measure")
         ui["throughput_md"] = gr.Markdown(throughput_intro())
         ui["sweep_file"] = gr.File(label="Your sweep results (JSON or CSV from `python -m gtp sweep`)",
@@ -167,7 +168,8 @@ def _graphs_tab(ui: dict) -> None:
     with gr.Row():
         ui["graph_kind"] = gr.Radio(list(graphs.GRAPH_KINDS), value="spatial + semantic", label="Show",
                                     elem_id="gtp-graph-kind")
-        ui["token"] = gr.Number(value=98, precision=0, minimum=0, label="Token of the similarity map",
+        # Bounds and the middle token come with the first run: they are the model's (`View.within`).
+        ui["token"] = gr.Number(value=None, precision=0, minimum=0, label="Token of the similarity map",
                                 elem_id="gtp-token")
     with gr.Row():
         ui["graph_plot"] = _plot("Token graph (hover a token)", "gtp-graph")
@@ -177,17 +179,19 @@ def _graphs_tab(ui: dict) -> None:
 
 def _attention_tab(ui: dict) -> None:
     with gr.Row():
-        ui["attn_block"] = gr.Slider(1, 12, value=1, step=1, label="Block", elem_id="gtp-attn-block")
-        ui["head"] = gr.Slider(0, 5, value=0, step=1, label="Head", elem_id="gtp-head")
+        # Placeholders until the first run gives the model's blocks and heads (`handlers.run`).
+        ui["attn_block"] = gr.Slider(1, 2, value=1, step=1, label="Block", elem_id="gtp-attn-block", interactive=False)
+        ui["head"] = gr.Slider(0, 1, value=0, step=1, label="Head", elem_id="gtp-head", interactive=False)
     ui["attn_plot"] = _plot("Attention before and after sparsification", "gtp-attn")
     ui["attn_md"] = gr.Markdown("")
     ui["cls_plot"] = _plot("CLS attention over the photo", "gtp-cls")
 
 
 def _compare_tab(ui: dict) -> None:
-    gr.Markdown("GTP, ToMe and pruning on the same photo with the same number of tokens removed "
-                "per block (P). Each patch is shaded by the block in which its token left; hover it for "
-                "how: propagated to (GTP), merged into (ToMe) or dropped (pruning).")
+    names = [m.label for m in methods.compared()]
+    gr.Markdown(f"{', '.join(names[:-1])} and {names[-1]} on the same photo with the same number of tokens "
+                "removed per block (P). Each patch is shaded by the block in which its token left; hover it "
+                "for how: " + ", ".join(f"{m.how.verb} ({m.label})" for m in methods.compared()) + ".")
     ui["compare_button"] = gr.Button("Compare", elem_id="gtp-compare")
     ui["compare_plot"] = _plot("Where each token left, and how", "gtp-compare-plot")
     ui["compare_md"] = gr.Markdown("Run a photo: the three methods run with it.", elem_id="gtp-compare-md")
@@ -213,7 +217,9 @@ def build_demo() -> gr.Blocks:
     ui: dict[str, Any] = {}
     with gr.Blocks(title="GTP Explorer", delete_cache=limits.GRADIO_CACHE_CLEANUP) as demo:
         # Session state expires (API clients never close their session): `limits.SESSION_TTL_S`.
-        ui["state"] = gr.State(None, time_to_live=limits.SESSION_TTL_S)
+        ui["state"] = gr.State(None, time_to_live=limits.SESSION_TTL_S)        # the run on view
+        ui["tab"] = gr.State("prediction", time_to_live=limits.SESSION_TTL_S)   # the tab on view
+        ui["shown"] = gr.State(None, time_to_live=limits.SESSION_TTL_S)         # tab -> run key it shows
         ui["sweep_state"] = gr.State(None, time_to_live=limits.SESSION_TTL_S)
         ui["throughput_state"] = gr.State(None, time_to_live=limits.SESSION_TTL_S)
         gr.Markdown(f"# {TITLE}\nAn interactive look at [GTP-ViT (Xu et al., WACV 2024)]({PAPER}): "

@@ -1,11 +1,16 @@
-"""What every interactive figure shares: the theme, the photo as one layout image, patch
-coordinates, and the per-token facts read from a `gtp.Trace`.
+"""What every view shares: figures as plain data, the theme, the photo under the patch grid, the
+per-token facts read from a `gtp.Trace`, and the figure cache.
 
-Figures are plain `plotly.graph_objects.Figure`s built from library data only (a `gtp.Trace`,
-the photo as shown, plain dicts and lists), so they do not depend on the app's own types.
+A figure is the plain dict plotly.js draws (`{"data": [...], "layout": {...}}`), built directly:
+no plotly object validates each property on the hot path, numbers are rounded to what a hover
+shows, numeric arrays of many floats travel as plotly.js typed arrays (`typed`: base64 of the raw
+bytes), and a trace without "type" is a scatter (plotly.js's default).
+Builders take library data only (a `gtp.Trace`, the photo, plain lists), never the app's types.
 
 Coordinates: the photo spans x in [0, g_w] and y in [0, g_h] (y pointing down), one unit per
-patch, so patch id p = r * g_w + c sits at (c + 0.5, r + 0.5). Patch ids are the original,
+patch, so patch id p = r * g_w + c sits at (c + 0.5, r + 0.5). Heat maps over the photo whose
+hover names rows and columns use `CENTRED` axes instead (the photo spans [-0.5, g - 0.5], so
+patch (r, c) sits at (c, r) and the hover reads them as x and y). Patch ids are the original,
 row-major ids `gtp.trace` reports; the id -1 (a `propagation="mean"` token) has no place.
 """
 from __future__ import annotations
@@ -13,40 +18,59 @@ from __future__ import annotations
 import base64
 import io
 import json
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
-import plotly.graph_objects as go
 from gradio.components.plot import PlotData
 from PIL import Image
 
 import gtp
 
-from ..core import limits
+from ..core import files, limits
 from ..core.caches import BoundedCache
 from ..core.results import Exploration
 
-PhotoLike = Union[Image.Image, np.ndarray]
+Figure = dict[str, Any]
+PhotoLike = Union[Image.Image, np.ndarray, str]     # a picture, or a ready image source (URI)
 
 FONT_COLOUR = "#8a8f98"            # mid grey: readable on Gradio's light and dark themes
 GRID_COLOUR = "rgba(138,143,152,0.25)"
-PHOTO_SIDE = 336                   # pixels of the embedded JPEG (the model input is 224)
 JPEG_QUALITY = 80
+CENTRED = -0.5                     # the photo's left/top edge for axes with patch centres at integers
 
 
-def theme(fig: go.Figure, height: int, title: Optional[str] = None) -> go.Figure:
-    """Transparent backgrounds, a neutral font and no plotly template (the default one adds
-    ~8 kB of JSON to every figure and assumes a white page)."""
-    fig.update_layout(
-        template="none", height=height, paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)",
-        font=dict(color=FONT_COLOUR, size=12), margin=dict(l=10, r=10, t=40 if title else 10, b=10),
-        hovermode="closest", hoverlabel=dict(font_size=12, align="left"),
-        title=dict(text=escape(title), x=0.01, font=dict(size=14)) if title else None,
-        legend=dict(bgcolor="rgba(0,0,0,0)"),
-    )
-    fig.update_xaxes(automargin=True)
-    fig.update_yaxes(automargin=True)
-    return fig
+class Unavailable(Exception):
+    """The run holds no data for this view (no attention maps, no CLS token, no block): the view
+    shows this sentence instead. Any other exception of a builder is a bug."""
+
+
+def typed(values: Any, dtype: str = "f4") -> dict:
+    """A numeric array as plotly.js takes it without text: {"dtype", "bdata" (base64), "shape"}.
+    dtype: "f4" (NaN allowed: a gap), "u1", "u2", "i4", ..."""
+    array = np.ascontiguousarray(values, dtype=np.dtype(dtype).newbyteorder("<"))
+    if array.size == 0:
+        return []
+    spec = {"dtype": dtype, "bdata": base64.b64encode(array.tobytes()).decode("ascii")}
+    if array.ndim > 1:
+        spec["shape"] = ",".join(map(str, array.shape))
+    return spec
+
+
+def to_json(fig: Figure) -> str:
+    """A figure's JSON, compact (it is sent as it is)."""
+    return json.dumps(fig, separators=(",", ":"), allow_nan=False)
+
+
+def figure(data: list[dict], layout: dict, height: int, title: Optional[str] = None) -> Figure:
+    """A figure with the theme: transparent backgrounds, a neutral font, no template (plotly.js
+    draws none by default)."""
+    themed = {"height": height, "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)",
+              "font": {"color": FONT_COLOUR, "size": 12}, "hovermode": "closest",
+              "margin": {"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+              "hoverlabel": {"font": {"size": 12}, "align": "left"}, "legend": {"bgcolor": "rgba(0,0,0,0)"}}
+    if title:
+        themed["title"] = {"text": escape(title), "x": 0.01, "font": {"size": 14}}
+    return {"data": data, "layout": {**themed, **layout}}
 
 
 def escape(text: Optional[str]) -> Optional[str]:
@@ -56,27 +80,30 @@ def escape(text: Optional[str]) -> Optional[str]:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("$", "&#36;")
 
 
-def photo_uri(photo: PhotoLike, side: int = PHOTO_SIDE) -> str:
-    """The photo as a base64 JPEG data URI (one image per figure, shared by all slider steps)."""
+def photo_uri(photo: PhotoLike) -> str:
+    """The photo as a base64 JPEG data URI at its own size (the model's input: 224 px for most
+    models; the browser scales it). A string is taken as a ready source."""
+    if isinstance(photo, str):
+        return photo
     img = photo if isinstance(photo, Image.Image) else Image.fromarray(np.asarray(photo, dtype=np.uint8))
-    img = img.convert("RGB").resize((side, side), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    img.convert("RGB").save(buf, format="JPEG", quality=JPEG_QUALITY)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def photo_axes(fig: go.Figure, photo: PhotoLike, grid: tuple[int, int], xaxis: str = "x", yaxis: str = "y",
+def photo_axes(layout: dict, photo: PhotoLike, grid: tuple[int, int], axis: str = "", origin: float = 0.0,
                opacity: float = 1.0) -> None:
-    """Put the photo under axes (`xaxis`, `yaxis`) spanning the patch grid, square patches,
-    y pointing down, no ticks."""
+    """Put the photo under the axes `x{axis}`/`y{axis}` spanning the patch grid from `origin`
+    (0: patch centres at +0.5; CENTRED: at integers), square patches, y pointing down, no ticks."""
     gh, gw = grid
-    fig.add_layout_image(source=photo_uri(photo), xref=xaxis, yref=yaxis, x=0, y=0, sizex=gw, sizey=gh,
-                         xanchor="left", yanchor="top", sizing="stretch", layer="below", opacity=opacity)
-    x_name = "xaxis" if xaxis == "x" else f"xaxis{xaxis[1:]}"
-    y_name = "yaxis" if yaxis == "y" else f"yaxis{yaxis[1:]}"
+    layout.setdefault("images", []).append(dict(
+        source=photo_uri(photo), xref=f"x{axis}", yref=f"y{axis}", x=origin, y=origin, sizex=gw, sizey=gh,
+        xanchor="left", yanchor="top", sizing="stretch", layer="below", opacity=opacity))
     hidden = dict(showgrid=False, zeroline=False, showticklabels=False, ticks="", showline=False, fixedrange=True)
-    fig.update_layout({x_name: dict(range=[0, gw], constrain="domain", **hidden),
-                       y_name: dict(range=[gh, 0], scaleanchor=xaxis, scaleratio=1, constrain="domain", **hidden)})
+    layout[f"xaxis{axis}"] = {**layout.get(f"xaxis{axis}", {}), "range": [origin, origin + gw], "constrain": "domain",
+                              **hidden}
+    layout[f"yaxis{axis}"] = {**layout.get(f"yaxis{axis}", {}), "range": [origin + gh, origin],
+                              "scaleanchor": f"x{axis}", "scaleratio": 1, "constrain": "domain", **hidden}
 
 
 def centres(ids: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -97,9 +124,16 @@ def segments(src: np.ndarray, dst: np.ndarray, grid: tuple[int, int]) -> tuple[l
     """Line segments between patch centres as one scatter's x and y (None between segments)."""
     xs, ys = centres(src, grid)
     xd, yd = centres(dst, grid)
-    x = np.stack([xs, xd, np.full_like(xs, np.nan)], 1).ravel()
-    y = np.stack([ys, yd, np.full_like(ys, np.nan)], 1).ravel()
-    return [None if np.isnan(v) else round(float(v), 2) for v in x], [None if np.isnan(v) else round(float(v), 2) for v in y]
+    gap = [None] * len(xs)
+    x = [v for triple in zip(xs.tolist(), xd.tolist(), gap) for v in triple]
+    y = [v for triple in zip(ys.tolist(), yd.tolist(), gap) for v in triple]
+    return x, y
+
+
+def g4(value: float) -> float:
+    """A number rounded to the 4 significant digits a hover shows (a whole number as an int: '1', not '1.0')."""
+    rounded = float(f"{value:.4g}")
+    return int(rounded) if rounded.is_integer() and abs(rounded) < 1e15 else rounded
 
 
 def numpy(t, image: int = 0) -> Optional[np.ndarray]:
@@ -110,7 +144,7 @@ def numpy(t, image: int = 0) -> Optional[np.ndarray]:
     return a.astype(np.float64) if a.dtype.kind == "f" else a.astype(np.int64)
 
 
-SCORE_FORMULAS = {  # how the selection score is made from its two factors (gtp/functional.py)
+SCORE_FORMULAS = {  # how the selection score is made from its two factors (SPEC.md section 3)
     "mixed_attn": "regeneration × broadcasting", "sum_attn": "regeneration + broadcasting",
     "diag_attn": "regeneration", "img_attn": "broadcasting",
 }
@@ -159,14 +193,15 @@ FIGURES: BoundedCache = BoundedCache("figures", limits.FIGURE_CACHE_ENTRIES, lim
 """Every view of a run, drawn once: by (run key, view), shared by all sessions."""
 
 
-def cached(exp: Exploration, view: tuple, make: Callable):
-    """The figure `view` of this run, drawn once (`make`) and then taken from the cache."""
-    return FIGURES.get_or_make((exp.key,) + view, make)
+def cached(exp: Exploration, key: tuple, make: Callable):
+    """The value `key` of this run (a figure's JSON, a GIF frame), made once (`make`) and then
+    taken from the cache. An exception in `make` leaves nothing cached."""
+    return FIGURES.get_or_make((exp.key,) + key, make)
 
 
-def plot_data(fig: go.Figure) -> PlotData:
+def plot_data(fig: Figure) -> PlotData:
     """A figure as `gr.Plot` takes it, serialised once."""
-    return PlotData(type="plotly", plot=fig.to_json())
+    return PlotData(type="plotly", plot=to_json(fig))
 
 
 def figure_of(value: PlotData) -> dict:
@@ -174,23 +209,29 @@ def figure_of(value: PlotData) -> dict:
     return json.loads(value.plot)
 
 
-def message(text: str, height: int = 160) -> go.Figure:
+def message(text: str, height: int = 160) -> Figure:
     """A figure holding only a sentence: why this view has nothing to show."""
-    fig = go.Figure()
-    fig.add_annotation(text=escape(text), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
-                       font_size=14)
-    theme(fig, height)
     hidden = dict(visible=False, fixedrange=True)
-    fig.update_layout(xaxis=hidden, yaxis=hidden, meta={"message": text})
-    return fig
+    return figure([], {"xaxis": hidden, "yaxis": hidden, "meta": {"message": text},
+                       "annotations": [dict(text=escape(text), x=0.5, y=0.5, xref="paper", yref="paper",
+                                            showarrow=False, font={"size": 14})]}, height)
 
 
-def view(exp: Exploration, key: tuple, make: Callable[[], go.Figure]) -> PlotData:
-    """The view's figure, made once per run and kept as JSON; a ValueError of the builder
-    (data the run does not hold) becomes a figure saying so."""
+PHOTO_ROUTE = "gradio_api/file="   # Gradio's file route, relative to the page (which may sit under a path)
+
+
+def photo_of(exp: Exploration) -> str:
+    """The run's photo as every figure of the run names it: a file the page serves, sent once
+    (`app.core.files.PHOTO_DIR`; `app.ui.layout` lets Gradio serve it), not a copy per figure."""
+    return cached(exp, ("photo",), lambda: PHOTO_ROUTE + str(files.photo_file(exp.model_input)))
+
+
+def view(exp: Exploration, key: tuple, make: Callable[[], Figure]) -> PlotData:
+    """The view's figure, made once per run and kept as JSON. Data the run does not hold
+    (`Unavailable`) is a figure saying so; any other exception is a bug and propagates."""
     def draw() -> str:
         try:
-            return make().to_json()
-        except ValueError as e:
-            return message(str(e)).to_json()
+            return to_json(make())
+        except Unavailable as e:
+            return to_json(message(str(e)))
     return PlotData(type="plotly", plot=cached(exp, ("plotly",) + key, draw))

@@ -1,31 +1,26 @@
-"""GTP, ToMe and pruning side by side: on each method's map every patch is coloured by the
-block in which its token left, and its hover says when and how (propagated to ..., merged
-into ..., dropped) or that it stayed to the end.
+"""The compared token-reduction methods side by side (`gtp.methods.compared()`: GTP, ToMe and
+pruning): on each method's map every patch is coloured by the block in which its token left,
+and its hover says when and how (propagated to ..., merged into ..., dropped) or that it stayed
+to the end.
 
 Data (plain lists, e.g. from the app's comparison): `removed[method][b]` = original patch ids
 whose token left in block b; optionally `destinations[method][b]` = {patch id: receiving
 patch ids} (for GTP: `app.views.base.gtp_destinations(trace)`; for ToMe:
 `tome_destinations(merged, merged_into)` from `gtp.tome.merged_ids_of` / `merged_into_of`).
+How each method's tokens leave, in words, is the method's own description (`Method.how`).
 """
 from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
-
 from gradio.components.plot import PlotData
 
-from ..core.results import COMPARED, METHOD_LABELS, Exploration
-from .base import PhotoLike, gtp_destinations, patch_name, photo_axes, theme, view
+from gtp import methods
 
-LABELS = {"gtp": "GTP", "tome": "ToMe", "pruning": "Pruning", "evit": "EViT"}
-HOW = {"gtp": ("propagated", "to"), "tome": ("merged", "into"), "pruning": ("dropped", ""),
-       "evit": ("fused into the average token", "")}
-# A ToMe partner is a token that may already stand for several patches; it is named by the
-# patch it started as (gtp.tome.merged_into_of), so the hover says whose token it is.
-RECEIVER = {"tome": "the token of "}
+from ..core.results import Exploration
+from .base import Figure, PhotoLike, figure, gtp_destinations, patch_name, photo_axes, photo_of, typed, view
+
 MAX_LISTED = 6
 
 
@@ -48,16 +43,18 @@ def tome_destinations(merged: Sequence[Sequence[int]], merged_into: Sequence[Seq
 
 
 def how_it_left(method: str, block: int, receivers: Optional[Sequence[int]], grid: tuple[int, int]) -> str:
-    """'propagated in block 3 to patch 12 (row 0, col 12), ...' or 'merged in block 3 into the
-    token of patch 12 (row 0, col 12)' (block 0-based, shown 1-based)."""
-    verb, prep = HOW.get(method, ("removed", ""))
-    text = f"{verb} in block {block + 1}"
-    if prep and receivers:
-        names = [RECEIVER.get(method, "") + patch_name(int(r), grid) for r in receivers[:MAX_LISTED]]
+    """'propagated in block 3 to patch 12, patch 13, ...' or 'merged in block 3 into the token of
+    patch 12 (row 0, col 12)' (block 0-based, shown 1-based; a single receiver is named with its
+    row and column)."""
+    how = methods.METHODS[method].how if method in methods.METHODS else methods.How("removed")
+    text = f"{how.verb} in block {block + 1}"
+    if how.preposition and receivers:
+        shown = [int(r) for r in receivers[:MAX_LISTED]]
+        names = [how.receiver + (patch_name(r, grid) if len(receivers) == 1 else f"patch {r}") for r in shown]
         more = f" and {len(receivers) - MAX_LISTED} more" if len(receivers) > MAX_LISTED else ""
-        text += f" {prep} " + ", ".join(names) + more
-    elif prep:
-        text += f" {prep} another token (partner not recorded)"
+        text += f" {how.preposition} " + ", ".join(names) + more
+    elif how.preposition:
+        text += f" {how.preposition} another token (partner not recorded)"
     return text
 
 
@@ -73,52 +70,64 @@ def _left_in(removed: Sequence[Sequence[int]], n: int) -> np.ndarray:
 
 def compare_figure(photo: PhotoLike, grid: tuple[int, int], removed: Mapping[str, Sequence[Sequence[int]]],
                    destinations: Optional[Mapping[str, Sequence[Mapping[int, Sequence[int]]]]] = None,
-                   labels: Optional[Mapping[str, str]] = None, height: int = 420) -> go.Figure:
+                   labels: Optional[Mapping[str, str]] = None, height: int = 420) -> Figure:
     """One map per method (in `removed`'s order) over the photo.
 
     grid: (rows, cols) of the patch grid; removed: method -> per block the patch ids that
     left there; destinations: method -> per block {patch id: receiving ids}; labels: method
-    -> title (defaults: GTP, ToMe, Pruning).
+    -> title (defaults: the method's label).
     """
-    methods = list(removed)
-    if not methods:
+    names = list(removed)
+    if not names:
         raise ValueError("compare_figure needs at least one method's removed ids")
     gh, gw = grid
     depth = max(len(v) for v in removed.values())
-    titles = [(labels or {}).get(m, LABELS.get(m, m)) for m in methods]
-    fig = make_subplots(rows=1, cols=len(methods), horizontal_spacing=0.02, subplot_titles=titles)
-    for k, method in enumerate(methods):
+    titles = [(labels or {}).get(m, methods.METHODS[m].label if m in methods.METHODS else m) for m in names]
+    cells = [[[r * gw + c, r, c] for c in range(gw)] for r in range(gh)]
+    data, layout = [], {"annotations": []}
+    width = 1 / len(names)
+    for k, method in enumerate(names):
         left = _left_in(removed[method], gh * gw)
         dest = (destinations or {}).get(method)
-        text = []
-        for pid in range(gh * gw):
-            b = int(left[pid])
-            what = "stayed to the end" if b < 0 else how_it_left(
-                method, b, dest[b].get(pid) if dest is not None and b < len(dest) else None, grid)
-            text.append(f"{patch_name(pid, grid)}<br>{titles[k]}: {what}")
-        z = np.where(left < 0, np.nan, left + 1).reshape(gh, gw).astype(np.float32)
+        what = ["stayed to the end" if b < 0 else how_it_left(
+                    method, b, dest[b].get(pid) if dest is not None and b < len(dest) else None, grid)
+                for pid, b in enumerate(left.tolist())]
         axis = "" if k == 0 else str(k + 1)
-        fig.add_trace(go.Heatmap(
-            z=z, x0=0.5, dx=1, y0=0.5, dy=1, colorscale="Plasma", zmin=1, zmax=max(depth, 2), opacity=0.7,
-            text=np.array(text, dtype=object).reshape(gh, gw).tolist(), hovertemplate="%{text}<extra></extra>",
-            hoverongaps=True, name=titles[k], meta={"method": method}, showscale=k == len(methods) - 1,
-            colorbar=dict(title_text="left in block", thickness=12, dtick=1 if depth <= 12 else 2)),
-            row=1, col=k + 1)
-        photo_axes(fig, photo, grid, xaxis=f"x{axis}", yaxis=f"y{axis}")
-    theme(fig, height)
-    fig.update_layout(margin=dict(t=30))
+        data.append(dict(
+            type="heatmap", z=typed(np.where(left < 0, np.nan, left + 1).reshape(gh, gw)), x0=0.5, dx=1, y0=0.5, dy=1,
+            xaxis=f"x{axis}", yaxis=f"y{axis}", colorscale="Plasma", zmin=1, zmax=max(depth, 2), opacity=0.7,
+            customdata=cells, text=np.array(what, dtype=object).reshape(gh, gw).tolist(), hoverongaps=True,
+            hovertemplate=("patch %{customdata[0]} (row %{customdata[1]}, col %{customdata[2]})<br>"
+                           f"{titles[k]}: %{{text}}<extra></extra>"),
+            name=titles[k], meta={"method": method}, showscale=k == len(names) - 1,
+            colorbar=dict(title=dict(text="left in block"), thickness=12, dtick=1 if depth <= 12 else 2)))
+        domain = [k * width + (0.01 if k else 0), (k + 1) * width - (0.01 if k < len(names) - 1 else 0)]
+        layout[f"xaxis{axis}"] = dict(domain=domain, anchor=f"y{axis}")
+        layout[f"yaxis{axis}"] = dict(anchor=f"x{axis}")
+        layout["annotations"].append(dict(text=titles[k], xref="paper", yref="paper", x=(domain[0] + domain[1]) / 2,
+                                          y=1.0, xanchor="center", yanchor="bottom", showarrow=False,
+                                          font=dict(size=13)))
+        photo_axes(layout, photo, grid, axis=axis)
+    fig = figure(data, layout, height)
+    fig["layout"]["margin"]["t"] = 30
     return fig
 
 
 def compare(exp: Exploration) -> PlotData:
-    """GTP, ToMe and pruning on the photo: per patch the block where its token left and how."""
-    def make() -> go.Figure:
-        comp = exp.comparison
-        removed = {m: [list(ids) for ids in comp.method(m).removed] for m in COMPARED}
-        destinations = {"gtp": gtp_destinations(exp.trace)}
-        tome = comp.method("tome")
-        if tome.merged_into is not None:
-            destinations["tome"] = tome_destinations(tome.removed, tome.merged_into)
-        labels = {m: f"{METHOD_LABELS[m]}: {comp.method(m).num_removed} tokens removed" for m in COMPARED}
-        return compare_figure(exp.model_input, exp.trace.grid_size, removed, destinations, labels)
+    """The compared methods on the photo: per patch the block where its token left and how.
+    `exp` must hold its comparison (`app.core.inference.compared`)."""
+    comp = exp.comparison
+    if comp is None:
+        raise ValueError("the exploration has no comparison yet: call inference.compared(exp) first")
+
+    def make() -> Figure:
+        removed = {m.method: [list(ids) for ids in m.removed] for m in comp.methods}
+        destinations = {}
+        for m in comp.methods:
+            if m.method == "gtp":
+                destinations["gtp"] = gtp_destinations(exp.trace)
+            elif m.merged_into is not None:
+                destinations[m.method] = tome_destinations(m.removed, m.merged_into)
+        labels = {m.method: f"{m.label}: {m.num_removed} tokens removed" for m in comp.methods}
+        return compare_figure(photo_of(exp), exp.trace.grid_size, removed, destinations, labels)
     return view(exp, ("compare",), make)
