@@ -22,6 +22,7 @@ from app.ui import events, handlers as H  # noqa: E402
 from app.views import attention as A, base as V, gif as C, graphs as G, tradeoff as T, walk as W  # noqa: E402
 
 from test_plots import render  # noqa: E402
+from conftest import figure_of  # noqa: E402
 
 CAT = str(Path(__file__).resolve().parent.parent / "assets" / "chelsea.png")
 
@@ -43,7 +44,7 @@ def test_attention_after_sparsification_has_zeros(exp):
     stats = A.attention_stats(exp, 0, 0)
     assert stats["zeroed_fraction"] == pytest.approx(0.4, abs=0.01)  # theta = 0.6
     assert 0 < stats["mass_removed"] < 1
-    (after,) = V.figure_of(A.attention(exp, 0, 0))["data"]
+    (after,) = figure_of(A.attention(exp, 0, 0))["data"]
     signed = array(after["z"])                      # a zeroed entry is minus its value before
     assert signed.shape == (197, 197) and (signed == 0).sum() == 0
     assert (signed < 0).mean() == pytest.approx(stats["zeroed_fraction"], abs=0.01)
@@ -51,7 +52,7 @@ def test_attention_after_sparsification_has_zeros(exp):
 
 def test_graph_hover_lists_each_tokens_neighbours(exp):
     """Hovering a token of the graph view tells its neighbours (it replaces clicking a patch)."""
-    fig = V.figure_of(G.graph(exp, "spatial + semantic"))
+    fig = figure_of(G.graph(exp, "spatial + semantic"))
     tokens = next(t for t in fig["data"] if (t.get("meta") or {}).get("role") == "tokens")
     near = G.neighbours_of(exp, "spatial + semantic", 17)
     assert sorted(near["spatial"]) == [2, 3, 4, 16, 18, 30, 31, 32] and len(near["semantic"]) == 8
@@ -61,7 +62,7 @@ def test_graph_hover_lists_each_tokens_neighbours(exp):
     hover = render(tokens["hovertemplate"], rows[list(rows[:, 0]).index(17)].tolist())
     assert "patch 17.0 (row 1.0, col 3.0)" in hover           # (plotly.js prints 17, 1, 3)
     assert all(f"· patch {float(j)}: " in hover for j in near["spatial"] + near["semantic"])
-    sim = V.figure_of(G.similarity(exp, 17))["data"][0]
+    sim = figure_of(G.similarity(exp, 17))["data"][0]
     assert np.allclose(array(sim["z"]).ravel(), exp.trace.similarity[0, 17].float().numpy(), atol=1e-6)
     assert "cosine similarity to patch 17" in sim["hovertemplate"]
 
@@ -71,7 +72,7 @@ def test_missing_data_is_a_figure_that_says_why(exp, monkeypatch):
         raise V.Unavailable("attention maps were not recorded")
     monkeypatch.setattr(A, "attention_figure", no_maps)
     V.FIGURES.clear()
-    fig = V.figure_of(A.attention(exp, 5, 1))
+    fig = figure_of(A.attention(exp, 5, 1))
     assert fig["layout"]["meta"]["message"] == "attention maps were not recorded"
     V.FIGURES.clear()
 
@@ -90,7 +91,7 @@ def test_a_bug_in_a_figure_builder_is_a_bug_never_a_message_and_never_cached(exp
     assert "reshape" in caplog.text                                  # logged with its traceback for whoever runs it
     assert not any(key[1:3] == ("plotly", "graph") for key in _keys())  # nothing cached
     monkeypatch.undo()
-    assert V.figure_of(G.graph(exp, "spatial"))["data"]              # the real builder draws it afterwards
+    assert figure_of(G.graph(exp, "spatial"))["data"]              # the real builder draws it afterwards
 
 
 def _keys() -> list:
@@ -107,7 +108,7 @@ def test_input_errors_keep_their_message(exp):
 def test_a_run_sends_its_photo_once_as_a_served_file(exp):
     """Every figure of a run names the same small file (served by the page), none carries a copy."""
     sources = {im["source"] for view in (W.walk(exp, 0), G.graph(exp, "spatial"), G.similarity(exp, 3),
-                                         A.cls_attention(exp, 0, 0)) for im in V.figure_of(view)["layout"]["images"]}
+                                         A.cls_attention(exp, 0, 0)) for im in figure_of(view)["layout"]["images"]}
     assert len(sources) == 1
     (source,) = sources
     path = Path(source.removeprefix(V.PHOTO_ROUTE))
@@ -128,7 +129,7 @@ def test_figures_are_cached_per_run_and_never_change_the_run(exp):
 def test_tradeoff_labels_are_text_and_series_are_bounded():
     names = [f"$\\frac{{{i}$" for i in range(40)]  # LaTeX for plotly.js (MathJax): must stay text
     sweep = [{"gmacs": 3 + i / 10, "top1": 70 + i / 10, "agreement": None, "method": m} for i, m in enumerate(names)]
-    fig = V.figure_of(T.tradeoff(published_results(), "deit_small_patch16_224", None, sweep))
+    fig = figure_of(T.tradeoff(published_results(), "deit_small_patch16_224", None, sweep))
     series = [t for t in fig["data"] if (t.get("meta") or {}).get("role") == "sweep"]
     assert len(series) == limits.MAX_SWEEP_METHODS + 1
     assert any(f"{40 - limits.MAX_SWEEP_METHODS} other methods" in t["name"] for t in series)

@@ -18,8 +18,9 @@ from app.core import inference  # noqa: E402
 from app.core.errors import InputError  # noqa: E402
 from app.core.settings import make_settings  # noqa: E402
 from app.ui import events, handlers as H  # noqa: E402
-from app.views import base as V, graphs as G  # noqa: E402
+from app.views import graphs as G  # noqa: E402
 from test_app_figures import array as F_array  # noqa: E402
+from conftest import figure_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CAT = str(ROOT / "assets" / "chelsea.png")
@@ -46,12 +47,12 @@ def every_tab(first: dict, view: H.View = H.View()) -> dict:
 
 def is_plot(value) -> bool:
     """A gr.Plot value holding a real figure (traces drawn, not a figure that only says why not)."""
-    fig = V.figure_of(value)
+    fig = figure_of(value)
     return bool(fig["data"]) and "message" not in (fig["layout"].get("meta") or {})
 
 
 def roles(value) -> set[str]:
-    return {(t.get("meta") or {}).get("role") for t in V.figure_of(value)["data"]}
+    return {(t.get("meta") or {}).get("role") for t in figure_of(value)["data"]}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_every_tab_fills_its_panels(ui):
     for name in PLOTS:
         assert is_plot(ui[name]), name
     assert sum(len(ui[name].plot) for name in PLOTS) < 600_000  # the figure data of one run (issue 17)
-    walk = V.figure_of(ui["walk_plot"])
+    walk = figure_of(ui["walk_plot"])
     assert len(walk["layout"]["sliders"][0]["steps"]) == 12 and walk["layout"]["sliders"][0]["active"] == 2
     assert "GMACs" in ui["metrics"] and "latency" in ui["metrics"]
     assert "Token 98" in ui["neighbours_md"]
@@ -95,7 +96,7 @@ def test_gmacs_of_a_new_setting_follow_the_panels_in_the_same_event():
     assert "state" not in second and is_plot(second["tradeoff_plot"])
 
     def gtp_now(plot) -> list[str]:
-        return [t["name"] for t in V.figure_of(plot)["data"] if t.get("name", "").startswith("GTP now")]
+        return [t["name"] for t in figure_of(plot)["data"] if t.get("name", "").startswith("GTP now")]
     assert gtp_now(first["tradeoff_plot"]) == [] and gtp_now(second["tradeoff_plot"]) == [
         f"GTP now: {g.of('gtp'):.2f} GMACs (DeiT-Ti, measured)"]
     again = run(num_prop=13)  # counted once: the next run has them at once, in one update
@@ -111,7 +112,7 @@ def test_view_events_never_rerun_the_model(ui, monkeypatch):
     for name in ("explore_photo", "run_photo", "compare_photo"):
         monkeypatch.setattr(inference, name, forbidden)
     for b in range(1, 13):
-        assert V.figure_of(H.draw_layer(exp, b)["walk_plot"])["layout"]["sliders"][0]["active"] == b - 1
+        assert figure_of(H.draw_layer(exp, b)["walk_plot"])["layout"]["sliders"][0]["active"] == b - 1
         out = H.draw_attention(exp, b, b % exp.num_heads)
         assert is_plot(out["attn_plot"]) and is_plot(out["cls_plot"]) and f"Block {b}, head {b % exp.num_heads}" in out["attn_md"]
     assert is_plot(H.draw_compare(exp)["compare_plot"])
@@ -165,7 +166,7 @@ def test_throughput_is_measured_bounded_and_says_how(ui):
     out = H.measure(ui["state"], 1, [{"setting": "another", "batch_size": 1}], None)
     measured = out["throughput_state"]
     assert "batch size 1" in out["throughput_md"] and len(measured) == 2 and measured[-1]["batch_size"] == 1
-    rates = [t for t in V.figure_of(out["tradeoff_plot"])["data"] if (t.get("meta") or {}).get("role") == "throughput"]
+    rates = [t for t in figure_of(out["tradeoff_plot"])["data"] if (t.get("meta") or {}).get("role") == "throughput"]
     assert len(rates) == 2 and [t["x"] for t in rates] == [[1], [1]]   # this setting's measurement only
     assert rates[1]["y"][0] == pytest.approx(measured[-1]["gtp_img_per_s"])
 
@@ -212,7 +213,7 @@ def test_compare_three_methods_same_budget_equal_gmacs(compared):
     md = updates[-1]["compare_md"]
     assert f"{gm['tome']:.3f}" in md and "counting" not in md and "KL" in md
     plot, text = updates[0]["compare_plot"], updates[0]["compare_md"]
-    assert is_plot(plot) and [t["meta"]["method"] for t in V.figure_of(plot)["data"]] == ["gtp", "tome", "pruning"]
+    assert is_plot(plot) and [t["meta"]["method"] for t in figure_of(plot)["data"]] == ["gtp", "tome", "pruning"]
     assert "Same photo, same token budget" in text and "ToMe" in text and "Pruning" in text
 
 
@@ -225,7 +226,7 @@ def test_compare_view_tells_per_patch_when_and_how_it_left(compared, monkeypatch
     monkeypatch.setattr(inference, "compare_photo", forbidden)
     plot = H.draw_compare(exp)["compare_plot"]
     assert H.draw_compare(exp)["compare_plot"].plot is plot.plot   # cached: the same figure again
-    maps = {t["meta"]["method"]: t for t in V.figure_of(plot)["data"]}
+    maps = {t["meta"]["method"]: t for t in figure_of(plot)["data"]}
     how = {"gtp": "propagated in block {} to patch", "tome": "merged in block {} into the token of patch",
            "pruning": "dropped in block {}"}
     for m in exp.comparison.methods:
@@ -249,7 +250,7 @@ def test_compare_follows_a_per_block_schedule():
     for m in exp.comparison.methods:
         assert [len(ids) for ids in m.removed] == [int(p) for p in schedule.split(",")], m.method
         assert m.tokens_per_block[-1] == 197 - 120
-    z = F_array(V.figure_of(H.draw_compare(exp)["compare_plot"])["data"][0]["z"])
+    z = F_array(figure_of(H.draw_compare(exp)["compare_plot"])["data"][0]["z"])
     assert np.nanmin(z) == 7                                   # nothing removed before block 7
 
 

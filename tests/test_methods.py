@@ -72,7 +72,7 @@ def test_a_registered_method_appears_in_the_compare_tab_and_the_api(registered):
     from app.core.photos import open_photo
     from app.core.settings import make_settings
     from app.ui import api, handlers as H
-    from app.views.base import figure_of
+    from conftest import figure_of
     first = next(iter(H.run(CAT, make_settings("deit_tiny_patch16_224", num_prop=3))))
     panels = list(H.open_tab("compare", first["state"], first["shown"]))
     exp = panels[0]["state"]

@@ -51,7 +51,7 @@ def test_sweep_loader_reads_the_gtp_sweep_format(tmp_path):
     """Records as `python -m gtp sweep` documents them: percents, nulls, lists, nested timing."""
     from app.core.assets import published_results
     from app.views import tradeoff as F
-    from app.views.base import figure_of
+    from conftest import figure_of
     common = dict(model="deit_small_patch16_224", weights="random", data="/data", limit=None, images=50,
                   labelled=False, top1=None, top5=None, full_top1=None, full_top5=None, kl=0.1, cosine=0.99,
                   cosine_min=0.9, full_gmacs=4.599, timing={"device": "cpu", "img_per_s": 10.0})
@@ -148,7 +148,7 @@ def test_names_become_one_short_line_of_text():
 def test_tradeoff_chart_draws_any_method_name():
     """Method names from a sweep file are shown as plain text in the chart the app draws."""
     from app.ui import handlers as H
-    from app.views.base import figure_of
+    from conftest import figure_of
     got, _ = parse_sweep(json.dumps([{"method": r"$\frac{$", "gmacs": 3.0, "top1": 70.0},
                                      {"method": "$x$", "gmacs": 4.0, "agreement": 90.0}]))
     chart = figure_of(H.draw_tradeoff(None, got))

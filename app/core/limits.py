@@ -33,8 +33,9 @@ GMACS_CACHE_ENTRIES = 512
 
 FIGURE_CACHE_ENTRIES = 512
 FIGURE_CACHE_BYTES = 192 * 2**20
-"""Drawn figures kept (by run key + view), as plotly JSON: at most ~0.5 MB each, ~1.4 MB
-for all the views of one deit_small run (`python scripts/app_latency.py` prints them)."""
+"""Drawn figures kept (by run key + view), as plotly JSON: at most ~0.25 MB each, ~0.6 MB for
+all the views of one deit_small run (`python scripts/app_latency.py` prints them); the GIF's
+frames of a run (~7 MB of pictures) when its Downloads are made."""
 
 TRADEOFF_CACHE_ENTRIES = 32
 """Trade-off charts kept (by measured GMACs + sweep records)."""
@@ -71,6 +72,15 @@ PHOTO_FILES_KEPT = 256
 """Photos kept on disk for the figures that show them (~8 kB each): more than the figure cache
 can hold runs of (FIGURE_CACHE_ENTRIES over the 7 views of a run), so a cached figure never
 loses its photo."""
+
+
+# ----------------------------------------------------------------------------- uploaded photos
+
+MAX_PHOTO_BYTES = 50 * 2**20   # a photo file larger than this is refused unread
+MAX_PIXELS = 50_000_000        # decoding refused past this many pixels (a decompression bomb)
+MIN_SIDE = 16                  # pixels; smaller than this there is no picture to split into patches
+MAX_FRAMES_COUNTED = 100       # an animation's frames are counted (for the note) up to this many
+WORKING_SIDE = 1024            # photos are shrunk to this longest side before anything else (speed)
 
 
 # ----------------------------------------------------------------------------- uploaded sweep files
@@ -110,8 +120,8 @@ MAX_MEASUREMENTS = 16
 GPU_DURATION_RUN_S = 20
 """ZeroGPU reservation (seconds) for one new photo: GTP (traced, then timed), the full model
 (once) and the compared methods. Measured on this project's shared 2-core CPU (no GPU was
-available to measure on): one call takes 1-3 s warm (deit_small / deit_base); a GPU runs the
-same 5 forwards at batch 1 in well under a second, so 20 s leaves room for a cold worker's CUDA set-up
+available to measure on; load average 3): one call takes 1.7-2 s warm for deit_small and 9-13 s
+for deit_base; a GPU runs the same 5 forwards at batch 1 in well under a second, so 20 s leaves room for a cold worker's CUDA set-up
 while staying far below the 60 s default (a shorter reservation queues sooner). To re-measure
 on the Space's card, time one `app.core.inference.run_photo` call on CUDA and set 3x its cold time."""
 

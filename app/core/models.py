@@ -11,7 +11,6 @@ import gc
 import os
 import re
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -93,16 +92,3 @@ def weights_banner(name: str, pretrained: bool, message: str) -> str:
         f"To use real weights, upload a `.safetensors`/`.pth` file under *Your own weights*, or "
         f"put `{name}.safetensors` in the folder named by the `GTP_WEIGHTS_DIR` "
         f"environment variable and restart.")
-
-
-def wait_idle(timeout: float = 120.0) -> bool:
-    """Wait until no model is running (e.g. before a test process exits: torch aborts the
-    interpreter if it is torn down under a running forward). True if idle in time."""
-    deadline = time.monotonic() + timeout
-    for _ in range(2):  # twice, a moment apart: a queued event may just be starting
-        for slot in MODELS.values():
-            if not slot.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                return False
-            slot.lock.release()
-        time.sleep(0.5)
-    return True

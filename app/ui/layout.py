@@ -194,7 +194,7 @@ def _compare_tab(ui: dict) -> None:
                 "for how: " + ", ".join(f"{m.how.verb} ({m.label})" for m in methods.compared()) + ".")
     ui["compare_button"] = gr.Button("Compare", elem_id="gtp-compare")
     ui["compare_plot"] = _plot("Where each token left, and how", "gtp-compare-plot")
-    ui["compare_md"] = gr.Markdown("Run a photo: the three methods run with it.", elem_id="gtp-compare-md")
+    ui["compare_md"] = gr.Markdown("Run a photo: the methods run when this tab opens.", elem_id="gtp-compare-md")
 
 
 def _learn_tab(ui: dict) -> None:

@@ -204,11 +204,6 @@ def plot_data(fig: Figure) -> PlotData:
     return PlotData(type="plotly", plot=to_json(fig))
 
 
-def figure_of(value: PlotData) -> dict:
-    """The figure JSON (data, layout) a view handed to `gr.Plot` (for tests and scripts)."""
-    return json.loads(value.plot)
-
-
 def message(text: str, height: int = 160) -> Figure:
     """A figure holding only a sentence: why this view has nothing to show."""
     hidden = dict(visible=False, fixedrange=True)
