@@ -51,3 +51,11 @@ def test_the_model_cache_is_bounded(monkeypatch):
     for name in ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_tiny_patch16_224"):
         models.get_model(name)
     assert len(models.MODELS) <= limits.MODEL_CACHE_ENTRIES
+
+
+def test_messages_name_files_never_their_folders():
+    from app.core.errors import file_names_only
+    assert file_names_only("could not load weights from '/srv/x/y/m.safetensors': bad") == \
+        "could not load weights from 'm.safetensors': bad"
+    assert file_names_only("Loaded weights from /a/b/c.pth (timm), P=8/12") == "Loaded weights from c.pth (timm), P=8/12"
+    assert models.weights_banner("m", True, "from /home/u/w.safetensors") == "Weights: from w.safetensors"

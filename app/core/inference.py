@@ -34,8 +34,8 @@ from gtp.measure.metrics import Timer, cosine, device_name, features_and_logits,
 
 from . import limits
 from .caches import BoundedCache
-from .errors import InputError
-from .models import DEVICE, ZERO_GPU, ModelSlot, file_names_only, get_model
+from .errors import InputError, file_names_only
+from .models import DEVICE, ZERO_GPU, ModelSlot, get_model
 from .photos import Photo
 from .results import (
     CompareJob, Comparison, Exploration, MethodResult, MethodRun, ModelInfo, Outputs, RunJob, RunResult, Throughput,

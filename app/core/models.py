@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 import threading
 from dataclasses import dataclass, field
 from typing import Optional
@@ -20,7 +19,7 @@ from gtp.models import SUPPORTED_MODELS, LoadedModel, load_model
 
 from . import limits
 from .caches import BoundedCache
-from .errors import InputError
+from .errors import InputError, file_names_only
 from .settings import DEFAULT_MODEL
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -70,15 +69,6 @@ def get_model(name: str, weights: Optional[str] = None) -> ModelSlot:
 def preload() -> None:
     """Load the default model now (on the GPU where there is one): called at start-up."""
     get_model(DEFAULT_MODEL)
-
-
-_FOLDERS = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\\/\s'\"`]+)+[\\/](?=[^\\/\s'\"`]+)")
-
-
-def file_names_only(text: str) -> str:
-    """`text` with every absolute path cut to its file name: the page never shows where a file
-    lies on the server ("/srv/cache/x/model.safetensors" -> "model.safetensors")."""
-    return _FOLDERS.sub("", text)
 
 
 def weights_banner(name: str, pretrained: bool, message: str) -> str:

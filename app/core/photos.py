@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from gtp.images import to_rgb
 
-from .errors import InputError
+from .errors import InputError, file_names_only
 from .limits import MAX_FRAMES_COUNTED, MAX_PHOTO_BYTES, MAX_PIXELS, MIN_SIDE, WORKING_SIDE
 
 # PIL refuses (DecompressionBombError) images over 2x this many pixels and warns over 1x;
@@ -99,7 +99,8 @@ def open_photo(path: Union[str, Path, None]) -> Photo:
                 "(JPEG, PNG, WebP, GIF, BMP or TIFF).") from None
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             # PIL reports truncated and corrupt files as OSError (sometimes SyntaxError/EOFError).
-            raise PhotoError(f"The image file is damaged or truncated and cannot be decoded ({e}).") from None
+            raise PhotoError(f"The image file is damaged or truncated and cannot be decoded "
+                             f"({file_names_only(str(e))}).") from None
     notes = []
     if mode != "RGB":
         notes.append(f"converted a {_describe(mode)} image to RGB")

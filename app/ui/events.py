@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import gradio as gr
 
-from ..core.errors import InputError
+from ..core.errors import InputError, file_names_only
 from ..core.settings import make_settings
 from ..views import walk
 from . import api
@@ -39,7 +39,7 @@ def page_error(e: Exception) -> gr.Error:
     if isinstance(e, gr.Error):
         return e
     if isinstance(e, InputError):
-        return gr.Error(str(e), title="Cannot do that")
+        return gr.Error(file_names_only(str(e)), title="Cannot do that")
     log.error("bug in an event handler", exc_info=e)
     return gr.Error(BUG, title="Something went wrong")
 
