@@ -177,7 +177,8 @@ def _wire_runs(demo: gr.Blocks, ui: dict) -> None:
 def _wire_views(ui: dict) -> None:
     # The layer walk's slider and Play run in the browser (`app.views.walk.PLAY_JS`): no request.
     ui["play"].click(None, js=walk.PLAY_JS, **HIDDEN)
-    gr.on([ui["graph_kind"].change, ui["token"].change],
+    # .input, not .change: a run setting the token for a new model must not draw a tab not on view
+    gr.on([ui["graph_kind"].input, ui["token"].input],
           **bind(ui, H.draw_graph, H.TAB_PANELS["graphs"]), **VIEW_QUEUE)
     gr.on([ui["attn_block"].change, ui["head"].change],
           **bind(ui, H.draw_attention, H.TAB_PANELS["attention"]), **VIEW_QUEUE)
