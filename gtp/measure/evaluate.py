@@ -24,7 +24,6 @@ equals the one-process record.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -39,9 +38,9 @@ from ..flops import gmacs as count_gmacs
 from ..options import add_data_arguments, gtp_kwargs
 from .data import ImageDataset, ImageSet, imagenet_classes, scan_folder
 from .distributed import Dist, close_distributed, gather, init_distributed, shard_batches, sum_counts
-from .records import format_record, write_csv, write_json
 from .metrics import (Timer, cosine, device_name, features_and_logits, kl_divergence, top1_agreement,
                       top_k_hits)
+from .records import format_record, write_csv, write_json
 
 
 # ------------------------------------------------------------------------- evaluation
