@@ -7,9 +7,9 @@ import spaces  # noqa: F401  - first, as ZeroGPU asks (a no-op anywhere else)
 
 import threading
 
-from app import limits
-from app.layout import CSS, create_app
-from app.models import DEVICE, preload
+from app.core import limits
+from app.core.models import DEVICE, preload
+from app.ui.layout import CSS, create_app
 from gtp import kernels
 
 if DEVICE.type == "cuda":  # ZeroGPU: the model goes to the GPU at start-up, outside any request

@@ -1,9 +1,9 @@
 """How close each token-reduction method keeps the final CLS feature of a REAL pretrained ViT.
 
-Runs the offline DINOv2 ViT-S/14 weights (../shared/weights, see the README there) on real
-photos (assets/*.png, *.jpg by default) and prints, per method at equal token counts
-(P propagated / pruned / fused tokens or r merged tokens per block), the GMACs and the
-cosine similarity of the final CLS feature with the unpatched model's:
+Runs the offline DINOv2 ViT-S/14 weights (the `shared/weights` folder beside the checkout, see
+the README there) on real photos (assets/*.png, *.jpg by default) and prints, per method at
+equal token counts (P propagated / pruned / fused tokens or r merged tokens per block), the GMACs
+and the cosine similarity of the final CLS feature with the unpatched model's:
 
     python scripts/fidelity.py [--num-prop 8 16] [--weights FILE] [--json OUT] [IMAGE ...]
 

@@ -1,9 +1,11 @@
 """Shared fixtures: seeded random timm models, the real DINOv2 weights when present."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -33,7 +35,7 @@ def random_model(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
 
 
 def dinov2_model() -> torch.nn.Module:
-    """The real DINOv2 ViT-S/14 from ../shared/weights (skips where absent)."""
+    """The real DINOv2 ViT-S/14 from the `shared/weights` folder beside the checkout (skips where absent)."""
     if not DINOV2_FILE.exists():
         pytest.skip(f"real weights not found at {DINOV2_FILE}")
     return timm.create_model(
@@ -62,11 +64,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def figure_of(value) -> dict:
+    """The figure (data, layout) a view handed to `gr.Plot`."""
+    return json.loads(value.plot)
+
+
+def wait_idle(timeout: float = 120.0) -> bool:
+    """Wait until no model of the app is running (before a test module's server goes: torch aborts
+    the interpreter if it is torn down under a running forward). True if idle in time."""
+    from app.core.models import MODELS
+    deadline = time.monotonic() + timeout
+    for _ in range(2):  # twice, a moment apart: a queued event may just be starting
+        for slot in MODELS.values():
+            if not slot.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return False
+            slot.lock.release()
+        time.sleep(0.5)
+    return True
+
+
 @pytest.fixture(scope="module")
 def url():
     """The app launched in this process on a free port: its base URL."""
-    from app.inference import wait_idle
-    from app.layout import CSS, create_app
+    from app.ui.layout import CSS, create_app
     demo = create_app()
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, css=CSS)

@@ -1,4 +1,4 @@
-"""A slow, obviously-correct GTP written straight from METHOD.md, one image at a time.
+"""A slow, obviously-correct GTP written straight from SPEC.md, one image at a time.
 
 It shares no code with `gtp`: plain loops over tokens and heads, using only the
 timm block's own layers. Tests compare the fast batched implementation with it.
@@ -11,7 +11,7 @@ import torch
 
 
 def _graph(patches: torch.Tensor, grid: tuple[int, int], graph: str, num_neighbours: int) -> torch.Tensor:
-    """METHOD.md section 1 for one image: patches [N, C] -> W [N, N]."""
+    """SPEC.md section 1 for one image: patches [N, C] -> W [N, N]."""
     N = patches.shape[0]
     gh, gw = grid
     adj = [[0.0] * N for _ in range(N)]
@@ -56,7 +56,7 @@ def _attention(blk, x: torch.Tensor, size: list[float], token_scale: bool, spars
 
 
 def _scores(maps: torch.Tensor, p0: int, selection: str) -> list[float]:
-    """METHOD.md section 3 for one image: maps [H, n, n] -> one score per patch token."""
+    """SPEC.md section 3 for one image: maps [H, n, n] -> one score per patch token."""
     H, n, _ = maps.shape
     reduce = max if selection.endswith("_max") else (lambda vals: sum(vals) / len(vals))
     scores = []

@@ -73,8 +73,8 @@ def test_explore_real_photo_with_defaults(client):
 def test_compare_endpoint_matches_the_public_api(client):
     """/compare: the same tokens removed per block by each method, numbers as the library gives them."""
     import gtp
-    from app.models import get_model
-    from app.photos import open_photo
+    from app.core.models import get_model
+    from app.core.photos import open_photo
     from gtp.models import preprocess
     comparison = client.predict(handle_file(CAT), num_prop=4, api_name="/compare")
     assert comparison["budget"] == [4] * 12

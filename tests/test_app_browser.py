@@ -107,7 +107,7 @@ def visible_block(page, with_step: bool = False):
 
 def explored(size: tuple[int, int]):
     """The app's run of the photo of this size (from the server's run cache: this process)."""
-    from app.inference import RUNS
+    from app.core.inference import RUNS
     return next(e for e in RUNS.values() if tuple(e.photo_size) == size)
 
 

@@ -1,12 +1,13 @@
-"""The one cache type (app/caches.py): bounded by entries and bytes, safe across threads."""
+"""The one cache type (app/core/caches.py): bounded by entries and bytes, safe across threads;
+the run cache holds to its bound."""
 from __future__ import annotations
 
 import threading
 
 import torch
 
-from app import limits
-from app.caches import BoundedCache, nbytes
+from app.core.caches import BoundedCache, nbytes
+from conftest import ROOT
 
 
 def test_entries_bound_drops_the_least_recently_used():
@@ -43,10 +44,15 @@ def test_concurrent_use_keeps_the_bounds():
     assert cache.bytes == sum(nbytes(v) for v in cache.values())
 
 
-def test_the_app_caches_are_bounded_as_documented():
-    from app import costs, draw, handlers, inference, models
-    assert models.MODELS.max_entries == limits.MODEL_CACHE_ENTRIES
-    assert inference.RUNS.max_entries == limits.RUN_CACHE_ENTRIES and inference.RUNS.max_bytes == limits.RUN_CACHE_BYTES
-    assert costs.GMACS.max_entries == limits.GMACS_CACHE_ENTRIES
-    assert draw.FIGURES.max_bytes == limits.FIGURE_CACHE_BYTES
-    assert handlers._TRADEOFF.max_entries == limits.TRADEOFF_CACHE_ENTRIES
+def test_the_run_cache_keeps_its_bound_and_drops_the_oldest_run(monkeypatch):
+    """Runs of new settings beyond the bound push the oldest out; the newest stay answerable."""
+    from app.core import inference
+    from app.core.photos import open_photo
+    from app.core.settings import make_settings
+    monkeypatch.setattr(inference.RUNS, "max_entries", 3)
+    inference.RUNS.clear()
+    photo = open_photo(str(ROOT / "assets" / "chelsea.png"))
+    runs = [inference.explore_photo(photo, make_settings("deit_tiny_patch16_224", num_prop=p)) for p in range(1, 6)]
+    assert len(inference.RUNS) == 3 and runs[0].key not in inference.RUNS and runs[-1].key in inference.RUNS
+    assert inference.RUNS.bytes <= inference.RUNS.max_bytes
+    assert inference.explore_photo(photo, make_settings("deit_tiny_patch16_224", num_prop=5)) is runs[-1]

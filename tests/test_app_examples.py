@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from app.examples import EXAMPLE_PHOTOS, published_results
-from app.photos import PhotoError, open_photo
+from app.core.assets import EXAMPLE_PHOTOS, published_results
+from app.core.photos import PhotoError, open_photo
 
 ROOT = Path(__file__).resolve().parent.parent
 CAT = str(ROOT / "assets" / "chelsea.png")

@@ -1,7 +1,8 @@
-"""Starting and stopping the app (app.py, app/limits.py, app/files.py): the server's address,
-launch bounds, session state expiry, files removed when no longer needed and at exit."""
+"""Starting and stopping the app (app.py, app/core/limits.py, app/core/files.py): the server's
+address, launch bounds, session state expiry, files removed when no longer needed and at exit."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -31,34 +32,32 @@ def test_app_py_honours_gradio_server_env(tmp_path):
             assert proc.poll() is None, (tmp_path / "app.log").read_text()
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2) as r:
-                    assert r.status == 200 and "explore" in r.read().decode()
+                    config = json.loads(r.read().decode())
                     break
             except OSError:
                 time.sleep(1)
         else:
             pytest.fail("app.py did not answer on GRADIO_SERVER_PORT within 180 s")
+        # app.py launched with the bounds: the served page caps uploads at the app's own bound
+        from app.core import limits
+        assert config["max_file_size"] == limits.MAX_UPLOAD_BYTES
+        assert any(d.get("api_name") == "explore" for d in config["dependencies"])
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
 
 
-def test_app_py_launches_with_the_bounds():
-    src = (ROOT / "app.py").read_text()
-    assert "limits.launch_options()" in src
-    from app import limits
-    from app.text import UPLOAD_NOTE
-    options = limits.launch_options()
-    assert options["state_session_capacity"] == limits.SESSION_CAPACITY <= 1000
-    import gradio.utils
-    assert gradio.utils._parse_file_size(options["max_file_size"]) == limits.MAX_UPLOAD_BYTES
-    assert 350 * 2**20 < limits.MAX_UPLOAD_BYTES <= 512 * 2**20  # room for deit_base weights, no more
+def test_the_upload_bound_fits_the_largest_weights_and_the_page_says_it():
+    from app.core import limits
+    from app.ui.text import UPLOAD_NOTE
+    assert 350 * 2**20 < limits.MAX_UPLOAD_BYTES <= 512 * 2**20  # room for deit_base weights (~346 MB), no more
     assert f"{limits.MAX_UPLOAD_BYTES // 2**20} MB" in UPLOAD_NOTE
 
 
 def test_session_state_expires_and_gradio_cleans_its_cache():
-    from app import limits
-    from app.layout import build_demo
+    from app.core import limits
+    from app.ui.layout import build_demo
     import gradio as gr
     demo = build_demo()
     states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
@@ -67,7 +66,7 @@ def test_session_state_expires_and_gradio_cleans_its_cache():
 
 
 def test_download_folders_are_bounded(monkeypatch):
-    from app import files, limits
+    from app.core import files, limits
     monkeypatch.setattr(limits, "DOWNLOAD_FOLDERS_KEPT", 3)
     folders = [files.download_folder() for _ in range(6)]
     assert [f.exists() for f in folders] == [False] * 3 + [True] * 3
@@ -75,7 +74,7 @@ def test_download_folders_are_bounded(monkeypatch):
 
 SIGTERM_CHILD = textwrap.dedent("""
     import sys, time
-    from app import files
+    from app.core import files
     (files.download_folder() / "trace.json").write_text("{}")
     print(files.ROOT, flush=True)
     time.sleep(60)
@@ -99,8 +98,8 @@ def test_uploads_over_the_cap_are_refused_with_a_message(tmp_path):
     """The cap is Gradio's `max_file_size` (set from `limits.launch_options`); shown here with a
     small cap so the test needs no 400 MB file."""
     from gradio_client import Client, handle_file
-    from app import limits
-    from app.layout import create_app
+    from app.core import limits
+    from app.ui.layout import create_app
     demo = create_app()
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,

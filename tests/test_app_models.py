@@ -11,12 +11,13 @@ from safetensors.torch import save_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from app import limits, models  # noqa: E402
+from app.core import limits, models  # noqa: E402
+from app.core.errors import InputError  # noqa: E402
 from conftest import random_model  # noqa: E402
 
 
 def test_unknown_model_is_refused_by_name():
-    with pytest.raises(ValueError, match="resnet50"):
+    with pytest.raises(InputError, match="resnet50"):
         models.get_model("resnet50")
 
 
@@ -36,7 +37,7 @@ def test_a_refused_weights_file_frees_the_model_it_built(tmp_path, monkeypatch, 
         return original(model, *args, **kwargs)
     monkeypatch.setattr(builder, "load_pretrained", recording)
     before = len(models.MODELS)
-    with pytest.raises(ValueError, match="could not load weights") as info:
+    with pytest.raises(InputError, match="could not load weights") as info:
         models.get_model(target, str(path))
     assert built, "the load never built a model"
     assert info.value.__context__ is None and info.value.__cause__ is None  # no chain back to the frames
@@ -50,3 +51,11 @@ def test_the_model_cache_is_bounded(monkeypatch):
     for name in ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_tiny_patch16_224"):
         models.get_model(name)
     assert len(models.MODELS) <= limits.MODEL_CACHE_ENTRIES
+
+
+def test_messages_name_files_never_their_folders():
+    from app.core.errors import file_names_only
+    assert file_names_only("could not load weights from '/srv/x/y/m.safetensors': bad") == \
+        "could not load weights from 'm.safetensors': bad"
+    assert file_names_only("Loaded weights from /a/b/c.pth (timm), P=8/12") == "Loaded weights from c.pth (timm), P=8/12"
+    assert models.weights_banner("m", True, "from /home/u/w.safetensors") == "Weights: from w.safetensors"

@@ -1,4 +1,4 @@
-"""Settings and controls built from GTPConfig's fields (app/settings.py, app/layout.py)."""
+"""Settings and controls built from GTPConfig's fields (app/core/settings.py, app/ui/layout.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,8 +7,9 @@ import gradio as gr
 import pytest
 
 import gtp
-from app.layout import settings_controls
-from app.settings import Settings, hyper_parameters, make_settings, parse_schedule
+from app.core.settings import Settings, hyper_parameters, make_settings, parse_schedule
+from app.ui.layout import settings_controls
+from app.core.errors import InputError
 
 
 def test_every_config_field_has_a_control_with_the_published_default():
@@ -38,29 +39,30 @@ def test_a_new_config_field_appears_in_the_app_and_is_validated():
     assert controls["temperature"].value == 0.5 and "τ" in controls["temperature"].label
     assert isinstance(controls["kernel"], gr.Dropdown)
     settings = make_settings(config_cls=extended, temperature="1.5", kernel="exact")
-    assert settings.temperature == 1.5 and settings.kernel == "exact"
-    with pytest.raises(ValueError, match="temperature"):
+    assert settings.config.temperature == 1.5 and settings.config.kernel == "exact"
+    with pytest.raises(InputError, match="temperature"):
         make_settings(config_cls=extended, temperature="hot")
-    with pytest.raises(ValueError, match="kernel must be one of"):
+    with pytest.raises(InputError, match="kernel must be one of"):
         make_settings(config_cls=extended, kernel="slow")
 
 
 def test_make_settings_checks_types_and_names():
     s = make_settings("deit_tiny_patch16_224", num_prop=4.0, sparsity="0.5", token_scale=False)
-    assert s.num_prop == 4 and isinstance(s.num_prop, int) and s.sparsity == 0.5 and s.token_scale is False
+    assert s.config.num_prop == 4 and isinstance(s.config.num_prop, int) and s.config.sparsity == 0.5
+    assert s.config.token_scale is False
     assert hash(s) == hash(make_settings("deit_tiny_patch16_224", num_prop=4, sparsity=0.5, token_scale=False))
     for bad, message in [(dict(num_prop=2.5), "whole number"), (dict(num_prop="x"), "must be a number"),
                          (dict(alpha=float("nan")), "finite"), (dict(token_scale="yes"), "true or false"),
                          (dict(graph="ring"), "must be one of"), (dict(bogus=1), "unknown"),
                          (dict(schedule="8, x"), "comma-separated")]:
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(InputError, match=message):
             make_settings(**bad)
 
 
 def test_parse_schedule():
     assert parse_schedule("") is None and parse_schedule(None) is None
     assert parse_schedule(" 8, 8 ,4 ") == [8, 8, 4]
-    with pytest.raises(ValueError, match="comma-separated"):
+    with pytest.raises(InputError, match="comma-separated"):
         parse_schedule("8, x")
     assert Settings(schedule="1,2").patch_kwargs()["num_prop"] == [1, 2]
     assert make_settings(schedule="1,2").patch_kwargs()["num_prop"] == [1, 2]

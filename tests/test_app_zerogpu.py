@@ -1,5 +1,6 @@
-"""The GPU functions (app/inference.py) as ZeroGPU runs them, checked on the CPU: picklable
-arguments and results, inputs left unchanged, and the same answer from a forked process."""
+"""The GPU functions (app/core/inference.py) as ZeroGPU runs them, checked on the CPU: picklable
+arguments and results, inputs left unchanged, the same answer from a forked process, every
+forward of a photo in one call on ZeroGPU, and settings refused before any GPU call."""
 from __future__ import annotations
 
 import json
@@ -15,10 +16,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from app import inference, models  # noqa: E402
-from app.photos import open_photo  # noqa: E402
-from app.results import RunJob, RunResult, Throughput, ThroughputJob, UserError  # noqa: E402
-from app.settings import make_settings  # noqa: E402
+from app.core import inference, models  # noqa: E402
+from app.core.photos import open_photo  # noqa: E402
+from app.core.errors import InputError  # noqa: E402
+from app.core.results import CompareJob, RunJob, RunResult, Throughput, ThroughputJob  # noqa: E402
+from app.core.settings import make_settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CAT = str(ROOT / "assets" / "chelsea.png")
@@ -27,8 +29,10 @@ SETTINGS = make_settings("deit_tiny_patch16_224", num_prop=6)
 
 @pytest.fixture(scope="module")
 def job() -> RunJob:
+    """A new photo's job as a ZeroGPU Space makes it: every forward in one call."""
     slot = models.get_model(SETTINGS.model)  # loaded before the GPU call, as the app does
-    return RunJob(settings=SETTINGS, x=inference.model_input(open_photo(CAT), slot))
+    budget = inference.check_settings(slot, SETTINGS)
+    return RunJob(settings=SETTINGS, x=inference.model_input(open_photo(CAT), slot), budget=budget, compare=True)
 
 
 def roundtrip(value):
@@ -36,17 +40,18 @@ def roundtrip(value):
 
 
 def same_run(a: RunResult, b: RunResult) -> bool:
-    """Equal measurements (latency aside: it is a timing)."""
+    """Equal measurements (timings aside)."""
     return (a.full_top5 == b.full_top5 and a.gtp_top5 == b.gtp_top5 and a.feature_cosine == b.feature_cosine
-            and a.trace.summary() == b.trace.summary() and a.comparison.methods == b.comparison.methods
-            and a.comparison.budget == b.comparison.budget and a.num_heads == b.num_heads)
+            and a.trace.summary() == b.trace.summary() and a.num_heads == b.num_heads
+            and [(o.method, o.blocks) for o in a.others] == [(o.method, o.blocks) for o in b.others]
+            and all(torch.equal(o.outputs.logits, p.outputs.logits) for o, p in zip(a.others, b.others)))
 
 
 def test_run_photo_arguments_and_result_pickle(job):
     again = roundtrip(job)
     assert again.settings == job.settings and torch.equal(again.x, job.x)
     result = inference.run_photo(job)
-    assert isinstance(result, RunResult)
+    assert isinstance(result, RunResult) and [o.method for o in result.others] == ["tome", "pruning"]
     copy = roundtrip(result)
     assert same_run(copy, result) and copy.latency_ms == result.latency_ms and copy.device == result.device
     assert all(t.device.type == "cpu" for t in (copy.trace.layers[0].attn_after, copy.trace.similarity))
@@ -77,10 +82,10 @@ FORK_SCRIPT = textwrap.dedent("""
     import json, multiprocessing, pickle, sys
     import torch
     torch.set_num_threads(1)
-    from app import inference, models
-    from app.photos import open_photo
-    from app.results import RunJob, ThroughputJob, UserError
-    from app.settings import make_settings
+    from app.core import inference, models
+    from app.core.photos import open_photo
+    from app.core.results import RunJob, ThroughputJob
+    from app.core.settings import make_settings
 
     def child(fn, arg, queue):
         queue.put(pickle.dumps(fn(pickle.loads(arg))))
@@ -100,17 +105,15 @@ FORK_SCRIPT = textwrap.dedent("""
     settings = make_settings("deit_tiny_patch16_224", num_prop=6)
     slot = models.get_model(settings.model)
     x = inference.model_input(open_photo(sys.argv[1]), slot)
-    job = RunJob(settings=settings, x=x)
+    job = RunJob(settings=settings, x=x, budget=inference.check_settings(slot, settings), compare=True)
     here = inference.run_photo(job)
     there = forked(inference.run_photo, job)
-    bad = forked(inference.run_photo, RunJob(settings=make_settings(settings.model, schedule="8,8"), x=x))
     rate = forked(inference.measure_throughput, ThroughputJob(settings, x, 2, 1.0, 3))
     print(json.dumps({
         "same_trace": there.trace.summary() == here.trace.summary(),
         "same_top5": [there.full_top5, there.gtp_top5] == [here.full_top5, here.gtp_top5],
-        "same_comparison": there.comparison.methods == here.comparison.methods,
+        "same_comparison": [(o.method, o.blocks) for o in there.others] == [(o.method, o.blocks) for o in here.others],
         "same_cosine": there.feature_cosine == here.feature_cosine,
-        "bad": bad.message if isinstance(bad, UserError) else repr(bad),
         "rate": [rate.batch_size, rate.timed_batches, rate.full_img_per_s > 0, rate.gtp_img_per_s > 0],
     }))
 """)
@@ -124,18 +127,49 @@ def test_forked_process_gives_the_same_results_as_in_process():
     assert out.returncode == 0, out.stderr[-3000:]
     verdict = json.loads(out.stdout.strip().splitlines()[-1])
     assert verdict["same_trace"] and verdict["same_top5"] and verdict["same_comparison"] and verdict["same_cosine"]
-    assert "12 entries" in verdict["bad"]                    # refusals cross as a message, not a lost exception
     batch, timed, full_ok, gtp_ok = verdict["rate"]
     assert batch == 2 and 1 <= timed <= 3 and full_ok and gtp_ok
 
 
-def test_impossible_settings_are_a_message_in_process_too(job):
-    bad = RunJob(settings=make_settings("deit_tiny_patch16_224", schedule="8,8"), x=job.x)
-    result = inference.run_photo(bad)
-    assert isinstance(result, UserError) and "12 entries" in result.message
-    assert roundtrip(result) == result
-    with pytest.raises(ValueError, match="12 entries"):
-        inference.explore_photo(open_photo(CAT), bad.settings)
+def test_impossible_settings_are_refused_before_any_gpu_call(job, monkeypatch):
+    """Whatever the person can get wrong is checked outside the GPU functions (ZeroGPU replaces an
+    exception raised in its worker), so inside them an exception is a bug."""
+    def no_gpu(*a, **k):
+        raise AssertionError("a GPU function was called")
+    monkeypatch.setattr(inference, "run_photo", no_gpu)
+    bad = make_settings("deit_tiny_patch16_224", schedule="8,8")
+    with pytest.raises(InputError, match="12 entries"):
+        inference.explore_photo(open_photo(CAT), bad)
+    with pytest.raises(InputError, match="maximum|195"):
+        inference.explore_photo(open_photo(CAT), make_settings("deit_tiny_patch16_224", num_prop=500))
+
+
+def test_one_gpu_call_per_photo_on_zerogpu(monkeypatch):
+    """On ZeroGPU a new photo runs every forward in run_photo (the Compare tab then runs nothing);
+    elsewhere the comparison waits for the tab and reuses the full model's outputs."""
+    calls = []
+    real = {name: getattr(inference, name) for name in ("run_photo", "compare_photo")}
+    for name, fn in real.items():
+        monkeypatch.setattr(inference, name, lambda job, fn=fn, name=name: calls.append(name) or fn(job))
+    inference.RUNS.clear()
+    monkeypatch.setattr(inference, "ZERO_GPU", True)
+    exp = inference.explore_photo(open_photo(CAT), make_settings("deit_tiny_patch16_224", num_prop=5))
+    assert exp.comparison is not None and inference.compared(exp) is exp and calls == ["run_photo"]
+    monkeypatch.setattr(inference, "ZERO_GPU", False)
+    calls.clear()
+    exp = inference.explore_photo(open_photo(CAT), make_settings("deit_tiny_patch16_224", num_prop=6))
+    assert exp.comparison is None and calls == ["run_photo"]
+    done = inference.compared(exp)
+    assert calls == ["run_photo", "compare_photo"] and done.run is exp.run    # the full model's outputs reused
+    assert inference.compared(exp) is done and calls == ["run_photo", "compare_photo"]   # cached
+
+
+def test_compare_job_and_result_pickle(job):
+    cjob = CompareJob(settings=job.settings, x=job.x, budget=job.budget)
+    runs = inference.compare_photo(roundtrip(cjob))
+    again = roundtrip(runs)
+    assert [r.method for r in runs] == ["tome", "pruning"] and [r.blocks for r in again] == [r.blocks for r in runs]
+    assert all(torch.equal(a.outputs.logits, b.outputs.logits) for a, b in zip(again, runs))
 
 
 def test_throughput_job_and_result_pickle_and_inputs_stay(job):
@@ -148,14 +182,36 @@ def test_throughput_job_and_result_pickle_and_inputs_stay(job):
     assert roundtrip(result) == result and torch.equal(job.x, x_before)
 
 
-def test_gpu_functions_have_a_measured_duration_and_gmacs_stay_outside():
-    import inspect
-    from app import limits
-    src = inspect.getsource(inference)
-    assert f"@spaces.GPU(duration=limits.GPU_DURATION_RUN_S)" in src
-    assert "@spaces.GPU(duration=limits.GPU_DURATION_THROUGHPUT_S)" in src
-    assert "@spaces.GPU\n" not in src                        # never bare (60 s default)
-    assert 0 < limits.GPU_DURATION_RUN_S < 60 and "gmacs" not in inspect.getsource(inference.run_photo)
+DURATIONS_SCRIPT = textwrap.dedent("""
+    import json, spaces
+    durations = {}
+    def GPU(fn=None, duration=None, **kwargs):   # what ZeroGPU's decorator is given, recorded
+        def wrap(f):
+            durations[f.__name__] = duration
+            return f
+        return wrap(fn) if callable(fn) else wrap
+    spaces.GPU = GPU
+    from app.core import inference, limits
+    print(json.dumps([durations, limits.GPU_DURATION_RUN_S, limits.GPU_DURATION_THROUGHPUT_S]))
+""")
+
+
+def test_every_gpu_function_asks_for_its_measured_duration():
+    out = subprocess.run([sys.executable, "-c", DURATIONS_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    durations, run_s, throughput_s = json.loads(out.stdout.strip().splitlines()[-1])
+    assert durations == {"run_photo": run_s, "compare_photo": run_s, "measure_throughput": throughput_s}
+    assert 0 < run_s < 60 and 0 < throughput_s < 60                  # never ZeroGPU's 60 s default
+
+
+def test_gmacs_are_counted_outside_the_gpu_call(job, monkeypatch):
+    import torch.utils.flop_counter as fc
+
+    def forbidden(*a, **k):
+        raise AssertionError("GMACs counted inside a GPU function")
+    monkeypatch.setattr(fc.FlopCounterMode, "__enter__", forbidden)
+    assert isinstance(inference.run_photo(job), RunResult)
 
 
 def test_throughput_stops_at_its_time_budget(job):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import re
 import subprocess
@@ -156,47 +155,3 @@ def test_bench_is_wired(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--num-prop" in out and "--model" in out
-
-
-def _imports(root: Path) -> dict[str, set[str]]:
-    """gtp module -> the gtp modules it imports anywhere in its text (lazy imports included)."""
-    def name_of(path: Path) -> str:
-        parts = list(path.relative_to(root).with_suffix("").parts)
-        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-    files = {name_of(p): p for p in (root / "gtp").rglob("*.py")}
-    graph = {}
-    for name, path in files.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                base = package
-                for _ in range(node.level - 1):
-                    base = base.rpartition(".")[0]
-                module = (base + (f".{node.module}" if node.module else "")) if node.level else node.module
-                for alias in node.names:  # `from . import tome` depends on gtp.tome, not on gtp
-                    deps.add(f"{module}.{alias.name}" if f"{module}.{alias.name}" in files else module)
-            elif isinstance(node, ast.Import):
-                deps.update(a.name for a in node.names)
-        graph[name] = {d for d in deps if d in files and d != name}
-    return graph
-
-
-def test_no_import_cycles_and_nothing_imports_the_cli():
-    graph = _imports(ROOT)
-    assert {"gtp.options", "gtp.measure.metrics", "gtp.measure.evaluate", "gtp.measure.sweep"} <= set(graph)
-    assert [m for m, deps in graph.items() if "gtp.cli" in deps] == ["gtp.__main__"]
-    state: dict[str, int] = {}
-
-    def visit(module: str, path: list[str]) -> None:
-        state[module] = 1  # on the current path
-        for dep in sorted(graph[module]):
-            assert state.get(dep) != 1, "import cycle: " + " -> ".join(path + [module, dep])
-            if dep not in state:
-                visit(dep, path + [module])
-        state[module] = 2
-
-    for module in sorted(graph):
-        if module not in state:
-            visit(module, [])

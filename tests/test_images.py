@@ -103,7 +103,8 @@ def test_photo_frames_counted_up_to_a_bound(tmp_path, monkeypatch):
     to MAX_FRAMES_COUNTED, since counting them all costs seconds for a million-frame file."""
     from PIL import GifImagePlugin
 
-    from app.photos import MAX_FRAMES_COUNTED, open_photo
+    from app.core.limits import MAX_FRAMES_COUNTED
+    from app.core.photos import open_photo
     seeks = []
     real_seek = GifImagePlugin.GifImageFile.seek
     monkeypatch.setattr(GifImagePlugin.GifImageFile, "seek", lambda self, f: (seeks.append(f), real_seek(self, f))[1])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gtp import cli
-from gtp.baselines import METHODS, apply_method, describe, method_fn
+from gtp.methods import METHODS, apply_method, describe, method_fn
 from gtp.measure import sweep
 from gtp.measure.data import scan_folder
 from gtp.measure.evaluate import Evaluator

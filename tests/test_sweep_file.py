@@ -1,4 +1,4 @@
-"""app.examples: reading an uploaded sweep file: tolerant of formats, bounded against abuse
+"""app.core.sweep_file: reading an uploaded sweep file: tolerant of formats, bounded against abuse
 (bytes, nesting depth, records, distinct methods, label length), names shown as plain text."""
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from app import examples as E
-from app.examples import json_depth, load_sweep, parse_sweep, plain_text
+from app.core import sweep_file as E
+from app.core.sweep_file import json_depth, load_sweep, parse_sweep, plain_text
+from app.core.errors import InputError
 
 
 def _rows(n: int, methods: int = 1) -> list[dict]:
@@ -38,18 +39,19 @@ def test_sweep_loader_is_tolerant(tmp_path):
     got, _ = parse_sweep(json.dumps(records[:1]))  # a bare list
     assert len(got) == 1
     for bad in ("", "{not json", "a,b\n1,2\n", json.dumps([{"gmacs": 1}])):
-        with pytest.raises(ValueError):
+        with pytest.raises(InputError):
             parse_sweep(bad)
     binary = tmp_path / "sweep.bin.json"
     binary.write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(ValueError, match="not a text"):
+    with pytest.raises(InputError, match="not a text"):
         load_sweep(binary)
 
 
 def test_sweep_loader_reads_the_gtp_sweep_format(tmp_path):
     """Records as `python -m gtp sweep` documents them: percents, nulls, lists, nested timing."""
-    from app import figures as F
-    from app.examples import published_results
+    from app.core.assets import published_results
+    from app.views import tradeoff as F
+    from conftest import figure_of
     common = dict(model="deit_small_patch16_224", weights="random", data="/data", limit=None, images=50,
                   labelled=False, top1=None, top5=None, full_top1=None, full_top5=None, kl=0.1, cosine=0.99,
                   cosine_min=0.9, full_gmacs=4.599, timing={"device": "cpu", "img_per_s": 10.0})
@@ -65,7 +67,7 @@ def test_sweep_loader_reads_the_gtp_sweep_format(tmp_path):
     assert [r["method"] for r in got] == ["full", "gtp", "tome"]
     assert [r["agreement"] for r in got] == [100.0, 0.8, 96.0]  # percents stay percents
     assert all(r["top1"] is None for r in got) and "3 record" in message
-    chart = F.figure_of(F.tradeoff(published_results(), "deit_small_patch16_224", None, got))
+    chart = figure_of(F.tradeoff(published_results(), "deit_small_patch16_224", None, got))
     sweep = [t for t in chart["data"] if (t.get("meta") or {}).get("role") == "sweep"]
     assert sorted(len(t["x"]) for t in sweep) == [1, 1, 1]   # one agreement series per method
 
@@ -78,7 +80,7 @@ def test_oversize_file_refused_unread(tmp_path, monkeypatch):
     with open(path, "wb") as f:  # sparse: no disk used
         f.truncate(E.MAX_SWEEP_BYTES + 1)
     monkeypatch.setattr(type(path), "read_bytes", lambda self: pytest.fail("read an oversize file"))
-    with pytest.raises(ValueError, match=f"at most {E.MAX_SWEEP_BYTES // 2**20} MB"):
+    with pytest.raises(InputError, match=f"at most {E.MAX_SWEEP_BYTES // 2**20} MB"):
         load_sweep(path)
 
 
@@ -87,15 +89,15 @@ def test_deeply_nested_json_is_refused_without_recursion(tmp_path):
     for opener, closer in (("[", "]"), ('{"a":', "}")):
         path = tmp_path / "deep.json"
         path.write_text(opener * 100_000 + "1" + closer * 100_000)
-        with pytest.raises(ValueError, match=f"100,000 levels deep; a sweep file needs at most {E.MAX_SWEEP_DEPTH}"):
+        with pytest.raises(InputError, match=f"100,000 levels deep; a sweep file needs at most {E.MAX_SWEEP_DEPTH}"):
             load_sweep(path)
     # Just past the bound is refused, at the bound is parsed (and then judged on its records).
     deep = "[" * (E.MAX_SWEEP_DEPTH + 1) + "]" * (E.MAX_SWEEP_DEPTH + 1)
-    with pytest.raises(ValueError, match="levels deep"):
+    with pytest.raises(InputError, match="levels deep"):
         parse_sweep(deep)
     at_bound = "[" * (E.MAX_SWEEP_DEPTH - 2) + json.dumps(_rows(1)) + "]" * (E.MAX_SWEEP_DEPTH - 2)
     assert json_depth(at_bound) == E.MAX_SWEEP_DEPTH
-    with pytest.raises(ValueError, match="no usable records"):
+    with pytest.raises(InputError, match="no usable records"):
         parse_sweep(at_bound)
 
 
@@ -117,7 +119,7 @@ def test_too_many_records_refused(fmt):
         ok = "method,gmacs,top1\n" + "m,1.0,70\n" * n
         too_many = ok + "m,2.0,71\n"
     assert len(parse_sweep(ok)[0]) == n
-    with pytest.raises(ValueError, match=f"more than {n:,} records"):
+    with pytest.raises(InputError, match=f"more than {n:,} records"):
         parse_sweep(too_many)
 
 
@@ -126,7 +128,7 @@ def test_too_many_methods_refused():
     n = E.MAX_SWEEP_METHODS
     got, _ = parse_sweep(json.dumps(_rows(2 * n, methods=n)))
     assert len({r["method"] for r in got}) == n
-    with pytest.raises(ValueError, match=f"3,000 different method names.*at most {n}"):
+    with pytest.raises(InputError, match=f"3,000 different method names.*at most {n}"):
         parse_sweep(json.dumps(_rows(3000, methods=3000)))
 
 
@@ -138,15 +140,15 @@ def test_names_become_one_short_line_of_text():
     assert got[0]["method"] == "a b c d e"
     assert len(got[1]["method"]) == E.MAX_LABEL_CHARS and got[1]["method"].endswith("…")
     assert all(len(r["label"]) <= 3 * E.MAX_LABEL_CHARS for r in got)
-    with pytest.raises(ValueError, match=r"^evil name\.json is empty"):
+    with pytest.raises(InputError, match=r"^evil name\.json is empty"):
         parse_sweep("", name="evil\nname.json")
     assert plain_text(12.5) == "12.5" and plain_text("") == ""
 
 
 def test_tradeoff_chart_draws_any_method_name():
     """Method names from a sweep file are shown as plain text in the chart the app draws."""
-    from app import handlers as H
-    from app.figures import figure_of
+    from app.ui import handlers as H
+    from conftest import figure_of
     got, _ = parse_sweep(json.dumps([{"method": r"$\frac{$", "gmacs": 3.0, "top1": 70.0},
                                      {"method": "$x$", "gmacs": 4.0, "agreement": 90.0}]))
     chart = figure_of(H.draw_tradeoff(None, got))

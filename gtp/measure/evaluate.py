@@ -16,127 +16,34 @@ are documented there) with every timing field inside record["timing"], so two ru
 the same data give identical records apart from "timing". `--out BASE` writes
 BASE.json (the record) and BASE.csv (one row, timing columns prefixed "timing.").
 
-Distributed: under `torchrun` (WORLD_SIZE > 1) the process group is initialised from
-the environment (nccl on CUDA, gloo on CPU). The images are cut into the same global
-batches as in one process and rank r takes batches r, r + W, r + 2W, ... (no padding, no
-duplicates), so each image's outputs are bit-identical to a one-process run; counts are
-all-reduced, per-image KL / cosine values are gathered and summed exactly (math.fsum),
-and rank 0 alone prints and writes: the record equals the one-process record.
+Distributed: under `torchrun` each rank measures its share of the images
+(`gtp.measure.distributed`); counts are all-reduced, per-image KL / cosine values are
+gathered and summed exactly (math.fsum), and rank 0 alone prints and writes: the record
+equals the one-process record.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
-import os
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
-import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
-from ..baselines import METHODS, apply_method, describe, reset
+from .. import methods
 from ..flops import gmacs as count_gmacs
 from ..options import add_data_arguments, gtp_kwargs
 from .data import ImageDataset, ImageSet, imagenet_classes, scan_folder
+from .distributed import Dist, close_distributed, gather, init_distributed, shard_batches, sum_counts
 from .metrics import (Timer, cosine, device_name, features_and_logits, kl_divergence, top1_agreement,
                       top_k_hits)
-
-
-# ------------------------------------------------------------------------ distribution
-@dataclass
-class Dist:
-    """This process's place in a (possibly one-process) run."""
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-    owned: bool = False  # this module initialised the process group and must close it
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device: Union[str, torch.device, None] = None) -> Dist:
-    """Join a torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and world > 1 and dev.index is None:
-        dev = torch.device("cuda", local_rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    owned = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-        owned = True
-    if dist.is_initialized():
-        return Dist(dist.get_rank(), dist.get_world_size(), dev, owned)
-    return Dist(0, 1, dev, False)
-
-
-def close_distributed(d: Dist) -> None:
-    if d.owned and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def shard_batches(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
-    """The global batches [0..B-1], [B..2B-1], ... that rank `rank` runs: every world_size-th."""
-    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
-    return batches[rank::world_size]
-
-
-def _gather(obj: Any, d: Dist) -> list[Any]:
-    if not d.active:
-        return [obj]
-    out: list[Any] = [None] * d.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _sum_counts(values: Sequence[int], d: Dist) -> list[int]:
-    t = torch.tensor(list(values), dtype=torch.int64, device=d.device)
-    if d.active:
-        dist.all_reduce(t)
-    return t.tolist()
+from .records import format_record, write_csv, write_json
 
 
 # ------------------------------------------------------------------------- evaluation
-def _progress(total: int, desc: str, enabled: bool):
-    """tqdm when installed (timm's huggingface_hub dependency brings it), else plain stderr lines."""
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-        return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
-    except ImportError:
-        class _Plain:
-            def __init__(self):
-                self.n, self._last = 0, 0.0
-
-            def update(self, k: int) -> None:
-                self.n += k
-                now = time.perf_counter()
-                if now - self._last > 2.0 or self.n >= total:
-                    print(f"{desc}: {self.n}/{total} images", file=sys.stderr, flush=True)
-                    self._last = now
-
-            def close(self) -> None:
-                pass
-        return _Plain()
-
-
 class Evaluator:
     """Runs the full model once (cached) and any number of reduced configurations
     against it on the images of an `ImageSet`, distributed when under torchrun.
@@ -195,15 +102,13 @@ class Evaluator:
         out = {name: dict(logits=[], features=[]) for name, _ in runs}
         timers = {name: Timer(self.dist.device) for name, _ in runs}
         timed_images = {name: 0 for name, _ in runs}
-        bar = _progress(len(self.images), " + ".join(f"{m} {a}" if a is not None else m for m, a in runs),
-                        self.progress and self.dist.is_main)
+        bar = tqdm(total=len(self.images), desc=" + ".join(f"{m} {a}" if a is not None else m for m, a in runs),
+                   unit="img", file=sys.stderr, leave=False, dynamic_ncols=True,
+                   disable=not (self.progress and self.dist.is_main))
         for step, (x, _) in enumerate(self._loader):
             x = x.to(self.dist.device, non_blocking=True)
             for name, amt in runs:
-                if name == "full":
-                    reset(self.model)
-                else:
-                    apply_method(self.model, name, amt, **options)
+                methods.get(name).apply(self.model, amt, **options)
                 timer = timers[name]
                 if step == 0:  # warm-up, untimed
                     features_and_logits(self.model, x, self.has_head)
@@ -212,11 +117,9 @@ class Evaluator:
                 timed_images[name] += x.shape[0]
                 out[name]["logits"].append(None if logits is None else logits.float().cpu())
                 out[name]["features"].append(feats.float().cpu())
-            if bar is not None:
-                bar.update(x.shape[0] * self.dist.world_size)
-        if bar is not None:
-            bar.close()
-        reset(self.model)
+            bar.update(x.shape[0] * self.dist.world_size)
+        bar.close()
+        methods.reset(self.model)
         result = []
         for name, _ in runs:
             o = out[name]
@@ -261,9 +164,10 @@ class Evaluator:
 
         The first call also runs the full model, in the same pass over the data.
         """
-        config = describe(method, amount, **options)
-        apply_method(self.model, method, amount, **options)  # validates before any work
-        reset(self.model)
+        chosen = methods.get(method)
+        config = chosen.describe(amount, **options)
+        chosen.apply(self.model, amount, **options)  # validates before any work
+        methods.reset(self.model)
         if self._ref is None:
             self._ref, red = self._forward_all(None if method == "full" else method, amount, options, True)
         elif method != "full":
@@ -272,17 +176,17 @@ class Evaluator:
         red = ref if method == "full" else red
 
         counts, kl, cos = self._compare(ref, red)
-        n, full_top1, full_top5, red_top1, red_top5, agree = _sum_counts(counts, self.dist)
-        gathered = _gather(dict(kl=kl, cos=cos, full=(ref["timed_images"], ref["seconds"]),
+        n, full_top1, full_top5, red_top1, red_top5, agree = sum_counts(counts, self.dist)
+        gathered = gather(dict(kl=kl, cos=cos, full=(ref["timed_images"], ref["seconds"]),
                                 red=(red["timed_images"], red["seconds"])), self.dist)
         all_kl = [v for g in gathered for v in g["kl"]]
         all_cos = [v for g in gathered for v in g["cos"]]
 
         gm_red = gm_full = None
         if self.dist.is_main:  # only rank 0 writes them
-            apply_method(self.model, method, amount, **options)
-            gm_red = self._gmacs_of(json.dumps([method, config], sort_keys=True))
-            reset(self.model)
+            chosen.apply(self.model, amount, **options)
+            gm_red = self._gmacs_of(chosen.cost_key(amount, **options))
+            methods.reset(self.model)
             gm_full = self._gmacs_of("full")
 
         def pct(c: int) -> Optional[float]:
@@ -321,70 +225,14 @@ class Evaluator:
         }
 
 
-# --------------------------------------------------------------------------- output
-def flatten(record: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> one level with dotted keys; lists become JSON text."""
-    out: dict[str, Any] = {}
-    for k, v in record.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
-    return out
-
-
-def write_csv(records: Sequence[dict], path: Union[str, Path]) -> None:
-    rows = [flatten(r) for r in records]
-    columns: list[str] = []
-    for row in rows:
-        columns += [c for c in row if c not in columns]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
-
-
-def write_json(obj: Any, path: Union[str, Path]) -> None:
-    """Atomic write (temporary file, then rename), so an interrupted run leaves the old file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def format_record(r: dict) -> str:
-    """A few lines for the terminal."""
-    def f(v: Any, spec: str) -> str:
-        if v is None:
-            width = spec.split(".")[0].rstrip("dfg")
-            return "-".rjust(int(width)) if width.isdigit() else "-"
-        return format(v, spec)
-
-    p = r["num_prop"]
-    lines = [f"{r['model']} ({r['weights']} weights) on {r['images']} images of {r['data']}"
-             + ("" if r["labelled"] else " (unlabelled: fidelity only)"),
-             f"method {r['method']} P={p} theta={f(r['sparsity'], 'g')} alpha={f(r['alpha'], 'g')} "
-             f"M={f(r['num_neighbours'], 'd')}",
-             f"{'':10} {'top-1':>8} {'top-5':>8} {'GMACs':>8} {'img/s':>9}",
-             f"{'full':10} {f(r['full_top1'], '8.2f')} {f(r['full_top5'], '8.2f')} "
-             f"{f(r['full_gmacs'], '8.3f')} {f(r['timing']['full_img_per_s'], '9.1f')}",
-             f"{r['method']:10} {f(r['top1'], '8.2f')} {f(r['top5'], '8.2f')} "
-             f"{f(r['gmacs'], '8.3f')} {f(r['timing']['img_per_s'], '9.1f')}",
-             f"top-1 agreement {f(r['agreement'], '.2f')}{'' if r['agreement'] is None else '%'} | KL(full||{r['method']}) {f(r['kl'], '.5f')} | "
-             f"cosine {f(r['cosine'], '.5f')} (min {f(r['cosine_min'], '.5f')})"]
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------ CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `eval` options besides the model and GTP ones: data options, --method, --out."""
     add_data_arguments(parser)
-    parser.add_argument("--method", choices=list(METHODS), default="gtp",
-                        help="reduction compared with the full model; --num-prop gives its P "
-                             "(r for tome); only gtp reads the other GTP options (default gtp)")
+    parser.add_argument("--method", choices=list(methods.METHODS), default="gtp",
+                        help="reduction compared with the full model; --num-prop gives its P (r for tome); "
+                             "only gtp reads the other GTP options (default gtp): "
+                             + "; ".join(f"{m.name}: {m.about}" for m in methods.METHODS.values()))
     parser.add_argument("--out", default=None, metavar="BASE",
                         help="write BASE.json and BASE.csv")
 

@@ -5,7 +5,7 @@ alpha (--alpha) and M (--num-neighbours) lists for each method in --methods (eve
 numeric field of `gtp.GTPConfig` is a search axis; the others are fixed options); random
 search (--search random --trials N --seed S) runs N combinations drawn without
 replacement from that same grid. Methods other than gtp only read P (see
-`gtp.baselines`), so their duplicates collapse to one run per P. A "full" record
+`gtp.methods`), so their duplicates collapse to one run per P. A "full" record
 (the unpatched model) is always included. Every configuration is measured by
 `gtp.measure.evaluate.Evaluator` on the same images against one cached run of the full model.
 
@@ -57,10 +57,12 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from ..baselines import METHODS, describe
+from .. import methods
 from ..config import PUBLISHED, GTPConfig, value_type
 from ..options import add_data_arguments, add_field_option
-from .evaluate import Evaluator, close_distributed, init_distributed, make_evaluator, write_csv, write_json
+from .distributed import close_distributed, init_distributed
+from .evaluate import Evaluator, make_evaluator
+from .records import write_csv, write_json
 
 KEY_FIELDS = ("model", "weights", "data", "limit", "method") + tuple(f.name for f in dataclasses.fields(GTPConfig))
 # The search axes: the numeric hyper-parameters. Each defaults to its published value
@@ -76,7 +78,7 @@ def record_key(record: dict) -> str:
 
 
 def plan(
-        methods: Sequence[str] = ("gtp",),
+        names: Sequence[str] = ("gtp",),
         search: str = "grid",
         trials: Optional[int] = None,
         seed: int = 0,
@@ -88,16 +90,15 @@ def plan(
     num_neighbours; an axis not given takes `DEFAULT_GRID`'s), one value for any other
     GTP option (graph, selection, propagation, token_scale: fixed).
     """
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {m!r}")
+    for m in names:
+        methods.get(m)  # ValueError naming the methods
     if search not in ("grid", "random"):
         raise ValueError(f"search must be grid or random; got {search!r}")
     grid = {name: options.pop(name, DEFAULT_GRID[name]) for name in AXES}
     grid = {name: list(v) if isinstance(v, (list, tuple)) else [v] for name, v in grid.items()}
     axes = [name for name in AXES if name != "num_prop"]
     combos = [(m, values[0], dict(options, **dict(zip(axes, values[1:]))))
-              for m in methods if m != "full"
+              for m in names if m != "full"
               for values in itertools.product(*grid.values())]
     if search == "random":
         if trials is None or trials < 1:
@@ -105,7 +106,7 @@ def plan(
         combos = random.Random(seed).sample(combos, min(trials, len(combos)))
     configs, seen = [], set()
     for m, p, opts in [("full", 0, {})] + combos:
-        key = json.dumps([m, describe(m, p, **opts)], sort_keys=True)
+        key = methods.get(m).cost_key(p, **opts)
         if key not in seen:  # e.g. tome at one P under several theta
             seen.add(key)
             configs.append((m, p, opts))
@@ -148,7 +149,7 @@ def run_sweep(
     meta = {**evaluator.meta, "limit": evaluator.images.limit}
     computed = 0
     for method, amount, opts in configs:
-        key = record_key({**meta, "method": method, **describe(method, amount, **opts)})
+        key = record_key({**meta, "method": method, **methods.describe(method, amount, **opts)})
         if key in done:
             continue
         record = evaluator.measure(method, amount, **opts)
@@ -177,8 +178,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     parser.add_argument("--out", required=True, metavar="FILE.json",
                         help="result file: read to resume, rewritten after each configuration")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=["gtp"],
-                        help="methods to sweep (default gtp; full is always included)")
+    parser.add_argument("--methods", nargs="+", choices=list(methods.METHODS), default=["gtp"],
+                        help="methods to sweep (default gtp; full is always included): "
+                             + "; ".join(f"{m.name}: {m.about}" for m in methods.METHODS.values()))
     axes = parser.add_argument_group("search space (lists)")
     fixed = parser.add_argument_group("fixed GTP options (defaults: the published setting)")
     for f in dataclasses.fields(GTPConfig):

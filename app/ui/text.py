@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from typing import Optional
 
-from . import figures as F
-from .limits import MAX_UPLOAD_BYTES
-from .models import weights_banner
-from .results import METHOD_LABELS, Costs, Exploration, Throughput
+from gtp import methods
+
+from ..core.limits import MAX_UPLOAD_BYTES
+from ..core.models import weights_banner
+from ..core.results import Costs, Exploration, Throughput
+from ..views.graphs import neighbours_of
 
 UPLOAD_NOTE = (f"Uploads up to {MAX_UPLOAD_BYTES // 2**20} MB (room for deit_base weights, ~346 MB); "
                "larger files are refused.")
@@ -27,7 +29,7 @@ def status_markdown(exp: Exploration) -> str:
 def schedule_note(exp: Exploration) -> str:
     """What GTP actually removed, when it is less than asked (a block cannot propagate more
     tokens than it still has): '' when every block removed its P."""
-    asked = list(exp.comparison.budget)
+    asked = exp.settings.budget(exp.depth)
     done = [len(layer.propagated[0]) for layer in exp.trace.layers]
     if done == asked:
         return ""
@@ -43,11 +45,11 @@ def _g(value: Optional[float]) -> str:
 def metrics_markdown(exp: Exploration, costs: Costs) -> str:
     """The prediction panel's numbers; every one measured in this run."""
     run = exp.run
-    if costs.full is None or costs.gtp is None:
+    full, reduced = costs.of("full"), costs.of("gtp")
+    if full is None or reduced is None:
         gmacs_row = "| GMACs per image | counting… | counting… |"
     else:
-        cut = 100 * (1 - costs.gtp / costs.full)
-        gmacs_row = f"| GMACs per image | {costs.full:.3f} | {costs.gtp:.3f} (−{cut:.1f}%) |"
+        gmacs_row = f"| GMACs per image | {full:.3f} | {reduced:.3f} (−{100 * (1 - reduced / full):.1f}%) |"
     lines = []
     if exp.has_head:
         agree = run.full_top5[0].index == run.gtp_top5[0].index
@@ -77,7 +79,8 @@ def metrics_markdown(exp: Exploration, costs: Costs) -> str:
 
 
 def latency_how(exp: Exploration) -> str:
-    return f"best of {exp.run.repeats} runs, batch 1, on {exp.run.device}"
+    return (f"one forward each (the full model runs once per photo; GTP timed after a traced forward), "
+            f"batch 1, on {exp.run.device}")
 
 
 def attention_markdown(stats: dict) -> str:
@@ -89,7 +92,7 @@ def attention_markdown(stats: dict) -> str:
 
 def neighbours_markdown(exp: Exploration, kind: str, token: int) -> str:
     gh, gw = exp.trace.grid_size
-    near = F.neighbours_of(exp, kind, token)
+    near = neighbours_of(exp, kind, token)
     parts = [f"**Token {token}** (row {token // gw}, column {token % gw})."]
     if near["spatial"]:
         parts.append(f"Spatial neighbours: {', '.join(map(str, sorted(near['spatial'])))}.")
@@ -108,11 +111,11 @@ def _short(label: str) -> str:  # "lion, king of beasts, Panthera leo" -> "lion"
 def _compare_table(exp: Exploration, costs: Costs) -> list[str]:
     comp = exp.comparison
     tokens_in = exp.trace.layers[0].tokens_in
-    full = METHOD_LABELS["full"]
+    full = methods.get("full").label
     if exp.has_head:
         lines = ["", "| method | GMACs | removed | tokens left | top-1 | agrees | KL | cosine |",
                  "|---|---|---|---|---|---|---|---|",
-                 f"| {full} | {_g(costs.full)} | 0 | {tokens_in} | {_short(comp.full_top5[0].label)} | — | 0 | 1 |"]
+                 f"| {full} | {_g(costs.of('full'))} | 0 | {tokens_in} | {_short(comp.full_top5[0].label)} | — | 0 | 1 |"]
         for m in comp.methods:
             agree = "✓ yes" if m.agree else "✗ no"
             lines.append(f"| {m.label} | {_g(costs.of(m.method))} | {m.num_removed} | {m.tokens_per_block[-1]} | "
@@ -124,7 +127,7 @@ def _compare_table(exp: Exploration, costs: Costs) -> list[str]:
                  "to the full model's.",
              "", "| method | GMACs | removed | tokens left | cosine of final features |",
              "|---|---|---|---|---|",
-             f"| {full} | {_g(costs.full)} | 0 | {tokens_in} | 1 |"]
+             f"| {full} | {_g(costs.of('full'))} | 0 | {tokens_in} | 1 |"]
     for m in comp.methods:
         lines.append(f"| {m.label} | {_g(costs.of(m.method))} | {m.num_removed} | {m.tokens_per_block[-1]} | "
                      f"{m.cosine:.4f} |")
@@ -148,12 +151,14 @@ def compare_markdown(exp: Exploration, costs: Costs) -> str:
     gm = [costs.of(m.method) for m in comp.methods]
     if all(v is not None for v in gm):
         spread = 100 * (max(gm) - min(gm)) / min(gm)
-        lines.append(f"GMACs of the three differ by {spread:.2f}% (PyTorch FLOP counter / 2).")
-    lines.append(f"Four forwards (full, GTP, ToMe, pruning; batch 1) took {comp.seconds:.2f} s on {exp.run.device}. "
-                 "GTP uses the hyper-parameters on the left; ToMe merges r = P tokens per block (our "
-                 "implementation, `gtp.tome`); pruning drops the P tokens the CLS token attends to least "
-                 "(`gtp.baselines` preset).")
+        lines.append(f"GMACs of the {_COUNT.get(len(gm), len(gm))} differ by {spread:.2f}% (PyTorch FLOP counter / 2).")
+    lines.append(f"The forwards of the full model and the {len(comp.methods)} methods (batch 1) took "
+                 f"{comp.seconds:.2f} s on {exp.run.device}. "
+                 + " ".join(f"{m.label} {methods.get(m.method).about}." for m in comp.methods))
     return "\n".join(lines)
+
+
+_COUNT = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 
 
 def throughput_markdown(r: Throughput) -> str:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence
 
-import plotly.graph_objects as go
+from gradio.components.plot import PlotData
 
-from .plots_base import escape, theme
+from ..core import limits
+from .base import GRID_COLOUR, Figure, escape, figure, plot_data
 
 FAMILIES = {  # timm name -> the name papers use
     "deit_tiny_patch16_224": "DeiT-Ti", "deit_small_patch16_224": "DeiT-S", "deit_base_patch16_224": "DeiT-B",
@@ -22,6 +23,7 @@ FAMILIES = {  # timm name -> the name papers use
 }
 STYLES = {"GTP": ("rgb(214,39,40)", "circle"), "ToMe": ("rgb(31,119,180)", "square"),
           "EViT": ("rgb(44,160,44)", "triangle-up"), "ATS": ("rgb(148,103,189)", "diamond")}
+TRADEOFF_HEIGHT = 560   # the legend lies under the chart: its entries need room
 SWEEP_SYMBOLS = ("x", "cross", "star-triangle-up", "hexagram", "asterisk-open", "y-down-open")
 
 
@@ -42,7 +44,7 @@ def published_records(published: dict) -> list[dict]:
     return out
 
 
-def _published_traces(records: list[dict], model: str, label_family: bool) -> list[go.Scatter]:
+def _published_traces(records: list[dict], model: str, label_family: bool) -> list[dict]:
     """One line per method of `model`'s published curves, and its full-model point(s)."""
     name = family(model)
     prefix = f"{name} · " if label_family else ""
@@ -54,8 +56,8 @@ def _published_traces(records: list[dict], model: str, label_family: bool) -> li
         full = method.startswith("none")
         colour, symbol = ("rgb(138,143,152)", "star") if full else STYLES.get(method, ("rgb(127,127,127)", "circle"))
         label = f"{prefix}{name} full model (published)" if full else f"{prefix}{method} (published)"
-        traces.append(go.Scatter(
-            x=[r["gmacs"] for r in pts], y=[r["top1"] for r in pts], mode="markers" if full else "lines+markers",
+        traces.append(dict(
+            type="scatter", x=[r["gmacs"] for r in pts], y=[r["top1"] for r in pts], mode="markers" if full else "lines+markers",
             name=escape(label), marker=dict(color=colour, symbol=symbol, size=13 if full else 8),
             line=dict(color=colour, dash="dot" if label_family else "solid"), meta={"role": "published", "model": model},
             customdata=[[escape(method), escape(name), escape(r["source"])] for r in pts],
@@ -64,7 +66,7 @@ def _published_traces(records: list[dict], model: str, label_family: bool) -> li
     return traces
 
 
-def _sweep_traces(sweep: Sequence[dict]) -> list[go.Scatter]:
+def _sweep_traces(sweep: Sequence[dict]) -> list[dict]:
     """The user's measurements, one series per (model, method, quantity): top-1 on the left
     axis, top-1 agreement with the full model on the right one."""
     groups: dict[tuple, list[dict]] = {}
@@ -78,8 +80,8 @@ def _sweep_traces(sweep: Sequence[dict]) -> list[go.Scatter]:
     for i, ((model, method, quantity), recs) in enumerate(sorted(groups.items())):
         what = "top-1" if quantity == "top1" else "top-1 agreement"
         label = recs[0].get("label") or f"your sweep: {method}, {family(model) if model else 'model ?'}, {what}"
-        traces.append(go.Scatter(
-            x=[r["gmacs"] for r in recs], y=[r[quantity] for r in recs], mode="markers", name=escape(label),
+        traces.append(dict(
+            type="scatter", x=[r["gmacs"] for r in recs], y=[r[quantity] for r in recs], mode="markers", name=escape(label),
             yaxis="y2" if quantity == "agreement" else "y", meta={"role": "sweep"},
             marker=dict(symbol=SWEEP_SYMBOLS[i % len(SWEEP_SYMBOLS)], size=10, color="rgb(230,230,230)",
                         line=dict(width=1, color="rgb(60,60,60)")),
@@ -98,37 +100,44 @@ def _describe(rec: dict) -> str:
     return ", ".join(parts)
 
 
-def _current_shapes(fig: go.Figure, model: str, current: dict, published_gmacs: Iterable[dict]) -> None:
-    """Vertical lines at the measured GMACs of the full and the GTP model now, and at the
-    GMACs the paper gives for this model (no accuracy published with them)."""
+def _current_lines(model: str, current: dict, published_gmacs: Iterable[dict]) -> tuple[list, list, list]:
+    """(shapes, annotations, legend traces): vertical lines at the measured GMACs of the full and
+    the GTP model now, and at the GMACs the paper gives for this model (no accuracy published
+    with them)."""
     name = family(model)
+    shapes, notes, traces = [], [], []
+    line = dict(type="line", xref="x", yref="y domain", y0=0, y1=1)
     for key, dash, width, text in (("gtp", "solid", 2, "GTP now"), ("full", "dot", 1, "full model now")):
         if current.get(key) is not None:
-            fig.add_vline(x=current[key], line=dict(color="rgb(255,127,14)", dash=dash, width=width))
-            fig.add_trace(go.Scatter(  # an invisible point carrying the line's legend entry and hover
-                x=[current[key]], y=[None], mode="lines", line=dict(color="rgb(255,127,14)", dash=dash, width=width),
-                name=escape(f"{text}: {current[key]:.2f} GMACs ({name}, measured)"), meta={"role": "measured"}))
+            style = dict(color="rgb(255,127,14)", dash=dash, width=width)
+            shapes.append(dict(line, x0=current[key], x1=current[key], line=style))
+            traces.append(dict(  # an invisible point carrying the line's legend entry
+                type="scatter", x=[current[key]], y=[None], mode="lines", line=style, meta={"role": "measured"},
+                name=escape(f"{text}: {current[key]:.2f} GMACs ({name}, measured)")))
     for rec in published_gmacs:
-        fig.add_vline(x=rec["gmacs"], line=dict(color="rgb(138,143,152)", dash="dash", width=1),
-                      annotation=dict(text=escape(f"{name}, P={rec.get('num_prop', '?')}: {rec['gmacs']} GMACs "
-                                                  "(published)"), font_size=10, textangle=-90))
+        shapes.append(dict(line, x0=rec["gmacs"], x1=rec["gmacs"], line=dict(color="rgb(138,143,152)", dash="dash",
+                                                                            width=1)))
+        notes.append(dict(text=escape(f"{name}, P={rec.get('num_prop', '?')}: {rec['gmacs']} GMACs (published)"),
+                          x=rec["gmacs"], xref="x", y=1, yref="y domain", showarrow=False, font=dict(size=10),
+                          textangle=-90, xanchor="left", yanchor="top"))
+    return shapes, notes, traces
 
 
-def _throughput_traces(throughput: Sequence[dict]) -> list[go.Scatter]:
+def _throughput_traces(throughput: Sequence[dict]) -> list[dict]:
     """Images per second against batch size, full and GTP (measured; `measure_throughput`)."""
     rows = sorted(throughput, key=lambda r: r["batch_size"])
     device = escape(rows[0].get("device", "")) if rows else ""
     out = []
     for key, label, colour in (("full_img_per_s", "full model", "rgb(138,143,152)"), ("gtp_img_per_s", "GTP", "rgb(214,39,40)")):
-        out.append(go.Scatter(
-            x=[r["batch_size"] for r in rows], y=[r[key] for r in rows], xaxis="x2", yaxis="y3", mode="lines+markers",
+        out.append(dict(
+            type="scatter", x=[r["batch_size"] for r in rows], y=[r[key] for r in rows], xaxis="x2", yaxis="y3", mode="lines+markers",
             name=f"{label}: img/s (measured)", line=dict(color=colour), meta={"role": "throughput"},
             hovertemplate=f"{label}, batch %{{x}}: %{{y:.1f}} img/s<br>measured on {device}<extra></extra>"))
     return out
 
 
 def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None, sweep: Sequence[dict] = (),
-                    throughput: Sequence[dict] = (), other_families: bool = False, height: int = 380) -> go.Figure:
+                    throughput: Sequence[dict] = (), other_families: bool = False, height: int = 380) -> Figure:
     """Top-1 against GMACs for `model` (a timm name).
 
     published: the contents of assets/published_results.json; current: {"full": GMACs,
@@ -139,45 +148,64 @@ def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None,
     other models' published curves, labelled with their family.
     """
     records = published_records(published)
-    fig = go.Figure()
     name = family(model)
-    fig.add_traces(_published_traces(records, model, label_family=False))
+    data = _published_traces(records, model, label_family=False)
     has_curves = any(r["model"] == model and r.get("top1") is not None and not str(r["method"]).startswith("none")
                      for r in records)
     others = sorted({r["model"] for r in records if r["model"] != model and r.get("top1") is not None
                      and not str(r["method"]).startswith("none")})
     if other_families:
         for other in others:
-            fig.add_traces(_published_traces(records, other, label_family=True))
-    if current:
-        _current_shapes(fig, model, current, [r for r in records if r["model"] == model and r.get("top1") is None])
-    fig.add_traces(_sweep_traces(sweep))
-    if throughput:
-        fig.add_traces(_throughput_traces(throughput))
+            data += _published_traces(records, other, label_family=True)
+    shapes, notes, measured = _current_lines(model, current or {}, [r for r in records if r["model"] == model
+                                                                    and r.get("top1") is None] if current else [])
+    data += measured + _sweep_traces(sweep) + (_throughput_traces(throughput) if throughput else [])
     note = ("" if has_curves else
             f"No published trade-off curve for {name}: the paper's curves are "
             f"{', '.join(family(o) for o in others) or 'of other models'}"
             + (", drawn dotted and labelled with their model." if other_families else ", not drawn here."))
-    theme(fig, height)
-    split = [0, 0.58] if throughput else [0, 1]
-    axis = dict(gridcolor="rgba(138,143,152,0.25)", zeroline=False)
-    fig.update_layout(
-        xaxis=dict(domain=split, title_text="GMACs per image", **axis), yaxis=dict(title_text="ImageNet top-1 (%)", **axis),
-        legend=dict(orientation="h", y=-0.28, yanchor="top", x=0, font_size=10), margin=dict(t=64, b=10),
-        meta={"family": name, "has_family_curves": has_curves})
-    xs = [float(v) for t in fig.data if t.xaxis in (None, "x") for v in (t.x or ()) if v is not None]
-    xs += [float(sh.x0) for sh in fig.layout.shapes if sh.x0 is not None]
+    axis = dict(gridcolor=GRID_COLOUR, zeroline=False)
+    layout = dict(
+        xaxis=dict(domain=[0, 0.58] if throughput else [0, 1], title=dict(text="GMACs per image"), **axis),
+        yaxis=dict(title=dict(text="ImageNet top-1 (%)"), **axis),
+        legend=dict(orientation="h", y=-0.28, yanchor="top", x=0, font=dict(size=10), bgcolor="rgba(0,0,0,0)"),
+        meta={"family": name, "has_family_curves": has_curves}, shapes=shapes)
+    xs = [float(v) for t in data if t.get("xaxis", "x") == "x" for v in t["x"] if v is not None]
+    xs += [float(sh["x0"]) for sh in shapes]
     if xs:  # vertical lines do not widen plotly's autorange: pad around everything drawn
         pad = 0.08 * max(max(xs) - min(xs), 0.5)
-        fig.update_layout(xaxis_range=[min(xs) - pad, max(xs) + pad])
-    if any(t.yaxis == "y2" for t in fig.data):
-        fig.update_layout(yaxis2=dict(overlaying="y", side="right", title_text="top-1 agreement (%)", showgrid=False))
+        layout["xaxis"]["range"] = [min(xs) - pad, max(xs) + pad]
+    if any(t.get("yaxis") == "y2" for t in data):
+        layout["yaxis2"] = dict(overlaying="y", side="right", title=dict(text="top-1 agreement (%)"), showgrid=False)
     if throughput:
-        fig.update_layout(xaxis2=dict(domain=[0.76, 1], type="log", title_text="batch size", **axis),
-                          yaxis3=dict(anchor="x2", title_text="images / s (measured)", rangemode="tozero", **axis))
-    title = f"{escape(name)}: published ({escape(published.get('citation', ''))}) and measured"
+        layout["xaxis2"] = dict(domain=[0.76, 1], type="log", title=dict(text="batch size"), **axis)
+        layout["yaxis3"] = dict(anchor="x2", title=dict(text="images / s (measured)"), rangemode="tozero", **axis)
+    title = f"{escape(name)}: published ({escape(published.get('citation', ''))})<br>and measured"
     note = escape(note).replace(": the paper", ":<br>the paper")  # two short lines in a narrow panel
-    fig.add_annotation(text=title.replace(" and measured", "<br>and measured") + (f"<br><i>{note}</i>" if note else ""),
-                       xref="paper", yref="paper",
-                       x=0, y=1.02, xanchor="left", yanchor="bottom", showarrow=False, font_size=11, align="left")
+    layout["annotations"] = notes + [dict(text=title + (f"<br><i>{note}</i>" if note else ""), xref="paper",
+                                          yref="paper", x=0, y=1.02, xanchor="left", yanchor="bottom",
+                                          showarrow=False, font=dict(size=11), align="left")]
+    fig = figure(data, layout, height)
+    fig["layout"]["margin"].update(t=64, b=10)
     return fig
+
+
+def bounded_sweep(records: Sequence[dict]) -> list[dict]:
+    """Sweep records with at most limits.MAX_SWEEP_METHODS method names; past them the rest are one
+    series ("N other methods"), so a file with thousands of names stays one readable chart."""
+    names = sorted({str(r.get("method", "sweep")) for r in records})
+    rest = set(names[limits.MAX_SWEEP_METHODS:])
+    other = f"{len(rest)} other methods"
+    return [dict(r, method=other) if str(r.get("method", "sweep")) in rest else r for r in records]
+
+
+def tradeoff(published: dict, model: str, current: Optional[dict], sweep: Sequence[dict] = (),
+             throughput: Sequence[dict] = ()) -> PlotData:
+    """The compact trade-off chart beside the prediction: the published curves of `model`'s
+    family, its GMACs measured now, the user's sweep and the measured throughput. Where the
+    paper has no curve for this model's family (it has DeiT-B's), the other families' curves
+    are drawn dotted and labelled with their model, never as this model's."""
+    own = any(r["model"] == model and r.get("top1") is not None and not str(r.get("method", "none")).startswith("none")
+              for r in published_records(published))
+    return plot_data(tradeoff_figure(published, model, current=current, sweep=bounded_sweep(sweep),
+                                       throughput=throughput, other_families=not own, height=TRADEOFF_HEIGHT))

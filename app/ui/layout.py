@@ -1,6 +1,6 @@
 """The page: its components, built tab by tab (`build_demo`), and nothing else.
 
-Every component goes into one dict, `ui`, by name; `app.events.wire` connects them to the
+Every component goes into one dict, `ui`, by name; `app.ui.events.wire` connects them to the
 handlers. The hyper-parameter controls are made from `gtp.GTPConfig`'s fields
 (`settings_controls`), so a new field appears here without an edit.
 """
@@ -15,19 +15,21 @@ from typing import Any, Optional
 import gradio as gr
 
 import gtp
+from gtp import methods
 from gtp.models import SUPPORTED_MODELS
 
-from . import figures as F
-from . import limits, text
-from . import plots as P
-from .examples import example_paths
+from ..core import files, limits
+from ..core.assets import example_paths
+from ..core.models import DEVICE
+from ..core.settings import DEFAULT_MODEL, HyperParameter, hyper_parameters
+from ..views import graphs, walk
+from . import text
 from .handlers import throughput_intro
-from .models import DEVICE
-from .settings import DEFAULT_MODEL, HyperParameter, hyper_parameters
 
 TITLE = "GTP Explorer: Graph-based Token Propagation on pretrained ViTs"
 PAPER = "https://arxiv.org/abs/2311.03035"
 LEARN_TEXT = (Path(__file__).with_name("learn.md")).read_text(encoding="utf-8")
+gr.set_static_paths([files.PHOTO_DIR])   # the photos the figures show (`app.views.base.photo_of`)
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 # Translucent banners: readable on Gradio's light and dark themes alike.
 CSS = """
@@ -41,7 +43,7 @@ def photo_input(**kwargs: Any) -> gr.Image:
 
     Stock gr.Image opens the file with PIL before the app sees it, so a damaged file or a
     decompression bomb would fail inside Gradio with an unhelpful message; here
-    `app.photos.open_photo` does all decoding, safely. The override is per instance: a subclass
+    `app.core.photos.open_photo` does all decoding, safely. The override is per instance: a subclass
     would make Gradio write a .pyi stub next to this file at import.
     """
     image = gr.Image(type="filepath", **kwargs)
@@ -102,7 +104,7 @@ def settings_controls(config_cls: type = gtp.GTPConfig) -> dict[str, gr.componen
 
 
 def _plot(label: str, elem_id: str) -> gr.Plot:
-    """An interactive plotly view (handlers return `app.figures` values)."""
+    """An interactive plotly view (handlers return `app.views` values)."""
     return gr.Plot(label=label, elem_id=elem_id)
 
 
@@ -143,12 +145,11 @@ def _prediction_tab(ui: dict) -> None:
             ui["tradeoff_plot"] = _plot("Top-1 vs GMACs", "gtp-tradeoff")
     ui["metrics"] = gr.Markdown("", elem_id="gtp-metrics")
     with gr.Accordion("Measure throughput, add your sweep results", open=False):
-        kind = DEVICE.type
+        bounds = limits.THROUGHPUT[DEVICE.type]
         with gr.Row():
-            top = limits.THROUGHPUT_MAX_BATCH[kind]
             ui["batch_size"] = checked_number(gr.Number(
-                value=limits.THROUGHPUT_DEFAULT_BATCH[kind], precision=0, minimum=1, maximum=top,
-                label=f"Batch size (1 to {top} here)", scale=1), "batch size")
+                value=bounds.default_batch, precision=0, minimum=1, maximum=bounds.max_batch,
+                label=f"Batch size (1 to {bounds.max_batch} here)", scale=1), "batch size")
             ui["measure"] = gr.Button("Measure throughput", scale=1, elem_id="gtp-measure")
         ui["throughput_md"] = gr.Markdown(throughput_intro())
         ui["sweep_file"] = gr.File(label="Your sweep results (JSON or CSV from `python -m gtp sweep`)",
@@ -157,7 +158,7 @@ def _prediction_tab(ui: dict) -> None:
 
 
 def _layers_tab(ui: dict) -> None:
-    ui["walk_plot"] = _plot("Layer walk: every block (slider and Play run in your browser)", P.WALK_ELEM_ID)
+    ui["walk_plot"] = _plot("Layer walk: every block (slider and Play run in your browser)", walk.WALK_ELEM_ID)
     ui["play"] = gr.Button("▶ Play / pause", elem_id="gtp-play")
     gr.Markdown("Hover a token: its status in this block, its selection score and rank, its size and the "
                 "tokens it sent its features to (or received from), with the weights α·W.")
@@ -165,9 +166,10 @@ def _layers_tab(ui: dict) -> None:
 
 def _graphs_tab(ui: dict) -> None:
     with gr.Row():
-        ui["graph_kind"] = gr.Radio(list(F.GRAPH_KINDS), value="spatial + semantic", label="Show",
+        ui["graph_kind"] = gr.Radio(list(graphs.GRAPH_KINDS), value="spatial + semantic", label="Show",
                                     elem_id="gtp-graph-kind")
-        ui["token"] = gr.Number(value=98, precision=0, minimum=0, label="Token of the similarity map",
+        # Bounds and the middle token come with the first run: they are the model's (`View.within`).
+        ui["token"] = gr.Number(value=None, precision=0, minimum=0, label="Token of the similarity map",
                                 elem_id="gtp-token")
     with gr.Row():
         ui["graph_plot"] = _plot("Token graph (hover a token)", "gtp-graph")
@@ -177,20 +179,22 @@ def _graphs_tab(ui: dict) -> None:
 
 def _attention_tab(ui: dict) -> None:
     with gr.Row():
-        ui["attn_block"] = gr.Slider(1, 12, value=1, step=1, label="Block", elem_id="gtp-attn-block")
-        ui["head"] = gr.Slider(0, 5, value=0, step=1, label="Head", elem_id="gtp-head")
+        # Placeholders until the first run gives the model's blocks and heads (`handlers.run`).
+        ui["attn_block"] = gr.Slider(1, 2, value=1, step=1, label="Block", elem_id="gtp-attn-block", interactive=False)
+        ui["head"] = gr.Slider(0, 1, value=0, step=1, label="Head", elem_id="gtp-head", interactive=False)
     ui["attn_plot"] = _plot("Attention before and after sparsification", "gtp-attn")
     ui["attn_md"] = gr.Markdown("")
     ui["cls_plot"] = _plot("CLS attention over the photo", "gtp-cls")
 
 
 def _compare_tab(ui: dict) -> None:
-    gr.Markdown("GTP, ToMe and pruning on the same photo with the same number of tokens removed "
-                "per block (P). Each patch is shaded by the block in which its token left; hover it for "
-                "how: propagated to (GTP), merged into (ToMe) or dropped (pruning).")
+    names = [m.label for m in methods.compared()]
+    gr.Markdown(f"{', '.join(names[:-1])} and {names[-1]} on the same photo with the same number of tokens "
+                "removed per block (P). Each patch is shaded by the block in which its token left; hover it "
+                "for how: " + ", ".join(f"{m.how.verb} ({m.label})" for m in methods.compared()) + ".")
     ui["compare_button"] = gr.Button("Compare", elem_id="gtp-compare")
     ui["compare_plot"] = _plot("Where each token left, and how", "gtp-compare-plot")
-    ui["compare_md"] = gr.Markdown("Run a photo: the three methods run with it.", elem_id="gtp-compare-md")
+    ui["compare_md"] = gr.Markdown("Run a photo: the methods run when this tab opens.", elem_id="gtp-compare-md")
 
 
 def _learn_tab(ui: dict) -> None:
@@ -208,12 +212,14 @@ TABS = [("Prediction", "prediction", _prediction_tab), ("Layer walk", "layers", 
 
 
 def build_demo() -> gr.Blocks:
-    """The whole app (not launched): the components, then `app.events.wire`."""
+    """The whole app (not launched): the components, then `app.ui.events.wire`."""
     from .events import wire
     ui: dict[str, Any] = {}
     with gr.Blocks(title="GTP Explorer", delete_cache=limits.GRADIO_CACHE_CLEANUP) as demo:
         # Session state expires (API clients never close their session): `limits.SESSION_TTL_S`.
-        ui["state"] = gr.State(None, time_to_live=limits.SESSION_TTL_S)
+        ui["state"] = gr.State(None, time_to_live=limits.SESSION_TTL_S)        # the run on view
+        ui["tab"] = gr.State("prediction", time_to_live=limits.SESSION_TTL_S)   # the tab on view
+        ui["shown"] = gr.State(None, time_to_live=limits.SESSION_TTL_S)         # tab -> run key it shows
         ui["sweep_state"] = gr.State(None, time_to_live=limits.SESSION_TTL_S)
         ui["throughput_state"] = gr.State(None, time_to_live=limits.SESSION_TTL_S)
         gr.Markdown(f"# {TITLE}\nAn interactive look at [GTP-ViT (Xu et al., WACV 2024)]({PAPER}): "

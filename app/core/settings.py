@@ -1,10 +1,12 @@
 """The user's settings, built from `gtp.GTPConfig`'s fields (the one list of hyper-parameters).
 
 `hyper_parameters()` reads each field's metadata (help, symbol, min, max, step, choices) and
-default; the page makes one control per entry (`app.layout`), and `Settings` holds the values
-the handlers receive. Adding a field to `GTPConfig` is enough for it to appear in the app.
-A slider offers the field's `slider` range (or `min`..`max`); the values are validated by
-`gtp.patch` itself, so the app never repeats the library's rules.
+default; the page makes one control per entry (`app.ui.layout`), and `Settings` holds the values
+the handlers receive, as a `GTPConfig` (`settings.config.sparsity`). Adding a field to
+`GTPConfig` is enough for it to appear in the app. A slider offers the field's `slider` range
+(or `min`..`max`); the values are checked against the model by the library itself
+(`app.core.inference.check_settings`), so the app never repeats its rules. Every refusal here is
+an `InputError` naming the field.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import gtp
+
+from .errors import InputError
 
 DEFAULT_MODEL = "deit_small_patch16_224"
 
@@ -37,27 +41,27 @@ class HyperParameter:
 
     def parse(self, value: Any) -> Any:
         """A raw value (sliders send floats; the raw API may send anything) as this field's
-        type; ValueError naming the field otherwise."""
+        type; InputError naming the field otherwise."""
         name = f"{self.name} ({self.symbol})" if self.symbol else self.name
         if self.kind == "bool":
             if isinstance(value, bool) or value in (0, 1):
                 return bool(value)
-            raise ValueError(f"{name} must be true or false; got {value!r}")
+            raise InputError(f"{name} must be true or false; got {value!r}")
         if self.kind in ("choice", "text"):
             if not isinstance(value, str):
-                raise ValueError(f"{name} must be text; got {value!r}")
+                raise InputError(f"{name} must be text; got {value!r}")
             if self.choices and value not in self.choices:
-                raise ValueError(f"{name} must be one of {', '.join(self.choices)}; got {value!r}")
+                raise InputError(f"{name} must be one of {', '.join(self.choices)}; got {value!r}")
             return value
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a number; got {value!r}") from None
+            raise InputError(f"{name} must be a number; got {value!r}") from None
         if isinstance(value, bool) or not math.isfinite(number):
-            raise ValueError(f"{name} must be a finite number; got {value!r}")
+            raise InputError(f"{name} must be a finite number; got {value!r}")
         if self.kind == "int":
             if number != int(number):
-                raise ValueError(f"{name} must be a whole number; got {value!r}")
+                raise InputError(f"{name} must be a whole number; got {value!r}")
             return int(number)
         return number
 
@@ -98,7 +102,7 @@ def hyper_parameters(config_cls: type = gtp.GTPConfig) -> list[HyperParameter]:
 
 
 def parse_schedule(text: Optional[str]) -> Optional[list[int]]:
-    """'8, 8, 4' -> [8, 8, 4]; empty -> None (use the single P). ValueError on anything else.
+    """'8, 8, 4' -> [8, 8, 4]; empty -> None (use the single P). InputError on anything else.
 
     The length is checked against the model's depth by `gtp.patch`.
     """
@@ -108,7 +112,7 @@ def parse_schedule(text: Optional[str]) -> Optional[list[int]]:
     try:
         return [int(p) for p in parts]
     except ValueError:
-        raise ValueError(
+        raise InputError(
             f"The per-block schedule must be comma-separated whole numbers, one per block "
             f"(e.g. 8,8,8,8,8,8,8,8,8,8,8,8); got {text!r}.") from None
 
@@ -116,52 +120,47 @@ def parse_schedule(text: Optional[str]) -> Optional[list[int]]:
 @dataclass(frozen=True)
 class Settings:
     """Everything the user chose: the model, an optional weights file, an optional per-block
-    schedule of P, and one value per GTPConfig field (`values`, a sorted tuple of pairs, so
-    a Settings is hashable and can key caches)."""
+    schedule of P, and the hyper-parameters (`config`; its num_prop is the single P, which the
+    schedule overrides). Frozen and hashable: it keys the caches."""
     model: str = DEFAULT_MODEL
     weights: Optional[str] = None
     schedule: str = ""
-    values: tuple = ()
-
-    def __getattr__(self, name: str) -> Any:  # settings.num_prop, settings.sparsity, ...
-        for key, value in object.__getattribute__(self, "values"):
-            if key == name:
-                return value
-        raise AttributeError(name)
+    config: gtp.GTPConfig = gtp.GTPConfig()
 
     def patch_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `gtp.patch` (which validates them against the model)."""
-        kwargs = dict(self.values)
+        """Keyword arguments for `gtp.patch` (which checks them against the model)."""
+        kwargs = self.config.as_dict()
         schedule = parse_schedule(self.schedule)
         if schedule is not None:
             kwargs["num_prop"] = schedule
         return kwargs
 
-    def config_key(self) -> tuple:
-        """What the model's cost depends on besides the model: the configuration."""
-        return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in self.patch_kwargs().items()))
+    def budget(self, depth: int) -> list[int]:
+        """Tokens removed per block by every compared method: the schedule, or P in each of `depth` blocks."""
+        schedule = parse_schedule(self.schedule)
+        return schedule if schedule is not None else [int(self.config.num_prop)] * depth
 
     def json(self) -> dict:
-        return {**dict(self.values), "schedule": self.schedule}
+        return {**self.config.as_dict(), "schedule": self.schedule}
 
 
 def make_settings(model: Optional[str] = None, weights: Optional[str] = None, schedule: Optional[str] = "",
                   config_cls: type = gtp.GTPConfig, **raw: Any) -> Settings:
     """Settings from raw values by field name (missing ones: the published default).
-    ValueError naming the field for a value of the wrong type, or an unknown name."""
+    InputError naming the field for a value of the wrong type, or an unknown name."""
     params = {p.name: p for p in hyper_parameters(config_cls)}
     unknown = set(raw) - set(params)
     if unknown:
-        raise ValueError(f"unknown hyper-parameter(s): {', '.join(sorted(unknown))}")
+        raise InputError(f"unknown hyper-parameter(s): {', '.join(sorted(unknown))}")
     values = {}
     for name, p in params.items():
         value = raw.get(name, p.default)
         values[name] = p.default if value is None and p.kind != "text" else p.parse(value)
     if schedule is not None and not isinstance(schedule, str):
-        raise ValueError(f"the per-block schedule must be text such as '8,8,8'; got {schedule!r}")
-    parse_schedule(schedule)  # ValueError now, not inside the model run
+        raise InputError(f"the per-block schedule must be text such as '8,8,8'; got {schedule!r}")
+    parse_schedule(schedule)  # refused now, not inside the model run
     return Settings(model=model or DEFAULT_MODEL, weights=weights or None, schedule=schedule or "",
-                    values=tuple(sorted(values.items())))
+                    config=config_cls(**values))
 
 
 PUBLISHED_SETTINGS = make_settings()

@@ -1,18 +1,18 @@
 """The public API endpoints `explore` and `compare` (gradio_client: `api_name="/explore"`).
 
 Their parameters are explicit and documented (their names and order are the API); each
-becomes a `Settings` through `app.settings.make_settings`, which checks every value's type.
+becomes a `Settings` through `app.core.settings.make_settings`, which checks every value's type.
 """
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from . import costs as K
-from .inference import explore_photo
-from .photos import open_photo
-from .results import Costs, Exploration, TopClass
-from .settings import DEFAULT_MODEL, PUBLISHED_SETTINGS as P
-from .settings import make_settings
+from ..core import costs as K
+from ..core.inference import compared, explore_photo
+from ..core.photos import open_photo
+from ..core.results import Costs, Exploration, TopClass
+from ..core.settings import DEFAULT_MODEL, make_settings
+from ..core.settings import PUBLISHED_SETTINGS as P
 
 API_PARAMETERS = ["model", "num_prop", "schedule", "sparsity", "alpha", "num_neighbours", "graph",
                   "selection", "propagation", "token_scale"]
@@ -35,8 +35,7 @@ def prediction_json(exp: Exploration, costs: Costs) -> dict:
         "settings": settings,
         "gtp_config": run.trace.config,
         "gmacs": costs.gmacs_json(),
-        "latency_ms": {"full": full_ms, "gtp": gtp_ms,
-                       "how": f"best of {run.repeats} runs, batch 1, on {run.device}"},
+        "latency_ms": {"full": full_ms, "gtp": gtp_ms, "how": f"one forward each, batch 1, on {run.device}"},
         "tokens_per_block": run.trace.tokens_per_block(),
         "input_notes": list(exp.photo_notes),
     }
@@ -53,12 +52,12 @@ def prediction_json(exp: Exploration, costs: Costs) -> dict:
 
 
 def comparison_json(exp: Exploration, costs: Costs) -> dict:
-    """The `compare` endpoint's numbers (JSON-ready)."""
+    """The `compare` endpoint's numbers (JSON-ready) of a compared exploration."""
     comp = exp.comparison
     return {
-        "budget": list(comp.budget), "full_gmacs": costs.full, "seconds": round(comp.seconds, 3),
+        "budget": list(comp.budget), "full_gmacs": costs.of("full"), "seconds": round(comp.seconds, 3),
         "full_top5": _top5(comp.full_top5),
-        "methods": {m.method: {"method": m.method, "removed": [list(ids) for ids in m.removed],
+        "methods": {m.method: {"method": m.method, "label": m.label, "removed": [list(ids) for ids in m.removed],
                                "tokens_per_block": list(m.tokens_per_block), "cosine": m.cosine,
                                "top5": _top5(m.top5), "agree": m.agree, "kl": m.kl,
                                "gmacs": costs.of(m.method)}
@@ -66,12 +65,12 @@ def comparison_json(exp: Exploration, costs: Costs) -> dict:
     }
 
 
-def explore(image: str, model: str = DEFAULT_MODEL, num_prop: float = P.num_prop,
-            schedule: str = "", sparsity: float = P.sparsity,
-            alpha: float = P.alpha, num_neighbours: float = P.num_neighbours,
-            graph: str = P.graph, selection: str = P.selection,
-            propagation: str = P.propagation,
-            token_scale: bool = P.token_scale) -> tuple[dict, dict]:
+def explore(image: str, model: str = DEFAULT_MODEL, num_prop: float = P.config.num_prop,
+            schedule: str = "", sparsity: float = P.config.sparsity,
+            alpha: float = P.config.alpha, num_neighbours: float = P.config.num_neighbours,
+            graph: str = P.config.graph, selection: str = P.config.selection,
+            propagation: str = P.config.propagation,
+            token_scale: bool = P.config.token_scale) -> tuple[dict, dict]:
     """Run the full and the GTP model on an image.
 
     Returns (prediction, trace summary): the prediction holds both top-5s (or, for a headless
@@ -86,13 +85,14 @@ def explore(image: str, model: str = DEFAULT_MODEL, num_prop: float = P.num_prop
     return prediction_json(exp, K.costs(exp, ("full", "gtp"))), exp.trace.summary()
 
 
-def compare(image: str, model: str = DEFAULT_MODEL, num_prop: float = P.num_prop,
-            schedule: str = "", sparsity: float = P.sparsity,
-            alpha: float = P.alpha, num_neighbours: float = P.num_neighbours,
-            graph: str = P.graph, selection: str = P.selection,
-            propagation: str = P.propagation,
-            token_scale: bool = P.token_scale) -> dict:
-    """GTP (this setting), ToMe and pruning on an image, each removing the same tokens per block.
+def compare(image: str, model: str = DEFAULT_MODEL, num_prop: float = P.config.num_prop,
+            schedule: str = "", sparsity: float = P.config.sparsity,
+            alpha: float = P.config.alpha, num_neighbours: float = P.config.num_neighbours,
+            graph: str = P.config.graph, selection: str = P.config.selection,
+            propagation: str = P.config.propagation,
+            token_scale: bool = P.config.token_scale) -> dict:
+    """GTP (this setting) and the other compared methods (`gtp.methods.compared()`: ToMe and
+    pruning) on an image, each removing the same tokens per block.
 
     Returns the compare view's numbers, all measured now: per method the original patch
     ids removed in each block, tokens per block, top-5, top-1 agreement with the full
@@ -101,5 +101,5 @@ def compare(image: str, model: str = DEFAULT_MODEL, num_prop: float = P.num_prop
     settings = make_settings(model, None, schedule, num_prop=num_prop, sparsity=sparsity, alpha=alpha,
                              num_neighbours=num_neighbours, graph=graph, selection=selection,
                              propagation=propagation, token_scale=token_scale)
-    exp = explore_photo(open_photo(image), settings)
-    return comparison_json(exp, K.costs(exp, K.ALL_METHODS))
+    exp = compared(explore_photo(open_photo(image), settings))
+    return comparison_json(exp, K.costs(exp, K.all_methods()))

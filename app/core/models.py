@@ -8,8 +8,8 @@ GPU at start-up (`preload`), outside any request, as ZeroGPU requires.
 from __future__ import annotations
 
 import gc
+import os
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -19,9 +19,13 @@ from gtp.models import SUPPORTED_MODELS, LoadedModel, load_model
 
 from . import limits
 from .caches import BoundedCache
+from .errors import InputError, file_names_only
 from .settings import DEFAULT_MODEL
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+"""On a ZeroGPU Space (as the `spaces` package reads it) every forward of one photo stays in one
+GPU call; elsewhere what the page does not show yet may run later."""
 
 
 @dataclass(eq=False)
@@ -40,10 +44,10 @@ _load_lock = threading.Lock()  # loading twice at once would only waste memory a
 
 
 def get_model(name: str, weights: Optional[str] = None) -> ModelSlot:
-    """A supported model, loaded on first use. ValueError for unknown names or bad files; a
-    failed load frees what it built before the error reaches the user."""
+    """A supported model, loaded on first use. InputError for unknown names or unusable weights
+    files; a failed load frees what it built before the error reaches the user."""
     if name not in SUPPORTED_MODELS:
-        raise ValueError(f"Unknown model {name!r}; choose one of: {', '.join(SUPPORTED_MODELS)}.")
+        raise InputError(f"Unknown model {name!r}; choose one of: {', '.join(SUPPORTED_MODELS)}.")
     key = (name, weights or None)
     with _load_lock:
         slot = MODELS.get(key)
@@ -51,13 +55,13 @@ def get_model(name: str, weights: Optional[str] = None) -> ModelSlot:
             refused = None
             try:
                 loaded = load_model(name, weights=weights, device=DEVICE)
-            except ValueError as e:
+            except ValueError as e:  # the library's refusal of the weights file: a message for the person
                 refused = str(e)
             if refused is not None:
                 # Raised outside the `except`: a new error raised inside it would keep the old one
                 # (and the frames holding the refused model) as its __context__, even `from None`.
                 gc.collect()
-                raise ValueError(refused)
+                raise InputError(file_names_only(refused))
             slot = MODELS.put(key, ModelSlot(loaded))
         return slot
 
@@ -70,7 +74,7 @@ def preload() -> None:
 def weights_banner(name: str, pretrained: bool, message: str) -> str:
     """A plain statement of where the weights came from; loud when they are random."""
     if pretrained:
-        return f"Weights: {message}"
+        return f"Weights: {file_names_only(message)}"
     return (
         f"⚠ **Predictions come from randomly initialised weights**: no pretrained weights for "
         f"`{name}` could be had here, so the classes below are meaningless (the token "
@@ -78,16 +82,3 @@ def weights_banner(name: str, pretrained: bool, message: str) -> str:
         f"To use real weights, upload a `.safetensors`/`.pth` file under *Your own weights*, or "
         f"put `{name}.safetensors` in the folder named by the `GTP_WEIGHTS_DIR` "
         f"environment variable and restart.")
-
-
-def wait_idle(timeout: float = 120.0) -> bool:
-    """Wait until no model is running (e.g. before a test process exits: torch aborts the
-    interpreter if it is torn down under a running forward). True if idle in time."""
-    deadline = time.monotonic() + timeout
-    for _ in range(2):  # twice, a moment apart: a queued event may just be starting
-        for slot in MODELS.values():
-            if not slot.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                return False
-            slot.lock.release()
-        time.sleep(0.5)
-    return True

@@ -1,13 +1,16 @@
-"""Files the app writes: the download folders (GIF + trace JSON); the views are plotly JSON.
+"""Files the app writes: the download folders (GIF + trace JSON) and the photos its figures
+show (one small WebP per photo, which the page serves, `PHOTO_DIR`, so that a run's figures
+name it instead of each carrying a copy).
 
 They live under one temporary folder per process; only the newest `limits.DOWNLOAD_FOLDERS_KEPT`
-download folders are kept (Gradio has copied a file into its own cache, cleaned by
-`delete_cache`, by the time it is older), and the whole folder is removed at exit, including
-on SIGTERM.
+download folders (Gradio has copied a file into its own cache, cleaned by `delete_cache`, by the
+time it is older) and `limits.PHOTO_FILES_KEPT` photos are kept, and the whole folder is removed
+at exit, including on SIGTERM.
 """
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import shutil
 import signal
@@ -17,14 +20,20 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from . import limits
 
 ROOT = Path(tempfile.mkdtemp(prefix="gtp_app_"))
 DOWNLOAD_DIR = ROOT / "downloads"
 DOWNLOAD_DIR.mkdir()
+PHOTO_DIR = ROOT / "photos"
+PHOTO_DIR.mkdir()
+PHOTO_QUALITY = 75
 
 _lock = threading.Lock()
 _folders: deque = deque()
+_photos: deque = deque()
 
 
 def download_folder() -> Path:
@@ -37,9 +46,17 @@ def download_folder() -> Path:
     return folder
 
 
-def disk_usage() -> int:
-    """Bytes under the app's folder (the downloads)."""
-    return sum(p.stat().st_size for p in ROOT.rglob("*") if p.is_file())
+def photo_file(image: Image.Image) -> Path:
+    """The photo as a WebP file in PHOTO_DIR, named by its pixels (written once); the oldest
+    photos are deleted past the bound."""
+    path = PHOTO_DIR / (hashlib.sha256(image.tobytes()).hexdigest()[:32] + ".webp")
+    with _lock:
+        if not path.exists():
+            image.convert("RGB").save(path, format="WEBP", quality=PHOTO_QUALITY)
+            _photos.append(path)
+            while len(_photos) > limits.PHOTO_FILES_KEPT:
+                _photos.popleft().unlink(missing_ok=True)
+    return path
 
 
 def remove_all() -> None:

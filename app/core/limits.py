@@ -7,6 +7,7 @@ each number below says what it bounds and why it has the value it has. Environme
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 
 def _env_int(name: str, default: int) -> int:
@@ -32,8 +33,9 @@ GMACS_CACHE_ENTRIES = 512
 
 FIGURE_CACHE_ENTRIES = 512
 FIGURE_CACHE_BYTES = 192 * 2**20
-"""Drawn figures kept (by run key + view), as plotly JSON: at most ~0.5 MB each, ~1.4 MB
-for all the views of one deit_small run (`python scripts/app_latency.py` prints them)."""
+"""Drawn figures kept (by run key + view), as plotly JSON: at most ~0.25 MB each, ~0.6 MB for
+all the views of one deit_small run (`python scripts/app_latency.py` prints them); the GIF's
+frames of a run (~7 MB of pictures) when its Downloads are made."""
 
 TRADEOFF_CACHE_ENTRIES = 32
 """Trade-off charts kept (by measured GMACs + sweep records)."""
@@ -66,6 +68,20 @@ older than 30 minutes are deleted every 10 minutes."""
 DOWNLOAD_FOLDERS_KEPT = 16
 """Download folders (GIF + JSON) kept on disk; older ones are deleted."""
 
+PHOTO_FILES_KEPT = 256
+"""Photos kept on disk for the figures that show them (~8 kB each): more than the figure cache
+can hold runs of (FIGURE_CACHE_ENTRIES over the 7 views of a run), so a cached figure never
+loses its photo."""
+
+
+# ----------------------------------------------------------------------------- uploaded photos
+
+MAX_PHOTO_BYTES = 50 * 2**20   # a photo file larger than this is refused unread
+MAX_PIXELS = 50_000_000        # decoding refused past this many pixels (a decompression bomb)
+MIN_SIDE = 16                  # pixels; smaller than this there is no picture to split into patches
+MAX_FRAMES_COUNTED = 100       # an animation's frames are counted (for the note) up to this many
+WORKING_SIDE = 1024            # photos are shrunk to this longest side before anything else (speed)
+
 
 # ----------------------------------------------------------------------------- uploaded sweep files
 
@@ -83,28 +99,34 @@ MAX_LABEL_CHARS = 80           # a method name or label longer than this is cut
 QUEUE_SIZE = 64
 """Requests waiting for the model at most; more get a polite 'queue full'."""
 
-LATENCY_REPEATS = {"cpu": 2, "cuda": 10}
-"""Forwards timed per model for the latency figure (best of); CPU: keeps a run within ~1 s."""
 
-THROUGHPUT_MAX_BATCH = {"cpu": 16, "cuda": 256}
-"""Largest batch 'Measure throughput' accepts, by device."""
+@dataclass(frozen=True)
+class Throughput:
+    """What one 'Measure throughput' request may cost on a kind of device."""
+    max_batch: int          # largest batch accepted
+    default_batch: int      # the batch the page offers first
+    budget_s: float         # most seconds the measurement may hold the model (both models, all batches):
+                            # the number of timed batches is cut to fit after the warm-up batch shows one's cost
+    max_batches: int        # timed batches per model at most, however fast they are
 
-THROUGHPUT_BUDGET_S = {"cpu": 4.0, "cuda": 10.0}
-"""Most seconds one throughput measurement may hold the model (both models, all batches):
-the number of timed batches is cut to fit after the warm-up batch shows the cost of one."""
 
-THROUGHPUT_DEFAULT_BATCH = {"cpu": 8, "cuda": 64}
+THROUGHPUT = {"cpu": Throughput(max_batch=16, default_batch=8, budget_s=4.0, max_batches=10),
+              "cuda": Throughput(max_batch=256, default_batch=64, budget_s=10.0, max_batches=10)}
+"""By device kind (`app.core.models.DEVICE.type`: the app runs on "cpu" or "cuda")."""
+
+MAX_MEASUREMENTS = 16
+"""Throughput measurements a session keeps for its chart (the same batch size is replaced)."""
 
 GPU_DURATION_RUN_S = 20
-"""ZeroGPU reservation (seconds) for one new photo: full, GTP (traced, timed), ToMe, pruning.
-Measured on this project's shared 2-core CPU (no GPU was available to measure on): one call
-takes 5-12 s warm (deit_small / deit_base, latency repeats included); a GPU runs the same ~9
-forwards at batch 1 in well under a second, so 20 s leaves room for a cold worker's CUDA set-up
+"""ZeroGPU reservation (seconds) for one new photo: GTP (traced, then timed), the full model
+(once) and the compared methods. Measured on this project's shared 2-core CPU (no GPU was
+available to measure on; load average 3): one call takes 1.7-2 s warm for deit_small and 9-13 s
+for deit_base; a GPU runs the same 5 forwards at batch 1 in well under a second, so 20 s leaves room for a cold worker's CUDA set-up
 while staying far below the 60 s default (a shorter reservation queues sooner). To re-measure
-on the Space's card, time one `app.inference.run_photo` call on CUDA and set 3x its cold time."""
+on the Space's card, time one `app.core.inference.run_photo` call on CUDA and set 3x its cold time."""
 
 GPU_DURATION_THROUGHPUT_S = 30
-"""ZeroGPU reservation for one throughput measurement: THROUGHPUT_BUDGET_S['cuda'] plus the
+"""ZeroGPU reservation for one throughput measurement: THROUGHPUT['cuda'].budget_s plus the
 warm-up batches of both models and CUDA initialisation."""
 
 

@@ -1,24 +1,24 @@
 """What the app measures, as immutable values (frozen dataclasses of tensors and plain data).
 
 A result is complete when it is built and is never filled in later: GMACs, which depend only
-on the model and the configuration, are a separate value (`Costs`) from their own cache.
-Everything here pickles (ZeroGPU sends the GPU function's arguments and results between
-processes) and lives on the CPU.
+on the model and the configuration, are a separate value (`Costs`) from their own cache, and
+an exploration whose comparison was deferred is a complete value (`comparison` None) that a
+new one, with the comparison, replaces. Everything here pickles (ZeroGPU sends the GPU
+functions' arguments and results between processes) and lives on the CPU.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from PIL import Image
 
 import gtp
+from gtp import methods
+from gtp.methods import BlockRecord
 
 from .settings import Settings
-
-COMPARED = ("gtp", "tome", "pruning")  # names in `gtp.baselines.METHODS`
-METHOD_LABELS = {"full": "Full model", "gtp": "GTP", "tome": "ToMe", "pruning": "Pruning"}
 
 
 @dataclass(frozen=True)
@@ -32,29 +32,81 @@ class TopClass:
 
 
 @dataclass(frozen=True)
+class Outputs:
+    """One model's outputs on the photo, kept so that comparing another method with it later
+    never runs it again."""
+    features: torch.Tensor                   # [1, C] pre-logits features, float32
+    logits: Optional[torch.Tensor]           # [1, K]; None for a model without a classifier head
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """One compared method's forward on the photo (raw, as the GPU function returns it)."""
+    method: str                              # a name in `gtp.methods.METHODS`
+    outputs: Outputs
+    blocks: tuple[BlockRecord, ...]          # per block: what left, tokens left (ToMe: partners)
+    seconds: float                           # wall time of the forward, measured
+
+
+@dataclass(frozen=True)
 class RunJob:
-    """The argument of the GPU function: what to run on which input."""
+    """The argument of `run_photo`: what to run on which input."""
     settings: Settings
-    x: torch.Tensor                 # [1, 3, H, W] the preprocessed photo, on the CPU
+    x: torch.Tensor                          # [1, 3, H, W] the preprocessed photo, on the CPU
+    budget: tuple[int, ...]                  # tokens each compared method removes per block
+    compare: bool                            # also run the compared methods (one GPU call on ZeroGPU)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """`run_photo`'s result: GTP traced and timed, the full model once, and (when asked) the
+    other compared methods."""
+    trace: gtp.Trace                         # the GTP forward, attention maps in bfloat16
+    full: Outputs
+    gtp: Outputs
+    full_top5: Optional[tuple[TopClass, ...]]
+    gtp_top5: Optional[tuple[TopClass, ...]]
+    feature_cosine: float                    # full vs GTP, pre-logits features
+    latency_ms: tuple[float, float]          # (full, GTP): one forward each, batch 1
+    device: str                              # the real card, read inside the GPU call
+    num_heads: int
+    others: Optional[tuple[MethodRun, ...]] = None   # the compared methods besides GTP, when run
+
+
+@dataclass(frozen=True)
+class CompareJob:
+    """The argument of `compare_photo`: the compared methods besides GTP, run later."""
+    settings: Settings
+    x: torch.Tensor                          # [1, 3, H, W] on the CPU
+    budget: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class MethodResult:
     """One token-reduction method on the photo, at the comparison's token budget."""
-    method: str                              # a key of gtp.baselines.METHODS
-    removed: tuple[tuple[int, ...], ...]     # per block: original patch ids of the tokens that left there
-    tokens_per_block: tuple[int, ...]        # tokens (prefix included) leaving each block
+    method: str                              # a name in `gtp.methods.METHODS`
+    blocks: tuple[BlockRecord, ...]          # per block: original patch ids that left, tokens left
     cosine: float                            # cosine of the pre-logits features to the full model's
     top5: Optional[tuple[TopClass, ...]]     # classifier models only
     agree: Optional[bool]                    # top-1 equal to the full model's
     kl: Optional[float]                      # KL(p_full || p_method) of the softmax, in nats
-    # ToMe only: per block, the patch id naming the token each removed id merged into (in
-    # `removed`'s order; `gtp.tome.merged_into_of`); None for the other methods
-    merged_into: Optional[tuple[tuple[int, ...], ...]] = None
 
     @property
     def label(self) -> str:
-        return METHOD_LABELS[self.method]
+        return methods.get(self.method).label
+
+    @property
+    def removed(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(b.removed for b in self.blocks)
+
+    @property
+    def tokens_per_block(self) -> tuple[int, ...]:
+        return tuple(b.tokens_left for b in self.blocks)
+
+    @property
+    def merged_into(self) -> Optional[tuple[tuple[int, ...], ...]]:
+        """ToMe: per block, the patch naming the token each removed id merged into; else None."""
+        return None if any(b.into is None for b in self.blocks) else tuple(b.into for b in self.blocks)
 
     @property
     def num_removed(self) -> int:
@@ -63,11 +115,12 @@ class MethodResult:
 
 @dataclass(frozen=True)
 class Comparison:
-    """GTP, ToMe and pruning with the same tokens removed per block (so equal GMACs)."""
+    """The compared methods (`gtp.methods.compared()`) with the same tokens removed per block
+    (so equal GMACs)."""
     budget: tuple[int, ...]                  # tokens each method removes per block (P; r for ToMe)
-    methods: tuple[MethodResult, ...]        # in COMPARED order
+    methods: tuple[MethodResult, ...]
     full_top5: Optional[tuple[TopClass, ...]]
-    seconds: float                           # wall time of the four forwards, measured
+    seconds: float                           # wall time of all the forwards, measured
 
     @property
     def depth(self) -> int:
@@ -75,27 +128,6 @@ class Comparison:
 
     def method(self, name: str) -> MethodResult:
         return next(m for m in self.methods if m.method == name)
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """The GPU function's result: everything measured on one photo with one setting."""
-    trace: gtp.Trace                         # the GTP forward, attention maps in bfloat16
-    full_top5: Optional[tuple[TopClass, ...]]
-    gtp_top5: Optional[tuple[TopClass, ...]]
-    feature_cosine: float                    # full vs GTP, pre-logits features
-    latency_ms: tuple[float, float]          # (full, GTP), best of `repeats`, batch 1
-    repeats: int
-    device: str                              # the real card, read inside the GPU call
-    num_heads: int
-    comparison: Comparison
-
-
-@dataclass(frozen=True)
-class UserError:
-    """A refusal the person must read (impossible hyper-parameters): returned, not raised,
-    because ZeroGPU replaces the message of an exception raised in its worker."""
-    message: str
 
 
 @dataclass(frozen=True)
@@ -117,14 +149,11 @@ class Exploration:
     photo_size: tuple[int, int]              # the uploaded photo's (width, height)
     photo_notes: tuple[str, ...]             # conversions applied to the upload
     run: RunResult
+    comparison: Optional[Comparison] = None  # None until the compared methods ran
 
     @property
     def trace(self) -> gtp.Trace:
         return self.run.trace
-
-    @property
-    def comparison(self) -> Comparison:
-        return self.run.comparison
 
     @property
     def depth(self) -> int:
@@ -149,21 +178,19 @@ class Exploration:
 
 @dataclass(frozen=True)
 class Costs:
-    """GMACs per image (PyTorch FLOP counter / 2); None where not counted yet."""
-    full: Optional[float] = None
-    gtp: Optional[float] = None
-    tome: Optional[float] = None
-    pruning: Optional[float] = None
+    """GMACs per image by method name (PyTorch FLOP counter / 2); None where not counted yet."""
+    gmacs: Mapping[str, Optional[float]]
 
     def of(self, method: str) -> Optional[float]:
-        return getattr(self, method)
+        return self.gmacs.get(method)
 
     def gmacs_json(self) -> Optional[dict]:
         """The `explore` endpoint's "gmacs" entry."""
-        if self.full is None or self.gtp is None:
+        full, reduced = self.of("full"), self.of("gtp")
+        if full is None or reduced is None:
             return None
-        return {"full": round(self.full, 4), "gtp": round(self.gtp, 4),
-                "reduction_percent": round(100 * (1 - self.gtp / self.full), 2)}
+        return {"full": round(full, 4), "gtp": round(reduced, 4),
+                "reduction_percent": round(100 * (1 - reduced / full), 2)}
 
 
 @dataclass(frozen=True)

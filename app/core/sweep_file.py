@@ -1,4 +1,5 @@
-"""Files the app ships or reads: example photos, the paper's published numbers, sweep results.
+"""Sweep results uploaded by the person (`python -m gtp sweep` JSON or CSV) read for the
+trade-off chart.
 
 A sweep file is untrusted upload: it is bounded (bytes, nesting depth, records, distinct methods,
 label length) before anything costly is done with it, each bound refusing with a sentence that
@@ -13,33 +14,13 @@ import io
 import json
 import math
 import re
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 
-# The bounds on an uploaded sweep file live with every other bound.
+from .errors import InputError
 from .limits import MAX_LABEL_CHARS, MAX_SWEEP_BYTES, MAX_SWEEP_DEPTH, MAX_SWEEP_METHODS, MAX_SWEEP_RECORDS
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-EXAMPLE_PHOTOS = [ASSETS / name for name in ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")]
-PUBLISHED_FILE = ASSETS / "published_results.json"
-
-
-def example_paths() -> list[str]:
-    """The example photos that exist (all four in a normal checkout)."""
-    return [str(p) for p in EXAMPLE_PHOTOS if p.is_file()]
-
-
-@lru_cache(maxsize=1)
-def published_results() -> dict:
-    """The paper's numbers as published (see assets/CREDITS.md); never measured here."""
-    with open(PUBLISHED_FILE, encoding="utf-8") as f:
-        return json.load(f)
-
-
-# ----------------------------------------------------------------------------- sweep files
 
 # Column names other tools use for the same quantity.
 _ALIASES = {
@@ -103,12 +84,12 @@ def _records(data: Any) -> list[dict]:
 def _json_rows(text: str, name: str) -> list[dict]:
     depth = json_depth(text)
     if depth > MAX_SWEEP_DEPTH:
-        raise ValueError(f"{name} nests [ and {{ {depth:,} levels deep; a sweep file needs at most "
+        raise InputError(f"{name} nests [ and {{ {depth:,} levels deep; a sweep file needs at most "
                          f"{MAX_SWEEP_DEPTH}. Upload the JSON or CSV that `python -m gtp sweep` writes.")
     try:
         data = json.loads(text)
     except ValueError as e:  # JSONDecodeError, and integers too long to convert
-        raise ValueError(f"{name} looks like JSON but does not parse: {e}") from None
+        raise InputError(f"{name} looks like JSON but does not parse: {e}") from None
     return _records(data)
 
 
@@ -120,7 +101,7 @@ def _csv_rows(text: str, name: str) -> list[dict]:
             if len(rows) > MAX_SWEEP_RECORDS:
                 break
     except csv.Error as e:
-        raise ValueError(f"{name} is neither JSON nor CSV: {e}") from None
+        raise InputError(f"{name} is neither JSON nor CSV: {e}") from None
     return rows
 
 
@@ -151,29 +132,29 @@ def parse_sweep(text: str, name: str = "sweep") -> tuple[list[dict], str]:
 
     Tolerant: keys in any case, common aliases, numbers as strings, fractions or percents,
     JSON as a list or under 'records'/'results'. Rows without GMACs or without both metrics
-    are skipped and counted. Bounded: ValueError past MAX_SWEEP_DEPTH levels of nesting,
+    are skipped and counted. Bounded: InputError past MAX_SWEEP_DEPTH levels of nesting,
     MAX_SWEEP_RECORDS rows or MAX_SWEEP_METHODS distinct methods, or when nothing usable is
     found. `method` and `label` are plain one-line text.
     """
     name = plain_text(name)
     text = text.lstrip("\ufeff").strip()
     if not text:
-        raise ValueError(f"{name} is empty.")
+        raise InputError(f"{name} is empty.")
     rows = _json_rows(text, name) if text[0] in "[{" else _csv_rows(text, name)
     if len(rows) > MAX_SWEEP_RECORDS:
-        raise ValueError(f"{name} has more than {MAX_SWEEP_RECORDS:,} records; the chart takes at most "
+        raise InputError(f"{name} has more than {MAX_SWEEP_RECORDS:,} records; the chart takes at most "
                          f"{MAX_SWEEP_RECORDS:,}. Split the sweep or keep the settings you want to compare.")
     records = [r for r in map(_record, rows) if r is not None]
     skipped = len(rows) - len(records)
     methods = {r["method"] for r in records}
     if len(methods) > MAX_SWEEP_METHODS:
-        raise ValueError(f"{name} has {len(methods):,} different method names; the chart draws one series "
+        raise InputError(f"{name} has {len(methods):,} different method names; the chart draws one series "
                          f"per method and takes at most {MAX_SWEEP_METHODS}.")
     for field in ("top1", "agreement"):
         for record, value in zip(records, _as_percent([r[field] for r in records])):
             record[field] = value
     if not records:
-        raise ValueError(
+        raise InputError(
             f"{name} has no usable records: each needs a 'gmacs' value and a 'top1' or 'agreement' "
             f"value ({skipped} row(s) skipped).")
     message = f"Loaded {len(records)} record(s) from {name}"
@@ -188,13 +169,13 @@ def load_sweep(path: Union[str, Path]) -> tuple[list[dict], str]:
     try:
         size = path.stat().st_size
         if size > MAX_SWEEP_BYTES:
-            raise ValueError(f"{name} is {size / 2**20:.1f} MB; a sweep file may be at most "
+            raise InputError(f"{name} is {size / 2**20:.1f} MB; a sweep file may be at most "
                              f"{MAX_SWEEP_BYTES // 2**20} MB.")
         raw = path.read_bytes()
     except OSError as e:
-        raise ValueError(f"cannot read {name}: {e.strerror or type(e).__name__}") from None
+        raise InputError(f"cannot read {name}: {e.strerror or type(e).__name__}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError(f"{name} is not a text (UTF-8) file; expected JSON or CSV.") from None
+        raise InputError(f"{name} is not a text (UTF-8) file; expected JSON or CSV.") from None
     return parse_sweep(text, name)

@@ -14,18 +14,15 @@ from PIL import Image, UnidentifiedImageError
 
 from gtp.images import to_rgb
 
+from .errors import InputError, file_names_only
+from .limits import MAX_FRAMES_COUNTED, MAX_PHOTO_BYTES, MAX_PIXELS, MIN_SIDE, WORKING_SIDE
+
 # PIL refuses (DecompressionBombError) images over 2x this many pixels and warns over 1x;
 # the app turns the warning into a refusal too, so a 30000 x 30000 file is never decoded.
-MAX_PIXELS = 50_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
-MIN_SIDE = 16          # smaller than this there is no picture to split into patches
-MAX_FRAMES_COUNTED = 100  # an animation's frames are counted (for the note) up to this many
-MAX_FILE_BYTES = 50 * 1024 * 1024
-WORKING_SIDE = 1024    # photos are shrunk to this longest side before anything else (speed)
 
-
-class PhotoError(ValueError):
+class PhotoError(InputError):
     """An upload the app cannot use; the message says why and what to do."""
 
 
@@ -71,8 +68,8 @@ def open_photo(path: Union[str, Path, None]) -> Photo:
     path = Path(path)
     if not path.is_file():
         raise PhotoError("The uploaded file could not be found on the server; please upload it again.")
-    if os.path.getsize(path) > MAX_FILE_BYTES:
-        raise PhotoError(f"The file is larger than {MAX_FILE_BYTES // 2**20} MB; please upload a smaller photo.")
+    if os.path.getsize(path) > MAX_PHOTO_BYTES:
+        raise PhotoError(f"The file is larger than {MAX_PHOTO_BYTES // 2**20} MB; please upload a smaller photo.")
     if os.path.getsize(path) == 0:
         raise PhotoError("The file is empty.")
     with warnings.catch_warnings():
@@ -102,7 +99,8 @@ def open_photo(path: Union[str, Path, None]) -> Photo:
                 "(JPEG, PNG, WebP, GIF, BMP or TIFF).") from None
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             # PIL reports truncated and corrupt files as OSError (sometimes SyntaxError/EOFError).
-            raise PhotoError(f"The image file is damaged or truncated and cannot be decoded ({e}).") from None
+            raise PhotoError(f"The image file is damaged or truncated and cannot be decoded "
+                             f"({file_names_only(str(e))}).") from None
     notes = []
     if mode != "RGB":
         notes.append(f"converted a {_describe(mode)} image to RGB")

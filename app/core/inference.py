@@ -1,0 +1,300 @@
+"""Running the models: the GPU functions and the run cache in front of them.
+
+`run_photo`, `compare_photo` and `measure_throughput` are the only functions that run a model's
+forward. On a ZeroGPU Space they run in a forked worker (`@spaces.GPU`), so they are pure: their
+arguments and results are picklable CPU values (`app.core.results`), they never change their
+arguments, and the only module state they touch is the model they patch and unpatch under its
+lock. Everything the person can get wrong is checked before a GPU function is called
+(`check_settings`), so an exception inside one is a bug.
+
+One new photo runs GTP (traced, then timed) and the full model once; the other compared methods
+(`gtp.methods.compared()`) run in the same call on ZeroGPU (one GPU call per photo), and
+elsewhere only when the Compare tab or the `compare` endpoint asks (`compared`), reusing the
+full model's outputs kept from the first call: the full model never runs twice for one photo.
+GMACs, which need no GPU, are counted outside (`app.core.costs`).
+
+`duration` of each GPU function: `app.core.limits.GPU_DURATION_*`, sized from the measured time of
+one call (see there). Outside ZeroGPU `spaces.GPU` returns the function unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from typing import Optional
+
+import numpy as np
+import spaces
+import torch
+from PIL import Image
+
+import gtp
+from gtp import methods
+from gtp.measure.metrics import Timer, cosine, device_name, features_and_logits, kl_divergence, top1_agreement
+
+from . import limits
+from .caches import BoundedCache
+from .errors import InputError, file_names_only
+from .models import DEVICE, ZERO_GPU, ModelSlot, get_model
+from .photos import Photo
+from .results import (
+    CompareJob, Comparison, Exploration, MethodResult, MethodRun, ModelInfo, Outputs, RunJob, RunResult, Throughput,
+    ThroughputJob, TopClass,
+)
+from .settings import Settings
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _top5(logits: Optional[torch.Tensor], class_names: Optional[list[str]]) -> Optional[tuple[TopClass, ...]]:
+    if logits is None:
+        return None
+    probs = logits[0].detach().float().softmax(-1)
+    p, idx = probs.topk(min(5, probs.numel()))
+    return tuple(TopClass(int(i), class_names[int(i)] if class_names else f"class {int(i)}", round(float(q), 6))
+                 for q, i in zip(p, idx))
+
+
+def _outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[Outputs, float]:
+    """(the model's outputs on x, moved to the CPU as float32; the seconds the forward took)."""
+    with Timer(x.device) as timer:
+        feats, logits = features_and_logits(model, x)
+    return Outputs(feats.float().cpu(), None if logits is None else logits.float().cpu()), timer.seconds
+
+
+def _to_cpu(value):
+    """A trace (or any part of one) copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, gtp.Edges):
+        return gtp.Edges(*(t.detach().cpu() for t in value))
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value
+
+
+def _compact(rec: gtp.Trace) -> gtp.Trace:
+    """A freshly recorded trace made ready to leave the GPU function (before anyone sees it):
+    attention maps in bfloat16 (half the memory of float32 for the largest part; exact zeros
+    stay zero; sparsity statistics were computed by the library in full precision), then
+    everything copied to the CPU. The cast is done on the model's device: a ZeroGPU worker is
+    a forked process, where CPU thread pools (OpenMP) inherited from the parent are unsafe."""
+    for layer in rec.layers:
+        if layer.attn_before is not None:
+            layer.attn_before = layer.attn_before.to(torch.bfloat16)
+            layer.attn_after = layer.attn_after.to(torch.bfloat16)
+    for obj in [rec, *rec.layers]:
+        for name in obj.__dataclass_fields__:
+            setattr(obj, name, _to_cpu(getattr(obj, name)))
+    return rec
+
+
+def _others(slot: ModelSlot, x: torch.Tensor, settings: Settings, budget: tuple[int, ...]) -> tuple[MethodRun, ...]:
+    """Every compared method but GTP, each removing `budget` tokens per block. Hold the lock."""
+    options = settings.patch_kwargs()
+    options.pop("num_prop")
+    runs = []
+    for method in methods.compared():
+        if method.name == "gtp":   # the exploration's own GTP run stands for it
+            continue
+        (outputs, seconds), blocks = method.run_recorded(slot.model, lambda m: _outputs(m, x), list(budget),
+                                                         **options)
+        runs.append(MethodRun(method.name, outputs, tuple(blocks), seconds))
+    return tuple(runs)
+
+
+# ----------------------------------------------------------------------------- the GPU functions
+
+
+@spaces.GPU(duration=limits.GPU_DURATION_RUN_S)
+@torch.inference_mode()
+def run_photo(job: RunJob) -> RunResult:
+    """GTP (traced with attention maps, then timed), the full model once, and with `job.compare`
+    the other compared methods, on one photo. The settings were checked (`check_settings`)."""
+    slot = get_model(job.settings.model, job.settings.weights)
+    x = job.x.to(slot.loaded.device)
+    with slot.lock:
+        try:
+            model = gtp.patch(slot.model, **job.settings.patch_kwargs())
+            with gtp.trace(model, attention=True) as rec:   # also warms the GTP path up
+                features_and_logits(model, x)
+            reduced, gtp_seconds = _outputs(model, x)       # timed without the recording
+            gtp.unpatch(slot.model)
+            full, full_seconds = _outputs(slot.model, x)
+            others = _others(slot, x, job.settings, job.budget) if job.compare else None
+        finally:
+            methods.reset(slot.model)  # the model rests unpatched
+    names = slot.loaded.class_names
+    return RunResult(
+        trace=_compact(rec), full=full, gtp=reduced, full_top5=_top5(full.logits, names),
+        gtp_top5=_top5(reduced.logits, names), feature_cosine=round(float(cosine(full.features, reduced.features)[0]), 6),
+        latency_ms=(round(full_seconds * 1000, 2), round(gtp_seconds * 1000, 2)), device=device_name(x.device),
+        num_heads=int(slot.model.blocks[0].attn.num_heads), others=others)
+
+
+@spaces.GPU(duration=limits.GPU_DURATION_RUN_S)
+@torch.inference_mode()
+def compare_photo(job: CompareJob) -> tuple[MethodRun, ...]:
+    """The compared methods besides GTP on one photo (the Compare tab opened after the run)."""
+    slot = get_model(job.settings.model, job.settings.weights)
+    with slot.lock:
+        try:
+            return _others(slot, job.x.to(slot.loaded.device), job.settings, job.budget)
+        finally:
+            methods.reset(slot.model)
+
+
+# ----------------------------------------------------------------------------- explorations (cached)
+
+RUNS: BoundedCache[Exploration] = BoundedCache("runs", limits.RUN_CACHE_ENTRIES, limits.RUN_CACHE_BYTES)
+
+
+def check_settings(slot: ModelSlot, settings: Settings) -> tuple[int, ...]:
+    """The comparison's budget (tokens removed per block) after checking that GTP and every
+    compared method accept the settings on this model: each is applied and removed again, no
+    forward run. InputError saying which refuses and why."""
+    depth = len(slot.model.blocks)
+    options = settings.patch_kwargs()
+    budget = tuple(settings.budget(depth))
+    with slot.lock:
+        try:
+            try:
+                gtp.patch(slot.model, **options)
+            except ValueError as e:  # the library names the value and its valid range
+                raise InputError(f"Impossible GTP hyper-parameters for {slot.loaded.name}: {e}") from None
+            for method in methods.compared():
+                try:
+                    method.apply(slot.model, list(budget), **{k: v for k, v in options.items() if k != "num_prop"})
+                except ValueError as e:
+                    raise InputError(f"Cannot run {method.label} at this token budget on {slot.loaded.name}: "
+                                     f"{e}") from None
+        finally:
+            methods.reset(slot.model)
+    return budget
+
+
+def _unnormalise(x: torch.Tensor, data_config: dict) -> Image.Image:
+    """The model input [1, 3, H, W] back to the RGB picture it shows."""
+    mean = torch.tensor(data_config["mean"]).view(3, 1, 1)
+    std = torch.tensor(data_config["std"]).view(3, 1, 1)
+    rgb = (x[0].detach().float().cpu() * std + mean).clamp(0, 1)
+    return Image.fromarray((rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), "RGB")
+
+
+def run_key(photo: Photo, settings: Settings) -> str:
+    """What a run depends on: the photo's pixels and conversions, the model, weights, setting."""
+    h = hashlib.sha256(photo.image.tobytes())
+    h.update(repr((photo.image.size, tuple(photo.notes), settings)).encode())
+    return h.hexdigest()
+
+
+def model_input(photo: Photo, slot: ModelSlot) -> torch.Tensor:
+    """The photo as the model's input [1, 3, H, W] on the CPU."""
+    return slot.loaded.transform(photo.image.convert("RGB")).unsqueeze(0)
+
+
+def _result(method: str, blocks: tuple, full: Outputs, out: Outputs, class_names: Optional[list[str]]) -> MethodResult:
+    has_head = full.logits is not None
+    return MethodResult(
+        method=method, blocks=blocks, cosine=round(float(cosine(full.features, out.features)[0]), 6),
+        top5=_top5(out.logits, class_names) if has_head else None,
+        agree=bool(top1_agreement(full.logits, out.logits)[0]) if has_head else None,
+        kl=round(float(kl_divergence(full.logits, out.logits)[0]), 6) if has_head else None)
+
+
+def _comparison(exp: Exploration, others: tuple[MethodRun, ...], class_names: Optional[list[str]]) -> Comparison:
+    """The comparison of a run: GTP from the run itself, the others from their forwards."""
+    run = exp.run
+    results = {"gtp": _result("gtp", tuple(methods.records_of_trace(run.trace)), run.full, run.gtp, class_names)}
+    results.update({o.method: _result(o.method, o.blocks, run.full, o.outputs, class_names) for o in others})
+    seconds = sum(run.latency_ms) / 1000 + sum(o.seconds for o in others)
+    return Comparison(budget=tuple(exp.settings.budget(exp.depth)),
+                      methods=tuple(results[m.name] for m in methods.compared() if m.name in results),
+                      full_top5=run.full_top5, seconds=seconds)
+
+
+def explore_photo(photo: Photo, settings: Settings) -> Exploration:
+    """One run of the photo with this setting, answered from the cache when seen before.
+    InputError for settings the model cannot take or unusable weights."""
+    slot = get_model(settings.model, settings.weights)  # outside the GPU call: loading needs none
+    key = run_key(photo, settings)
+    hit = RUNS.get(key)
+    if hit is not None:
+        return hit
+    budget = check_settings(slot, settings)
+    x = model_input(photo, slot)
+    result = run_photo(RunJob(settings=settings, x=x, budget=budget, compare=ZERO_GPU))
+    loaded = slot.loaded
+    exp = Exploration(
+        key=key, settings=settings,
+        model=ModelInfo(loaded.name, loaded.pretrained, file_names_only(loaded.message), loaded.has_head), x=x,
+        model_input=_unnormalise(x, loaded.data_config), photo_size=tuple(photo.original_size),
+        photo_notes=tuple(photo.notes), run=result)
+    if result.others is not None:
+        exp = dataclasses.replace(exp, comparison=_comparison(exp, result.others, loaded.class_names))
+    return RUNS.put(key, exp)
+
+
+def compared(exp: Exploration) -> Exploration:
+    """The exploration with its comparison: as it is, from the run cache, or with the compared
+    methods run now (the full model's outputs come from the run)."""
+    if exp.comparison is not None:
+        return exp
+    hit = RUNS.get(exp.key)
+    if hit is not None and hit.comparison is not None:
+        return hit
+    slot = get_model(exp.settings.model, exp.settings.weights)
+    others = compare_photo(CompareJob(settings=exp.settings, x=exp.x, budget=tuple(exp.settings.budget(exp.depth))))
+    return RUNS.put(exp.key, dataclasses.replace(exp, comparison=_comparison(exp, others, slot.loaded.class_names)))
+
+
+# ----------------------------------------------------------------------------- throughput (GPU)
+
+
+def _rate(model: torch.nn.Module, x: torch.Tensor, budget_s: float, max_batches: int) -> tuple[float, int]:
+    """(best ms per batch, batches timed): batches until `budget_s` is spent (at least one).
+    The first batch warms up and is dropped when there was time for another."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_batches + 1 and (not times or time.perf_counter() - start < budget_s):
+        with Timer(x.device) as t:
+            model(x)
+        times.append(t.seconds * 1000)
+    timed = times[1:] or times
+    return min(timed), len(timed)
+
+
+@spaces.GPU(duration=limits.GPU_DURATION_THROUGHPUT_S)
+@torch.inference_mode()
+def measure_throughput(job: ThroughputJob) -> Throughput:
+    """Images per second of the full and the GTP model, measured now on this device.
+
+    The photo repeated `batch_size` times; each model gets half of `job.budget_s`: batches
+    until it is spent (a warm-up batch first, dropped when another fitted), best of them.
+    """
+    slot = get_model(job.settings.model, job.settings.weights)
+    x = job.x.to(slot.loaded.device).expand(job.batch_size, -1, -1, -1).contiguous()
+    start = time.perf_counter()
+    with slot.lock:
+        try:
+            model = gtp.patch(slot.model, **job.settings.patch_kwargs())
+            gtp_ms, gtp_batches = _rate(model, x, job.budget_s / 2, job.max_batches)
+            gtp.unpatch(slot.model)
+            full_ms, full_batches = _rate(slot.model, x, job.budget_s / 2, job.max_batches)
+        finally:
+            methods.reset(slot.model)
+    return Throughput(model=slot.loaded.name, device=device_name(x.device), batch_size=job.batch_size,
+                      timed_batches=min(gtp_batches, full_batches), full_img_per_s=job.batch_size / full_ms * 1000,
+                      gtp_img_per_s=job.batch_size / gtp_ms * 1000, seconds=time.perf_counter() - start)
+
+
+def throughput(exp: Exploration, batch_size: int) -> Throughput:
+    """`measure_throughput` of the exploration's model, setting and photo, within the bounds
+    of `app.core.limits` for this device. InputError for a batch size out of them."""
+    bounds = limits.THROUGHPUT[DEVICE.type]
+    if not 1 <= batch_size <= bounds.max_batch:
+        raise InputError(f"batch size must be between 1 and {bounds.max_batch} on this server "
+                         f"({DEVICE.type.upper()}); got {batch_size}")
+    get_model(exp.settings.model, exp.settings.weights)  # loaded outside the GPU call
+    return measure_throughput(ThroughputJob(settings=exp.settings, x=exp.x, batch_size=batch_size,
+                                            budget_s=bounds.budget_s, max_batches=bounds.max_batches))

@@ -1,0 +1,192 @@
+"""Which component event calls which handler (`wire`), by NAME: a handler's parameters name the
+components it reads and it returns the components it updates as {name: value}
+(`app.ui.handlers`); `bind` turns that into a Gradio function taking and returning dicts keyed
+by component. No list of inputs or outputs has to match a position.
+
+This is also the page's edge for errors: an `InputError` is shown as it is ("Cannot do that");
+any other exception is a bug, logged with its traceback and shown as one, with no internals.
+
+Run events share one queue slot (`concurrency_id="gtp_models"`): the models run one request at
+a time. View events redraw from the session's state in their own slots and never wait on a model.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import gradio as gr
+
+from ..core.errors import InputError, file_names_only
+from ..core.settings import make_settings
+from ..views import walk
+from . import api
+from . import handlers as H
+
+RUN_QUEUE = dict(concurrency_id="gtp_models", concurrency_limit=1, trigger_mode="always_last")
+VIEW_QUEUE = dict(concurrency_id="gtp_views", concurrency_limit=4, trigger_mode="always_last",
+                  show_progress="hidden", api_visibility="undocumented")
+HIDDEN = dict(api_visibility="undocumented")
+BUG = ("This is a bug in GTP Explorer, not something you did; it was logged. Try again, or another "
+       "photo or setting.")
+log = logging.getLogger("gtp.app")
+
+
+def page_error(e: Exception) -> gr.Error:
+    """The message the page shows for an exception: an InputError's own; for anything else, that
+    it is a bug (logged here with its traceback; nothing of it reaches the page)."""
+    if isinstance(e, gr.Error):
+        return e
+    if isinstance(e, InputError):
+        return gr.Error(file_names_only(str(e)), title="Cannot do that")
+    log.error("bug in an event handler", exc_info=e)
+    return gr.Error(BUG, title="Something went wrong")
+
+
+def at_the_edge(fn: Callable) -> Callable:
+    """`fn` (a function or a generator function) with its exceptions turned into `page_error`s."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - the page's edge: keep serving, say what broke
+                raise page_error(e) from None
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - the page's edge: keep serving, say what broke
+            raise page_error(e) from None
+    return wrapper
+
+
+def _components(value: Any) -> list:
+    return list(value.values()) if isinstance(value, dict) else [value]
+
+
+def bind(ui: dict, fn: Callable, outputs: Iterable[str]) -> dict[str, Any]:
+    """`gr.on` keyword arguments calling `fn` by name: its parameters are names in `ui` ("hp" is
+    the dict of hyper-parameter controls, read and written as a dict), its result a dict
+    {name in `outputs`: value} (a generator: one such dict per update)."""
+    names = list(inspect.signature(fn).parameters)
+    outputs = list(outputs)
+
+    def read(data: dict) -> dict[str, Any]:
+        return {n: ({k: data[c] for k, c in ui[n].items()} if isinstance(ui[n], dict) else data[ui[n]]) for n in names}
+
+    def write(out: dict[str, Any]) -> dict:
+        unknown = set(out) - set(outputs)
+        if unknown:
+            raise KeyError(f"{fn.__name__} updated {sorted(unknown)}, not among its outputs {outputs}")
+        written = {}
+        for name, value in out.items():
+            written.update({ui[name][k]: v for k, v in value.items()} if isinstance(ui[name], dict)
+                           else {ui[name]: value})
+        return written
+
+    if inspect.isgeneratorfunction(fn):
+        def call(data: Optional[dict] = None) -> Iterator[dict]:
+            updated = False
+            for out in fn(**read(data or {})):
+                updated = True
+                yield write(out)
+            if not updated:   # a generator that yields nothing would set every output to None
+                yield {}
+    else:
+        def call(data: Optional[dict] = None) -> dict:
+            return write(fn(**read(data or {})))
+    call.__name__ = fn.__name__
+    return dict(fn=at_the_edge(call), inputs={c for n in names for c in _components(ui[n])} or None,
+                outputs=[c for n in outputs for c in _components(ui[n])])
+
+
+# ----------------------------------------------------------------------------- the events' own functions
+# Each reads the page's raw values by name and calls the handler with typed arguments.
+
+ALL_PANELS = ("state", "shown", "banner", "status", "token", "attn_block", "head",
+              *(name for names in H.TAB_PANELS.values() for name in names))
+
+
+def run_event(photo: Optional[str], model: str, weights: Any, schedule: str, hp: dict, graph_kind: str, token: Any,
+              attn_block: Any, head: Any, tab: str, sweep_state: Optional[list],
+              throughput_state: Optional[list]) -> Iterator[dict]:
+    """A new photo, model, weights file or setting (the layer walk starts at block 1)."""
+    settings = make_settings(model, weights, schedule, **hp)
+    view = H.View(graph_kind=graph_kind, token=token, attn_block=attn_block, head=head)
+    yield from H.run(photo, settings, view, tab, sweep_state, throughput_state)
+
+
+def refresh_event(tab: str, state: Any, shown: Optional[dict], graph_kind: str, token: Any, attn_block: Any,
+                  head: Any, sweep_state: Optional[list], throughput_state: Optional[list]) -> Iterator[dict]:
+    """After a run: draw the tab on view now if the run drew another (it was opened meanwhile)."""
+    view = H.View(graph_kind=graph_kind, token=token, attn_block=attn_block, head=head)
+    yield from H.open_tab(tab, state, shown, view, sweep_state, throughput_state)
+
+
+def tab_event(tab_id: str) -> Callable[..., Iterator[dict]]:
+    """The event of opening tab `tab_id`."""
+    def open_tab(state: Any, shown: Optional[dict], graph_kind: str, token: Any, attn_block: Any, head: Any,
+                 sweep_state: Optional[list], throughput_state: Optional[list]) -> Iterator[dict]:
+        view = H.View(graph_kind=graph_kind, token=token, attn_block=attn_block, head=head)
+        yield from H.open_tab(tab_id, state, shown, view, sweep_state, throughput_state)
+    open_tab.__name__ = f"open_{tab_id}"
+    return open_tab
+
+
+def compare_event(state: Any, shown: Optional[dict]) -> Iterator[dict]:
+    """The Compare button: the comparison drawn again (and run if it was deferred)."""
+    yield from H.open_tab("compare", state, {k: v for k, v in (shown or {}).items() if k != "compare"})
+
+
+def _api_inputs(ui: dict) -> list:
+    """The endpoints' inputs in their documented parameter order (the public API)."""
+    by_name = {"model": ui["model"], "schedule": ui["schedule"], **ui["hp"]}
+    return [ui["photo"]] + [by_name[name] for name in api.API_PARAMETERS]
+
+
+def _wire_runs(demo: gr.Blocks, ui: dict) -> None:
+    hp = ui["hp"]
+    releases = [c.release for c in hp.values() if isinstance(c, gr.Slider)]
+    others = [c.input for c in hp.values() if not isinstance(c, gr.Slider)]
+    triggers = [ui["photo"].change, ui["run_button"].click, ui["model"].input, ui["weights"].upload,
+                ui["schedule"].submit, *others, *releases]
+    run = bind(ui, run_event, ALL_PANELS)
+    refresh = bind(ui, refresh_event, ("tab", *ALL_PANELS))
+    gr.on(triggers, **run, **HIDDEN, **RUN_QUEUE).then(**refresh, **HIDDEN, **RUN_QUEUE)
+    ui["preset"].click(**bind(ui, H.published_preset, ("schedule", "hp")), **HIDDEN).then(
+        **run, **HIDDEN, **RUN_QUEUE).then(**refresh, **HIDDEN, **RUN_QUEUE)
+    gr.Button(visible=False).click(
+        at_the_edge(api.explore), inputs=_api_inputs(ui), api_name="explore", **RUN_QUEUE,
+        outputs=[gr.JSON(visible=False, label="prediction"), gr.JSON(visible=False, label="trace_summary")])
+    gr.Button(visible=False).click(
+        at_the_edge(api.compare), inputs=_api_inputs(ui), api_name="compare", **RUN_QUEUE,
+        outputs=[gr.JSON(visible=False, label="comparison")])
+    ui["measure"].click(**bind(ui, H.measure, ("throughput_md", "throughput_state", "tradeoff_plot")),
+                        **HIDDEN, **RUN_QUEUE)
+    for tab_id in H.TAB_PANELS:   # Compare may run the compared methods: the models' queue
+        queue = {**HIDDEN, **RUN_QUEUE} if tab_id == "compare" else VIEW_QUEUE
+        ui[f"tab_{tab_id}"].select(**bind(ui, tab_event(tab_id), ("tab", *ALL_PANELS)), **queue)
+    ui["compare_button"].click(**bind(ui, compare_event, ("tab", *ALL_PANELS)), **HIDDEN, **RUN_QUEUE)
+    demo.load(**bind(ui, H.startup, ("photo", "banner")), **HIDDEN)
+
+
+def _wire_views(ui: dict) -> None:
+    # The layer walk's slider and Play run in the browser (`app.views.walk.PLAY_JS`): no request.
+    ui["play"].click(None, js=walk.PLAY_JS, **HIDDEN)
+    # .input, not .change: a run setting the token for a new model must not draw a tab not on view
+    gr.on([ui["graph_kind"].input, ui["token"].input],
+          **bind(ui, H.draw_graph, H.TAB_PANELS["graphs"]), **VIEW_QUEUE)
+    gr.on([ui["attn_block"].change, ui["head"].change],
+          **bind(ui, H.draw_attention, H.TAB_PANELS["attention"]), **VIEW_QUEUE)
+    ui["sweep_file"].change(**bind(ui, H.load_sweep_file, ("sweep_state", "sweep_md", "tradeoff_plot")), **VIEW_QUEUE)
+    ui["make_downloads"].click(**bind(ui, H.downloads, ("gif_file", "trace_file")), **HIDDEN, **RUN_QUEUE)
+
+
+def wire(demo: gr.Blocks, ui: dict) -> None:
+    """Connect every event of the page (call inside the gr.Blocks)."""
+    _wire_runs(demo, ui)
+    _wire_views(ui)

@@ -1,0 +1,232 @@
+"""What every view shares: figures as plain data, the theme, the photo under the patch grid, the
+per-token facts read from a `gtp.Trace`, and the figure cache.
+
+A figure is the plain dict plotly.js draws (`{"data": [...], "layout": {...}}`), built directly:
+no plotly object validates each property on the hot path, numbers are rounded to what a hover
+shows, numeric arrays of many floats travel as plotly.js typed arrays (`typed`: base64 of the raw
+bytes), and a trace without "type" is a scatter (plotly.js's default).
+Builders take library data only (a `gtp.Trace`, the photo, plain lists), never the app's types.
+
+Coordinates: the photo spans x in [0, g_w] and y in [0, g_h] (y pointing down), one unit per
+patch, so patch id p = r * g_w + c sits at (c + 0.5, r + 0.5). Heat maps over the photo whose
+hover names rows and columns use `CENTRED` axes instead (the photo spans [-0.5, g - 0.5], so
+patch (r, c) sits at (c, r) and the hover reads them as x and y). Patch ids are the original,
+row-major ids `gtp.trace` reports; the id -1 (a `propagation="mean"` token) has no place.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+from gradio.components.plot import PlotData
+from PIL import Image
+
+import gtp
+
+from ..core import files, limits
+from ..core.caches import BoundedCache
+from ..core.results import Exploration
+
+Figure = dict[str, Any]
+PhotoLike = Union[Image.Image, np.ndarray, str]     # a picture, or a ready image source (URI)
+
+FONT_COLOUR = "#8a8f98"            # mid grey: readable on Gradio's light and dark themes
+GRID_COLOUR = "rgba(138,143,152,0.25)"
+JPEG_QUALITY = 80
+CENTRED = -0.5                     # the photo's left/top edge for axes with patch centres at integers
+
+
+class Unavailable(Exception):
+    """The run holds no data for this view (no attention maps, no CLS token, no block): the view
+    shows this sentence instead. Any other exception of a builder is a bug."""
+
+
+def typed(values: Any, dtype: str = "f4") -> dict:
+    """A numeric array as plotly.js takes it without text: {"dtype", "bdata" (base64), "shape"}.
+    dtype: "f4" (NaN allowed: a gap), "u1", "u2", "i4", ..."""
+    array = np.ascontiguousarray(values, dtype=np.dtype(dtype).newbyteorder("<"))
+    if array.size == 0:
+        return []
+    spec = {"dtype": dtype, "bdata": base64.b64encode(array.tobytes()).decode("ascii")}
+    if array.ndim > 1:
+        spec["shape"] = ",".join(map(str, array.shape))
+    return spec
+
+
+def to_json(fig: Figure) -> str:
+    """A figure's JSON, compact (it is sent as it is)."""
+    return json.dumps(fig, separators=(",", ":"), allow_nan=False)
+
+
+def figure(data: list[dict], layout: dict, height: int, title: Optional[str] = None) -> Figure:
+    """A figure with the theme: transparent backgrounds, a neutral font, no template (plotly.js
+    draws none by default)."""
+    themed = {"height": height, "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)",
+              "font": {"color": FONT_COLOUR, "size": 12}, "hovermode": "closest",
+              "margin": {"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+              "hoverlabel": {"font": {"size": 12}, "align": "left"}, "legend": {"bgcolor": "rgba(0,0,0,0)"}}
+    if title:
+        themed["title"] = {"text": escape(title), "x": 0.01, "font": {"size": 14}}
+    return {"data": data, "layout": {**themed, **layout}}
+
+
+def escape(text: Optional[str]) -> Optional[str]:
+    """Plain text for a plotly label: '$' would start LaTeX (MathJax) in plotly.js, '<' a tag."""
+    if text is None:
+        return None
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("$", "&#36;")
+
+
+def photo_uri(photo: PhotoLike) -> str:
+    """The photo as a base64 JPEG data URI at its own size (the model's input: 224 px for most
+    models; the browser scales it). A string is taken as a ready source."""
+    if isinstance(photo, str):
+        return photo
+    img = photo if isinstance(photo, Image.Image) else Image.fromarray(np.asarray(photo, dtype=np.uint8))
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def photo_axes(layout: dict, photo: PhotoLike, grid: tuple[int, int], axis: str = "", origin: float = 0.0,
+               opacity: float = 1.0) -> None:
+    """Put the photo under the axes `x{axis}`/`y{axis}` spanning the patch grid from `origin`
+    (0: patch centres at +0.5; CENTRED: at integers), square patches, y pointing down, no ticks."""
+    gh, gw = grid
+    layout.setdefault("images", []).append(dict(
+        source=photo_uri(photo), xref=f"x{axis}", yref=f"y{axis}", x=origin, y=origin, sizex=gw, sizey=gh,
+        xanchor="left", yanchor="top", sizing="stretch", layer="below", opacity=opacity))
+    hidden = dict(showgrid=False, zeroline=False, showticklabels=False, ticks="", showline=False, fixedrange=True)
+    layout[f"xaxis{axis}"] = {**layout.get(f"xaxis{axis}", {}), "range": [origin, origin + gw], "constrain": "domain",
+                              **hidden}
+    layout[f"yaxis{axis}"] = {**layout.get(f"yaxis{axis}", {}), "range": [origin + gh, origin],
+                              "scaleanchor": f"x{axis}", "scaleratio": 1, "constrain": "domain", **hidden}
+
+
+def centres(ids: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of the patch centres of original patch ids [K] (ids >= 0)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    return ids % grid[1] + 0.5, ids // grid[1] + 0.5
+
+
+def patch_name(pid: int, grid: tuple[int, int]) -> str:
+    """'patch 37 (row 2, col 9)' (rows and columns counted from 0, as the ids are)."""
+    if pid < 0:
+        return "the merged average token"
+    r, c = divmod(int(pid), grid[1])
+    return f"patch {pid} (row {r}, col {c})"
+
+
+def segments(src: np.ndarray, dst: np.ndarray, grid: tuple[int, int]) -> tuple[list, list]:
+    """Line segments between patch centres as one scatter's x and y (None between segments)."""
+    xs, ys = centres(src, grid)
+    xd, yd = centres(dst, grid)
+    gap = [None] * len(xs)
+    x = [v for triple in zip(xs.tolist(), xd.tolist(), gap) for v in triple]
+    y = [v for triple in zip(ys.tolist(), yd.tolist(), gap) for v in triple]
+    return x, y
+
+
+def g4(value: float) -> float:
+    """A number rounded to the 4 significant digits a hover shows (a whole number as an int: '1', not '1.0')."""
+    rounded = float(f"{value:.4g}")
+    return int(rounded) if rounded.is_integer() and abs(rounded) < 1e15 else rounded
+
+
+def numpy(t, image: int = 0) -> Optional[np.ndarray]:
+    """One image's row of a trace tensor as float64/int64 numpy (None stays None)."""
+    if t is None:
+        return None
+    a = t[image].detach().float().cpu().numpy() if t.is_floating_point() else t[image].detach().cpu().numpy()
+    return a.astype(np.float64) if a.dtype.kind == "f" else a.astype(np.int64)
+
+
+SCORE_FORMULAS = {  # how the selection score is made from its two factors (SPEC.md section 3)
+    "mixed_attn": "regeneration × broadcasting", "sum_attn": "regeneration + broadcasting",
+    "diag_attn": "regeneration", "img_attn": "broadcasting",
+}
+
+
+def score_formula(selection: str) -> str:
+    """'regeneration × broadcasting' for mixed_attn_*, etc.; '' where the factors are not used."""
+    return SCORE_FORMULAS.get(selection.rsplit("_", 1)[0], "")
+
+
+def propagated_block(trace: gtp.Trace, image: int = 0) -> dict[int, int]:
+    """Original patch id -> the block (0-based) in which its token was propagated."""
+    out: dict[int, int] = {}
+    for layer in trace.layers:
+        for pid in layer.propagated[image].tolist():
+            if pid >= 0:
+                out[int(pid)] = layer.block
+    return out
+
+
+def edges_of(layer: gtp.LayerTrace, image: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(src [E], dst [E], weight alpha*W [E]) of one block's propagation (empty arrays if none)."""
+    if not layer.edges:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    e = layer.edges[image]
+    return (e.src.cpu().numpy().astype(np.int64), e.dst.cpu().numpy().astype(np.int64),
+            e.weight.float().cpu().numpy().astype(np.float64))
+
+
+def gtp_destinations(trace: gtp.Trace, image: int = 0) -> list[dict[int, list[int]]]:
+    """Per block: propagated patch id -> the patch ids that received its features (for
+    `compare_figure`'s GTP map)."""
+    out = []
+    for layer in trace.layers:
+        src, dst, _ = edges_of(layer, image)
+        per: dict[int, list[int]] = {}
+        for s, d in zip(src.tolist(), dst.tolist()):
+            per.setdefault(s, []).append(d)
+        out.append(per)
+    return out
+
+
+# ----------------------------------------------------------------------------- the figure cache
+
+FIGURES: BoundedCache = BoundedCache("figures", limits.FIGURE_CACHE_ENTRIES, limits.FIGURE_CACHE_BYTES)
+"""Every view of a run, drawn once: by (run key, view), shared by all sessions."""
+
+
+def cached(exp: Exploration, key: tuple, make: Callable):
+    """The value `key` of this run (a figure's JSON, a GIF frame), made once (`make`) and then
+    taken from the cache. An exception in `make` leaves nothing cached."""
+    return FIGURES.get_or_make((exp.key,) + key, make)
+
+
+def plot_data(fig: Figure) -> PlotData:
+    """A figure as `gr.Plot` takes it, serialised once."""
+    return PlotData(type="plotly", plot=to_json(fig))
+
+
+def message(text: str, height: int = 160) -> Figure:
+    """A figure holding only a sentence: why this view has nothing to show."""
+    hidden = dict(visible=False, fixedrange=True)
+    return figure([], {"xaxis": hidden, "yaxis": hidden, "meta": {"message": text},
+                       "annotations": [dict(text=escape(text), x=0.5, y=0.5, xref="paper", yref="paper",
+                                            showarrow=False, font={"size": 14})]}, height)
+
+
+PHOTO_ROUTE = "gradio_api/file="   # Gradio's file route, relative to the page (which may sit under a path)
+
+
+def photo_of(exp: Exploration) -> str:
+    """The run's photo as every figure of the run names it: a file the page serves, sent once
+    (`app.core.files.PHOTO_DIR`; `app.ui.layout` lets Gradio serve it), not a copy per figure."""
+    return cached(exp, ("photo",), lambda: PHOTO_ROUTE + str(files.photo_file(exp.model_input)))
+
+
+def view(exp: Exploration, key: tuple, make: Callable[[], Figure]) -> PlotData:
+    """The view's figure, made once per run and kept as JSON. Data the run does not hold
+    (`Unavailable`) is a figure saying so; any other exception is a bug and propagates."""
+    def draw() -> str:
+        try:
+            return to_json(make())
+        except Unavailable as e:
+            return to_json(message(str(e)))
+    return PlotData(type="plotly", plot=cached(exp, ("plotly",) + key, draw))
