@@ -242,8 +242,9 @@ def stand_in_spaces(force: bool = False) -> str:
 def app_smoke(args) -> dict:
     """The app's API as it is today: explore, compare, throughput (gtp.measure.metrics.device_name)."""
     spaces = stand_in_spaces(args.spaces_stand_in)
-    from app import api, inference, photos, settings
-    from app.models import DEVICE
+    from app.core import inference, photos, settings
+    from app.core.models import DEVICE
+    from app.ui import api
     from gtp.measure.metrics import device_name
     name, out, lines = args.models[0], {}, [f"spaces: {spaces}; app device: {device_name(DEVICE)}"]
     calls = {
