@@ -34,6 +34,14 @@ def random_model(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
     return timm.create_model(name, pretrained=False, **kwargs).eval()
 
 
+def small_vit(**kwargs) -> torch.nn.Module:
+    """A 4-block ViT on 64 x 64 images (64 patch tokens), seeded: any timm prefix layout by keyword."""
+    from timm.models.vision_transformer import VisionTransformer
+    torch.manual_seed(3)
+    return VisionTransformer(img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=2,
+                             num_classes=10, **kwargs).eval()
+
+
 def dinov2_model() -> torch.nn.Module:
     """The real DINOv2 ViT-S/14 from the `shared/weights` folder beside the checkout (skips where absent)."""
     if not DINOV2_FILE.exists():
