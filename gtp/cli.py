@@ -108,7 +108,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _add_cost_arguments(parser: argparse.ArgumentParser) -> None:
-    from .baselines import METHODS
+    from .methods import METHODS
     from .measure.bench import DTYPES
     from .measure.gpu_model import GPUS
     parser.add_argument("--model", default="deit_base_patch16_224", metavar="NAME",

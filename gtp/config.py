@@ -15,7 +15,7 @@ setting, SPEC.md sections 5 and 6: DeiT-B with P = 8) and its metadata:
 
 Everything else is built from `dataclasses.fields(GTPConfig)`: `PUBLISHED`, the
 validation below, the CLI options (`gtp.options`), the sweep's keys and grid
-(`gtp.measure.sweep`), the baselines' records (`gtp.baselines`) and the app's controls.
+(`gtp.measure.sweep`), the methods' records (`gtp.methods`) and the app's controls.
 Adding a field here is enough for it to be validated and offered everywhere; the
 method itself (gtp/patch.py) must of course read it.
 """

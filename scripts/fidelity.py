@@ -10,7 +10,7 @@ and the cosine similarity of the final CLS feature with the unpatched model's:
 Rows: gtp (the published setting: mixed graph, M = 8, theta = 0.6, alpha = 0.1,
 mixed_attn_max, token scale), gtp-drop (the same setting and selection with
 propagation="none": the same tokens dropped instead of propagated), pruning and evit
-(the `gtp.baselines` presets: CLS-attention selection, no sparsification), and tome.
+(the `gtp.methods` presets: CLS-attention selection, no sparsification), and tome.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import gtp  # noqa: E402
-from gtp.baselines import apply_method  # noqa: E402
+from gtp.methods import apply_method  # noqa: E402
 from gtp.measure.metrics import cosine, features_and_logits  # noqa: E402
 
 WEIGHTS = ROOT.parent / "shared" / "weights" / "vit_small_patch14_dinov2.safetensors"

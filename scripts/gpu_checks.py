@@ -163,7 +163,7 @@ SYNC_CASES = {**{k: v for k, v in METHODS.items() if k != "full"},
 
 
 def sync(args) -> dict:
-    from gtp.baselines import apply_method
+    from gtp.methods import apply_method
     from gtp.measure import cuda_cost
     results, lines = {}, []
     model = model_and_photo(args.models[0])[0].to(args.device) if args.device != "cpu" else None
@@ -207,7 +207,7 @@ def count_kernels(model: torch.nn.Module, x: torch.Tensor, dtype: str) -> int:
 
 
 def kernel_counts(args) -> dict:
-    from gtp.baselines import apply_method
+    from gtp.methods import apply_method
     from gtp.measure import cuda_cost
     name, dtype = args.models[-1], args.dtypes[-1]
     model = model_and_photo(name)[0].to(args.device)
@@ -294,7 +294,7 @@ def bench(args, report: Report, mode: str) -> dict:
     """mode "eager": one run per model and dtype, all batch sizes; "graphs": the same with each method
     also replayed from a CUDA graph; "compiled": eager and compiled in the same rounds, one run per
     model, dtype and batch size, the headline first, while time is left."""
-    from gtp.baselines import method_fn
+    from gtp.methods import method_fn
     from gtp.measure.bench import benchmark
     order = sorted(((m, d) for m in args.models for d in args.dtypes),
                    key=lambda j: (-args.models.index(j[0]), j[1] != "bf16"))

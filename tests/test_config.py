@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import gtp
-from gtp import baselines, config as C, options
+from gtp import config as C, methods, options
 from gtp.measure import sweep
 
 from conftest import random_model
@@ -34,8 +34,8 @@ def test_fields_are_the_hyper_parameters_with_their_published_defaults():
         dict(num_prop="P", sparsity="θ", alpha="α", num_neighbours="M")
     # Everything built from the fields.
     assert sweep.KEY_FIELDS[5:] == tuple(NAMES)
-    assert baselines.GTP_OPTIONS == tuple(NAMES[1:])
-    assert list(baselines.describe("tome", 4)) == NAMES
+    assert methods.GTP_OPTIONS == tuple(NAMES[1:])
+    assert list(methods.describe("tome", 4)) == NAMES
     assert sweep.AXES == ("num_prop", "sparsity", "alpha", "num_neighbours")
 
 

@@ -250,7 +250,7 @@ class Traced(nn.Module):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..options import add_gtp_arguments  # the GTP options, shared with `predict`
-    from ..baselines import METHODS
+    from ..methods import METHODS
     parser.add_argument("--model", default="deit_small_patch16_224", help="a supported model name")
     parser.add_argument("--weights", default=None, help="local .safetensors/.pth file")
     parser.add_argument("--methods", nargs="+", default=["full", "gtp"], choices=list(METHODS) + ["gtp-traced"],
@@ -275,7 +275,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def method_functions(names: Sequence[str], gtp_options: dict) -> dict[str, Callable[[nn.Module], nn.Module]]:
     """name -> function patching a model copy, at the token budget of `gtp_options["num_prop"]`."""
-    from ..baselines import method_fn
+    from ..methods import method_fn
     options = dict(gtp_options)
     amount = options.pop("num_prop")
     functions = {}

@@ -378,8 +378,8 @@ def meta_model(name: str) -> nn.Module:
 
 def estimate(model: str, method: str = "full", amount: int = 8, batch: int = 1, dtype: str = "bf16",
              gpu: str = "h100", cuda_graphs: bool = False, tf32: bool = False, **options: Any) -> Estimate:
-    """The modelled cost of timm model `model` reduced by `method` (`gtp.baselines.METHODS`) at
+    """The modelled cost of timm model `model` reduced by `method` (`gtp.methods.METHODS`) at
     `amount` tokens per block; `options`: GTP's (sparsity, ...), read by method "gtp" only."""
-    from ..baselines import apply_method
+    from ..methods import apply_method
     net = apply_method(meta_model(model), method, amount, **options)
     return estimate_module(net, batch, dtype, gpu, cuda_graphs, tf32, label=method)
