@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import parse_qsl, urlsplit
@@ -120,3 +121,15 @@ def test_copy_link_writes_what_opening_it_reads(tmp_path):
     assert "example=" not in out["link"] and _reopened(out["link"]).tab == "graphs"
     assert "photo cannot travel" in out["link_note"] and "weights file cannot travel" in out["link_note"]
     assert links.example_number(example_paths()[3]) == 4 and links.example_number(str(upload)) is None
+
+
+def test_a_class_opening_one_link_checks_it_once():
+    """The check of a link's settings takes the model's lock once; the next student's load does not
+    wait behind a run for it."""
+    from app.core.models import get_model
+    link = parse(model=TINY, alpha="0.35")
+    links.checked(link)
+    done = threading.Event()
+    with get_model(TINY).lock:                       # a run holds the model
+        threading.Thread(target=lambda: (links.checked(link), done.set()), daemon=True).start()
+        assert done.wait(10)

@@ -9,12 +9,13 @@ figure cache, so no model runs.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 from gradio.components.plot import PlotData
+
+from gtp.kernels import num_zeroed
 
 from ..core.results import Costs, Exploration
 from ..views import attention, graphs, walk
@@ -100,11 +101,11 @@ def attention_facts(exp: Exploration, f: Focus) -> dict:
     trace, out = exp.trace, {"prefix": exp.trace.num_prefix, "tokens": exp.trace.layers[0].tokens_in,
                              "heads": exp.num_heads, "grid": exp.trace.grid_size}
     if trace.num_prefix and trace.layers[0].attn_after is not None:
-        row = _maps(exp, 0, 0)[1][0, trace.num_prefix:]   # block 1: the candidates are every patch in order
-        cand = numpy(trace.layers[0].candidates)
-        top = int(np.argmax(row))
-        out.update(cls_top=int(cand[top]), cls_top_value=float(row[top]), cls_focus=float(row[f.index]),
-                   cls_focus_rank=int((row > row[f.index]).sum()) + 1)
+        row = _maps(exp, 0, 0)[1][0, trace.num_prefix:]   # the CLS token's row, over block 1's candidates
+        cand = numpy(trace.layers[0].candidates).tolist()
+        top, mine = int(np.argmax(row)), row[cand.index(f.token)]
+        out.update(cls_top=int(cand[top]), cls_top_value=float(row[top]), cls_focus=float(mine),
+                   cls_focus_rank=int((row > mine).sum()) + 1)
     return out
 
 
@@ -160,7 +161,7 @@ def sparsity_facts(exp: Exploration, f: Focus) -> dict:
     """Step 6: what theta zeroed in the shown block and head, and in the focus token's row."""
     b, layer = f.shown_block, exp.trace.layers[f.shown_block]
     theta, n = float(exp.trace.config.get("sparsity", 1)), layer.tokens_in
-    out = {"theta": theta, "n": n, "k": math.floor(n * n * (1 - theta) + 1e-9), "block": b, "head": f.head,
+    out = {"theta": theta, "n": n, "k": num_zeroed(n, theta), "block": b, "head": f.head,
            "zeroed": float(layer.zeroed_fraction[0, f.head]), "mass": float(layer.mass_removed[0, f.head]),
            "zeroed_all": float(layer.zeroed_fraction[0].mean())}
     if layer.attn_after is not None:

@@ -28,11 +28,13 @@ import gtp
 from gtp.config import check_value
 from gtp.models import SUPPORTED_MODELS
 
+from ..core import limits
 from ..core.assets import example_paths
+from ..core.caches import BoundedCache
 from ..core.errors import InputError
 from ..core.inference import check_settings
 from ..core.models import get_model, weights_banner
-from ..core.settings import DEFAULT_MODEL, hyper_parameters, make_settings, parse_schedule
+from ..core.settings import DEFAULT_MODEL, Settings, hyper_parameters, make_settings, parse_schedule
 from . import lesson
 from .handlers import TAB_PANELS
 
@@ -126,21 +128,30 @@ def parse(params: Mapping[str, str], examples: int) -> Link:
     return Link(**values, messages=tuple(messages))
 
 
+_REFUSALS: BoundedCache[str] = BoundedCache("link checks", limits.LINK_CHECK_CACHE_ENTRIES)
+
+
+def _refusal(settings: Settings) -> str:
+    """Why the model refuses these settings ('' when it takes them): `check_settings`, the
+    library's own rules (no forward run, but the model's lock), once per setting."""
+    def check() -> str:
+        try:
+            check_settings(get_model(settings.model), settings)
+            return ""
+        except InputError as e:
+            return str(e)
+    return _REFUSALS.get_or_make(settings, check)
+
+
 def checked(link: Link) -> Link:
-    """The link with its settings checked against its model (`check_settings`: the library's own
-    rules, no forward run); a setting the model refuses is left at its default with a message, as
-    is a block beyond the model's depth."""
-    slot = get_model(link.model)
-    depth = len(slot.model.blocks)
+    """The link with its settings checked against its model; a setting the model refuses is left
+    at its default with a message, as is a block beyond the model's depth."""
+    depth = len(get_model(link.model).model.blocks)
     messages = list(link.messages)
     hp, schedule, block = dict(link.hp), link.schedule, link.block
 
-    def refused(**changes: Any) -> Optional[str]:
-        try:
-            check_settings(slot, make_settings(link.model, None, changes.pop("schedule", ""), **changes))
-            return None
-        except InputError as e:
-            return str(e)
+    def refused(**changes: Any) -> str:
+        return _refusal(make_settings(link.model, None, changes.pop("schedule", ""), **changes))
 
     # The published setting needs no check (nor the model's lock, which a run may hold for seconds).
     if (hp or schedule) and refused(schedule=schedule, **hp):
