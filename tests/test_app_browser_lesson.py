@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.skipif(not os.path.exists(CHROMIU
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 from app.core.inference import RUNS  # noqa: E402
+from app.core.settings import make_settings  # noqa: E402
 from app.ui import lesson as L  # noqa: E402
 from app.views.base import RUN_TAG_CHARS  # noqa: E402
 
@@ -44,10 +45,11 @@ def open_page(browser, link: str):
     return page
 
 
-def run_of(size: tuple[int, int], **config):
-    """The server's run (this process) of the photo of this size with these settings."""
-    return next(e for e in RUNS.values() if tuple(e.photo_size) == size
-                and all(getattr(e.settings.config, k) == v for k, v in config.items()))
+def run_of(size: tuple[int, int], **hp):
+    """The server's run (this process) of the photo of this size with the default model and these
+    hyper-parameters (the others published)."""
+    settings = make_settings(**hp)
+    return next(e for e in RUNS.values() if tuple(e.photo_size) == size and e.settings == settings)
 
 
 def walk_run(page) -> str:
@@ -76,7 +78,7 @@ def test_a_link_opens_its_view_and_copy_link_reproduces_it(browser, url):
     assert page.locator("#gtp-hp-num_prop input[type=number]").input_value() == "16"
     caption = plot_eval(page, "gtp-walk", "return gd.layout.annotations[0].text;")
     assert caption.startswith("block 5/12: 16 propagated")
-    assert walk_run(page) == run_of((600, 400), num_prop=16, graph="mixed").key[:RUN_TAG_CHARS]
+    assert walk_run(page) == run_of((600, 400), num_prop=16).key[:RUN_TAG_CHARS]
 
     # Change two settings (each reruns), then copy the link.
     before = walk_run(page)
@@ -132,7 +134,7 @@ def test_the_lesson_walks_forward_and_back(browser, url):
     page.wait_for_function("() => (document.querySelector('#gtp-status') || {innerText: ''}).innerText"
                            ".includes('640 × 427')", timeout=MODEL_TIMEOUT_MS)
     assert selected_tab(page) == "Lesson"
-    exp = run_of((640, 427), num_prop=8, graph="mixed", token_scale=True)
+    exp = run_of((640, 427))                                          # the published setting
     key, token = exp.key[:RUN_TAG_CHARS], L.focus(exp).token
     forward = {}
     for step in range(1, L.NUM_STEPS + 1):
