@@ -141,6 +141,12 @@ def highlight_mark(x: Any, y: Any, token: int, xaxis: str = "x", yaxis: str = "y
                 marker=dict(symbol="square-open", size=size, color=HIGHLIGHT_COLOUR, line=dict(width=3)))
 
 
+def patch_mark(token: int, grid: tuple[int, int]) -> dict:
+    """`highlight_mark` at the centre of patch `token` on the photo's axes (origin 0)."""
+    x, y = centres(np.array([token]), grid)
+    return highlight_mark(float(x[0]), float(y[0]), token)
+
+
 def g4(value: float) -> float:
     """A number rounded to the 4 significant digits a hover shows (a whole number as an int: '1', not '1.0')."""
     rounded = float(f"{value:.4g}")

@@ -18,7 +18,7 @@ import gtp
 
 from ..core.results import Exploration
 from .base import (CENTRED, HIGHLIGHT_COLOUR, Figure, PhotoLike, Unavailable, centres, figure, highlight_mark, numpy,
-                   photo_axes, photo_of, segments, typed, view)
+                   patch_mark, photo_axes, photo_of, segments, typed, view)
 
 GRAPH_KINDS = ("spatial", "semantic", "spatial + semantic")
 EDGE_COLOURS = {"spatial": "rgba(80,200,255,0.55)", "semantic": "rgba(255,120,220,0.35)"}
@@ -137,7 +137,7 @@ def _highlight(graph: nx.DiGraph, kind: str, token: int, grid: tuple[int, int]) 
     edges = dict(type="scatter", x=x, y=y, mode="lines", hoverinfo="skip", showlegend=False,
                  name=f"edges of patch {token}", meta={"role": "highlight-edges", "token": token},
                  line=dict(width=2.5, color=HIGHLIGHT_COLOUR))
-    return [edges, highlight_mark(*(float(v[0]) for v in centres(np.array([token]), grid)), token)]
+    return [edges, patch_mark(token, grid)]
 
 
 def graph_figure(photo: PhotoLike, trace: gtp.Trace, kind: str = "spatial + semantic", image: int = 0,

@@ -22,7 +22,7 @@ from gradio.components.plot import PlotData
 import gtp
 
 from ..core.results import Exploration
-from .base import (GRID_COLOUR, Figure, PhotoLike, Unavailable, centres, edges_of, figure, g4, highlight_mark, numpy,
+from .base import (GRID_COLOUR, Figure, PhotoLike, Unavailable, centres, edges_of, figure, g4, numpy, patch_mark,
                    photo_axes, photo_of, propagated_block, ranks, score_formula, segments, view)
 
 WALK_ELEM_ID = "gtp-walk"
@@ -234,7 +234,7 @@ def layer_walk_figure(photo: PhotoLike, trace: gtp.Trace, image: int = 0, block:
     for b in range(depth):
         data += _block_traces(trace, b, image, w_max, visible=b == block)
     if highlight is not None:
-        data.append(highlight_mark(*(float(v[0]) for v in centres(np.array([highlight]), trace.grid_size)), highlight))
+        data.append(patch_mark(highlight, trace.grid_size))
     steps = [_step(trace, b, image, extra=int(highlight is not None)) for b in range(depth)]
     axis = dict(gridcolor=GRID_COLOUR, zeroline=False, fixedrange=True)
     mark = dict(type="rect", y0=0, y1=1, fillcolor=GRID_COLOUR, line=dict(width=0), layer="below",
