@@ -7,8 +7,9 @@ Budgets (deit_small_patch16_224 on the project's 2-core CPUs, issue 17):
     then): at most 1200 ms. The GMACs of a setting never seen before follow (counting them with
     gtp.gmacs takes a fraction of a second on a CPU);
   * new hyper-parameters -> the visible tab's panels: at most 600 ms;
-  * switching a view (graph token, attention block / head: redrawn from the cached run): at most
-    60 ms; the layer walk's slider and Play run in the browser and cost no request;
+  * switching a view (graph token, attention block / head, the lesson's Back / Next: redrawn from
+    the cached run): at most 60 ms; the layer walk's slider and Play run in the browser and cost
+    no request;
   * the figure data of one run (the JSON of every plotly figure sent, and the photo file its
     figures show, once): at most 600 kB.
 
@@ -40,6 +41,7 @@ from app.core.models import DEVICE  # noqa: E402
 from app.core.photos import open_photo  # noqa: E402
 from app.core.settings import make_settings  # noqa: E402
 from app.ui import handlers as H  # noqa: E402
+from app.ui import lesson  # noqa: E402
 from app.views import base as V  # noqa: E402
 from app.views.graphs import GRAPH_KINDS  # noqa: E402
 from gtp.measure.metrics import device_name  # noqa: E402
@@ -149,6 +151,13 @@ def main() -> None:
         attention += [ms(lambda: H.draw_attention(exp, b, b % exp.num_heads)) for b in range(1, exp.depth + 1)]
     summary("graph view / token (2 figures + text)", graphs, VIEW_BUDGET_MS)
     summary("attention block / head (2 figures + text)", attention, VIEW_BUDGET_MS)
+    steps, again = [], []
+    for _ in range(args.repeats):
+        V.FIGURES.clear()   # each step's figure drawn for the first time, then taken from the cache
+        steps += [ms(lambda: H.draw_lesson(exp, step)) for step in range(1, lesson.NUM_STEPS + 1)]
+        again += [ms(lambda: H.draw_lesson(exp, step)) for step in range(1, lesson.NUM_STEPS + 1)]
+    summary("lesson Back / Next, step first seen (figure + text)", steps, VIEW_BUDGET_MS)
+    summary("lesson Back / Next, step seen before", again, VIEW_BUDGET_MS)
     print("  layer walk slider / Play: in the browser, no request (tests/test_app_browser.py)")
 
     if not args.no_http:

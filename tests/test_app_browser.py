@@ -256,7 +256,7 @@ def _compare(page) -> None:
 
 
 def _throughput_learn_examples(page) -> None:
-    """Throughput joins the chart, the Learn tab, an example photo, the preset, DINOv2."""
+    """Throughput joins the chart, the Lesson tab, an example photo, the preset, DINOv2."""
     # Throughput, measured now, joins the trade-off chart.
     open_tab(page, "Prediction")
     page.get_by_text("Measure throughput, add your sweep results").click()
@@ -267,15 +267,15 @@ def _throughput_learn_examples(page) -> None:
         timeout=VIEW_TIMEOUT_MS)
     shot(page, "8_throughput")
 
-    # Learn: the formulas render (KaTeX) and the paper is linked.
-    open_tab(page, "Learn")
+    # Lesson: the formulas render (KaTeX) and the paper is linked.
+    open_tab(page, "Lesson")
     page.wait_for_selector(".katex", timeout=VIEW_TIMEOUT_MS)
     assert page.locator("a[href='https://arxiv.org/abs/2311.03035']").count() >= 1
     page.locator("#gtp-downloads").click()
     page.wait_for_function(
         "() => document.body.innerText.includes('.gif') && document.body.innerText.includes('.json')",
         timeout=MODEL_TIMEOUT_MS)
-    shot(page, "9_learn")
+    shot(page, "9_lesson")
 
     # An example photo (rocket.jpg, 640 x 427) runs like an upload.
     open_tab(page, "Prediction")

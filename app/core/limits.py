@@ -40,6 +40,10 @@ frames of a run (~7 MB of pictures) when its Downloads are made."""
 TRADEOFF_CACHE_ENTRIES = 32
 """Trade-off charts kept (by measured GMACs + sweep records)."""
 
+LINK_CHECK_CACHE_ENTRIES = 256
+"""Links' settings checked against their model, kept (a sentence or None each), so a class
+opening one link checks it once, not once per student under the model's lock."""
+
 COUNTING_MODELS = 1
 """CPU models kept only to count GMACs on a CUDA host (counting needs no GPU and no weights)."""
 

@@ -3,6 +3,8 @@ components it reads and it returns the components it updates as {name: value}
 (`app.ui.handlers`); `bind` turns that into a Gradio function taking and returning dicts keyed
 by component. No list of inputs or outputs has to match a position.
 
+A handler with a `request` parameter gets the page's `gr.Request` (the link's query parameters).
+
 This is also the page's edge for errors: an `InputError` is shown as it is ("Cannot do that");
 any other exception is a bug, logged with its traceback and shown as one, with no internals.
 
@@ -21,7 +23,7 @@ import gradio as gr
 from ..core.errors import InputError, file_names_only
 from ..core.settings import make_settings
 from ..views import walk
-from . import api
+from . import api, links
 from . import handlers as H
 
 RUN_QUEUE = dict(concurrency_id="gtp_models", concurrency_limit=1, trigger_mode="always_last")
@@ -72,7 +74,8 @@ def bind(ui: dict, fn: Callable, outputs: Iterable[str]) -> dict[str, Any]:
     """`gr.on` keyword arguments calling `fn` by name: its parameters are names in `ui` ("hp" is
     the dict of hyper-parameter controls, read and written as a dict), its result a dict
     {name in `outputs`: value} (a generator: one such dict per update)."""
-    names = list(inspect.signature(fn).parameters)
+    names = [n for n in inspect.signature(fn).parameters if n != "request"]
+    wants_request = "request" in inspect.signature(fn).parameters
     outputs = list(outputs)
 
     def read(data: dict) -> dict[str, Any]:
@@ -88,17 +91,20 @@ def bind(ui: dict, fn: Callable, outputs: Iterable[str]) -> dict[str, Any]:
                            else {ui[name]: value})
         return written
 
+    def arguments(data: Optional[dict], request: Optional[gr.Request]) -> dict[str, Any]:
+        return {**read(data or {}), **({"request": request} if wants_request else {})}
+
     if inspect.isgeneratorfunction(fn):
-        def call(data: Optional[dict] = None) -> Iterator[dict]:
+        def call(data: Optional[dict] = None, request: Optional[gr.Request] = None) -> Iterator[dict]:
             updated = False
-            for out in fn(**read(data or {})):
+            for out in fn(**arguments(data, request)):
                 updated = True
                 yield write(out)
             if not updated:   # a generator that yields nothing would set every output to None
                 yield {}
     else:
-        def call(data: Optional[dict] = None) -> dict:
-            return write(fn(**read(data or {})))
+        def call(data: Optional[dict] = None, request: Optional[gr.Request] = None) -> dict:
+            return write(fn(**arguments(data, request)))
     call.__name__ = fn.__name__
     return dict(fn=at_the_edge(call), inputs={c for n in names for c in _components(ui[n])} or None,
                 outputs=[c for n in outputs for c in _components(ui[n])])
@@ -112,26 +118,31 @@ ALL_PANELS = ("state", "shown", "banner", "status", "token", "attn_block", "head
 
 
 def run_event(photo: Optional[str], model: str, weights: Any, schedule: str, hp: dict, graph_kind: str, token: Any,
-              attn_block: Any, head: Any, tab: str, sweep_state: Optional[list],
+              attn_block: Any, head: Any, walk_block: Any, lesson_step: Any, tab: str, sweep_state: Optional[list],
               throughput_state: Optional[list]) -> Iterator[dict]:
-    """A new photo, model, weights file or setting (the layer walk starts at block 1)."""
+    """A new photo, model, weights file or setting (the layer walk starts at `walk_block`: 1 unless a link said)."""
     settings = make_settings(model, weights, schedule, **hp)
-    view = H.View(graph_kind=graph_kind, token=token, attn_block=attn_block, head=head)
+    view = H.View(block=walk_block, graph_kind=graph_kind, token=token, attn_block=attn_block, head=head,
+                  step=lesson_step)
     yield from H.run(photo, settings, view, tab, sweep_state, throughput_state)
 
 
 def refresh_event(tab: str, state: Any, shown: Optional[dict], graph_kind: str, token: Any, attn_block: Any,
-                  head: Any, sweep_state: Optional[list], throughput_state: Optional[list]) -> Iterator[dict]:
+                  head: Any, walk_block: Any, lesson_step: Any, sweep_state: Optional[list],
+                  throughput_state: Optional[list]) -> Iterator[dict]:
     """After a run: draw the tab on view now if the run drew another (it was opened meanwhile)."""
-    view = H.View(graph_kind=graph_kind, token=token, attn_block=attn_block, head=head)
+    view = H.View(block=walk_block, graph_kind=graph_kind, token=token, attn_block=attn_block, head=head,
+                  step=lesson_step)
     yield from H.open_tab(tab, state, shown, view, sweep_state, throughput_state)
 
 
 def tab_event(tab_id: str) -> Callable[..., Iterator[dict]]:
     """The event of opening tab `tab_id`."""
     def open_tab(state: Any, shown: Optional[dict], graph_kind: str, token: Any, attn_block: Any, head: Any,
-                 sweep_state: Optional[list], throughput_state: Optional[list]) -> Iterator[dict]:
-        view = H.View(graph_kind=graph_kind, token=token, attn_block=attn_block, head=head)
+                 walk_block: Any, lesson_step: Any, sweep_state: Optional[list],
+                 throughput_state: Optional[list]) -> Iterator[dict]:
+        view = H.View(block=walk_block, graph_kind=graph_kind, token=token, attn_block=attn_block, head=head,
+                      step=lesson_step)
         yield from H.open_tab(tab_id, state, shown, view, sweep_state, throughput_state)
     open_tab.__name__ = f"open_{tab_id}"
     return open_tab
@@ -140,6 +151,14 @@ def tab_event(tab_id: str) -> Callable[..., Iterator[dict]]:
 def compare_event(state: Any, shown: Optional[dict]) -> Iterator[dict]:
     """The Compare button: the comparison drawn again (and run if it was deferred)."""
     yield from H.open_tab("compare", state, {k: v for k, v in (shown or {}).items() if k != "compare"})
+
+
+def lesson_event(by: int) -> Callable[..., Iterator[dict]]:
+    """The lesson's Back (`by` = -1) or Next (+1)."""
+    def move(state: Any, lesson_step: Any, sweep_state: Optional[list], throughput_state: Optional[list]) -> Iterator[dict]:
+        yield from H.move_lesson(state, lesson_step, by, sweep_state, throughput_state)
+    move.__name__ = "lesson_next" if by > 0 else "lesson_back"
+    return move
 
 
 def _api_inputs(ui: dict) -> list:
@@ -171,7 +190,8 @@ def _wire_runs(demo: gr.Blocks, ui: dict) -> None:
         queue = {**HIDDEN, **RUN_QUEUE} if tab_id == "compare" else VIEW_QUEUE
         ui[f"tab_{tab_id}"].select(**bind(ui, tab_event(tab_id), ("tab", *ALL_PANELS)), **queue)
     ui["compare_button"].click(**bind(ui, compare_event, ("tab", *ALL_PANELS)), **HIDDEN, **RUN_QUEUE)
-    demo.load(**bind(ui, H.startup, ("photo", "banner")), **HIDDEN)
+    demo.load(**bind(ui, links.open_link, ("photo", "banner", "model", "schedule", "hp", "tab", "tabs", "walk_block",
+                                            "attn_block", "lesson_step", "link_note")), **HIDDEN)
 
 
 def _wire_views(ui: dict) -> None:
@@ -184,6 +204,13 @@ def _wire_views(ui: dict) -> None:
           **bind(ui, H.draw_attention, H.TAB_PANELS["attention"]), **VIEW_QUEUE)
     ui["sweep_file"].change(**bind(ui, H.load_sweep_file, ("sweep_state", "sweep_md", "tradeoff_plot")), **VIEW_QUEUE)
     ui["make_downloads"].click(**bind(ui, H.downloads, ("gif_file", "trace_file")), **HIDDEN, **RUN_QUEUE)
+    lesson_panels = ("lesson_step", *H.TAB_PANELS["lesson"])
+    ui["lesson_back"].click(**bind(ui, lesson_event(-1), lesson_panels), **VIEW_QUEUE)
+    ui["lesson_next"].click(**bind(ui, lesson_event(+1), lesson_panels), **VIEW_QUEUE)
+    # Copy link: the page's address and the walk's block from the browser, the link from the server, the clipboard.
+    ui["copy_link"].click(None, js=links.PAGE_JS, outputs=[ui["page"]], **HIDDEN).then(
+        **bind(ui, links.copy_link, ("link", "link_note")), **VIEW_QUEUE).then(
+        None, inputs=[ui["link"]], js=links.COPY_JS, **HIDDEN)
 
 
 def wire(demo: gr.Blocks, ui: dict) -> None:

@@ -8,8 +8,9 @@ whose keys are the names of `app.ui.layout`'s components); `app.ui.events` binds
   * a tab opened (`open_tab`): its panels drawn from the session's run, unless it shows that run
     already (`shown`: tab -> run key); the Compare tab first runs the compared methods where
     they were deferred (`inference.compared`);
-  * view controls (graph kind, token, attention block and head): that view redrawn from the run;
-    no model runs. The layer walk has no view event: its slider and Play run in the browser.
+  * view controls (graph kind, token, attention block and head) and the lesson's Back / Next:
+    that view redrawn from the run; no model runs. The layer walk has no view event: its slider
+    and Play run in the browser.
 Errors: `InputError` for input the person must change; anything else is a bug (`app.ui.events`).
 """
 from __future__ import annotations
@@ -23,16 +24,16 @@ import gradio as gr
 
 from ..core import costs as K
 from ..core import files, inference, limits
-from ..core.assets import example_paths, published_results
+from ..core.assets import published_results
 from ..core.caches import BoundedCache
 from ..core.errors import InputError
-from ..core.models import DEFAULT_MODEL, DEVICE, get_model, weights_banner
+from ..core.models import DEFAULT_MODEL, DEVICE
 from ..core.photos import open_photo
 from ..core.results import Costs, Exploration
 from ..core.settings import Settings, hyper_parameters
 from ..core.sweep_file import load_sweep
 from ..views import attention, compare as compare_view, gif, graphs, tradeoff, walk
-from . import text
+from . import lesson, text
 
 # The panels of each tab, by component name; a run clears those of the tabs not on view.
 TAB_PANELS = {
@@ -41,11 +42,12 @@ TAB_PANELS = {
     "graphs": ("graph_plot", "similarity_plot", "neighbours_md"),
     "attention": ("attn_plot", "attn_md", "cls_plot"),
     "compare": ("compare_plot", "compare_md"),
-    "learn": (),
+    "lesson": ("lesson_md", "lesson_plot", "lesson_counter"),
 }
 CLEARED = {"full_label": None, "gtp_label": None, "tradeoff_plot": None, "metrics": "", "walk_plot": None,
            "graph_plot": None, "similarity_plot": None, "neighbours_md": "", "attn_plot": None, "attn_md": "",
-           "cls_plot": None, "compare_plot": None, "compare_md": "Open this tab after a run: the methods run then."}
+           "cls_plot": None, "compare_plot": None, "compare_md": "Open this tab after a run: the methods run then.",
+           "lesson_md": "", "lesson_plot": None, "lesson_counter": ""}
 
 
 def _clamp(value: Any, low: int, high: int, default: int) -> int:
@@ -57,19 +59,20 @@ def _clamp(value: Any, low: int, high: int, default: int) -> int:
 
 @dataclass(frozen=True)
 class View:
-    """Where the person is looking: the panels' own controls (1-based blocks; token None: the
-    middle of the grid). Bounds come from the run's model (`within`)."""
+    """Where the person is looking: the panels' own controls (1-based blocks and lesson step;
+    token None: the middle of the grid). Bounds come from the run's model (`within`)."""
     block: Any = 1
     graph_kind: str = "spatial + semantic"
     token: Any = None
     attn_block: Any = 1
     head: Any = 0
+    step: Any = 1
 
     def within(self, exp: Exploration) -> "View":
         n = exp.trace.num_patches
         return View(block=_clamp(self.block, 1, exp.depth, 1), graph_kind=self.graph_kind,
                     token=_clamp(self.token, 0, n - 1, n // 2), attn_block=_clamp(self.attn_block, 1, exp.depth, 1),
-                    head=_clamp(self.head, 0, exp.num_heads - 1, 0))
+                    head=_clamp(self.head, 0, exp.num_heads - 1, 0), step=lesson.step_of(self.step))
 
 
 # ----------------------------------------------------------------------------- views (no model runs)
@@ -122,6 +125,37 @@ def draw_tradeoff(exp: Optional[Exploration], sweep: Optional[list], costs: Opti
     return _TRADEOFF.get_or_make(key, lambda: tradeoff.tradeoff(published_results(), model, current, sweep or (), rates))
 
 
+def draw_lesson(exp: Exploration, step: int, sweep: Optional[list] = None, measured: Optional[list] = None,
+                count: bool = False) -> dict:
+    """Lesson step `step` (1-based) of this run: its text, its figure (a tab's view, highlighted), the
+    counter. The last step shows the GMACs, counted here only with `count`."""
+    costs = K.costs(exp, ("full", "gtp"), count=count)
+    f = lesson.focus(exp)
+    plot = lesson.step_figure(exp, step, f, lambda: draw_tradeoff(exp, sweep, costs, measured))
+    return {"lesson_md": lesson.step_markdown(exp, step, f, costs), "lesson_plot": plot,
+            "lesson_counter": lesson.counter(step)}
+
+
+def lesson_panels(exp: Exploration, step: int, sweep: Optional[list] = None,
+                  measured: Optional[list] = None) -> Iterator[dict]:
+    """The lesson's panels at `step`; on the last step, then the GMACs if they were never counted."""
+    yield draw_lesson(exp, step, sweep, measured)
+    if step == lesson.NUM_STEPS and any(K.costs(exp, ("full", "gtp"), count=False).of(m) is None for m in ("full", "gtp")):
+        yield draw_lesson(exp, step, sweep, measured, count=True)
+
+
+def move_lesson(state: Optional[Exploration], lesson_step: Any, by: int, sweep_state: Optional[list] = None,
+                throughput_state: Optional[list] = None) -> Iterator[dict]:
+    """The lesson's Back (`by` = -1) or Next (+1): the step's panels from the session's run."""
+    step = lesson.step_of(lesson.step_of(lesson_step) + by)
+    if state is None:
+        yield {"lesson_step": step, "lesson_counter": lesson.counter(step), "lesson_md": lesson.without_run(step),
+               "lesson_plot": None}
+        return
+    for k, panels in enumerate(lesson_panels(state, step, sweep_state, throughput_state)):
+        yield {"lesson_step": step, **panels} if k == 0 else panels
+
+
 def draw_compare(state: Exploration) -> dict:
     """The compare view of a compared exploration (`inference.compared`)."""
     return {"compare_plot": compare_view.compare(state),
@@ -164,7 +198,9 @@ def tab_panels(tab: str, exp: Exploration, view: View, sweep: Optional[list] = N
         yield draw_graph(exp, v.graph_kind, v.token)
     elif tab == "attention":
         yield draw_attention(exp, v.attn_block, v.head)
-    else:   # the Learn tab shows nothing of the run
+    elif tab == "lesson":
+        yield from lesson_panels(exp, v.step, sweep, measured)
+    else:
         yield {}
 
 
@@ -263,13 +299,3 @@ def downloads(state: Optional[Exploration]) -> dict:
                "comparison": comparison_json(done, costs)}
     trace_path.write_text(json.dumps(summary), encoding="utf-8")
     return {"gif_file": animation, "trace_file": str(trace_path)}
-
-
-def startup(photo: Optional[str]) -> dict:
-    """On page load: say at once whether real weights are loaded, and show the first example
-    (unless a photo is already there)."""
-    loaded = get_model(DEFAULT_MODEL).loaded
-    banner = gr.Markdown(weights_banner(loaded.name, loaded.pretrained, loaded.message),
-                         elem_classes=["gtp-banner-ok" if loaded.pretrained else "gtp-banner-random"])
-    examples = example_paths()
-    return {"banner": banner, **({"photo": examples[0]} if examples and not photo else {})}

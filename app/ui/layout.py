@@ -23,7 +23,7 @@ from ..core.assets import example_paths
 from ..core.models import DEVICE
 from ..core.settings import DEFAULT_MODEL, HyperParameter, hyper_parameters
 from ..views import graphs, walk
-from . import text
+from . import lesson, text
 from .handlers import throughput_intro
 
 TITLE = "GTP Explorer: Graph-based Token Propagation on pretrained ViTs"
@@ -131,6 +131,11 @@ def _inputs_column(ui: dict) -> None:
         ui["preset"] = gr.Button("Published setting", elem_id="gtp-preset")
     ui["run_button"] = gr.Button("Run", variant="primary", elem_id="gtp-run")
     ui["status"] = gr.Markdown("", elem_id="gtp-status")
+    ui["copy_link"] = gr.Button("Copy link", size="sm", elem_id="gtp-copy-link")
+    ui["link"] = gr.Textbox(label="Link to this view (photo, model, settings, tab)", interactive=False,
+                            buttons=["copy"], elem_id="gtp-link")
+    ui["link_note"] = gr.Markdown("", elem_id="gtp-link-note")
+    ui["page"] = gr.Textbox(visible="hidden", elem_id="gtp-page")   # the page's address, from the browser
 
 
 # ----------------------------------------------------------------------------- the tabs
@@ -197,8 +202,17 @@ def _compare_tab(ui: dict) -> None:
     ui["compare_md"] = gr.Markdown("Run a photo: the methods run when this tab opens.", elem_id="gtp-compare-md")
 
 
-def _learn_tab(ui: dict) -> None:
-    gr.Markdown(LEARN_TEXT, latex_delimiters=LATEX)
+def _lesson_tab(ui: dict) -> None:
+    with gr.Row(equal_height=True):
+        ui["lesson_back"] = gr.Button("Back", size="sm", scale=0, min_width=90, elem_id="gtp-lesson-back")
+        ui["lesson_counter"] = gr.Markdown(lesson.counter(1), elem_id="gtp-lesson-counter")
+        ui["lesson_next"] = gr.Button("Next", size="sm", variant="primary", scale=0, min_width=90,
+                                      elem_id="gtp-lesson-next")
+    ui["lesson_md"] = gr.Markdown(lesson.without_run(1), latex_delimiters=LATEX, elem_id="gtp-lesson-md")
+    ui["lesson_plot"] = _plot("This run, as the lesson's step shows it (the highlighted patch in green)",
+                              "gtp-lesson-plot")
+    with gr.Accordion("The method on one page, and how to read the tabs", open=False):
+        gr.Markdown(LEARN_TEXT, latex_delimiters=LATEX)
     gr.Markdown("### Downloads")
     ui["make_downloads"] = gr.Button("Prepare the layer-walk GIF and the trace JSON", elem_id="gtp-downloads")
     with gr.Row():
@@ -208,7 +222,7 @@ def _learn_tab(ui: dict) -> None:
 
 TABS = [("Prediction", "prediction", _prediction_tab), ("Layer walk", "layers", _layers_tab),
         ("Graphs", "graphs", _graphs_tab), ("Attention", "attention", _attention_tab),
-        ("Compare", "compare", _compare_tab), ("Learn", "learn", _learn_tab)]
+        ("Compare", "compare", _compare_tab), ("Lesson", "lesson", _lesson_tab)]
 
 
 def build_demo() -> gr.Blocks:
@@ -219,6 +233,8 @@ def build_demo() -> gr.Blocks:
         # Session state expires (API clients never close their session): `limits.SESSION_TTL_S`.
         ui["state"] = gr.State(None, time_to_live=limits.SESSION_TTL_S)        # the run on view
         ui["tab"] = gr.State("prediction", time_to_live=limits.SESSION_TTL_S)   # the tab on view
+        ui["walk_block"] = gr.State(1, time_to_live=limits.SESSION_TTL_S)       # the layer walk's first block
+        ui["lesson_step"] = gr.State(1, time_to_live=limits.SESSION_TTL_S)      # the lesson's step
         ui["shown"] = gr.State(None, time_to_live=limits.SESSION_TTL_S)         # tab -> run key it shows
         ui["sweep_state"] = gr.State(None, time_to_live=limits.SESSION_TTL_S)
         ui["throughput_state"] = gr.State(None, time_to_live=limits.SESSION_TTL_S)
@@ -229,7 +245,7 @@ def build_demo() -> gr.Blocks:
             with gr.Column(scale=1, min_width=320):
                 _inputs_column(ui)
             with gr.Column(scale=2):
-                with gr.Tabs():
+                with gr.Tabs() as ui["tabs"]:
                     for title, tab_id, build in TABS:
                         extra = {"elem_id": "gtp-compare-tab"} if tab_id == "compare" else {}
                         with gr.Tab(title, id=tab_id, **extra) as tab:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import Optional
 
 import numpy as np
 from gradio.components.plot import PlotData
@@ -25,8 +26,8 @@ from plotly.colors import sample_colorscale
 import gtp
 
 from ..core.results import Exploration
-from .base import (CENTRED, Figure, PhotoLike, Unavailable, figure, numpy, patch_name, photo_axes, photo_of,
-                   propagated_block, typed, view)
+from .base import (CENTRED, HIGHLIGHT_COLOUR, Figure, PhotoLike, Unavailable, figure, highlight_mark, numpy, patch_name,
+                   photo_axes, photo_of, propagated_block, typed, view)
 
 DECADES = 3.0            # colours run over the top three decades below the map's largest entry (log scale)
 LEVELS = 24              # colours of the map before sparsification, a picture: as many as the scale shows
@@ -85,10 +86,24 @@ def signed_colourscale(zmax: float, steps: int = LEVELS) -> list:
     return scale
 
 
-def attention_figure(trace: gtp.Trace, block: int, head: int, image: int = 0, height: int = 520) -> Figure:
+def _highlight(names: list[str], k: int, token: int, along: str) -> list[dict]:
+    """Token k of the map (patch `token`) marked on its diagonal entry, with its row (as a query)
+    or its column (as a key) outlined, on the map after sparsification."""
+    ends = [names[0], names[-1]]
+    x, y = ([names[k]] * 2, ends) if along == "column" else (ends, [names[k]] * 2)
+    line = dict(type="scatter", x=x, y=y, xaxis="x2", yaxis="y2", mode="lines", hoverinfo="skip", showlegend=False,
+                name=f"{along} of patch {token}", meta={"role": "highlight-line", "token": token},
+                line=dict(width=1.5, color=HIGHLIGHT_COLOUR))
+    return [line, highlight_mark(names[k], names[k], token, xaxis="x2", yaxis="y2", size=10)]
+
+
+def attention_figure(trace: gtp.Trace, block: int, head: int, image: int = 0, height: int = 520,
+                     highlight: Optional[int] = None, along: str = "column") -> Figure:
     """Head `head`'s attention in block `block` (0-based), before and after sparsification, side
     by side. Hover (right map): query token, key token, the value after sparsification, and for a
-    zeroed entry its value before, in parentheses. Unavailable when the trace has no maps."""
+    zeroed entry its value before, in parentheses. Unavailable when the trace has no maps.
+    highlight: a patch id entering the block, marked on the diagonal of the map after with its
+    `along` ("column": as a key; "row": as a query) outlined."""
     layer = trace.layers[block]
     if layer.attn_before is None:
         raise Unavailable("attention maps were not recorded: trace with gtp.trace(model, attention=True)")
@@ -122,16 +137,22 @@ def attention_figure(trace: gtp.Trace, block: int, head: int, image: int = 0, he
             dict(text=f"block {block + 1}, head {head}: rows are queries, columns keys; colour: log scale from "
                       f"{zmax / 10 ** DECADES:.2g} to {zmax:.3g}, black = 0", xref="paper", yref="paper", x=0,
                  y=-0.02, xanchor="left", yanchor="top", showarrow=False, font=dict(size=11))])
-    fig = figure([signed], layout, height)
+    marked = []
+    if highlight is not None:
+        ids = numpy(layer.candidates, image).tolist()
+        if highlight not in ids:
+            raise ValueError(f"patch {highlight} does not enter block {block + 1}")
+        marked = _highlight(names, trace.num_prefix + ids.index(highlight), int(highlight), along)
+    fig = figure([signed, *marked], layout, height)
     fig["layout"]["margin"].update(t=40, b=30)
     return fig
 
 
 def cls_attention_figure(photo: PhotoLike, trace: gtp.Trace, block: int, head: int, image: int = 0,
-                         height: int = 480) -> Figure:
+                         height: int = 480, highlight: Optional[int] = None) -> Figure:
     """How much the CLS token attends to each patch in block `block` and head `head` (after
     sparsification), over the photo; patches whose tokens already left are blank and say so.
-    Unavailable for a model without a CLS token or a trace without maps."""
+    Unavailable for a model without a CLS token or a trace without maps. highlight: a patch id marked."""
     layer = trace.layers[block]
     if trace.num_prefix == 0:
         raise Unavailable("this model has no CLS token")
@@ -154,16 +175,20 @@ def cls_attention_figure(photo: PhotoLike, trace: gtp.Trace, block: int, head: i
                                f"CLS attention (block {block + 1}, head {head}): %{{z:.4g}}<extra></extra>"))
     layout: dict = {}
     photo_axes(layout, photo, grid, origin=CENTRED)
-    return figure([heat], layout, height)
+    marked = [] if highlight is None else [highlight_mark(highlight % gw, highlight // gw, highlight)]
+    return figure([heat, *marked], layout, height)
 
 
-def attention(exp: Exploration, block: int, head: int) -> PlotData:
+def attention(exp: Exploration, block: int, head: int, highlight: Optional[int] = None,
+              along: str = "column") -> PlotData:
     """Head `head`'s map in block `block` (0-based) before and after sparsification."""
-    return view(exp, ("attention", block, head), lambda: attention_figure(exp.trace, block, head))
+    return view(exp, ("attention", block, head) + (() if highlight is None else (highlight, along)),
+                lambda: attention_figure(exp.trace, block, head, highlight=highlight, along=along))
 
 
-def cls_attention(exp: Exploration, block: int, head: int) -> PlotData:
-    return view(exp, ("cls", block, head), lambda: cls_attention_figure(photo_of(exp), exp.trace, block, head))
+def cls_attention(exp: Exploration, block: int, head: int, highlight: Optional[int] = None) -> PlotData:
+    return view(exp, ("cls", block, head) + (() if highlight is None else (highlight,)),
+                lambda: cls_attention_figure(photo_of(exp), exp.trace, block, head, highlight=highlight))
 
 
 def attention_stats(exp: Exploration, block: int, head: int) -> dict:

@@ -130,6 +130,23 @@ def segments(src: np.ndarray, dst: np.ndarray, grid: tuple[int, int]) -> tuple[l
     return x, y
 
 
+HIGHLIGHT_COLOUR = "rgb(0,255,120)"   # green: apart from every view's own colours, on both themes
+
+
+def highlight_mark(x: Any, y: Any, token: int, xaxis: str = "x", yaxis: str = "y", size: int = 18) -> dict:
+    """A hollow square around the token a text names (the lesson's, `app.ui.lesson`) at (x, y) on
+    the axes `xaxis`/`yaxis`; `meta` says which patch it marks ({"role": "highlight", "token": id})."""
+    return dict(type="scatter", x=[x], y=[y], xaxis=xaxis, yaxis=yaxis, mode="markers", hoverinfo="skip",
+                showlegend=False, name=f"patch {int(token)}", meta={"role": "highlight", "token": int(token)},
+                marker=dict(symbol="square-open", size=size, color=HIGHLIGHT_COLOUR, line=dict(width=3)))
+
+
+def patch_mark(token: int, grid: tuple[int, int]) -> dict:
+    """`highlight_mark` at the centre of patch `token` on the photo's axes (origin 0)."""
+    x, y = centres(np.array([token]), grid)
+    return highlight_mark(float(x[0]), float(y[0]), token)
+
+
 def g4(value: float) -> float:
     """A number rounded to the 4 significant digits a hover shows (a whole number as an int: '1', not '1.0')."""
     rounded = float(f"{value:.4g}")
@@ -142,6 +159,15 @@ def numpy(t, image: int = 0) -> Optional[np.ndarray]:
         return None
     a = t[image].detach().float().cpu().numpy() if t.is_floating_point() else t[image].detach().cpu().numpy()
     return a.astype(np.float64) if a.dtype.kind == "f" else a.astype(np.int64)
+
+
+def ranks(score: np.ndarray) -> np.ndarray:
+    """Each candidate's rank by selection score, 1 = lowest (leaves first); ties to the lower
+    position, as gtp ranks them (SPEC.md section 3)."""
+    order = np.argsort(score, kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(1, len(order) + 1)
+    return rank
 
 
 SCORE_FORMULAS = {  # how the selection score is made from its two factors (SPEC.md section 3)
@@ -221,12 +247,18 @@ def photo_of(exp: Exploration) -> str:
     return cached(exp, ("photo",), lambda: PHOTO_ROUTE + str(files.photo_file(exp.model_input)))
 
 
+RUN_TAG_CHARS = 16
+
+
 def view(exp: Exploration, key: tuple, make: Callable[[], Figure]) -> PlotData:
-    """The view's figure, made once per run and kept as JSON. Data the run does not hold
+    """The view's figure, made once per run and kept as JSON, its `layout.meta.run` the start of
+    the run's key (which run a figure on the page shows). Data the run does not hold
     (`Unavailable`) is a figure saying so; any other exception is a bug and propagates."""
     def draw() -> str:
         try:
-            return to_json(make())
+            fig = make()
         except Unavailable as e:
-            return to_json(message(str(e)))
+            fig = message(str(e))
+        fig["layout"]["meta"] = {**fig["layout"].get("meta", {}), "run": exp.key[:RUN_TAG_CHARS]}
+        return to_json(fig)
     return PlotData(type="plotly", plot=cached(exp, ("plotly",) + key, draw))

@@ -17,8 +17,8 @@ from gradio.components.plot import PlotData
 import gtp
 
 from ..core.results import Exploration
-from .base import (CENTRED, Figure, PhotoLike, Unavailable, centres, figure, numpy, photo_axes, photo_of,
-                   segments, typed, view)
+from .base import (CENTRED, HIGHLIGHT_COLOUR, Figure, PhotoLike, Unavailable, centres, figure, highlight_mark, numpy,
+                   patch_mark, photo_axes, photo_of, segments, typed, view)
 
 GRAPH_KINDS = ("spatial", "semantic", "spatial + semantic")
 EDGE_COLOURS = {"spatial": "rgba(80,200,255,0.55)", "semantic": "rgba(255,120,220,0.35)"}
@@ -129,12 +129,24 @@ def _token_traces(graph: nx.DiGraph, sim: Optional[np.ndarray], grid: tuple[int,
     return out
 
 
+def _highlight(graph: nx.DiGraph, kind: str, token: int, grid: tuple[int, int]) -> list[dict]:
+    """Token `token` marked, and its edges in the graph(s) `kind` drawn over the others."""
+    near = neighbours(graph, token)
+    ends = sorted({j for edge_kind in ("spatial", "semantic") if edge_kind in kind for j in near[edge_kind]})
+    x, y = _stars([(token, j) for j in ends], grid)
+    edges = dict(type="scatter", x=x, y=y, mode="lines", hoverinfo="skip", showlegend=False,
+                 name=f"edges of patch {token}", meta={"role": "highlight-edges", "token": token},
+                 line=dict(width=2.5, color=HIGHLIGHT_COLOUR))
+    return [edges, patch_mark(token, grid)]
+
+
 def graph_figure(photo: PhotoLike, trace: gtp.Trace, kind: str = "spatial + semantic", image: int = 0,
-                 height: int = 480) -> Figure:
+                 height: int = 480, highlight: Optional[int] = None) -> Figure:
     """The chosen graph(s) over the photo; hovering a token lists its spatial and semantic
     neighbours with their cosine similarity (whatever `kind` draws).
 
-    photo: the model input as shown; trace: a `gtp.Trace`; kind: one of GRAPH_KINDS.
+    photo: the model input as shown; trace: a `gtp.Trace`; kind: one of GRAPH_KINDS;
+    highlight: a patch id whose edges are drawn over the others and which is marked.
     """
     if kind not in GRAPH_KINDS:
         raise ValueError(f"graph kind must be one of {', '.join(GRAPH_KINDS)}; got {kind!r}")
@@ -143,7 +155,8 @@ def graph_figure(photo: PhotoLike, trace: gtp.Trace, kind: str = "spatial + sema
     sim = numpy(trace.similarity, image) if trace.similarity is not None else None
     layout = dict(legend=dict(orientation="h", y=0, yanchor="top", x=0, bgcolor="rgba(0,0,0,0)"))
     photo_axes(layout, photo, grid)
-    fig = figure(_edge_traces(graph, kind, grid) + _token_traces(graph, sim, grid), layout, height)
+    marked = [] if highlight is None else _highlight(graph, kind, int(highlight), grid)
+    fig = figure(_edge_traces(graph, kind, grid) + _token_traces(graph, sim, grid) + marked, layout, height)
     fig["layout"]["margin"]["b"] = 40
     return fig
 
@@ -163,16 +176,16 @@ def similarity_figure(photo: PhotoLike, trace: gtp.Trace, token: int, image: int
                 colorbar=dict(title=dict(text="cosine"), thickness=12), customdata=typed(np.arange(gh * gw).reshape(gh, gw), "u2"),
                 hovertemplate=("patch %{customdata} (row %{y}, col %{x})<br>"
                                f"cosine similarity to patch {int(token)}: %{{z:.3f}}<extra></extra>"))
-    mark = dict(type="scatter", x=[int(token) % gw], y=[int(token) // gw], mode="markers", hoverinfo="skip",
-                showlegend=False, marker=dict(symbol="square-open", size=16, color="rgb(0,255,120)", line=dict(width=3)))
+    mark = highlight_mark(int(token) % gw, int(token) // gw, int(token), size=16)
     layout: dict = {}
     photo_axes(layout, photo, grid, origin=CENTRED)
     return figure([heat, mark], layout, height)
 
 
-def graph(exp: Exploration, kind: str) -> PlotData:
+def graph(exp: Exploration, kind: str, highlight: Optional[int] = None) -> PlotData:
     kind = kind if kind in GRAPH_KINDS else GRAPH_KINDS[-1]
-    return view(exp, ("graph", kind), lambda: graph_figure(photo_of(exp), exp.trace, kind))
+    return view(exp, ("graph", kind) + (() if highlight is None else (highlight,)),
+                lambda: graph_figure(photo_of(exp), exp.trace, kind, highlight=highlight))
 
 
 def similarity(exp: Exploration, token: int) -> PlotData:

@@ -14,6 +14,7 @@ received them from) is text.
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import numpy as np
 from gradio.components.plot import PlotData
@@ -21,8 +22,8 @@ from gradio.components.plot import PlotData
 import gtp
 
 from ..core.results import Exploration
-from .base import (GRID_COLOUR, Figure, PhotoLike, Unavailable, centres, edges_of, figure, g4, numpy, photo_axes,
-                   photo_of, propagated_block, score_formula, segments, view)
+from .base import (GRID_COLOUR, Figure, PhotoLike, Unavailable, centres, edges_of, figure, g4, numpy, patch_mark,
+                   photo_axes, photo_of, propagated_block, ranks, score_formula, segments, view)
 
 WALK_ELEM_ID = "gtp-walk"
 EARLIER = ("x", "rgba(60,60,60,0.9)", 9)       # marker of a token propagated in an earlier block
@@ -58,11 +59,8 @@ def _facts(trace: gtp.Trace, b: int, image: int) -> dict:
     facts: dict = {"n_candidates": len(cand), "columns": {}}
     score = numpy(layer.score, image)
     if score is not None:
-        order = np.argsort(score, kind="stable")     # ties to the lower position, as gtp does
-        rank = np.empty(len(order), np.int64)
-        rank[order] = np.arange(1, len(order) + 1)
         for name, values in (("score", score), ("regeneration", numpy(layer.regeneration, image)),
-                             ("broadcasting", numpy(layer.broadcasting, image)), ("rank", rank)):
+                             ("broadcasting", numpy(layer.broadcasting, image)), ("rank", ranks(score))):
             if values is not None:
                 facts["columns"][name] = {int(p): v for p, v in zip(cand, values.tolist()) if p >= 0}
     facts["size_after"] = dict(zip(numpy(layer.kept, image).tolist(), numpy(layer.sizes, image).tolist()))
@@ -201,10 +199,11 @@ def _charts(trace: gtp.Trace, image: int) -> list[dict]:
     return out
 
 
-def _step(trace: gtp.Trace, b: int, image: int) -> dict:
-    """Slider step b: this block's traces visible, the marks on the charts moved."""
+def _step(trace: gtp.Trace, b: int, image: int, extra: int = 0) -> dict:
+    """Slider step b: this block's traces visible, the marks on the charts moved; the `extra`
+    traces after the blocks' (a highlight) stay visible."""
     depth = len(trace.layers)
-    visible = [True] * STATIC_TRACES + [False] * (TRACES_PER_BLOCK * depth)
+    visible = [True] * STATIC_TRACES + [False] * (TRACES_PER_BLOCK * depth) + [True] * extra
     for t in range(TRACES_PER_BLOCK):
         visible[STATIC_TRACES + b * TRACES_PER_BLOCK + t] = True
     layer = trace.layers[b]
@@ -216,13 +215,14 @@ def _step(trace: gtp.Trace, b: int, image: int) -> dict:
 
 
 def layer_walk_figure(photo: PhotoLike, trace: gtp.Trace, image: int = 0, block: int = 0,
-                      height: int = 560) -> Figure:
+                      height: int = 560, highlight: Optional[int] = None) -> Figure:
     """Every block of one traced GTP forward in one figure with a block slider.
 
     photo: the model's input as shown (PIL image, uint8 [H, W, 3] or an image source); trace: a
     `gtp.Trace` (attention maps not needed); image: which image of the batch; block: the step
-    shown first (0-based). Traces: STATIC_TRACES chart traces, then TRACES_PER_BLOCK per block
-    (lines first, tokens last); `layout.sliders[0].steps[b]` makes block b's visible.
+    shown first (0-based); highlight: a patch id marked in every block. Traces: STATIC_TRACES
+    chart traces, then TRACES_PER_BLOCK per block (lines first, tokens last), then the highlight;
+    `layout.sliders[0].steps[b]` makes block b's visible.
     """
     depth = len(trace.layers)
     if depth == 0:
@@ -233,7 +233,9 @@ def layer_walk_figure(photo: PhotoLike, trace: gtp.Trace, image: int = 0, block:
                  if len(edges_of(layer, image)[2])), default=0.0)
     for b in range(depth):
         data += _block_traces(trace, b, image, w_max, visible=b == block)
-    steps = [_step(trace, b, image) for b in range(depth)]
+    if highlight is not None:
+        data.append(patch_mark(highlight, trace.grid_size))
+    steps = [_step(trace, b, image, extra=int(highlight is not None)) for b in range(depth)]
     axis = dict(gridcolor=GRID_COLOUR, zeroline=False, fixedrange=True)
     mark = dict(type="rect", y0=0, y1=1, fillcolor=GRID_COLOUR, line=dict(width=0), layer="below",
                 x0=block + 0.5, x1=block + 1.5)
@@ -257,9 +259,11 @@ def layer_walk_figure(photo: PhotoLike, trace: gtp.Trace, image: int = 0, block:
     return fig
 
 
-def walk(exp: Exploration, block: int = 0) -> PlotData:
-    """Every block in one figure (slider and Play run in the browser), starting at `block` (0-based)."""
-    return view(exp, ("walk", block), lambda: layer_walk_figure(photo_of(exp), exp.trace, block=block))
+def walk(exp: Exploration, block: int = 0, highlight: Optional[int] = None) -> PlotData:
+    """Every block in one figure (slider and Play run in the browser), starting at `block`
+    (0-based); `highlight`: a patch id marked in every block."""
+    return view(exp, ("walk", block) + (() if highlight is None else (highlight,)),
+                lambda: layer_walk_figure(photo_of(exp), exp.trace, block=block, highlight=highlight))
 
 
 # ----------------------------------------------------------------------------- Play, in the browser
