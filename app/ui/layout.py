@@ -32,9 +32,20 @@ LEARN_TEXT = (Path(__file__).with_name("learn.md")).read_text(encoding="utf-8")
 gr.set_static_paths([files.PHOTO_DIR])   # the photos the figures show (`app.views.base.photo_of`)
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 # Translucent banners: readable on Gradio's light and dark themes alike.
+# Figures start below their panel's label (Gradio floats it over the top left). Below 700 px (a
+# phone: the two columns no longer fit side by side) the results come first and the photo and
+# settings follow, each column the full width; wide tables scroll inside their panel.
 CSS = """
 .gtp-banner-random {background: rgba(224,176,0,0.14); border: 1px solid #e0b000; border-radius: 6px; padding: 6px 10px;}
 .gtp-banner-ok {background: rgba(102,187,106,0.14); border: 1px solid #66bb6a; border-radius: 6px; padding: 6px 10px;}
+#gtp-results .block > .js-plotly-plot {margin-top: 28px;}
+@media (max-width: 700px) {
+  #gtp-main {flex-wrap: wrap;}
+  #gtp-results {order: -1; flex-basis: 100%; min-width: 0 !important;}
+  #gtp-inputs {flex-basis: 100%; min-width: 0 !important;}
+  #gtp-results table {display: block; overflow-x: auto;}
+  #gtp-results th, #gtp-results td {white-space: nowrap;}
+}
 """
 
 
@@ -130,7 +141,6 @@ def _inputs_column(ui: dict) -> None:
                                     info="Press Enter to apply.")
         ui["preset"] = gr.Button("Published setting", elem_id="gtp-preset")
     ui["run_button"] = gr.Button("Run", variant="primary", elem_id="gtp-run")
-    ui["status"] = gr.Markdown("", elem_id="gtp-status")
 
 
 # ----------------------------------------------------------------------------- the tabs
@@ -225,11 +235,13 @@ def build_demo() -> gr.Blocks:
         gr.Markdown(f"# {TITLE}\nAn interactive look at [GTP-ViT (Xu et al., WACV 2024)]({PAPER}): "
                     "watch a ViT drop tokens block by block and push them along a token graph, with no retraining.")
         ui["banner"] = gr.Markdown("Loading the default model…", elem_id="gtp-banner")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=320):
+        with gr.Row(equal_height=False, elem_id="gtp-main"):
+            with gr.Column(scale=1, min_width=320, elem_id="gtp-inputs"):
                 _inputs_column(ui)
-            with gr.Column(scale=2):
-                with gr.Tabs():
+            with gr.Column(scale=2, elem_id="gtp-results"):
+                # What ran, where; while a request waits, Gradio's queue position and ETA show here.
+                ui["status"] = gr.Markdown("", elem_id="gtp-status")
+                with gr.Tabs(overflow_behavior="wrap", elem_id="gtp-tabs"):   # every tab in sight, on a phone too
                     for title, tab_id, build in TABS:
                         extra = {"elem_id": "gtp-compare-tab"} if tab_id == "compare" else {}
                         with gr.Tab(title, id=tab_id, **extra) as tab:
