@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -254,6 +255,8 @@ def build_demo() -> gr.Blocks:
 def create_app() -> gr.Blocks:
     """The app with its queue: one model run at a time (CPU-bound), up to `limits.QUEUE_SIZE` waiting.
     Launch it with `limits.launch_options()` (upload size, session count)."""
+    for name, value in limits.SERVER_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     demo = build_demo()
     demo.queue(default_concurrency_limit=1, max_size=limits.QUEUE_SIZE)
     return demo
