@@ -2,11 +2,12 @@
 
 N clients (default 30, each its own session, as many browsers) open the page together: each
 sends the page-load event (which hands it the first example photo), then the run event of that
-photo with the page's default settings, over Gradio's queue protocol, exactly as the page does.
+photo with the page's default settings and the refresh the page sends after it, over Gradio's
+queue protocol (one light asyncio client: the clients take little of the CPU the app uses).
 Reported: whether every client was served (its status names the photo), how many times the
 models ran for it (the app is started here, in a second process that counts its GPU-function
-calls: one is the goal), and the time from the start to each client's first panels (p50, p95,
-max; goal p95 <= 3 s), with the machine's load average.
+calls: one is the goal), the time from the start to each client's first panels (p50, p95, max;
+goal p95 <= 3 s), the CPU seconds the app used, and the machine's load average.
 
     python scripts/classroom_load.py [--clients 30] [--start app|zerogpu|cold]
 
@@ -57,7 +58,7 @@ def serve(port: int, count_file: Path, start: str) -> None:
     kernels.warm_up()
     preload()   # the default model, loaded (the teacher opened the page before the class did)
     if start != "cold":
-        inference.warm_up(runs=start == "app")
+        inference.warm_up(examples=start == "app")
     demo = create_app()
     demo.launch(server_name="127.0.0.1", server_port=port, quiet=True, css=CSS, prevent_thread_lock=True,
                 **limits.launch_options())
@@ -127,8 +128,7 @@ async def open_example(http, base: str, config: dict, start: float) -> dict:
 
 
 def burst(url: str, clients: int) -> list[dict]:
-    """`clients` sessions open the page at the same moment, each as a browser would (no client
-    library: one light asyncio client, so that the clients take little of the CPU the app uses)."""
+    """`clients` sessions open the page at the same moment, each as a browser would."""
     import httpx
 
     async def main() -> list[dict]:

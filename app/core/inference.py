@@ -265,11 +265,13 @@ def compared(exp: Exploration) -> Exploration:
     methods run now (the full model's outputs come from the run)."""
     if exp.comparison is not None:
         return exp
-    slot = get_model(exp.settings.model, exp.settings.weights)
-    shared = classroom.get(exp.key, slot)
-    hit = shared if shared is not None else RUNS.get(exp.key)
+    hit = RUNS.get(exp.key)
     if hit is not None and hit.comparison is not None:
         return hit
+    slot = get_model(exp.settings.model, exp.settings.weights)
+    shared = classroom.get(exp.key, slot)
+    if shared is not None and shared.comparison is not None:
+        return shared
     others = compare_photo(CompareJob(settings=exp.settings, x=exp.x, budget=tuple(exp.settings.budget(exp.depth))))
     done = dataclasses.replace(exp, comparison=_comparison(exp, others, slot.loaded.class_names))
     return classroom.keep(done, slot) if shared is not None else RUNS.put(exp.key, done)
@@ -286,15 +288,15 @@ def forget_runs() -> None:
     classroom.SHARED.clear()
 
 
-def warm_up(runs: bool = True) -> None:
+def warm_up(examples: bool = True) -> None:
     """At start-up, in a background thread: the GMACs of the published setting of the default
-    model (counted on a CPU) and, with `runs`, the shared runs of every example photo (on
+    model (counted on a CPU) and, with `examples`, the shared runs of every example photo (on
     ZeroGPU a GPU call needs a visitor's request: there the first student makes them)."""
     settings = PUBLISHED_SETTINGS
     depth = len(get_model(settings.model).model.blocks)
     for method in costs.all_methods():
         costs.gmacs(settings, method, depth)
-    for path in example_paths() if runs else ():
+    for path in example_paths() if examples else ():
         explore_photo(open_photo(path), settings)
 
 
