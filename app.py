@@ -7,8 +7,8 @@ import spaces  # noqa: F401  - first, as ZeroGPU asks (a no-op anywhere else)
 
 import threading
 
-from app.core import limits
-from app.core.models import DEVICE, preload
+from app.core import inference, limits
+from app.core.models import DEVICE, ZERO_GPU, preload
 from app.ui.layout import CSS, create_app
 from gtp import kernels
 
@@ -20,4 +20,7 @@ demo = create_app()
 if __name__ == "__main__":
     # Compile the sparsification kernel while the server starts, not in the first request.
     threading.Thread(target=kernels.warm_up, name="gtp-warm-up", daemon=True).start()
+    # The runs a classroom shares and their GMACs, made now (on ZeroGPU, where a GPU call needs
+    # a visitor's request, the runs by the first student who asks: `app.core.classroom`).
+    threading.Thread(target=inference.warm_up, args=(not ZERO_GPU,), name="gtp-examples", daemon=True).start()
     demo.launch(css=CSS, **limits.launch_options())

@@ -67,7 +67,7 @@ def summary(name: str, times: list[float], budget: float) -> None:
 
 def fresh() -> None:
     """No cached run or figure (GMACs stay cached: they are counted once per setting)."""
-    inference.RUNS.clear()
+    inference.forget_runs()
     V.FIGURES.clear()
 
 
@@ -173,7 +173,7 @@ def main() -> None:
             client = Client(f"http://127.0.0.1:{port}/", verbose=False)
             api = []
             for photo in photos * args.repeats:
-                inference.RUNS.clear()
+                inference.forget_runs()
                 api.append(ms(lambda: client.predict(handle_file(photo), model=args.model, api_name="/explore")))
             summary("explore API end to end (HTTP, no figures)", api, VISIBLE_BUDGET_MS)
         finally:

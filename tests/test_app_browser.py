@@ -107,8 +107,8 @@ def visible_block(page, with_step: bool = False):
 
 def explored(size: tuple[int, int]):
     """The app's run of the photo of this size (from the server's run cache: this process)."""
-    from app.core.inference import RUNS
-    return next(e for e in RUNS.values() if tuple(e.photo_size) == size)
+    from app.core.inference import runs
+    return next(e for e in runs() if tuple(e.photo_size) == size)
 
 
 def shot(page, name: str) -> None:

@@ -16,7 +16,7 @@ from test_app_browser import (ARTIFACTS, CHROMIUM, MODEL_TIMEOUT_MS, VIEW_TIMEOU
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")]
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-from app.core.inference import RUNS  # noqa: E402
+from app.core.inference import runs  # noqa: E402
 from app.core.settings import make_settings  # noqa: E402
 from app.ui import lesson as L  # noqa: E402
 from app.views.base import RUN_TAG_CHARS  # noqa: E402
@@ -49,7 +49,7 @@ def run_of(size: tuple[int, int], **hp):
     """The server's run (this process) of the photo of this size with the default model and these
     hyper-parameters (the others published)."""
     settings = make_settings(**hp)
-    return next(e for e in RUNS.values() if tuple(e.photo_size) == size and e.settings == settings)
+    return next(e for e in runs() if tuple(e.photo_size) == size and e.settings == settings)
 
 
 def walk_run(page) -> str:

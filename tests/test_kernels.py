@@ -157,3 +157,20 @@ def test_zero_smallest_from_many_threads_at_once():
     for w in workers:
         w.join()
     assert all(torch.equal(v, e) for v, e in zip(values, expected))
+
+
+@pytest.mark.skipif(not radix_select.available() or not hasattr(__import__("os"), "fork"), reason="numba, fork")
+def test_a_child_forked_after_numbas_openmp_layer_takes_the_pytorch_path():
+    """GNU OpenMP is not fork-safe: numba ends a child that launches its OpenMP layer after the
+    parent did. Such a child (a ZeroGPU worker) takes the PyTorch path: the same entries zeroed."""
+    import os
+    attn = torch.rand(2, 3, 50, 50).softmax(-1)
+    expected, _ = kernels.sparsify(attn.clone(), 0.6)    # the numba kernel: its layer is chosen now
+    pid = os.fork()
+    if pid == 0:   # the child: exit status 0 if it takes the right path and zeroes the same entries
+        torch.set_num_threads(1)   # as a worker does first: PyTorch's own OpenMP pool is no safer
+        ok = radix_select.available() == (radix_select._layer() != "omp")
+        got, _ = kernels.sparsify(attn.clone(), 0.6)
+        os._exit(0 if ok and torch.equal(got, expected) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and radix_select.available()

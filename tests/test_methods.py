@@ -27,7 +27,7 @@ def registered(monkeypatch):
     yield new
     from app.core import inference
     from app.views import base
-    inference.RUNS.clear()   # explorations compared with it
+    inference.forget_runs()   # explorations compared with it
     base.FIGURES.clear()
 
 

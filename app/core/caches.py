@@ -6,13 +6,14 @@ results, so handing the same object to several sessions at once is safe.
 """
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict
 from typing import Any, Callable, Generic, Hashable, Optional, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .workers import Lock
 
 V = TypeVar("V")
 
@@ -55,7 +56,7 @@ class BoundedCache(Generic[V]):
         self._size_of = size_of
         self._data: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
         self._bytes = 0
-        self._lock = threading.Lock()
+        self._lock = Lock()   # unlocked again in a forked GPU worker (`app.core.workers`)
 
     def get(self, key: Hashable) -> Optional[V]:
         with self._lock:

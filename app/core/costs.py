@@ -8,7 +8,6 @@ GPU outside `@spaces.GPU`, and counting needs none).
 """
 from __future__ import annotations
 
-import threading
 from typing import Optional, Sequence
 
 import torch
@@ -22,10 +21,11 @@ from .caches import BoundedCache
 from .models import DEVICE, ModelSlot, get_model
 from .results import Costs, Exploration
 from .settings import Settings
+from .workers import Lock
 
 GMACS: BoundedCache[float] = BoundedCache("gmacs", limits.GMACS_CACHE_ENTRIES)
 _COUNTING: BoundedCache[ModelSlot] = BoundedCache("counting models", limits.COUNTING_MODELS, size_of=lambda v: 0)
-_counting_lock = threading.Lock()
+_counting_lock = Lock()
 
 
 def all_methods() -> tuple[str, ...]:

@@ -23,6 +23,7 @@ from typing import Any
 from PIL import Image
 
 from . import limits
+from .workers import Lock
 
 ROOT = Path(tempfile.mkdtemp(prefix="gtp_app_"))
 DOWNLOAD_DIR = ROOT / "downloads"
@@ -31,7 +32,7 @@ PHOTO_DIR = ROOT / "photos"
 PHOTO_DIR.mkdir()
 PHOTO_QUALITY = 75
 
-_lock = threading.Lock()
+_lock = Lock()
 _folders: deque = deque()
 _photos: deque = deque()
 

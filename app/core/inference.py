@@ -14,7 +14,14 @@ full model's outputs kept from the first call: the full model never runs twice f
 GMACs, which need no GPU, are counted outside (`app.core.costs`).
 
 `duration` of each GPU function: `app.core.limits.GPU_DURATION_*`, sized from the measured time of
-one call (see there). Outside ZeroGPU `spaces.GPU` returns the function unchanged.
+one call (see there). `app.core.workers.gpu_function` makes each a GPU call (outside ZeroGPU the
+function itself) that sets its worker's threads first, never loads weights inside a worker, and
+on ZeroGPU goes on on the CPU, with a note, when no GPU is given.
+
+A classroom opens the same example photos: their runs at the published setting are made once
+and served to every session from `SHARED` (kept apart from `RUNS`, so that no upload pushes them
+out; invalidated when the model or its weights are loaded anew); `warm_up` makes them at
+start-up.
 """
 from __future__ import annotations
 
@@ -24,7 +31,6 @@ import time
 from typing import Optional
 
 import numpy as np
-import spaces
 import torch
 from PIL import Image
 
@@ -32,16 +38,17 @@ import gtp
 from gtp import methods
 from gtp.measure.metrics import Timer, cosine, device_name, features_and_logits, kl_divergence, top1_agreement
 
-from . import limits
+from . import classroom, costs, limits, workers
+from .assets import example_paths
 from .caches import BoundedCache
 from .errors import InputError, file_names_only
-from .models import DEVICE, ZERO_GPU, ModelSlot, get_model
-from .photos import Photo
+from .models import DEVICE, ZERO_GPU, ModelSlot, get_model, resident
+from .photos import Photo, open_photo
 from .results import (
     CompareJob, Comparison, Exploration, MethodResult, MethodRun, ModelInfo, Outputs, RunJob, RunResult, Throughput,
     ThroughputJob, TopClass,
 )
-from .settings import Settings
+from .settings import PUBLISHED_SETTINGS, Settings
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -106,12 +113,21 @@ def _others(slot: ModelSlot, x: torch.Tensor, settings: Settings, budget: tuple[
 # ----------------------------------------------------------------------------- the GPU functions
 
 
-@spaces.GPU(duration=limits.GPU_DURATION_RUN_S)
+def _model(settings: Settings, device: torch.device) -> ModelSlot:
+    """The model a GPU function runs: in a forked ZeroGPU worker the one it holds (never loaded
+    there: `app.core.workers`), elsewhere the model on `device`, loaded if it is not yet."""
+    if workers.FORKED:
+        return resident(settings.model, settings.weights)
+    return get_model(settings.model, settings.weights, device)
+
+
+@workers.gpu_function(limits.GPU_DURATION_RUN_S, fallback=True)
 @torch.inference_mode()
-def run_photo(job: RunJob) -> RunResult:
+def run_photo(job: RunJob, device: torch.device = DEVICE) -> RunResult:
     """GTP (traced with attention maps, then timed), the full model once, and with `job.compare`
     the other compared methods, on one photo. The settings were checked (`check_settings`)."""
-    slot = get_model(job.settings.model, job.settings.weights)
+    workers.enter_gpu_call()
+    slot = _model(job.settings, device)
     x = job.x.to(slot.loaded.device)
     with slot.lock:
         try:
@@ -132,11 +148,12 @@ def run_photo(job: RunJob) -> RunResult:
         num_heads=int(slot.model.blocks[0].attn.num_heads), others=others)
 
 
-@spaces.GPU(duration=limits.GPU_DURATION_RUN_S)
+@workers.gpu_function(limits.GPU_DURATION_RUN_S, fallback=True)
 @torch.inference_mode()
-def compare_photo(job: CompareJob) -> tuple[MethodRun, ...]:
+def compare_photo(job: CompareJob, device: torch.device = DEVICE) -> tuple[MethodRun, ...]:
     """The compared methods besides GTP on one photo (the Compare tab opened after the run)."""
-    slot = get_model(job.settings.model, job.settings.weights)
+    workers.enter_gpu_call()
+    slot = _model(job.settings, device)
     with slot.lock:
         try:
             return _others(slot, job.x.to(slot.loaded.device), job.settings, job.budget)
@@ -181,9 +198,10 @@ def _unnormalise(x: torch.Tensor, data_config: dict) -> Image.Image:
     return Image.fromarray((rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), "RGB")
 
 
-def run_key(photo: Photo, settings: Settings) -> str:
-    """What a run depends on: the photo's pixels and conversions, the model, weights, setting."""
-    h = hashlib.sha256(photo.image.tobytes())
+def run_key(photo: Photo, settings: Settings, pixels: Optional[str] = None) -> str:
+    """What a run depends on: the photo's pixels (`classroom.pixels`, if already hashed) and
+    conversions, the model, weights, setting."""
+    h = hashlib.sha256((pixels or classroom.pixels(photo)).encode())
     h.update(repr((photo.image.size, tuple(photo.notes), settings)).encode())
     return h.hexdigest()
 
@@ -214,13 +232,20 @@ def _comparison(exp: Exploration, others: tuple[MethodRun, ...], class_names: Op
 
 
 def explore_photo(photo: Photo, settings: Settings) -> Exploration:
-    """One run of the photo with this setting, answered from the cache when seen before.
+    """One run of the photo with this setting, answered from the cache when seen before (an
+    example photo at the published setting: from the runs every session shares).
     InputError for settings the model cannot take or unusable weights."""
     slot = get_model(settings.model, settings.weights)  # outside the GPU call: loading needs none
-    key = run_key(photo, settings)
+    pixels = classroom.pixels(photo)
+    key = run_key(photo, settings, pixels)
+    if classroom.is_shared(pixels, settings):
+        return classroom.shared_run(key, slot, lambda: _explore(photo, settings, slot, key))
     hit = RUNS.get(key)
-    if hit is not None:
-        return hit
+    return hit if hit is not None else RUNS.put(key, _explore(photo, settings, slot, key))
+
+
+def _explore(photo: Photo, settings: Settings, slot: ModelSlot, key: str) -> Exploration:
+    """The run itself: settings checked, then one GPU call."""
     budget = check_settings(slot, settings)
     x = model_input(photo, slot)
     result = run_photo(RunJob(settings=settings, x=x, budget=budget, compare=ZERO_GPU))
@@ -232,11 +257,11 @@ def explore_photo(photo: Photo, settings: Settings) -> Exploration:
         photo_notes=tuple(photo.notes), run=result)
     if result.others is not None:
         exp = dataclasses.replace(exp, comparison=_comparison(exp, result.others, loaded.class_names))
-    return RUNS.put(key, exp)
+    return exp
 
 
 def compared(exp: Exploration) -> Exploration:
-    """The exploration with its comparison: as it is, from the run cache, or with the compared
+    """The exploration with its comparison: as it is, from the run caches, or with the compared
     methods run now (the full model's outputs come from the run)."""
     if exp.comparison is not None:
         return exp
@@ -244,8 +269,35 @@ def compared(exp: Exploration) -> Exploration:
     if hit is not None and hit.comparison is not None:
         return hit
     slot = get_model(exp.settings.model, exp.settings.weights)
+    shared = classroom.get(exp.key, slot)
+    if shared is not None and shared.comparison is not None:
+        return shared
     others = compare_photo(CompareJob(settings=exp.settings, x=exp.x, budget=tuple(exp.settings.budget(exp.depth))))
-    return RUNS.put(exp.key, dataclasses.replace(exp, comparison=_comparison(exp, others, slot.loaded.class_names)))
+    done = dataclasses.replace(exp, comparison=_comparison(exp, others, slot.loaded.class_names))
+    return classroom.keep(done, slot) if shared is not None else RUNS.put(exp.key, done)
+
+
+def runs() -> list[Exploration]:
+    """Every run kept: the shared ones, then the others."""
+    return [exp for _, exp in classroom.SHARED.values()] + RUNS.values()
+
+
+def forget_runs() -> None:
+    """Empty both run caches (scripts and tests that time or count new runs)."""
+    RUNS.clear()
+    classroom.SHARED.clear()
+
+
+def warm_up(examples: bool = True) -> None:
+    """At start-up, in a background thread: the GMACs of the published setting of the default
+    model (counted on a CPU) and, with `examples`, the shared runs of every example photo (on
+    ZeroGPU a GPU call needs a visitor's request: there the first student makes them)."""
+    settings = PUBLISHED_SETTINGS
+    depth = len(get_model(settings.model).model.blocks)
+    for method in costs.all_methods():
+        costs.gmacs(settings, method, depth)
+    for path in example_paths() if examples else ():
+        explore_photo(open_photo(path), settings)
 
 
 # ----------------------------------------------------------------------------- throughput (GPU)
@@ -264,15 +316,16 @@ def _rate(model: torch.nn.Module, x: torch.Tensor, budget_s: float, max_batches:
     return min(timed), len(timed)
 
 
-@spaces.GPU(duration=limits.GPU_DURATION_THROUGHPUT_S)
+@workers.gpu_function(limits.GPU_DURATION_THROUGHPUT_S, fallback=False)   # a GPU's batch sizes: not for a CPU
 @torch.inference_mode()
-def measure_throughput(job: ThroughputJob) -> Throughput:
+def measure_throughput(job: ThroughputJob, device: torch.device = DEVICE) -> Throughput:
     """Images per second of the full and the GTP model, measured now on this device.
 
     The photo repeated `batch_size` times; each model gets half of `job.budget_s`: batches
     until it is spent (a warm-up batch first, dropped when another fitted), best of them.
     """
-    slot = get_model(job.settings.model, job.settings.weights)
+    workers.enter_gpu_call()
+    slot = _model(job.settings, device)
     x = job.x.to(slot.loaded.device).expand(job.batch_size, -1, -1, -1).contiguous()
     start = time.perf_counter()
     with slot.lock:

@@ -28,6 +28,12 @@ RUN_CACHE_BYTES = 256 * 2**20
 run's result with its attention maps (bfloat16): deit_small 6.9 MiB, deit_base 13.6 MiB, so
 the entry bound binds first; the byte bound guards against larger models."""
 
+SHARED_RUN_BYTES = 160 * 2**20
+"""The classroom's runs: the example photos at the published setting, computed once and served
+to every session (`app.core.inference.explore_photo`), kept apart from RUN_CACHE so that no
+upload pushes them out. One entry per example photo and loaded model (4 x MODEL_CACHE_ENTRIES);
+the bytes bound is 8 deit_base-sized runs with room."""
+
 GMACS_CACHE_ENTRIES = 512
 """GMACs kept (by model + configuration): a float each; counting one takes seconds on a CPU."""
 
@@ -103,6 +109,14 @@ MAX_LABEL_CHARS = 80           # a method name or label longer than this is cut
 QUEUE_SIZE = 64
 """Requests waiting for the model at most; more get a polite 'queue full'."""
 
+SERVER_ENVIRONMENT = {"GRADIO_ANALYTICS_CACHE_FREQUENCY": "100", "GRADIO_ANALYTICS_MAX_EVENTS": "2000",
+                      "MPLBACKEND": "agg"}
+"""Set (unless already set) before the queue is made, for the time every event costs. Gradio keeps
+statistics of past events and by default recomputes them with pandas after EVERY event, over up to
+10,000 kept: here every 100 events, over at most 2,000. Gradio also sets matplotlib's backend around
+every event; with none chosen, the first event imports pyplot to find one (a second or two while
+every other request waits): 'agg' is chosen here (the app draws no matplotlib figure)."""
+
 
 @dataclass(frozen=True)
 class Throughput:
@@ -128,6 +142,14 @@ available to measure on; load average 3): one call takes 1.7-2 s warm for deit_s
 for deit_base; a GPU runs the same 5 forwards at batch 1 in well under a second, so 20 s leaves room for a cold worker's CUDA set-up
 while staying far below the 60 s default (a shorter reservation queues sooner). To re-measure
 on the Space's card, time one `app.core.inference.run_photo` call on CUDA and set 3x its cold time."""
+
+WORKER_CPU_THREADS = 1
+"""CPU threads in a forked ZeroGPU worker (`app.core.workers.enter_gpu_call`): more than one
+hangs where the parent's OpenMP pool was in use before the fork; the worker's work is on the GPU."""
+
+WORKER_EXIT_DELAY_S = 2.0
+"""A worker that cannot serve (forked before the model was loaded) ends this long after raising,
+time enough for `spaces` to read its answer."""
 
 GPU_DURATION_THROUGHPUT_S = 30
 """ZeroGPU reservation for one throughput measurement: THROUGHPUT['cuda'].budget_s plus the

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import os
-import threading
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -21,6 +20,7 @@ from . import limits
 from .caches import BoundedCache
 from .errors import InputError, file_names_only
 from .settings import DEFAULT_MODEL
+from .workers import Lock, NotInWorker, leave_worker
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
@@ -32,7 +32,7 @@ GPU call; elsewhere what the page does not show yet may run later."""
 class ModelSlot:
     """One loaded model and its lock (hold `lock` while patching or running it)."""
     loaded: LoadedModel
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: Lock = field(default_factory=Lock)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -40,21 +40,23 @@ class ModelSlot:
 
 
 MODELS: BoundedCache[ModelSlot] = BoundedCache("models", limits.MODEL_CACHE_ENTRIES, size_of=lambda v: 0)
-_load_lock = threading.Lock()  # loading twice at once would only waste memory and time
+_load_lock = Lock()  # loading twice at once would only waste memory and time
 
 
-def get_model(name: str, weights: Optional[str] = None) -> ModelSlot:
-    """A supported model, loaded on first use. InputError for unknown names or unusable weights
-    files; a failed load frees what it built before the error reaches the user."""
+def get_model(name: str, weights: Optional[str] = None, device: Optional[torch.device] = None) -> ModelSlot:
+    """A supported model on `device` (default DEVICE), loaded on first use. InputError for unknown
+    names or unusable weights files; a failed load frees what it built before the error reaches
+    the user."""
     if name not in SUPPORTED_MODELS:
         raise InputError(f"Unknown model {name!r}; choose one of: {', '.join(SUPPORTED_MODELS)}.")
-    key = (name, weights or None)
+    device = device or DEVICE
+    key = (name, weights or None, device.type)
     with _load_lock:
         slot = MODELS.get(key)
         if slot is None:
             refused = None
             try:
-                loaded = load_model(name, weights=weights, device=DEVICE)
+                loaded = load_model(name, weights=weights, device=device)
             except ValueError as e:  # the library's refusal of the weights file: a message for the person
                 refused = str(e)
             if refused is not None:
@@ -64,6 +66,17 @@ def get_model(name: str, weights: Optional[str] = None) -> ModelSlot:
                 raise InputError(file_names_only(refused))
             slot = MODELS.put(key, ModelSlot(loaded))
         return slot
+
+
+def resident(name: str, weights: Optional[str] = None) -> ModelSlot:
+    """The model on DEVICE as this process holds it, never loaded here: what a GPU function runs
+    in a forked ZeroGPU worker (`app.core.workers`). NotInWorker where it was loaded after the
+    worker's fork (the worker then ends: it is of no further use)."""
+    slot = MODELS.get((name, weights or None, DEVICE.type))
+    if slot is None:
+        leave_worker()
+        raise NotInWorker(f"{name} was loaded after this worker was forked")
+    return slot
 
 
 def preload() -> None:

@@ -71,6 +71,7 @@ class RunResult:
     device: str                              # the real card, read inside the GPU call
     num_heads: int
     others: Optional[tuple[MethodRun, ...]] = None   # the compared methods besides GTP, when run
+    note: str = ""                           # why it ran elsewhere than asked (no GPU: `app.core.workers`)
 
 
 @dataclass(frozen=True)

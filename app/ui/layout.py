@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -32,9 +33,20 @@ LEARN_TEXT = (Path(__file__).with_name("learn.md")).read_text(encoding="utf-8")
 gr.set_static_paths([files.PHOTO_DIR])   # the photos the figures show (`app.views.base.photo_of`)
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 # Translucent banners: readable on Gradio's light and dark themes alike.
+# Figures start below their panel's label (Gradio floats it over the top left). Below 700 px (a
+# phone: the two columns no longer fit side by side) the results come first and the photo and
+# settings follow, each column the full width; wide tables scroll inside their panel.
 CSS = """
 .gtp-banner-random {background: rgba(224,176,0,0.14); border: 1px solid #e0b000; border-radius: 6px; padding: 6px 10px;}
 .gtp-banner-ok {background: rgba(102,187,106,0.14); border: 1px solid #66bb6a; border-radius: 6px; padding: 6px 10px;}
+#gtp-results .block > .js-plotly-plot {margin-top: 28px;}
+@media (max-width: 700px) {
+  #gtp-main {flex-wrap: wrap;}
+  #gtp-results {order: -1; flex-basis: 100%; min-width: 0 !important;}
+  #gtp-inputs {flex-basis: 100%; min-width: 0 !important;}
+  #gtp-results table {display: block; overflow-x: auto;}
+  #gtp-results th, #gtp-results td {white-space: nowrap;}
+}
 """
 
 
@@ -130,7 +142,6 @@ def _inputs_column(ui: dict) -> None:
                                     info="Press Enter to apply.")
         ui["preset"] = gr.Button("Published setting", elem_id="gtp-preset")
     ui["run_button"] = gr.Button("Run", variant="primary", elem_id="gtp-run")
-    ui["status"] = gr.Markdown("", elem_id="gtp-status")
     ui["copy_link"] = gr.Button("Copy link", size="sm", elem_id="gtp-copy-link")
     ui["link"] = gr.Textbox(label="Link to this view (photo, model, settings, tab)", interactive=False,
                             buttons=["copy"], elem_id="gtp-link")
@@ -241,11 +252,13 @@ def build_demo() -> gr.Blocks:
         gr.Markdown(f"# {TITLE}\nAn interactive look at [GTP-ViT (Xu et al., WACV 2024)]({PAPER}): "
                     "watch a ViT drop tokens block by block and push them along a token graph, with no retraining.")
         ui["banner"] = gr.Markdown("Loading the default model…", elem_id="gtp-banner")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=320):
+        with gr.Row(equal_height=False, elem_id="gtp-main"):
+            with gr.Column(scale=1, min_width=320, elem_id="gtp-inputs"):
                 _inputs_column(ui)
-            with gr.Column(scale=2):
-                with gr.Tabs() as ui["tabs"]:
+            with gr.Column(scale=2, elem_id="gtp-results"):
+                # What ran, where; while a request waits, Gradio's queue position and ETA show here.
+                ui["status"] = gr.Markdown("", elem_id="gtp-status")
+                with gr.Tabs(overflow_behavior="wrap", elem_id="gtp-tabs") as ui["tabs"]:   # every tab in sight, on a phone too
                     for title, tab_id, build in TABS:
                         extra = {"elem_id": "gtp-compare-tab"} if tab_id == "compare" else {}
                         with gr.Tab(title, id=tab_id, **extra) as tab:
@@ -258,6 +271,8 @@ def build_demo() -> gr.Blocks:
 def create_app() -> gr.Blocks:
     """The app with its queue: one model run at a time (CPU-bound), up to `limits.QUEUE_SIZE` waiting.
     Launch it with `limits.launch_options()` (upload size, session count)."""
+    for name, value in limits.SERVER_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     demo = build_demo()
     demo.queue(default_concurrency_limit=1, max_size=limits.QUEUE_SIZE)
     return demo

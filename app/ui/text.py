@@ -23,6 +23,8 @@ def status_markdown(exp: Exploration) -> str:
     status = f"Ran `{exp.model_name}` on a {w} × {h} photo, on {exp.run.device}."
     if exp.photo_notes:
         status += f" Input: {'; '.join(exp.photo_notes)}."
+    if exp.run.note:
+        status += " " + exp.run.note
     return status + schedule_note(exp)
 
 

@@ -130,11 +130,11 @@ def attention_figure(trace: gtp.Trace, block: int, head: int, image: int = 0, he
         xaxis2=dict(domain=[0.52, 1], anchor="y2", constrain="domain", **hidden),
         yaxis2=dict(autorange="reversed", anchor="x2", scaleanchor="x2", constrain="domain", **hidden),
         annotations=[
-            dict(text="before sparsification", xref="paper", yref="paper", x=0.24, y=1.0, xanchor="center",
+            dict(text="before<br>sparsification", xref="paper", yref="paper", x=0.24, y=1.0, xanchor="center",
                  yanchor="bottom", showarrow=False, font=dict(size=13)),
-            dict(text=f"after: {100 * share:.1f} % zeroed, {100 * mass:.1f} % of the mass", xref="paper", yref="paper",
-                 x=0.76, y=1.0, xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=13)),
-            dict(text=f"block {block + 1}, head {head}: rows are queries, columns keys; colour: log scale from "
+            dict(text=f"after: {100 * share:.1f} % zeroed,<br>{100 * mass:.1f} % of the mass", xref="paper",
+                 yref="paper", x=0.76, y=1.0, xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=13)),
+            dict(text=f"block {block + 1}, head {head}: rows are queries, columns keys;<br>colour: log scale from "
                       f"{zmax / 10 ** DECADES:.2g} to {zmax:.3g}, black = 0", xref="paper", yref="paper", x=0,
                  y=-0.02, xanchor="left", yanchor="top", showarrow=False, font=dict(size=11))])
     marked = []
@@ -144,7 +144,7 @@ def attention_figure(trace: gtp.Trace, block: int, head: int, image: int = 0, he
             raise ValueError(f"patch {highlight} does not enter block {block + 1}")
         marked = _highlight(names, trace.num_prefix + ids.index(highlight), int(highlight), along)
     fig = figure([signed, *marked], layout, height)
-    fig["layout"]["margin"].update(t=40, b=30)
+    fig["layout"]["margin"].update(t=50, b=44)   # two short lines above and below: a phone's width
     return fig
 
 

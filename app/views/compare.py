@@ -106,10 +106,10 @@ def compare_figure(photo: PhotoLike, grid: tuple[int, int], removed: Mapping[str
         layout[f"yaxis{axis}"] = dict(anchor=f"x{axis}")
         layout["annotations"].append(dict(text=titles[k], xref="paper", yref="paper", x=(domain[0] + domain[1]) / 2,
                                           y=1.0, xanchor="center", yanchor="bottom", showarrow=False,
-                                          font=dict(size=13)))
+                                          font=dict(size=12)))
         photo_axes(layout, photo, grid, axis=axis)
     fig = figure(data, layout, height)
-    fig["layout"]["margin"]["t"] = 30
+    fig["layout"]["margin"]["t"] = 46
     return fig
 
 
@@ -128,6 +128,6 @@ def compare(exp: Exploration) -> PlotData:
                 destinations["gtp"] = gtp_destinations(exp.trace)
             elif m.merged_into is not None:
                 destinations[m.method] = tome_destinations(m.removed, m.merged_into)
-        labels = {m.method: f"{m.label}: {m.num_removed} tokens removed" for m in comp.methods}
+        labels = {m.method: f"{m.label}<br>{m.num_removed} removed" for m in comp.methods}   # fits a phone's third
         return compare_figure(photo_of(exp), exp.trace.grid_size, removed, destinations, labels)
     return view(exp, ("compare",), make)

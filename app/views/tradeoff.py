@@ -9,6 +9,7 @@ unless `other_families=True` asks for them, labelled with their own family.
 """
 from __future__ import annotations
 
+import textwrap
 from typing import Iterable, Optional, Sequence
 
 from gradio.components.plot import PlotData
@@ -24,6 +25,8 @@ FAMILIES = {  # timm name -> the name papers use
 STYLES = {"GTP": ("rgb(214,39,40)", "circle"), "ToMe": ("rgb(31,119,180)", "square"),
           "EViT": ("rgb(44,160,44)", "triangle-up"), "ATS": ("rgb(148,103,189)", "diamond")}
 TRADEOFF_HEIGHT = 560   # the legend lies under the chart: its entries need room
+TITLE_CHARS = 46        # a title line at 11 px fits a phone's 320 px wide chart
+TITLE_LINE_PX = 15
 SWEEP_SYMBOLS = ("x", "cross", "star-triangle-up", "hexagram", "asterisk-open", "y-down-open")
 
 
@@ -164,7 +167,7 @@ def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None,
             f"No published trade-off curve for {name}: the paper's curves are "
             f"{', '.join(family(o) for o in others) or 'of other models'}"
             + (", drawn dotted and labelled with their model." if other_families else ", not drawn here."))
-    axis = dict(gridcolor=GRID_COLOUR, zeroline=False)
+    axis = dict(gridcolor=GRID_COLOUR, zeroline=False, automargin=True)   # tick labels inside the figure
     layout = dict(
         xaxis=dict(domain=[0, 0.58] if throughput else [0, 1], title=dict(text="GMACs per image"), **axis),
         yaxis=dict(title=dict(text="ImageNet top-1 (%)"), **axis),
@@ -180,13 +183,13 @@ def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None,
     if throughput:
         layout["xaxis2"] = dict(domain=[0.76, 1], type="log", title=dict(text="batch size"), **axis)
         layout["yaxis3"] = dict(anchor="x2", title=dict(text="images / s (measured)"), rangemode="tozero", **axis)
-    title = f"{escape(name)}: published ({escape(published.get('citation', ''))})<br>and measured"
-    note = escape(note).replace(": the paper", ":<br>the paper")  # two short lines in a narrow panel
-    layout["annotations"] = notes + [dict(text=title + (f"<br><i>{note}</i>" if note else ""), xref="paper",
+    title = textwrap.wrap(f"{name}: published ({published.get('citation', '')}) and measured", TITLE_CHARS)
+    lines = [escape(line) for line in title] + [f"<i>{escape(line)}</i>" for line in textwrap.wrap(note, TITLE_CHARS)]
+    layout["annotations"] = notes + [dict(text="<br>".join(lines), xref="paper",
                                           yref="paper", x=0, y=1.02, xanchor="left", yanchor="bottom",
                                           showarrow=False, font=dict(size=11), align="left")]
     fig = figure(data, layout, height)
-    fig["layout"]["margin"].update(t=64, b=10)
+    fig["layout"]["margin"].update(t=TITLE_LINE_PX * len(lines) + 10, b=10)
     return fig
 
 

@@ -32,11 +32,13 @@ EDGE_ALPHAS = (0.35, 0.55, 0.75, 0.95)
 TRACES_PER_BLOCK = len(EDGE_WIDTHS) + 4     # one line trace per weight quarter, then four token scatters
 STATIC_TRACES = 3                           # tokens-left bars, share zeroed, mass removed
 MAX_LISTED = 10                             # receivers / senders listed per hover
-LEGEND = ("<span style='color:rgb(235,50,50)'>■</span> propagated in this block   "
-          "<span style='color:rgb(255,205,0)'>◆</span> received features   × propagated earlier   "
-          "● kept   lines: width ∝ weight α·W<br>right, per block: tokens left; share of attention "
-          "<span style='color:rgb(214,39,40)'>entries zeroed</span> and "
-          "<span style='color:rgb(255,127,14)'>mass removed</span>")
+LEGEND = "<br>".join((   # short lines: the caption fits under the photo on a phone too
+    "<span style='color:rgb(235,50,50)'>■</span> propagated in this block   "
+    "<span style='color:rgb(255,205,0)'>◆</span> received features",
+    "× propagated earlier   ● kept   lines: width ∝ weight α·W",
+    "right, per block: tokens left; share of attention",
+    "<span style='color:rgb(214,39,40)'>entries zeroed</span> and "
+    "<span style='color:rgb(255,127,14)'>mass removed</span>"))
 # customdata columns of the tokens still in a block
 FIELDS = ("pid", "row", "col", "score", "regeneration", "broadcasting", "rank", "size")
 
@@ -240,7 +242,7 @@ def layer_walk_figure(photo: PhotoLike, trace: gtp.Trace, image: int = 0, block:
     mark = dict(type="rect", y0=0, y1=1, fillcolor=GRID_COLOUR, line=dict(width=0), layer="below",
                 x0=block + 0.5, x1=block + 1.5)
     layout = dict(
-        xaxis=dict(domain=[0, 0.6]), yaxis=dict(domain=[0.08, 1]),
+        xaxis=dict(domain=[0, 0.6]), yaxis=dict(domain=[0.14, 1]),
         xaxis2=dict(domain=[0.68, 1], anchor="y2", dtick=1 if depth <= 12 else 2, title=dict(text="block"), **axis),
         yaxis2=dict(domain=[0.62, 1], anchor="x2", title=dict(text="tokens left"), rangemode="tozero", **axis),
         xaxis3=dict(domain=[0.68, 1], anchor="y3", dtick=1 if depth <= 12 else 2, title=dict(text="block"), **axis),
@@ -249,7 +251,7 @@ def layer_walk_figure(photo: PhotoLike, trace: gtp.Trace, image: int = 0, block:
         shapes=[dict(xref="x2", yref="y2 domain", **mark), dict(xref="x3", yref="y3 domain", **mark)],
         annotations=[dict(text=steps[block]["args"][1]["annotations[0].text"], xref="paper", yref="paper", x=0, y=1.0,
                           xanchor="left", yanchor="bottom", showarrow=False, font=dict(size=13)),
-                     dict(text=LEGEND, xref="paper", yref="paper", x=0, y=0.06, xanchor="left", yanchor="top",
+                     dict(text=LEGEND, xref="paper", yref="paper", x=0, y=0.12, xanchor="left", yanchor="top",
                           showarrow=False, font=dict(size=10))],
         sliders=[dict(active=block, steps=steps, currentvalue=dict(prefix="block ", font=dict(size=12)), x=0,
                       len=0.6, y=0, yanchor="top", pad=dict(t=20, b=0), font=dict(size=10))])

@@ -44,9 +44,21 @@ if numba is not None and not {"NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PR
 _SHIFT = 18  # bits >> 18: 8192 buckets, 32 per octave of (non-negative) float values
 
 
+_forked_after_omp = False
+"""True in a process forked after numba's OpenMP layer ran here: GNU OpenMP is not fork-safe,
+and numba ends such a child at its first parallel launch ("fork() called from a process already
+using GNU OpenMP"). The child then takes the PyTorch path (same zeroed entries)."""
+
+
+def _after_fork_in_child() -> None:
+    global _forked_after_omp, _launch_lock
+    _forked_after_omp = _forked_after_omp or _layer() == "omp"
+    _launch_lock = threading.Lock()   # another thread may have held it at the fork
+
+
 def available() -> bool:
-    """True when numba is installed, so `zeroer` can be used."""
-    return numba is not None
+    """True when numba is installed and may launch threads here, so `zeroer` can be used."""
+    return numba is not None and not _forked_after_omp
 
 
 if numba is not None:
@@ -231,12 +243,20 @@ def zeroer(values: Tensor, k: int, statistics: bool = False) -> Callable[..., np
 _launch_lock = threading.Lock()
 
 
+def _layer() -> str:
+    """numba's threading layer ("omp", "tbb", "workqueue"), known after the first launch; "" before."""
+    try:
+        return numba.threading_layer() if numba is not None else ""
+    except ValueError:  # no launch yet: the layer is not chosen
+        return ""
+
+
 def _threadsafe_layer() -> bool:
     """Whether numba's threading layer (known after the first launch) takes concurrent launches."""
-    try:
-        return numba.threading_layer() in ("omp", "tbb")
-    except ValueError:  # no launch yet: the layer is not chosen
-        return False
+    return _layer() in ("omp", "tbb")
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def warm_up() -> None:
