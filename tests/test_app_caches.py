@@ -56,3 +56,38 @@ def test_the_run_cache_keeps_its_bound_and_drops_the_oldest_run(monkeypatch):
     assert len(inference.RUNS) == 3 and runs[0].key not in inference.RUNS and runs[-1].key in inference.RUNS
     assert inference.RUNS.bytes <= inference.RUNS.max_bytes
     assert inference.explore_photo(photo, make_settings("deit_tiny_patch16_224", num_prop=5)) is runs[-1]
+
+
+def test_a_cached_run_is_answered_before_any_model_is_loaded(monkeypatch):
+    """A run seen before needs no model: switching back to a model the model cache dropped costs
+    no load (issue 20: the model was loaded first, +0.3 s)."""
+    import pytest
+    from app.core import inference
+    from app.core.photos import open_photo
+    from app.core.settings import make_settings
+    photo = open_photo(str(ROOT / "assets" / "chelsea.png"))
+    settings = make_settings("deit_tiny_patch16_224", num_prop=3)
+    first = inference.explore_photo(photo, settings)
+    monkeypatch.setattr(inference, "get_model", lambda *a, **k: pytest.fail("a model was loaded for a cached run"))
+    assert inference.explore_photo(photo, settings) is first
+
+
+def test_the_heap_is_trimmed_after_requests():
+    """Every event's end asks for a trim (app/ui/events.py); the trimmer thread does it once,
+    TRIM_EVERY_S later, for all the requests that ended meanwhile."""
+    import time
+
+    import pytest
+    from app.core import limits
+    from app.core.memory import TRIMMER
+    from app.ui.events import at_the_edge
+    if TRIMMER._libc is None:
+        pytest.skip("not glibc: nothing to trim")
+    TRIMMER.start()
+    before = TRIMMER.trims
+    for _ in range(5):
+        at_the_edge(lambda: None)()
+    deadline = time.monotonic() + limits.TRIM_EVERY_S + 5
+    while TRIMMER.trims == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert TRIMMER.trims == before + 1  # five requests, one trim

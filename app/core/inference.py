@@ -216,11 +216,11 @@ def _comparison(exp: Exploration, others: tuple[MethodRun, ...], class_names: Op
 def explore_photo(photo: Photo, settings: Settings) -> Exploration:
     """One run of the photo with this setting, answered from the cache when seen before.
     InputError for settings the model cannot take or unusable weights."""
-    slot = get_model(settings.model, settings.weights)  # outside the GPU call: loading needs none
     key = run_key(photo, settings)
     hit = RUNS.get(key)
-    if hit is not None:
+    if hit is not None:  # before the model: a cached run needs none loaded
         return hit
+    slot = get_model(settings.model, settings.weights)  # outside the GPU call: loading needs none
     budget = check_settings(slot, settings)
     x = model_input(photo, slot)
     result = run_photo(RunJob(settings=settings, x=x, budget=budget, compare=ZERO_GPU))

@@ -20,6 +20,7 @@ from gtp.models import SUPPORTED_MODELS, LoadedModel, load_model
 from . import limits
 from .caches import BoundedCache
 from .errors import InputError, file_names_only
+from .plain import shown
 from .settings import DEFAULT_MODEL
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -47,8 +48,11 @@ def get_model(name: str, weights: Optional[str] = None) -> ModelSlot:
     """A supported model, loaded on first use. InputError for unknown names or unusable weights
     files; a failed load frees what it built before the error reaches the user."""
     if name not in SUPPORTED_MODELS:
-        raise InputError(f"Unknown model {name!r}; choose one of: {', '.join(SUPPORTED_MODELS)}.")
+        raise InputError(f"Unknown model {shown(name)}; choose one of: {', '.join(SUPPORTED_MODELS)}.")
     key = (name, weights or None)
+    slot = MODELS.get(key)
+    if slot is not None:  # a loaded model never waits for another one's load
+        return slot
     with _load_lock:
         slot = MODELS.get(key)
         if slot is None:
