@@ -239,3 +239,4 @@ def test_a_bystander_is_not_held_up_by_a_slow_refusal(url, client, monkeypatch, 
     thread.join(timeout=60)
     assert refusals and all("longer than 4 s" in r for r in refusals), refusals
     assert max(waits) < 2.0, f"/explore took {max(waits):.1f} s while a weights file was being refused"
+

@@ -13,9 +13,9 @@ from gtp import weights as _weights
 from gtp import weights_child as _reader
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, least: int = 1) -> int:
     try:
-        return max(1, int(os.environ.get(name, default)))
+        return max(least, int(os.environ.get(name, default)))
     except ValueError:
         return default
 
@@ -101,9 +101,6 @@ MAX_LABEL_CHARS = 80           # a method name or label longer than this is cut
 # What a weights file may hold is the library's to say, by model (`gtp.models.weights_bounds`: its
 # bytes, tensors, header and pickle sizes); the app names here what it relies on.
 
-MAX_WEIGHTS_BYTES = MAX_UPLOAD_BYTES
-"""A weights file is hashed (to look it up among refused files) up to this size, the upload bound."""
-
 WEIGHTS_READ_TIMEOUT_S = _reader.READ_TIMEOUT_S
 """Longest the library's reader child may take over one torch.save archive (`gtp.weights_child`);
 then it is killed and the file refused. The check runs in its own queue (`app.ui.events`), so it
@@ -125,11 +122,12 @@ started when someone opens "Your own weights", not at start-up, and exits after 
 
 # ----------------------------------------------------------------------------- memory: the allocator
 
-MALLOC_ARENAS = 2
-"""glibc malloc arenas at most (`mallopt(M_ARENA_MAX)`; its default is 8 per core). Each server
-thread that runs a request gets an arena that keeps the high-water mark of what it once held."""
+MALLOC_ARENAS = _env_int("GTP_APP_MALLOC_ARENAS", 2, least=0)
+"""glibc malloc arenas at most (`mallopt(M_ARENA_MAX)`; its default is 8 per core; 0 here: leave
+it). Each server thread that runs a request gets an arena that keeps the high-water mark of what
+it once held."""
 
-TRIM_EVERY_S = 2.0
+TRIM_EVERY_S = _env_int("GTP_APP_TRIM_EVERY_S", 2, least=0)
 """After a request, freed heap memory is handed back to the system (`malloc_trim`, ~20 ms on a
 400 MB heap, measured) at most this often, in a thread of its own: without it the server's
 memory grew ~1.1 MB per fresh run (deit_tiny, 200 runs on 4 clients) while what it held stayed flat."""

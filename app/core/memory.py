@@ -8,19 +8,22 @@ heap is only given back from its top. So the app
   - caps the arenas (`limits.MALLOC_ARENAS`, through `mallopt(M_ARENA_MAX)`, before the server's
     threads start), and
   - after requests, asks glibc to give back every free page (`malloc_trim(0)`) from a thread of
-    its own, at most every `limits.TRIM_EVERY_S` seconds (a trim takes ~20 ms).
-Both are no-ops where the C library is not glibc (macOS, Windows, musl).
+    its own, at most every `limits.TRIM_EVERY_S` seconds (a trim takes ~20 ms), first running the
+    sweeps registered with `add_sweep` (e.g. `app.ui.sessions`: what Gradio keeps per session).
+Both are no-ops where the C library is not glibc (macOS, Windows, musl); the sweeps run anyway.
 """
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from . import limits
 
 _M_ARENA_MAX = -8  # mallopt parameter number (glibc's malloc.h)
+log = logging.getLogger("gtp.app")
 
 
 def _glibc() -> Optional[ctypes.CDLL]:
@@ -39,6 +42,7 @@ class Trimmer:
         self.every_s = every_s
         self.trims = 0
         self._wanted = threading.Event()
+        self._sweeps: dict[str, Callable[[], None]] = {}
         self._libc = _glibc()
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
@@ -46,14 +50,32 @@ class Trimmer:
     def start(self) -> None:
         """Cap the arenas and start the thread (idempotent)."""
         with self._lock:
-            if self._libc is None or self._thread is not None:
+            if self._thread is not None:
                 return
-            self._libc.mallopt(_M_ARENA_MAX, limits.MALLOC_ARENAS)
+            if self._libc is not None and limits.MALLOC_ARENAS:
+                self._libc.mallopt(_M_ARENA_MAX, limits.MALLOC_ARENAS)
+            if not self.every_s:  # GTP_APP_TRIM_EVERY_S=0: never trim (to measure without it)
+                return
             self._thread = threading.Thread(target=self._run, name="gtp-malloc-trim", daemon=True)
             self._thread.start()
 
+    def add_sweep(self, name: str, sweep: Callable[[], None]) -> None:
+        """Run `sweep` before each trim (it drops references to what need not be kept); a sweep
+        added under the same name replaces the one before (a page built again)."""
+        self._sweeps[name] = sweep
+
     def after_request(self) -> None:
         self._wanted.set()
+
+    def sweep_and_trim(self) -> None:
+        for name, sweep in list(self._sweeps.items()):
+            try:
+                sweep()
+            except Exception:  # noqa: BLE001 - a sweep that fails frees nothing; the server keeps going
+                log.exception("memory sweep %r failed", name)
+        if self._libc is not None:
+            self._libc.malloc_trim(0)
+        self.trims += 1
 
     def _run(self) -> None:
         while True:
@@ -62,8 +84,7 @@ class Trimmer:
             # freed by then, and the requests ending meanwhile share this one trim.
             time.sleep(self.every_s)
             self._wanted.clear()
-            self._libc.malloc_trim(0)
-            self.trims += 1
+            self.sweep_and_trim()
 
 
 TRIMMER = Trimmer()

@@ -35,7 +35,7 @@ def check(model: str, path: Optional[str]) -> None:
     if not path or (model, path) in MODELS:
         return
     try:
-        digest = file_digest(path, limits.MAX_WEIGHTS_BYTES)
+        digest = file_digest(path, limits.MAX_UPLOAD_BYTES)
     except (OSError, WeightsRefused) as e:  # gone, unreadable, or over the upload bound
         raise InputError(for_person(f"could not read weights file {file_label(path)}: {e}")) from None
     remembered = REFUSED.get(digest, model)

@@ -6,8 +6,8 @@ by component. No list of inputs or outputs has to match a position.
 This is also the page's edge for errors: an `InputError` is shown as it is ("Cannot do that";
 `errors.for_person`: one bounded line, no server folder); any other exception is a bug, logged
 with its traceback and shown as one, with no internals. Values Gradio itself refuses before a
-handler runs get a message too (`app.ui.inputs`). After each event the freed heap is handed back
-(`app.core.memory`).
+handler runs get a message too (`app.ui.inputs`). After each event the values Gradio keeps per
+session are dropped (`app.ui.sessions`) and the freed heap handed back (`app.core.memory`).
 
 Run events share one queue slot (`concurrency_id="gtp_models"`): the models run one request at
 a time. A run with an uploaded weights file is preceded by `check_weights` in a queue of its own
@@ -28,7 +28,7 @@ from ..core.errors import InputError, for_person
 from ..core.memory import TRIMMER
 from ..core.settings import make_settings
 from ..views import walk
-from . import api, inputs
+from . import api, inputs, sessions
 from . import handlers as H
 
 RUN_QUEUE = dict(concurrency_id="gtp_models", concurrency_limit=1, trigger_mode="always_last")
@@ -215,4 +215,5 @@ def wire(demo: gr.Blocks, ui: dict) -> None:
     _wire_runs(demo, ui)
     _wire_views(ui)
     inputs.guard(demo)
+    TRIMMER.add_sweep("session values", sessions.sweeper(demo))
     TRIMMER.start()
