@@ -12,6 +12,9 @@ a folder this script owns and deletes), or attaches to one with --url (loopback 
   runs          the run event again and again on a few clients
   downloads     the Downloads button (GIF + trace JSON) after a run
   sweeps        sweep files: oversize, 100,000-deep, 3,000 methods, a `$\\frac{$` method name
+  mixed load    --mixed-seconds of many clients exploring, comparing and running the page with
+                fresh settings at once (`soak_clients.py`): the RSS curve and its slope per
+                request over the first and the last third (it must level off), errors counted
 
 and prints after each: RSS of the server process, its CPU seconds, the size and file count of
 its temp folders, and the answers (ok / each distinct error message, counted). Endpoints are
@@ -22,6 +25,8 @@ the time left, and --max-seconds stops everything (the server we started include
     python scripts/soak.py                                   # quick: a few of each
     python scripts/soak.py --failed-loads 50 --explores 200 --sessions 50 --runs 500 --downloads 100 \\
         --max-seconds 3000                                   # the targets of issue 12
+    python scripts/soak.py --failed-loads 0 --explores 0 --sessions 0 --runs 0 --downloads 0 --sweeps 0 \\
+        --mixed-seconds 420 --mixed-clients 8                # issue 20: memory under mixed load
 """
 from __future__ import annotations
 
@@ -30,7 +35,6 @@ import collections
 import itertools
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -40,8 +44,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 from urllib.parse import urlparse
+
+from soak_clients import App, mixed_load, repeat, report as mixed_report
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTO = ROOT / "assets" / "chelsea.png"
@@ -177,84 +183,6 @@ def summarise(answers: Optional[collections.Counter]) -> str:
     return "; ".join(f"{n} x {what}" for what, n in answers.most_common())
 
 
-# ----------------------------------------------------------------------------- talking to the app
-
-
-class App:
-    """The app's endpoints, found by name, and calls to them bounded by the deadline."""
-
-    def __init__(self, url: str, deadline: float):
-        from gradio_client import Client, handle_file
-        self.url, self.deadline, self._Client, self.handle_file = url, deadline, Client, handle_file
-        probe = self.client()
-        self.config = probe.config
-        self.public = set(probe.view_api(return_format="dict", print_info=False)["named_endpoints"])
-        self.components = {c["id"]: c for c in self.config["components"]}
-        self.deps = {d.get("api_name"): d for d in self.config["dependencies"] if d.get("api_name")}
-        probe.close()
-
-    def client(self):
-        # download_files=False: the answers' files stay on the server, where they are measured.
-        return self._Client(self.url, verbose=False, download_files=False)
-
-    def find(self, pattern: str) -> Optional[str]:
-        """The first endpoint whose name matches `pattern` (e.g. r"run(_\\d+)?"), as "/name"."""
-        for name in self.deps:
-            if re.fullmatch(pattern, name):
-                return "/" + name
-        return None
-
-    def args(self, endpoint: str, image: Any = None, file: Any = None) -> list:
-        """Positional arguments for an endpoint: each input's default value from the page, the
-        photo for an image input and `file` for a file input (State inputs are the session's)."""
-        values = []
-        for j in self.deps[endpoint.lstrip("/")]["inputs"]:
-            comp = self.components[j]
-            kind, value = comp["type"], comp.get("props", {}).get("value")
-            if kind == "state":
-                continue
-            if kind == "image":
-                value = image
-            elif kind == "file":
-                value = file
-            values.append(value)
-        return values
-
-    def call(self, client, endpoint: str, *args) -> str:
-        """'ok' or the error's message (one line), waiting at most the time left."""
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            return "skipped: --max-seconds reached"
-        job = client.submit(*args, api_name=endpoint)
-        try:
-            job.result(timeout=left)
-            return "ok"
-        except Exception as e:  # AppError (the app's message), timeouts, queue full, ...
-            if isinstance(e, TimeoutError) or type(e).__name__ == "TimeoutError":
-                job.cancel()
-                return "timed out at --max-seconds"
-            message = " ".join(str(e).split()) or type(e).__name__
-            return f"error: {message[:110]}"
-
-
-def repeat(n: int, app: App, one: Callable[[], str]) -> collections.Counter:
-    answers: collections.Counter = collections.Counter()
-    for _ in range(n):
-        if time.monotonic() >= app.deadline:
-            answers["not run: --max-seconds reached"] += 1
-            continue
-        answers[one()] += 1
-    return answers
-
-
-def fresh_call(app: App, endpoint: str, *args) -> str:
-    client = app.client()
-    try:
-        return app.call(client, endpoint, *args)
-    finally:
-        client.close()
-
-
 # ----------------------------------------------------------------------------- attack files
 
 
@@ -309,19 +237,19 @@ def attacks(app: App, args: argparse.Namespace, files: Path, report: Report) -> 
     if run and args.failed_loads:
         weights = app.handle_file(str(mismatched_weights(files)))
         run_args = app.args(run, photo, weights)
-        model_at = _model_position(app, run)
+        model_at = app.model_position(run)
         if model_at is None:
             print("  (the run endpoint has no model dropdown: failed loads skipped)")
         else:
             run_args[model_at] = FAILED_LOAD_MODEL
             report.line(f"failed loads x{args.failed_loads}",
-                        repeat(args.failed_loads, app, lambda: fresh_call(app, run, *run_args)))
+                        repeat(args.failed_loads, app, lambda: app.fresh_call(run, *run_args)))
     if explore and args.explores:
         report.line(f"explore, new client x{args.explores}",
-                    repeat(args.explores, app, lambda: fresh_call(app, explore, photo)))
+                    repeat(args.explores, app, lambda: app.fresh_call(explore, photo)))
     if run and args.sessions:
         report.line(f"UI sessions (new client) x{args.sessions}",
-                    repeat(args.sessions, app, lambda: fresh_call(app, run, *app.args(run, photo))))
+                    repeat(args.sessions, app, lambda: app.fresh_call(run, *app.args(run, photo))))
     if run and args.runs:
         pool = [app.client() for _ in range(min(4, args.runs))]
         clients = itertools.cycle(pool)
@@ -344,20 +272,10 @@ def attacks(app: App, args: argparse.Namespace, files: Path, report: Report) -> 
             report.line(f"sweep: {what}",
                         collections.Counter([app.call(warm, sweep, *app.args(sweep, file=app.handle_file(str(path))))]))
     warm.close()
-
-
-def _model_position(app: App, endpoint: str) -> Optional[int]:
-    """Index, among an endpoint's non-State arguments, of the dropdown offering model names."""
-    position = 0
-    for j in app.deps[endpoint.lstrip("/")]["inputs"]:
-        comp = app.components[j]
-        if comp["type"] == "state":
-            continue
-        choices = json.dumps(comp.get("props", {}).get("choices", ""))
-        if comp["type"] == "dropdown" and FAILED_LOAD_MODEL in choices:
-            return position
-        position += 1
-    return None
+    if args.mixed_seconds > 0:
+        load = mixed_load(app, lambda: rss_mb(report.pid), args.mixed_seconds, args.mixed_clients, PHOTO, files)
+        report.line(f"mixed load {args.mixed_seconds:.0f} s", None)
+        mixed_report(load, args.mixed_clients)
 
 
 def main() -> None:
@@ -367,6 +285,8 @@ def main() -> None:
         parser.add_argument(f"--{name}", type=int, default=default,
                             help=f"how many (default {default}, at most {MAX_COUNT}; sweeps: 0 = none, else one "
                                  "round of the five files)")
+    parser.add_argument("--mixed-seconds", type=float, default=30, help="the mixed-load phase's length (default 30; 0: none)")
+    parser.add_argument("--mixed-clients", type=int, default=8, help="clients at once in the mixed load (default 8, at most 32)")
     parser.add_argument("--max-seconds", type=float, default=600, help="hard stop for the whole soak (default 600)")
     parser.add_argument("--url", help="attach to a running app instead (loopback only)")
     parser.add_argument("--pid", type=int, help="with --url: the server's process id, to measure it")
@@ -375,6 +295,8 @@ def main() -> None:
     for name in ("failed_loads", "explores", "sessions", "runs", "downloads", "sweeps"):
         if not 0 <= getattr(args, name) <= MAX_COUNT:
             parser.error(f"--{name.replace('_', '-')} must be within 0..{MAX_COUNT}")
+    if not 1 <= args.mixed_clients <= 32:
+        parser.error("--mixed-clients must be within 1..32")
     if args.url and urlparse(args.url).hostname not in LOOPBACK:
         parser.error(f"--url must be a loopback address ({', '.join(sorted(LOOPBACK))}); this script attacks")
     started = time.monotonic()

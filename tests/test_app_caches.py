@@ -56,3 +56,62 @@ def test_the_run_cache_keeps_its_bound_and_drops_the_oldest_run(monkeypatch):
     assert len(inference.RUNS) == 3 and runs[0].key not in inference.RUNS and runs[-1].key in inference.RUNS
     assert inference.RUNS.bytes <= inference.RUNS.max_bytes
     assert inference.explore_photo(photo, make_settings("deit_tiny_patch16_224", num_prop=5)) is runs[-1]
+
+
+def test_a_cached_run_is_answered_before_any_model_is_loaded(monkeypatch):
+    """A run seen before needs no model: switching back to a model the model cache dropped costs
+    no load (issue 20: the model was loaded first, +0.3 s)."""
+    import pytest
+    from app.core import inference
+    from app.core.photos import open_photo
+    from app.core.settings import make_settings
+    photo = open_photo(str(ROOT / "assets" / "chelsea.png"))
+    settings = make_settings("deit_tiny_patch16_224", num_prop=3)
+    first = inference.explore_photo(photo, settings)
+    monkeypatch.setattr(inference, "get_model", lambda *a, **k: pytest.fail("a model was loaded for a cached run"))
+    assert inference.explore_photo(photo, settings) is first
+
+
+def test_the_heap_is_trimmed_after_requests():
+    """Every event's end asks for a trim (app/ui/events.py); the trimmer thread does it once,
+    TRIM_EVERY_S later, for all the requests that ended meanwhile."""
+    import time
+
+    import pytest
+    from app.core import limits
+    from app.core.memory import TRIMMER
+    from app.ui.events import at_the_edge
+    if TRIMMER._libc is None or not TRIMMER.every_s:
+        pytest.skip("not glibc, or trimming turned off (GTP_APP_TRIM_EVERY_S=0)")
+    TRIMMER.start()
+    before = TRIMMER.trims
+    for _ in range(5):
+        at_the_edge(lambda: None)()
+    deadline = time.monotonic() + limits.TRIM_EVERY_S + 5
+    while TRIMMER.trims == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert TRIMMER.trims == before + 1  # five requests, one trim
+
+
+def test_values_gradio_keeps_per_session_are_dropped():
+    """Gradio keeps each session's last value of every component (the `explore` answer: ~0.84 MB
+    per API session, measured); the sweep run before each trim drops them, leaving the values
+    of the session's gr.State (its run, on purpose) alone."""
+    from gradio.state_holder import StateHolder
+    from app.core.memory import TRIMMER
+    from app.ui import sessions
+    from app.ui.layout import build_demo
+    demo = build_demo()
+    demo.config = demo.get_config_file()
+    holder = StateHolder()
+    holder.set_blocks(demo)
+    session = holder["a-session"]
+    json_id = next(i for i, b in demo.blocks.items() if type(b).__name__ == "JSON")
+    state_id = next(i for i, b in demo.blocks.items() if type(b).__name__ == "State")
+    session._update_value_in_config(json_id, {"layers": [[1, 2, 0.5]] * 4000})
+    session[state_id] = "the run on view"
+    TRIMMER.add_sweep("session values", sessions.sweeper(demo))
+    TRIMMER.sweep_and_trim()
+    assert session.config_values[json_id]["props"]["value"] is None
+    assert session[state_id] == "the run on view"
+    assert sessions.forget_values(demo) == 0  # nothing left to drop

@@ -73,3 +73,23 @@ def test_metadata_falls_back_where_missing():
     assert by_name["num_prop"].kind == "int" and by_name["num_prop"].symbol == "P"
     assert by_name["sparsity"].kind == "float" and by_name["sparsity"].max == 1.0
     assert by_name["selection"].choices and by_name["selection"].default == "mixed_attn_max"
+
+
+def test_refusals_repeat_values_short_and_messages_are_bounded():
+    """A value sent to the API can be a megabyte or a number of thousands of digits: a refusal
+    repeats it cut short, and every message is one bounded line naming no server folder."""
+    from app.core import limits
+    from app.core.errors import for_person
+    from app.core.plain import shown
+    with pytest.raises(InputError, match="must be a finite number; got a whole number of about 401 digits"):
+        make_settings(num_prop=10**400)
+    with pytest.raises(InputError) as info:
+        make_settings(schedule="x" * 2**20)
+    assert "comma-separated whole numbers" in str(info.value) and len(str(info.value)) < 200
+    with pytest.raises(InputError) as info:
+        make_settings(graph="g" * 2**20)
+    assert "must be one of" in str(info.value) and len(str(info.value)) < 200
+    message = for_person("could not read /srv/app/x/w.pth:\n value " + "9" * 5000 + " then " + "y" * 2**20)
+    assert "\n" not in message and len(message) <= limits.MAX_MESSAGE_CHARS and "/srv" not in message
+    assert message.startswith("could not read w.pth: value (a number of 5,000 digits) then yyy")
+    assert shown(10**5000) == "a whole number of about 5,001 digits" and "\u202e" not in shown("a\u202eb")

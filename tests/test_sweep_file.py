@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -155,3 +156,22 @@ def test_tradeoff_chart_draws_any_method_name():
     names = [t["name"] for t in chart["data"] if (t.get("meta") or {}).get("role") == "sweep"]
     assert len(names) == 2 and all("$" not in n for n in names)   # '$' would start LaTeX in plotly.js
     assert any(r"&#36;\frac{&#36;" in n for n in names) and any("&#36;x&#36;" in n for n in names)
+
+
+def test_names_lose_bidirectional_and_zero_width_characters():
+    r"""U+202E would show "evil\u202egnp.json" as "evilnosj.png"; U+200B makes equal-looking names differ."""
+    got, _ = parse_sweep(json.dumps([{"method": "gt\u200bp\u202e", "gmacs": 1, "top1": 70},
+                                     {"method": "\u2066tome\u2069\ufeff", "gmacs": 2, "top1": 71}]))
+    assert [r["method"] for r in got] == ["gtp", "tome"]
+    assert plain_text("a\u200d\u2060b\u061c c\u00ad") == "ab c" and plain_text("café ✓") == "café ✓"
+
+
+def test_template_fields_in_names_are_shown_as_text():
+    """plotly fills '%{...}' in a hover template: a method name holding one is drawn as written."""
+    from app.ui import handlers as H
+    from conftest import figure_of
+    got, _ = parse_sweep(json.dumps([{"method": "%{y} %{customdata[0]}", "gmacs": 3.0, "top1": 70.0}]))
+    trace = next(t for t in figure_of(H.draw_tradeoff(None, got))["data"] if (t.get("meta") or {}).get("role") == "sweep")
+    assert "&#37;{y} &#37;{customdata[0]}" in trace["name"] and "%{y} %{customdata[0]}" not in trace["hovertemplate"]
+    own = re.findall(r"%\{[^}]*\}", trace["hovertemplate"])
+    assert own == ["%{customdata[0]}", "%{x:.2f}", "%{y:.2f}"]  # only the chart's own fields remain

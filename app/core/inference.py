@@ -235,13 +235,16 @@ def explore_photo(photo: Photo, settings: Settings) -> Exploration:
     """One run of the photo with this setting, answered from the cache when seen before (an
     example photo at the published setting: from the runs every session shares).
     InputError for settings the model cannot take or unusable weights."""
-    slot = get_model(settings.model, settings.weights)  # outside the GPU call: loading needs none
     pixels = classroom.pixels(photo)
     key = run_key(photo, settings, pixels)
     if classroom.is_shared(pixels, settings):
+        slot = get_model(settings.model, settings.weights)  # outside the GPU call: loading needs none
         return classroom.shared_run(key, slot, lambda: _explore(photo, settings, slot, key))
     hit = RUNS.get(key)
-    return hit if hit is not None else RUNS.put(key, _explore(photo, settings, slot, key))
+    if hit is not None:  # before the model: a cached run needs none loaded
+        return hit
+    slot = get_model(settings.model, settings.weights)
+    return RUNS.put(key, _explore(photo, settings, slot, key))
 
 
 def _explore(photo: Photo, settings: Settings, slot: ModelSlot, key: str) -> Exploration:

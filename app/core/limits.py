@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from gtp import weights as _weights
+from gtp import weights_child as _reader
 
-def _env_int(name: str, default: int) -> int:
+
+def _env_int(name: str, default: int, least: int = 1) -> int:
     try:
-        return max(1, int(os.environ.get(name, default)))
+        return max(least, int(os.environ.get(name, default)))
     except ValueError:
         return default
 
@@ -102,6 +105,49 @@ MAX_SWEEP_DEPTH = 16           # nested [ / { levels (json.loads recurses once p
 MAX_SWEEP_RECORDS = 5_000      # rows / records read (usable or not)
 MAX_SWEEP_METHODS = 12         # distinct method names: one chart series each
 MAX_LABEL_CHARS = 80           # a method name or label longer than this is cut
+
+
+# ----------------------------------------------------------------------------- uploaded weights
+# What a weights file may hold is the library's to say, by model (`gtp.models.weights_bounds`: its
+# bytes, tensors, header and pickle sizes); the app names here what it relies on.
+
+WEIGHTS_READ_TIMEOUT_S = _reader.READ_TIMEOUT_S
+"""Longest the library's reader child may take over one torch.save archive (`gtp.weights_child`);
+then it is killed and the file refused. The check runs in its own queue (`app.ui.events`), so it
+holds up the person who uploaded the file, never the models' queue every run waits on."""
+
+REFUSED_WEIGHTS_TTL_S = _weights.REFUSED_TTL_S
+REFUSED_WEIGHTS_ENTRIES = _weights.REFUSED_ENTRIES
+"""Refused weights files are remembered by their content's hash this long (seconds), this many
+(`gtp.weights.REFUSED`): the same file sent again is refused at once, for the cost of one hash."""
+
+CHECKED_WEIGHTS_ENTRIES = 64
+"""Uploaded weights files (by model and path) that loaded once: a run may load them again after the
+model cache dropped them. A run given any other file is refused at once (`app.core.weights`)."""
+
+READER_IDLE_S = _reader.READER_IDLE_S
+"""The reader server (~315 MB of its own memory, 3 s to start: Python and torch, measured) is
+started when someone opens "Your own weights", not at start-up, and exits after this long idle."""
+
+
+# ----------------------------------------------------------------------------- memory: the allocator
+
+MALLOC_ARENAS = _env_int("GTP_APP_MALLOC_ARENAS", 2, least=0)
+"""glibc malloc arenas at most (`mallopt(M_ARENA_MAX)`; its default is 8 per core; 0 here: leave
+it). Each server thread that runs a request gets an arena that keeps the high-water mark of what
+it once held."""
+
+TRIM_EVERY_S = _env_int("GTP_APP_TRIM_EVERY_S", 2, least=0)
+"""After a request, freed heap memory is handed back to the system (`malloc_trim`, ~20 ms on a
+400 MB heap, measured) at most this often, in a thread of its own: without it the server's
+memory grew ~1.1 MB per fresh run (deit_tiny, 200 runs on 4 clients) while what it held stayed flat."""
+
+
+# ----------------------------------------------------------------------------- messages
+
+MAX_MESSAGE_CHARS = _weights.MAX_MESSAGE_CHARS
+"""Longest message the page or the API shows for a refusal (one line; values it repeats are cut
+shorter, `app.core.plain.shown`)."""
 
 
 # ----------------------------------------------------------------------------- time

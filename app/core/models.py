@@ -19,6 +19,7 @@ from gtp.models import SUPPORTED_MODELS, LoadedModel, load_model
 from . import limits
 from .caches import BoundedCache
 from .errors import InputError, file_names_only
+from .plain import shown
 from .settings import DEFAULT_MODEL
 from .workers import Lock, NotInWorker, leave_worker
 
@@ -43,20 +44,31 @@ MODELS: BoundedCache[ModelSlot] = BoundedCache("models", limits.MODEL_CACHE_ENTR
 _load_lock = Lock()  # loading twice at once would only waste memory and time
 
 
+def _key(name: str, weights: Optional[str], device: torch.device) -> tuple:
+    return (name, weights or None, device.type)
+
+
+def is_loaded(name: str, weights: Optional[str] = None) -> bool:
+    """Whether `name` with these weights is loaded on DEVICE (no load, no waiting)."""
+    return _key(name, weights, DEVICE) in MODELS
+
+
 def get_model(name: str, weights: Optional[str] = None, device: Optional[torch.device] = None) -> ModelSlot:
     """A supported model on `device` (default DEVICE), loaded on first use. InputError for unknown
     names or unusable weights files; a failed load frees what it built before the error reaches
     the user."""
     if name not in SUPPORTED_MODELS:
-        raise InputError(f"Unknown model {name!r}; choose one of: {', '.join(SUPPORTED_MODELS)}.")
-    device = device or DEVICE
-    key = (name, weights or None, device.type)
+        raise InputError(f"Unknown model {shown(name)}; choose one of: {', '.join(SUPPORTED_MODELS)}.")
+    key = _key(name, weights, device or DEVICE)
+    slot = MODELS.get(key)
+    if slot is not None:  # a loaded model never waits for another one's load
+        return slot
     with _load_lock:
         slot = MODELS.get(key)
         if slot is None:
             refused = None
             try:
-                loaded = load_model(name, weights=weights, device=device)
+                loaded = load_model(name, weights=weights, device=device or DEVICE)
             except ValueError as e:  # the library's refusal of the weights file: a message for the person
                 refused = str(e)
             if refused is not None:
@@ -72,7 +84,7 @@ def resident(name: str, weights: Optional[str] = None) -> ModelSlot:
     """The model on DEVICE as this process holds it, never loaded here: what a GPU function runs
     in a forked ZeroGPU worker (`app.core.workers`). NotInWorker where it was loaded after the
     worker's fork (the worker then ends: it is of no further use)."""
-    slot = MODELS.get((name, weights or None, DEVICE.type))
+    slot = MODELS.get(_key(name, weights, DEVICE))
     if slot is None:
         leave_worker()
         raise NotInWorker(f"{name} was loaded after this worker was forked")

@@ -18,6 +18,7 @@ from typing import Any, Optional
 import gtp
 
 from .errors import InputError
+from .plain import shown
 
 DEFAULT_MODEL = "deit_small_patch16_224"
 
@@ -46,22 +47,24 @@ class HyperParameter:
         if self.kind == "bool":
             if isinstance(value, bool) or value in (0, 1):
                 return bool(value)
-            raise InputError(f"{name} must be true or false; got {value!r}")
+            raise InputError(f"{name} must be true or false; got {shown(value)}")
         if self.kind in ("choice", "text"):
             if not isinstance(value, str):
-                raise InputError(f"{name} must be text; got {value!r}")
+                raise InputError(f"{name} must be text; got {shown(value)}")
             if self.choices and value not in self.choices:
-                raise InputError(f"{name} must be one of {', '.join(self.choices)}; got {value!r}")
+                raise InputError(f"{name} must be one of {', '.join(self.choices)}; got {shown(value)}")
             return value
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise InputError(f"{name} must be a number; got {value!r}") from None
+            raise InputError(f"{name} must be a number; got {shown(value)}") from None
+        except OverflowError:  # a whole number too large for a float
+            raise InputError(f"{name} must be a finite number; got {shown(value)}") from None
         if isinstance(value, bool) or not math.isfinite(number):
-            raise InputError(f"{name} must be a finite number; got {value!r}")
+            raise InputError(f"{name} must be a finite number; got {shown(value)}")
         if self.kind == "int":
             if number != int(number):
-                raise InputError(f"{name} must be a whole number; got {value!r}")
+                raise InputError(f"{name} must be a whole number; got {shown(value)}")
             return int(number)
         return number
 
@@ -114,7 +117,7 @@ def parse_schedule(text: Optional[str]) -> Optional[list[int]]:
     except ValueError:
         raise InputError(
             f"The per-block schedule must be comma-separated whole numbers, one per block "
-            f"(e.g. 8,8,8,8,8,8,8,8,8,8,8,8); got {text!r}.") from None
+            f"(e.g. 8,8,8,8,8,8,8,8,8,8,8,8); got {shown(text)}.") from None
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,7 @@ def make_settings(model: Optional[str] = None, weights: Optional[str] = None, sc
         value = raw.get(name, p.default)
         values[name] = p.default if value is None and p.kind != "text" else p.parse(value)
     if schedule is not None and not isinstance(schedule, str):
-        raise InputError(f"the per-block schedule must be text such as '8,8,8'; got {schedule!r}")
+        raise InputError(f"the per-block schedule must be text such as '8,8,8'; got {shown(schedule)}")
     parse_schedule(schedule)  # refused now, not inside the model run
     return Settings(model=model or DEFAULT_MODEL, weights=weights or None, schedule=schedule or "",
                     config=config_cls(**values))

@@ -21,6 +21,7 @@ import numpy as np
 
 from .errors import InputError
 from .limits import MAX_LABEL_CHARS, MAX_SWEEP_BYTES, MAX_SWEEP_DEPTH, MAX_SWEEP_METHODS, MAX_SWEEP_RECORDS
+from .plain import plain_text
 
 # Column names other tools use for the same quantity.
 _ALIASES = {
@@ -34,7 +35,6 @@ _RECORD_KEYS = ("records", "results", "rows", "sweep", "data")
 # A JSON string, possibly unterminated (brackets inside strings are not nesting); anything not a bracket.
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\Z)', re.S)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_NOT_PRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 def json_depth(text: str) -> int:
@@ -47,14 +47,6 @@ def json_depth(text: str) -> int:
     codes = np.frombuffer(brackets, dtype=np.uint8)
     steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
     return max(0, int(np.cumsum(steps).max()))
-
-
-def plain_text(value: Any, limit: int = MAX_LABEL_CHARS) -> str:
-    """A value from an uploaded file as one short line of text: control characters and line
-    breaks become spaces, runs of spaces one, and anything over `limit` characters is cut."""
-    text = str(value)[: limit * 4]  # enough to fill `limit` after squeezing spaces
-    text = " ".join(_NOT_PRINTABLE.sub(" ", text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _number(value: Any) -> float | None:

@@ -3,13 +3,18 @@ components it reads and it returns the components it updates as {name: value}
 (`app.ui.handlers`); `bind` turns that into a Gradio function taking and returning dicts keyed
 by component. No list of inputs or outputs has to match a position.
 
+This is also the page's edge for errors: an `InputError` is shown as it is ("Cannot do that";
+`errors.for_person`: one bounded line, no server folder); any other exception is a bug, logged
+with its traceback and shown as one, with no internals. Values Gradio itself refuses before a
+handler runs get a message too (`app.ui.inputs`). After each event the values Gradio keeps per
+session are dropped (`app.ui.sessions`) and the freed heap handed back (`app.core.memory`).
+
 A handler with a `request` parameter gets the page's `gr.Request` (the link's query parameters).
 
-This is also the page's edge for errors: an `InputError` is shown as it is ("Cannot do that");
-any other exception is a bug, logged with its traceback and shown as one, with no internals.
-
 Run events share one queue slot (`concurrency_id="gtp_models"`): the models run one request at
-a time. View events redraw from the session's state in their own slots and never wait on a model.
+a time. A run with an uploaded weights file is preceded by `check_weights` in a queue of its own
+(`app.core.weights`), so a file that is slow to refuse never holds the models' queue. View events
+redraw from the session's state in their own slots and never wait on a model.
 """
 from __future__ import annotations
 
@@ -20,13 +25,16 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import gradio as gr
 
-from ..core.errors import InputError, file_names_only
+from ..core import weights as W
+from ..core.errors import InputError, for_person
+from ..core.memory import TRIMMER
 from ..core.settings import make_settings
 from ..views import walk
-from . import api, links
+from . import api, inputs, links, sessions
 from . import handlers as H
 
 RUN_QUEUE = dict(concurrency_id="gtp_models", concurrency_limit=1, trigger_mode="always_last")
+WEIGHTS_QUEUE = dict(concurrency_id="gtp_weights", concurrency_limit=1, trigger_mode="always_last")
 VIEW_QUEUE = dict(concurrency_id="gtp_views", concurrency_limit=4, trigger_mode="always_last",
                   show_progress="hidden", api_visibility="undocumented")
 HIDDEN = dict(api_visibility="undocumented")
@@ -41,7 +49,7 @@ def page_error(e: Exception) -> gr.Error:
     if isinstance(e, gr.Error):
         return e
     if isinstance(e, InputError):
-        return gr.Error(file_names_only(str(e)), title="Cannot do that")
+        return gr.Error(for_person(str(e)), title="Cannot do that")
     log.error("bug in an event handler", exc_info=e)
     return gr.Error(BUG, title="Something went wrong")
 
@@ -55,6 +63,8 @@ def at_the_edge(fn: Callable) -> Callable:
                 yield from fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - the page's edge: keep serving, say what broke
                 raise page_error(e) from None
+            finally:
+                TRIMMER.after_request()
         return gen_wrapper
 
     @functools.wraps(fn)
@@ -63,6 +73,8 @@ def at_the_edge(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - the page's edge: keep serving, say what broke
             raise page_error(e) from None
+        finally:
+            TRIMMER.after_request()
     return wrapper
 
 
@@ -122,9 +134,17 @@ def run_event(photo: Optional[str], model: str, weights: Any, schedule: str, hp:
               throughput_state: Optional[list]) -> Iterator[dict]:
     """A new photo, model, weights file or setting (the layer walk starts at `walk_block`: 1 unless a link said)."""
     settings = make_settings(model, weights, schedule, **hp)
+    W.require_checked(settings.model, settings.weights)  # loaded by check_weights, never in this queue
     view = H.View(block=walk_block, graph_kind=graph_kind, token=token, attn_block=attn_block, head=head,
                   step=lesson_step)
     yield from H.run(photo, settings, view, tab, sweep_state, throughput_state)
+
+
+def check_weights(model: str, weights: Any) -> None:
+    """Before a run: the model loaded with the uploaded weights file, if any (its own queue)."""
+    if weights is not None and not isinstance(weights, str):
+        raise InputError("weights must be a file uploaded with the request (gradio_client: handle_file(path)).")
+    W.check(make_settings(model).model, weights)
 
 
 def refresh_event(tab: str, state: Any, shown: Optional[dict], graph_kind: str, token: Any, attn_block: Any,
@@ -175,7 +195,11 @@ def _wire_runs(demo: gr.Blocks, ui: dict) -> None:
                 ui["schedule"].submit, *others, *releases]
     run = bind(ui, run_event, ALL_PANELS)
     refresh = bind(ui, refresh_event, ("tab", *ALL_PANELS))
-    gr.on(triggers, **run, **HIDDEN, **RUN_QUEUE).then(**refresh, **HIDDEN, **RUN_QUEUE)
+    check = dict(fn=at_the_edge(check_weights), inputs=[ui["model"], ui["weights"]], outputs=None,
+                 api_name="check_weights", show_progress="minimal")
+    gr.on(triggers, **check, **HIDDEN, **WEIGHTS_QUEUE).success(**run, **HIDDEN, **RUN_QUEUE).then(
+        **refresh, **HIDDEN, **RUN_QUEUE)
+    ui["weights_box"].expand(W.warm_reader, queue=False, **HIDDEN)  # the reader is ready when the file is
     ui["preset"].click(**bind(ui, H.published_preset, ("schedule", "hp")), **HIDDEN).then(
         **run, **HIDDEN, **RUN_QUEUE).then(**refresh, **HIDDEN, **RUN_QUEUE)
     gr.Button(visible=False).click(
@@ -217,3 +241,6 @@ def wire(demo: gr.Blocks, ui: dict) -> None:
     """Connect every event of the page (call inside the gr.Blocks)."""
     _wire_runs(demo, ui)
     _wire_views(ui)
+    inputs.guard(demo)
+    TRIMMER.add_sweep("session values", sessions.sweeper(demo))
+    TRIMMER.start()

@@ -22,6 +22,7 @@ from gtp.models import SUPPORTED_MODELS
 from ..core import files, limits
 from ..core.assets import example_paths
 from ..core.models import DEVICE
+from ..core.plain import shown
 from ..core.settings import DEFAULT_MODEL, HyperParameter, hyper_parameters
 from ..views import graphs, walk
 from . import lesson, text
@@ -86,7 +87,7 @@ def checked_number(component: gr.components.Component, name: str) -> gr.componen
             try:
                 payload = float(payload)
             except (TypeError, ValueError):
-                raise gr.Error(f"{name} must be a number; got {payload!r}", title="Cannot do that") from None
+                raise gr.Error(f"{name} must be a number; got {shown(payload)}", title="Cannot do that") from None
         return original(payload)
 
     component.preprocess = preprocess
@@ -130,7 +131,7 @@ def _inputs_column(ui: dict) -> None:
                 label="Example photos (CC0 / public domain)")
     ui["model"] = gr.Dropdown([(f"{name}: {about}", name) for name, about in SUPPORTED_MODELS.items()],
                               value=DEFAULT_MODEL, label="Model", elem_id="gtp-model")
-    with gr.Accordion("Your own weights", open=False):
+    with gr.Accordion("Your own weights", open=False) as ui["weights_box"]:
         ui["weights"] = gr.File(label="Weights file for the chosen model (.safetensors / .pth)",
                                 file_types=[".safetensors", ".pth", ".pt", ".bin"], type="filepath")
         gr.Markdown(text.UPLOAD_NOTE + " Or set the environment variable `GTP_WEIGHTS_DIR` to a folder "

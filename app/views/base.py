@@ -74,10 +74,13 @@ def figure(data: list[dict], layout: dict, height: int, title: Optional[str] = N
 
 
 def escape(text: Optional[str]) -> Optional[str]:
-    """Plain text for a plotly label: '$' would start LaTeX (MathJax) in plotly.js, '<' a tag."""
+    """Plain text for a plotly label: '$' would start LaTeX (MathJax) in plotly.js, '<' a tag, and
+    '%{...}' a template field where the label goes into a hover template. plotly.js turns the
+    entities back into the characters when it draws the text, after filling the template."""
     if text is None:
         return None
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("$", "&#36;")
+    return (str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("$", "&#36;")
+            .replace("%", "&#37;"))
 
 
 def photo_uri(photo: PhotoLike) -> str:

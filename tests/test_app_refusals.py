@@ -1,0 +1,242 @@
+"""Every refusal through the API has a message a person can act on (issue 20): non-empty, at
+most `limits.MAX_MESSAGE_CHARS`, naming no folder of the server. Values Gradio refuses before
+our handlers run (app/ui/inputs.py) are checked through the raw HTTP API, where a refusal
+without a message arrives as `{"error": null}`.
+
+Weights uploads (app/core/weights.py) are checked in their own queue: a resent refused file is
+refused at once (without the model load lock), a run never reads an unchecked file, and a
+bystander's `/explore` is not held up by a file that takes seconds to refuse. Hostile files are
+built small and the bounds scaled down with them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+import gtp.models as M  # noqa: E402
+from app.core import limits, models, weights as W  # noqa: E402
+from app.core.errors import InputError  # noqa: E402
+from gtp.weights import REFUSED, WeightsBounds, WeightsRefused  # noqa: E402
+from test_weights_safety import KINDS, hostile  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CAT = str(ROOT / "assets" / "chelsea.png")
+TINY = "deit_tiny_patch16_224"
+SMALL = WeightsBounds(max_bytes=2**20, max_tensors=100)  # deit_tiny's bounds, scaled down
+
+
+def assert_for_a_person(message, *words: str) -> None:
+    """Non-empty, bounded, naming no server folder, and saying what it is about (`words`)."""
+    assert isinstance(message, str) and message.strip(), f"no message: {message!r}"
+    assert len(message) <= limits.MAX_MESSAGE_CHARS, message
+    assert not re.search(r"(^|[\s('\"])/\w", message) and str(ROOT) not in message, message
+    for word in words:
+        assert word in message, message
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    return Client(url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def defaults(client) -> dict:
+    info = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/explore"]["parameters"]
+    return {p["parameter_name"]: p["parameter_default"] for p in info[1:]}
+
+
+@pytest.fixture(autouse=True)
+def forget_refusals():
+    REFUSED.clear()
+    yield
+    REFUSED.clear()
+
+
+def raw_error(url: str, api: str, data: list):
+    """The error the server sends for one call of `api` with `data` (raw HTTP, no client-side
+    checks); pytest.fail if the call succeeded."""
+    base = url.rstrip("/")
+    event = httpx.post(f"{base}/gradio_api/call/{api}", json={"data": data}, timeout=60).json()["event_id"]
+    with httpx.stream("GET", f"{base}/gradio_api/call/{api}/{event}", timeout=300) as stream:
+        text = "".join(stream.iter_text())
+    kind, _, payload = text.partition("\n")
+    assert kind == "event: error", f"{api} answered instead of refusing: {text[:300]}"
+    return json.loads(payload.removeprefix("data:").strip())["error"]
+
+
+def explore_args(defaults: dict, image, **changed) -> list:
+    values = {**defaults, "model": TINY, **changed}
+    return [image] + list(values.values())
+
+
+# ----------------------------------------------------------------------------- values Gradio refuses
+
+FILE = {"meta": {"_type": "gradio.FileData"}}
+
+
+@pytest.mark.parametrize("case, words", [
+    ("no arguments", ["sent 0 values", "takes 11", "num_prop"]),
+    ("one argument", ["sent 1 values", "takes 11"]),
+    ("null num_prop", ["num_prop cannot be null"]),
+    ("num_prop of 400 digits", ["401 digits", "maximum"]),
+    ("a URL as image", ["web addresses", "handle_file"]),
+    ("a URL as plain text image", ["image must be a file", "handle_file"]),
+    ("a server path as image", ["never uploaded", "handle_file"]),
+    ("a 10,000-character model name", ["is not one of", "deit_tiny_patch16_224"]),
+    ("a 1 MB schedule", ["comma-separated whole numbers"]),
+    ("a schedule of 4,300-digit numbers", ["4,300 digits"]),
+    ("no photo", ["No photo given"]),
+])
+def test_each_refusal_of_explore_says_what_to_send(url, defaults, case, words):
+    cat = {"path": client_upload(url), **FILE}
+    data = {
+        "no arguments": [],
+        "one argument": [cat],
+        "null num_prop": explore_args(defaults, cat, num_prop=None),
+        "num_prop of 400 digits": explore_args(defaults, cat, num_prop=10**400),
+        "a URL as image": explore_args(defaults, {"path": "https://example.com/cat.png",
+                                                  "url": "https://example.com/cat.png", **FILE}),
+        "a URL as plain text image": explore_args(defaults, "https://example.com/cat.png"),
+        "a server path as image": explore_args(defaults, {"path": "/etc/hostname", **FILE}),
+        "a 10,000-character model name": explore_args(defaults, cat, model="x" * 10_000),
+        "a 1 MB schedule": explore_args(defaults, cat, schedule="8" * 2**20),
+        "a schedule of 4,300-digit numbers": explore_args(defaults, cat, schedule=",".join(["9" * 4300] * 12)),
+        "no photo": explore_args(defaults, None),
+    }[case]
+    assert_for_a_person(raw_error(url, "explore", data), *words)
+
+
+_UPLOADED: dict[str, str] = {}
+
+
+def client_upload(url: str) -> str:
+    """The cat photo uploaded once to the server: its path there (a file the server received)."""
+    if url not in _UPLOADED:
+        with open(CAT, "rb") as f:
+            r = httpx.post(url.rstrip("/") + "/gradio_api/upload", files={"files": ("chelsea.png", f)}, timeout=60)
+        _UPLOADED[url] = r.json()[0]
+    return _UPLOADED[url]
+
+
+@pytest.mark.parametrize("weights, words", [
+    ({"path": str(ROOT / "README.md"), **FILE}, ["never uploaded"]),  # a path outside Gradio's cache
+    ("/etc/passwd", ["weights must be a file"]),
+])
+def test_a_weights_file_the_server_never_received_is_refused(url, weights, words):
+    assert_for_a_person(raw_error(url, "check_weights", [TINY, weights]), *words)
+
+
+def test_the_server_keeps_serving_after_refusals(client):
+    _, summary = client.predict(handle_file(CAT), api_name="/explore", model=TINY)
+    assert len(summary["layers"]) == 12
+
+
+# ----------------------------------------------------------------------------- weights uploads
+
+
+@pytest.fixture
+def scaled_bounds(monkeypatch):
+    monkeypatch.setattr(M, "weights_bounds", lambda name: SMALL)
+
+
+def test_hostile_uploads_are_refused_and_a_resent_one_at_once(client, scaled_bounds, tmp_path, monkeypatch):
+    for kind in ("zip_bomb", "too_many_tensors", "legacy", "not_weights"):
+        path = hostile(kind, tmp_path)
+        with pytest.raises(AppError) as info:
+            client.predict(TINY, handle_file(str(path)), api_name="/check_weights")
+        assert_for_a_person(str(info.value), "could not load weights", path.name, KINDS[kind].split()[0])
+    # The bomb again, under another name: refused from memory, the model load lock never taken.
+    again = tmp_path / "again" / "renamed.pth"
+    again.parent.mkdir()
+    again.write_bytes((tmp_path / "bomb.pth").read_bytes())
+    read = []
+    monkeypatch.setattr(M, "readable", lambda *a, **k: read.append(a) or pytest.fail("read again"))
+    with models._load_lock:  # another load in progress: a remembered refusal does not wait for it
+        t0 = time.perf_counter()
+        job = client.submit(TINY, handle_file(str(again)), api_name="/check_weights")
+        with pytest.raises(AppError, match="compressed"):
+            job.result(timeout=10)  # a TimeoutError if it waited for the lock
+        assert time.perf_counter() - t0 < 2.0
+    assert not read
+
+
+def run_event_args(client: Client, photo, weights) -> list:
+    """Arguments for the page's (undocumented) run endpoint: each input's value on the page,
+    the photo and the weights file."""
+    components = {c["id"]: c for c in client.config["components"]}
+    event = next(d for d in client.config["dependencies"] if d.get("api_name") == "run_event")
+    kinds = [components[i]["type"] for i in event["inputs"] if components[i]["type"] != "state"]
+    values = [components[i].get("props", {}).get("value") for i in event["inputs"] if components[i]["type"] != "state"]
+    return [photo if k == "image" else weights if k == "file" else v for k, v in zip(kinds, values)]
+
+
+def test_a_run_never_reads_an_unchecked_weights_file(client, tmp_path):
+    """Called directly, the run endpoint (the models' queue) refuses a file check_weights never
+    saw, at once; once checked, the file loads there too."""
+    from safetensors.torch import save_file
+    from conftest import random_model
+    path = tmp_path / "tiny.safetensors"
+    save_file(random_model(TINY).state_dict(), str(path))
+    args = run_event_args(client, handle_file(CAT), handle_file(str(path)))
+    with pytest.raises(AppError) as info:
+        client.predict(*args, api_name="/run_event")
+    assert_for_a_person(str(info.value), "has not been checked", "tiny.safetensors")
+    with pytest.raises(InputError, match="has not been checked"):
+        W.require_checked(TINY, str(path))
+    W.check(TINY, str(path))  # loads it (deit_tiny's own bounds): now a run may load it again
+    W.require_checked(TINY, str(path))
+    assert (TINY, str(path)) in models.MODELS
+
+
+def test_a_bystander_is_not_held_up_by_a_slow_refusal(url, client, monkeypatch, tmp_path):
+    """A weights file that takes 4 s to refuse (standing for the reader child's time limit,
+    scaled down), sent again and again with new content; meanwhile another client's `/explore`
+    (a cached run: its own time is a fraction of a second) waits no more than 2 s."""
+    refuse_s = 4.0
+
+    def slow_refusal(*args, **kwargs):
+        time.sleep(refuse_s)
+        raise WeightsRefused(f"reading it took longer than {refuse_s:g} s")
+    monkeypatch.setattr(M, "readable", slow_refusal)
+    client.predict(handle_file(CAT), api_name="/explore", model=TINY)  # cached from now on
+    refusals: list[str] = []
+    stop = threading.Event()
+
+    def attacker() -> None:
+        hostile_client = Client(url, verbose=False)
+        for i in range(5):
+            if stop.is_set():
+                return
+            path = tmp_path / f"slow_{i}.pth"
+            path.write_bytes(b"PK" + os.urandom(64))  # new content: never refused from memory
+            try:
+                hostile_client.predict(TINY, handle_file(str(path)), api_name="/check_weights")
+            except AppError as e:
+                refusals.append(str(e))
+    thread = threading.Thread(target=attacker)
+    thread.start()
+    time.sleep(1.0)  # the first slow refusal is under way
+    waits = []
+    deadline = time.monotonic() + 2 * refuse_s
+    while time.monotonic() < deadline:
+        t0 = time.perf_counter()
+        Client(url, verbose=False).predict(handle_file(CAT), api_name="/explore", model=TINY)
+        waits.append(time.perf_counter() - t0)
+    stop.set()
+    thread.join(timeout=60)
+    assert refusals and all("longer than 4 s" in r for r in refusals), refusals
+    assert max(waits) < 2.0, f"/explore took {max(waits):.1f} s while a weights file was being refused"
+
