@@ -1,7 +1,8 @@
 """A classroom opening the same example at once, measured (a report, not a test).
 
-N clients (default 30, each its own session, as many browsers) open the page together: each
-sends the page-load event (which hands it the first example photo), then the run event of that
+N clients (default 30, each its own session, as many browsers) open the same link together
+(`LINK`: the first example photo): each sends the page-load event with the link's query (which
+hands it the example photo and settings), then the run event of that
 photo with the page's default settings and the refresh the page sends after it, over Gradio's
 queue protocol (one light asyncio client: the clients take little of the CPU the app uses).
 Reported: whether every client was served (its status names the photo), how many times the
@@ -37,6 +38,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 P95_GOAL_S = 3.0
+LINK = "?example=1&tab=prediction"   # what the teacher sent: the query of the page's address
 
 
 def serve(port: int, count_file: Path, start: str) -> None:
@@ -66,10 +68,11 @@ def serve(port: int, count_file: Path, start: str) -> None:
     threading.Event().wait()
 
 
-async def event(http, base: str, session: str, dep: dict, data: list) -> AsyncIterator[dict]:
+async def event(http, base: str, session: str, dep: dict, data: list, query: str = "") -> AsyncIterator[dict]:
     """One event as the page sends it (Gradio's queue protocol: join, then the session's
-    server-sent messages); yields this event's messages up to its completion."""
-    joined = await http.post(f"{base}gradio_api/queue/join", json={
+    server-sent messages; `query`: the page's, which the page sends with its events); yields this
+    event's messages up to its completion."""
+    joined = await http.post(f"{base}gradio_api/queue/join{query}", json={
         "data": data, "event_data": None, "fn_index": dep["id"], "trigger_id": None, "session_hash": session})
     joined.raise_for_status()
     event_id = joined.json()["event_id"]
@@ -109,8 +112,8 @@ async def open_example(http, base: str, config: dict, start: float) -> dict:
     components = {c["id"]: c for c in config["components"]}
     session = uuid.uuid4().hex[:11]
     photo = None
-    load = deps["open_link"]   # the page load: no query parameters, so the first example photo
-    async for message in event(http, base, session, load, [None] * len(load["inputs"])):
+    load = deps["open_link"]   # the page load reads the link's query
+    async for message in event(http, base, session, load, [None] * len(load["inputs"]), LINK):
         if message["msg"] == "process_completed":
             if not message.get("success"):
                 raise RuntimeError(f"page load failed: {message.get('output')}")

@@ -45,11 +45,11 @@ def parameter_names(block_fn: Any) -> list[str]:
 
 
 def _is_address(value: Any) -> bool:
-    """A file description naming a file by its web address instead of sending it."""
-    if not isinstance(value, dict):
-        return False
-    return any(isinstance(value.get(k), str) and value[k].strip().lower().startswith(("http:", "https:", "//"))
-               for k in ("path", "url"))
+    """A file description naming a file by its web address instead of sending it. Only its `path`
+    counts: Gradio fetches a path that is an address, and ignores the `url` of an input (the page
+    sends back, with its own url, a file the server handed it)."""
+    path = value.get("path") if isinstance(value, dict) else None
+    return isinstance(path, str) and path.strip().lower().startswith(("http:", "https:", "//"))
 
 
 def refusal(block_fn: Any, inputs: list, error: Exception) -> str:
