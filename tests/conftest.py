@@ -91,6 +91,25 @@ def wait_idle(timeout: float = 120.0) -> bool:
     return True
 
 
+CHROMIUM = "/usr/bin/chromium"   # Debian's (apt, in .ci/run): a test tool never downloads its own browser
+ARTIFACTS = ROOT / "artifacts"    # the browser tests' screenshots, for a person to look at (gitignored)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium driven by Playwright, for one test module; skips where either is absent."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+                                           "--disable-background-networking", "--disable-component-update"])
+        yield chromium
+        chromium.close()
+
+
 @pytest.fixture(scope="module")
 def url():
     """The app launched in this process on a free port: its base URL."""

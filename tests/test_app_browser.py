@@ -16,18 +16,18 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
+from conftest import ARTIFACTS, CHROMIUM
+
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed"),
 ]
-playwright_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")   # the whole module skips where Playwright is absent
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "artifacts"
 PHOTO = ROOT / "assets" / "coffee.png"
 DINOV2_FILE = ROOT.parent / "shared" / "weights" / "vit_small_patch14_dinov2.safetensors"
 MODEL_TIMEOUT_MS = 240_000   # a cold model load plus a run on a busy 2-core machine
@@ -35,20 +35,14 @@ VIEW_TIMEOUT_MS = 30_000
 
 
 @pytest.fixture(scope="module")
-def page(url):
-    ARTIFACTS.mkdir(exist_ok=True)
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(url, wait_until="domcontentloaded", timeout=60_000)
-        page.errors = errors
-        yield page
-        browser.close()
+def page(browser, url):
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+    page.errors = errors
+    yield page
+    page.close()
 
 
 WALK = "#gtp-walk .js-plotly-plot"

@@ -14,7 +14,7 @@ from test_app_browser import (ARTIFACTS, CHROMIUM, MODEL_TIMEOUT_MS, VIEW_TIMEOU
                               visible_block)
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")]
-playwright_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")   # the whole module skips where Playwright is absent
 
 from app.core.inference import runs  # noqa: E402
 from app.core.settings import make_settings  # noqa: E402
@@ -23,17 +23,6 @@ from app.views.base import RUN_TAG_CHARS  # noqa: E402
 
 LINK_FIELD = "#gtp-link textarea, #gtp-link input"
 HIGHLIGHTED = re.compile(r"Highlighted in green: patch (\d+) \(row \d+, col \d+\)")
-
-
-@pytest.fixture(scope="module")
-def browser(url):
-    ARTIFACTS.mkdir(exist_ok=True)
-    with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--no-first-run",
-                                           "--disable-background-networking", "--disable-component-update"])
-        yield chromium
-        chromium.close()
 
 
 def open_page(browser, link: str):

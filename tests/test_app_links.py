@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import parse_qsl, urlsplit
 

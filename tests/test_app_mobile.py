@@ -6,35 +6,15 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed"),
-]
-playwright_api = pytest.importorskip("playwright.sync_api")
+from test_app_browser import ARTIFACTS, CHROMIUM, MODEL_TIMEOUT_MS, VIEW_TIMEOUT_MS
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")]
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"   # screenshots for a person (gitignored)
 PHONE = {"width": 390, "height": 844}
-MODEL_TIMEOUT_MS = 240_000
-VIEW_TIMEOUT_MS = 30_000
 FIRST_EXAMPLE = "451 × 300"   # chelsea.png, shown on page load
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--no-first-run",
-                                          "--disable-background-networking", "--disable-component-update"])
-        yield browser
-        browser.close()
 
 
 def phone_page(browser, url: str):
@@ -76,7 +56,6 @@ def too_wide(page) -> list:
 
 def test_phone_results_first_every_tab_in_sight_figures_fit(browser, url):
     from app.ui.layout import TABS
-    ARTIFACTS.mkdir(exist_ok=True)
     page = phone_page(browser, url)
     page.wait_for_function("() => { const gd = document.querySelector('#gtp-tradeoff .js-plotly-plot');"
                            " return gd && gd.data && gd.data.length > 0; }", timeout=MODEL_TIMEOUT_MS)
@@ -126,7 +105,7 @@ def test_a_waiting_request_says_where_it_stands(browser, url, monkeypatch):
     second.locator("#gtp-run").click()
     second.wait_for_function("() => /queue: 1\\/\\d+/.test(document.querySelector('#gtp-status').innerText)",
                              timeout=VIEW_TIMEOUT_MS)
-    second.wait_for_function(f"() => document.querySelector('#gtp-status').innerText.startsWith('Ran ')",
+    second.wait_for_function("() => document.querySelector('#gtp-status').innerText.startsWith('Ran ')",
                              timeout=MODEL_TIMEOUT_MS)
     for page in (first, second):
         page.close()

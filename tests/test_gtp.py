@@ -1,7 +1,6 @@
 """gtp.patch against the unpatched model and against the slow reference of SPEC.md."""
 from __future__ import annotations
 
-import threading
 
 import pytest
 import torch
