@@ -18,11 +18,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
+from conftest import DINOV2_FILE  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parent.parent
 CAT = str(ROOT / "assets" / "chelsea.png")
-DINOV2_FILE = ROOT.parent / "shared" / "weights" / "vit_small_patch14_dinov2.safetensors"
 FAST = dict(model="deit_tiny_patch16_224")  # the cheapest model, for tests about plumbing
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ARTIFACTS, CHROMIUM
+from conftest import ARTIFACTS, CHROMIUM, DINOV2_FILE
 
 pytestmark = [
     pytest.mark.browser,
@@ -29,7 +29,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTO = ROOT / "assets" / "coffee.png"
-DINOV2_FILE = ROOT.parent / "shared" / "weights" / "vit_small_patch14_dinov2.safetensors"
 MODEL_TIMEOUT_MS = 240_000   # a cold model load plus a run on a busy 2-core machine
 VIEW_TIMEOUT_MS = 30_000
 

@@ -20,11 +20,10 @@ from app.core.settings import make_settings  # noqa: E402
 from app.ui import events, handlers as H  # noqa: E402
 from app.views import graphs as G  # noqa: E402
 from test_app_figures import array as F_array  # noqa: E402
-from conftest import figure_of  # noqa: E402
+from conftest import DINOV2_FILE, figure_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CAT = str(ROOT / "assets" / "chelsea.png")
-DINOV2_FILE = ROOT.parent / "shared" / "weights" / "vit_small_patch14_dinov2.safetensors"
 TINY = "deit_tiny_patch16_224"
 PLOTS = ("walk_plot", "graph_plot", "similarity_plot", "attn_plot", "cls_plot", "tradeoff_plot", "compare_plot")
 

@@ -22,10 +22,10 @@ from app.ui import handlers as H  # noqa: E402
 from app.ui import lesson as L  # noqa: E402
 from app.views import walk as W  # noqa: E402
 from app.views.base import RUN_TAG_CHARS  # noqa: E402
+from conftest import DINOV2_FILE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 COFFEE = str(ROOT / "assets" / "coffee.png")
-DINOV2_FILE = ROOT.parent / "shared" / "weights" / "vit_small_patch14_dinov2.safetensors"
 TINY = "deit_tiny_patch16_224"
 HIGHLIGHTED = re.compile(r"Highlighted in green: patch (\d+) \(row (\d+), col (\d+)\)")
 
