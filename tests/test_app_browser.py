@@ -22,7 +22,7 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed"),
 ]
-pytest.importorskip("playwright.sync_api")   # the whole module skips where Playwright is absent
+playwright_api = pytest.importorskip("playwright.sync_api")   # the whole module skips where it is absent
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -72,15 +72,23 @@ def point_on_page(page, plot: str, x: float, y: float, xaxis: str = "xaxis", yax
         }""", [plot, x, y, xaxis, yaxis])
 
 
-def hover_text(page, plot: str) -> str:
-    page.wait_for_selector(f"{plot} .hoverlayer .hovertext", timeout=VIEW_TIMEOUT_MS)
-    return page.locator(f"{plot} .hoverlayer .hovertext").first.text_content()
+HOVER_TRY_MS = 2_000
 
 
 def hover(page, plot: str, x: float, y: float, **axes) -> str:
-    page.mouse.move(0, 0)  # off any point first: a new hover label
-    page.mouse.move(*point_on_page(page, plot, x, y, **axes))
-    return hover_text(page, plot)
+    """The hover label of data point (x, y). The point's place on the page is found again on each
+    try: the page may still move or redraw the plot under the pointer (a follow-up event of the
+    run updating its panels on a busy machine), and a label is only drawn for a pointer that moves."""
+    label = f"{plot} .hoverlayer .hovertext"
+    for _ in range(VIEW_TIMEOUT_MS // HOVER_TRY_MS):
+        page.mouse.move(0, 0)  # off any point first: a new hover label
+        page.mouse.move(*point_on_page(page, plot, x, y, **axes))
+        try:
+            page.wait_for_selector(label, timeout=HOVER_TRY_MS)
+            return page.locator(label).first.text_content()
+        except playwright_api.TimeoutError:
+            continue
+    raise AssertionError(f"no hover label on {plot} at ({x}, {y}) within {VIEW_TIMEOUT_MS / 1000:.0f} s")
 
 
 def active_step(page) -> int:
@@ -222,9 +230,7 @@ def _graphs_and_attention(page) -> None:
     wait_for_plot(page, "gtp-cls")
     set_slider(page, "gtp-head", 2)
     page.wait_for_function("() => document.body.innerText.includes('Block 1, head 2')", timeout=VIEW_TIMEOUT_MS)
-    page.mouse.move(0, 0)
-    page.mouse.move(*point_on_page(page, "#gtp-attn .js-plotly-plot", 10, 20, xaxis="xaxis2", yaxis="yaxis2"))
-    text = hover_text(page, "#gtp-attn .js-plotly-plot")
+    text = hover(page, "#gtp-attn .js-plotly-plot", 10, 20, xaxis="xaxis2", yaxis="yaxis2")
     assert "query:" in text and "key:" in text and "after sparsification" in text
     shot(page, "6_attention_hover")
 
