@@ -254,7 +254,8 @@ source = ASTSource(kernel, signature, constexprs={(kernel.arg_names.index(a),): 
 compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=num_warps, num_stages=2, enable_fp_fusion=False))
 ttgir = compiled.asm["ttgir"]
-assert ttgir.count("tt.histogram") == 3 and "ttg.barrier" in ttgir and compiled.asm["cubin"]
+barrier = "ttg.barrier" in ttgir or "gpu.barrier" in ttgir   # "gpu.barrier" in Triton 3.4 (torch 2.8, the Space's pin)
+assert ttgir.count("tt.histogram") == 3 and barrier and compiled.asm["cubin"]
 """
 
 
