@@ -57,6 +57,18 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def deit_tiny() -> torch.nn.Module:
+    """A random deit_tiny (seeded), shared by a module's tests (the ToMe tests patch and unpatch it)."""
+    return random_model("deit_tiny_patch16_224")
+
+
+@pytest.fixture(scope="module")
+def image_batch() -> torch.Tensor:
+    """Two seeded random 224 x 224 images: [2, 3, 224, 224]."""
+    return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+
+
 @pytest.fixture
 def one_thread():
     """One CPU thread: far faster than two on a busy 2-core machine, same results."""

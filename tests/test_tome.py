@@ -15,37 +15,27 @@ from conftest import random_model, small_vit
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return random_model("deit_tiny_patch16_224")
-
-
-@pytest.fixture(scope="module")
-def images():
-    return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+@torch.inference_mode()
+def test_r0_is_exactly_the_unpatched_model(deit_tiny, image_batch):
+    ref = deit_tiny(image_batch)
+    tome.patch(deit_tiny, r=0)
+    try:
+        assert torch.equal(deit_tiny(image_batch), ref)
+        assert type(deit_tiny.blocks[0]).__name__.startswith("ToMe")
+    finally:
+        tome.unpatch(deit_tiny)
+    assert torch.equal(deit_tiny(image_batch), ref)
+    assert not hasattr(deit_tiny, "_tome_state")
 
 
 @torch.inference_mode()
-def test_r0_is_exactly_the_unpatched_model(tiny, images):
-    ref = tiny(images)
-    tome.patch(tiny, r=0)
+def test_sizes_sum_to_the_original_token_count(deit_tiny, image_batch):
+    tome.patch(deit_tiny, r=8)
     try:
-        assert torch.equal(tiny(images), ref)
-        assert type(tiny.blocks[0]).__name__.startswith("ToMe")
+        out = deit_tiny(image_batch)
+        sizes = tome.sizes_of(deit_tiny)
     finally:
-        tome.unpatch(tiny)
-    assert torch.equal(tiny(images), ref)
-    assert not hasattr(tiny, "_tome_state")
-
-
-@torch.inference_mode()
-def test_sizes_sum_to_the_original_token_count(tiny, images):
-    tome.patch(tiny, r=8)
-    try:
-        out = tiny(images)
-        sizes = tome.sizes_of(tiny)
-    finally:
-        tome.unpatch(tiny)
+        tome.unpatch(deit_tiny)
     assert out.shape == (2, 1000) and torch.isfinite(out).all()
     assert sizes.shape == (2, 197 - 12 * 8)          # 8 fewer tokens after each of 12 blocks
     assert torch.equal(sizes.sum(1), torch.full((2,), 197.0))
@@ -54,26 +44,26 @@ def test_sizes_sum_to_the_original_token_count(tiny, images):
 
 
 @torch.inference_mode()
-def test_per_block_schedule_and_clipping(tiny, images):
-    tome.patch(tiny, r=[0] * 11 + [100])  # the last block can merge at most half its patch tokens
+def test_per_block_schedule_and_clipping(deit_tiny, image_batch):
+    tome.patch(deit_tiny, r=[0] * 11 + [100])  # the last block can merge at most half its patch tokens
     try:
-        tiny(images)
-        assert tome.sizes_of(tiny).shape == (2, 1 + 196 - 98)
+        deit_tiny(image_batch)
+        assert tome.sizes_of(deit_tiny).shape == (2, 1 + 196 - 98)
     finally:
-        tome.unpatch(tiny)
+        tome.unpatch(deit_tiny)
     with pytest.raises(ValueError):
-        tome.patch(tiny, r=[1, 2])
+        tome.patch(deit_tiny, r=[1, 2])
     with pytest.raises(ValueError):
-        tome.patch(tiny, r=-1)
+        tome.patch(deit_tiny, r=-1)
 
 
-def test_refuses_a_gtp_patched_model(tiny):
-    gtp.patch(tiny, num_prop=4)
+def test_refuses_a_gtp_patched_model(deit_tiny):
+    gtp.patch(deit_tiny, num_prop=4)
     try:
         with pytest.raises(ValueError, match="GTP"):
-            tome.patch(tiny, r=4)
+            tome.patch(deit_tiny, r=4)
     finally:
-        gtp.unpatch(tiny)
+        gtp.unpatch(deit_tiny)
 
 
 def test_gmacs_match_gtp_at_equal_p():
@@ -159,14 +149,14 @@ def test_distilled_model_keeps_both_prefix_tokens():
 
 
 @torch.inference_mode()
-def test_source_rows_sum_to_token_sizes_and_cover_every_patch(tiny, images):
-    tome.patch(tiny, r=8, trace_source=True)
+def test_source_rows_sum_to_token_sizes_and_cover_every_patch(deit_tiny, image_batch):
+    tome.patch(deit_tiny, r=8, trace_source=True)
     try:
-        tiny(images)
-        source, sizes, merged = tome.sources_of(tiny), tome.sizes_of(tiny), tome.merged_ids_of(tiny)
-        ids = tiny._tome_state.ids  # the patch each surviving patch token started as
+        deit_tiny(image_batch)
+        source, sizes, merged = tome.sources_of(deit_tiny), tome.sizes_of(deit_tiny), tome.merged_ids_of(deit_tiny)
+        ids = deit_tiny._tome_state.ids  # the patch each surviving patch token started as
     finally:
-        tome.unpatch(tiny)
+        tome.unpatch(deit_tiny)
     n = 197 - 12 * 8
     assert source.shape == (2, n, 197)
     torch.testing.assert_close(source.sum(-1), sizes)            # each row sums to the token's size
@@ -186,14 +176,14 @@ def test_source_rows_sum_to_token_sizes_and_cover_every_patch(tiny, images):
 
 
 @torch.inference_mode()
-def test_merged_ids_name_tokens_whose_patches_moved_into_partners(tiny, images):
+def test_merged_ids_name_tokens_whose_patches_moved_into_partners(deit_tiny, image_batch):
     """After the forward, a merged-away patch lives in a row of size > 1 (its partner's)."""
-    tome.patch(tiny, r=[4] * 6 + [0] * 6, trace_source=True)
+    tome.patch(deit_tiny, r=[4] * 6 + [0] * 6, trace_source=True)
     try:
-        tiny(images)
-        source, merged = tome.sources_of(tiny), tome.merged_ids_of(tiny)
+        deit_tiny(image_batch)
+        source, merged = tome.sources_of(deit_tiny), tome.merged_ids_of(deit_tiny)
     finally:
-        tome.unpatch(tiny)
+        tome.unpatch(deit_tiny)
     assert [m.shape[1] for m in merged] == [4] * 6 + [0] * 6
     for b in range(2):
         for pid in torch.cat([m[b] for m in merged]).tolist():
@@ -202,15 +192,15 @@ def test_merged_ids_name_tokens_whose_patches_moved_into_partners(tiny, images):
 
 
 @torch.inference_mode()
-def test_each_merged_token_goes_into_a_live_partner_and_ends_with_it(tiny, images):
+def test_each_merged_token_goes_into_a_live_partner_and_ends_with_it(deit_tiny, image_batch):
     """merged[i][b, j] went into merged_into[i][b, j]: a patch token still alive in block i
     (not merged away before or in it), and the two patches end up in the same final token."""
-    tome.patch(tiny, r=[4, 0, 12, 30, 8, 8, 16, 1, 0, 2, 6, 100], trace_source=True)
+    tome.patch(deit_tiny, r=[4, 0, 12, 30, 8, 8, 16, 1, 0, 2, 6, 100], trace_source=True)
     try:
-        tiny(images)
-        source, merged, into = tome.sources_of(tiny), tome.merged_ids_of(tiny), tome.merged_into_of(tiny)
+        deit_tiny(image_batch)
+        source, merged, into = tome.sources_of(deit_tiny), tome.merged_ids_of(deit_tiny), tome.merged_into_of(deit_tiny)
     finally:
-        tome.unpatch(tiny)
+        tome.unpatch(deit_tiny)
     assert len(into) == 12 and [m.shape for m in into] == [m.shape for m in merged]
     assert into[1].shape == (2, 0) and into[3].shape == (2, 30)
     for b in range(2):
@@ -226,14 +216,14 @@ def test_each_merged_token_goes_into_a_live_partner_and_ends_with_it(tiny, image
 
 
 @torch.inference_mode()
-def test_r0_with_source_tracking_removes_nothing_and_changes_nothing(tiny, images):
-    ref = tiny(images)
-    tome.patch(tiny, r=0, trace_source=True)
+def test_r0_with_source_tracking_removes_nothing_and_changes_nothing(deit_tiny, image_batch):
+    ref = deit_tiny(image_batch)
+    tome.patch(deit_tiny, r=0, trace_source=True)
     try:
-        out = tiny(images)
-        merged, source, into = tome.merged_ids_of(tiny), tome.sources_of(tiny), tome.merged_into_of(tiny)
+        out = deit_tiny(image_batch)
+        merged, source, into = tome.merged_ids_of(deit_tiny), tome.sources_of(deit_tiny), tome.merged_into_of(deit_tiny)
     finally:
-        tome.unpatch(tiny)
+        tome.unpatch(deit_tiny)
     assert torch.equal(out, ref)
     assert len(merged) == 12 and all(m.shape == (2, 0) for m in merged)
     assert len(into) == 12 and all(m.shape == (2, 0) for m in into)
@@ -241,17 +231,17 @@ def test_r0_with_source_tracking_removes_nothing_and_changes_nothing(tiny, image
 
 
 @torch.inference_mode()
-def test_source_tracking_is_off_by_default_and_does_not_change_outputs(tiny, images):
-    tome.patch(tiny, r=8)
+def test_source_tracking_is_off_by_default_and_does_not_change_outputs(deit_tiny, image_batch):
+    tome.patch(deit_tiny, r=8)
     try:
-        plain = tiny(images)
-        assert tome.sources_of(tiny) is None and tome.merged_ids_of(tiny) is None
-        assert tome.merged_into_of(tiny) is None and tiny._tome_state.merged_into == []
-        assert tiny._tome_state.source is None
-        tome.patch(tiny, r=8, trace_source=True)  # reconfigure in place
-        traced = tiny(images)
+        plain = deit_tiny(image_batch)
+        assert tome.sources_of(deit_tiny) is None and tome.merged_ids_of(deit_tiny) is None
+        assert tome.merged_into_of(deit_tiny) is None and deit_tiny._tome_state.merged_into == []
+        assert deit_tiny._tome_state.source is None
+        tome.patch(deit_tiny, r=8, trace_source=True)  # reconfigure in place
+        traced = deit_tiny(image_batch)
     finally:
-        tome.unpatch(tiny)
+        tome.unpatch(deit_tiny)
     assert torch.equal(plain, traced)
 
 
@@ -267,7 +257,7 @@ HOST_READS = ("nonzero", "argwhere", "_local_scalar_dense", "item", "is_nonzero"
               "unique", "_unique")  # op-name prefixes: nonzero also names nonzero_numpy (as_tuple=True)
 
 
-def _count_ops(model, images):
+def _count_ops(model, image_batch):
     """aten ops of one forward, by name ('aten.gather.default': count), seen by a dispatch mode;
     bool-tensor indexing (which hides a `nonzero`) is counted as 'bool-index'."""
     from collections import Counter
@@ -287,7 +277,7 @@ def _count_ops(model, images):
             return func(*args, **(kwargs or {}))
 
     with torch.inference_mode(), Count() as mode:
-        model(images)
+        model(image_batch)
     return mode.ops
 
 

@@ -14,32 +14,22 @@ from tome_reference import reference_forward
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return random_model("deit_tiny_patch16_224")
-
-
-@pytest.fixture(scope="module")
-def images():
-    return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-
-
 # -------------------------------------------- the authors' behaviour (tests/tome_reference.py)
 SCHEDULE = [4, 0, 12, 30, 0, 2, 8, 8, 16, 1, 0, 100]  # includes 0s and a clipped 100
 
 
-def _run_patched(model, images, r):
+def _run_patched(model, image_batch, r):
     """gtp.tome on `model` with source tracking: (logits, merged ids [B][block][r_i], their
     partners' ids [B][block][r_i], sources [B][token])."""
     tome.patch(model, r=r, trace_source=True)
     try:
         with torch.inference_mode():
-            out = model(images)
+            out = model(image_batch)
         merged, source, sizes = tome.merged_ids_of(model), tome.sources_of(model), tome.sizes_of(model)
         merged_into = tome.merged_into_of(model)
     finally:
         tome.unpatch(model)
-    B = images.shape[0]
+    B = image_batch.shape[0]
     assert [m.shape for m in merged_into] == [m.shape for m in merged]
     ids = [[m[b].tolist() for m in merged] for b in range(B)]
     into = [[m[b].tolist() for m in merged_into] for b in range(B)]
@@ -49,10 +39,10 @@ def _run_patched(model, images, r):
     return out, ids, into, sets
 
 
-def _assert_matches_reference(model, images, r):
+def _assert_matches_reference(model, image_batch, r):
     schedule = [r] * len(model.blocks) if isinstance(r, int) else r
-    ref_out, ref_ids, ref_into, ref_sets = reference_forward(model, images, schedule)
-    out, ids, into, sets = _run_patched(model, images, r)
+    ref_out, ref_ids, ref_into, ref_sets = reference_forward(model, image_batch, schedule)
+    out, ids, into, sets = _run_patched(model, image_batch, r)
     scale = ref_out.abs().max()
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5 * scale)
     assert ids == ref_ids      # the same patches merged, in the same order, block by block
@@ -67,9 +57,9 @@ def distilled():
 
 @pytest.mark.parametrize("r", [0, 8, 16, SCHEDULE], ids=["r0", "r8", "r16", "schedule"])
 @pytest.mark.parametrize("which", ["cls", "cls+distillation"])
-def test_matches_the_authors_behaviour(which, r, tiny, distilled, images):
-    model = tiny if which == "cls" else distilled
-    _assert_matches_reference(model, images, r)
+def test_matches_the_authors_behaviour(which, r, deit_tiny, distilled, image_batch):
+    model = deit_tiny if which == "cls" else distilled
+    _assert_matches_reference(model, image_batch, r)
 
 
 def test_matches_the_authors_behaviour_on_real_dinov2_photos():
@@ -90,7 +80,7 @@ def test_matches_the_authors_behaviour_on_real_dinov2_photos():
     _assert_matches_reference(model, x, 16)
 
 
-def test_the_comparison_sees_the_token_order(tiny, images, monkeypatch):
+def test_the_comparison_sees_the_token_order(deit_tiny, image_batch, monkeypatch):
     """The comparison can fail: keeping every token's relative order after a merge (what
     this module did before) changes the next blocks' partitions, hence the merged ids."""
     exact = tome.bipartite_soft_matching
@@ -101,7 +91,7 @@ def test_the_comparison_sees_the_token_order(tiny, images, monkeypatch):
 
     monkeypatch.setattr(tome, "bipartite_soft_matching", relative_order)
     with pytest.raises(AssertionError):
-        _assert_matches_reference(tiny, images, 8)
+        _assert_matches_reference(deit_tiny, image_batch, 8)
 
 
 @pytest.mark.parametrize("layout", [dict(reg_tokens=3), dict(class_token=False, global_pool="avg"),
