@@ -273,9 +273,16 @@ def build_demo() -> gr.Blocks:
     return demo
 
 
+def launch_options() -> dict:
+    """Keyword arguments of `demo.launch` for the app as served: the page's CSS, the MCP server
+    (the `explore` and `compare` endpoints as tools, at /gradio_api/mcp/; `app.ui.api`), and the
+    bounds on uploads and sessions (`limits.launch_options`)."""
+    return dict(css=CSS, mcp_server=True, **limits.launch_options())
+
+
 def create_app() -> gr.Blocks:
     """The app with its queue: one model run at a time (CPU-bound), up to `limits.QUEUE_SIZE` waiting.
-    Launch it with `limits.launch_options()` (upload size, session count)."""
+    Launch it with `launch_options()` (CSS, MCP server, upload size, session count)."""
     for name, value in limits.SERVER_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     demo = build_demo()
