@@ -126,6 +126,9 @@ def test_backbone_page_in_the_browser(browser, url, width, height):
         for i in range(2):
             box = maps.nth(i).bounding_box()
             assert box["width"] > 80 and box["height"] > 80, box   # both maps drawn, not a blank panel
+        for panel in ("#gtp-backbone", "#gtp-backbone-md", "#gtp-tradeoff"):   # nothing wider than the screen
+            box = page.locator(panel).bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width + 1, (panel, box)
         chart = page.locator("#gtp-tradeoff .js-plotly-plot").inner_text()
         drawn = page.evaluate("() => Array.from(document.querySelectorAll('#gtp-tradeoff svg text'))"
                               ".map(t => t.textContent).join('\\n')")

@@ -41,7 +41,9 @@ def served():
 
 
 def test_schema_lists_explore_and_compare_with_their_parameters(served):
-    tools = httpx.get(served + MCP_PATH + "schema", timeout=60).json()
+    answer = httpx.get(served + MCP_PATH + "schema", timeout=60)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("application/json"), answer.text[:300]
+    tools = answer.json()
     by_name = {t["name"]: t for t in tools}
     assert set(by_name) == {"explore", "compare"}   # the page's own events are no tools
     for name in ("explore", "compare"):
