@@ -53,7 +53,7 @@ def pca_maps(full: np.ndarray, reduced: np.ndarray, reduced_ids: np.ndarray,
     return full_map, gtp_map.reshape(gh, gw, 3)
 
 
-def pca_figure(trace: gtp.Trace, full: np.ndarray, reduced: np.ndarray, cosine: float, height: int = 270) -> Figure:
+def pca_figure(trace: gtp.Trace, full: np.ndarray, reduced: np.ndarray, cosine: float, height: int = 230) -> Figure:
     """The two PCA maps side by side; hover: the patch, and whether GTP kept it to the end."""
     grid = trace.grid_size
     gh, gw = grid
