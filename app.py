@@ -7,9 +7,9 @@ import spaces  # noqa: F401  - first, as ZeroGPU asks (a no-op anywhere else)
 
 import threading
 
-from app.core import inference, limits
+from app.core import inference
 from app.core.models import DEVICE, ZERO_GPU, preload
-from app.ui.layout import CSS, create_app
+from app.ui.layout import create_app, launch_options
 from gtp import kernels
 
 if DEVICE.type == "cuda":  # ZeroGPU: the model goes to the GPU at start-up, outside any request
@@ -23,4 +23,4 @@ if __name__ == "__main__":
     # The runs a classroom shares and their GMACs, made now (on ZeroGPU, where a GPU call needs
     # a visitor's request, the runs by the first student who asks: `app.core.classroom`).
     threading.Thread(target=inference.warm_up, args=(not ZERO_GPU,), name="gtp-examples", daemon=True).start()
-    demo.launch(css=CSS, **limits.launch_options())
+    demo.launch(**launch_options())   # the page, and the MCP server at /gradio_api/mcp/

@@ -292,7 +292,7 @@ def _throughput_learn_examples(page) -> None:
         page.locator("#gtp-model input").click()
         page.get_by_role("option", name="vit_small_patch14_dinov2", exact=False).click()
         page.wait_for_function(
-            "() => document.querySelector('#gtp-metrics').innerText.includes('cosine similarity')",
+            "() => { const m = document.querySelector('#gtp-backbone-md'); return m && m.innerText.includes('Cosine similarity'); }",
             timeout=MODEL_TIMEOUT_MS)
         assert "Weights:" in page.locator("#gtp-banner").inner_text()
         page.wait_for_function(  # the GMACs of this new model follow the panels

@@ -144,7 +144,7 @@ def test_user_weights_file(tmp_path):
     assert str(tmp_path) not in err.value.message and "broken.safetensors" in err.value.message  # the name, no folder
     if DINOV2_FILE.exists():
         out = run(model="vit_small_patch14_dinov2", weights=str(DINOV2_FILE))[0]
-        assert out["state"].pretrained and "cosine similarity" in out["metrics"]
+        assert out["state"].pretrained and "Cosine similarity of the final features" in out["backbone_md"].value
         assert str(DINOV2_FILE.parent) not in out["state"].model.weights_message
 
 

@@ -25,6 +25,7 @@ start-up.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import time
@@ -67,6 +68,27 @@ def _outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[Outputs, float]:
     with Timer(x.device) as timer:
         feats, logits = features_and_logits(model, x)
     return Outputs(feats.float().cpu(), None if logits is None else logits.float().cpu()), timer.seconds
+
+
+@contextlib.contextmanager
+def _final_tokens(model: torch.nn.Module, keep: bool):
+    """A list that receives the output of `model.norm` (the last tokens, [1, n, C]) in each
+    forward run inside, when `keep` (a hook: no extra forward, nothing copied while timed)."""
+    seen: list[torch.Tensor] = []
+    norm = getattr(model, "norm", None)
+    handle = norm.register_forward_hook(lambda m, i, out: seen.append(out)) if keep and norm is not None else None
+    try:
+        yield seen
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def _with_patches(out: Outputs, seen: list[torch.Tensor], num_prefix: int) -> Outputs:
+    """`out` with the patch tokens of the last forward seen by `_final_tokens` ([n, C], float16, CPU)."""
+    if not seen:
+        return out
+    return dataclasses.replace(out, patches=seen[-1][0, num_prefix:].to(torch.float16).cpu())
 
 
 def _to_cpu(value):
@@ -129,18 +151,21 @@ def run_photo(job: RunJob, device: torch.device = DEVICE) -> RunResult:
     workers.enter_gpu_call()
     slot = _model(job.settings, device)
     x = job.x.to(slot.loaded.device)
+    backbone = not slot.loaded.has_head   # its page shows the final patch tokens (a PCA map)
     with slot.lock:
         try:
             model = gtp.patch(slot.model, **job.settings.patch_kwargs())
-            with gtp.trace(model, attention=True) as rec:   # also warms the GTP path up
-                features_and_logits(model, x)
+            with gtp.trace(model, attention=True) as rec, _final_tokens(model, backbone) as gtp_tokens:
+                features_and_logits(model, x)               # also warms the GTP path up
             reduced, gtp_seconds = _outputs(model, x)       # timed without the recording
             gtp.unpatch(slot.model)
-            full, full_seconds = _outputs(slot.model, x)
+            with _final_tokens(slot.model, backbone) as full_tokens:
+                full, full_seconds = _outputs(slot.model, x)
             others = _others(slot, x, job.settings, job.budget) if job.compare else None
         finally:
             methods.reset(slot.model)  # the model rests unpatched
     names = slot.loaded.class_names
+    full, reduced = _with_patches(full, full_tokens, rec.num_prefix), _with_patches(reduced, gtp_tokens, rec.num_prefix)
     return RunResult(
         trace=_compact(rec), full=full, gtp=reduced, full_top5=_top5(full.logits, names),
         gtp_top5=_top5(reduced.logits, names), feature_cosine=round(float(cosine(full.features, reduced.features)[0]), 6),

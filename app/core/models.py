@@ -96,13 +96,17 @@ def preload() -> None:
     get_model(DEFAULT_MODEL)
 
 
-def weights_banner(name: str, pretrained: bool, message: str) -> str:
-    """A plain statement of where the weights came from; loud when they are random."""
+def weights_banner(name: str, pretrained: bool, message: str, has_head: bool = True) -> str:
+    """A plain statement of where the weights came from; loud when they are random, in the terms
+    of the model's output: classes for a classifier, features for a backbone (`has_head` False)."""
     if pretrained:
         return f"Weights: {file_names_only(message)}"
+    what, meaningless = (("Predictions", "the classes below are meaningless") if has_head else
+                         ("Features", "the features below (their similarity and PCA map) describe a random "
+                                      "network, not the photo"))
     return (
-        f"⚠ **Predictions come from randomly initialised weights**: no pretrained weights for "
-        f"`{name}` could be had here, so the classes below are meaningless (the token "
+        f"⚠ **{what} come from randomly initialised weights**: no pretrained weights for "
+        f"`{name}` could be had here, so {meaningless} (the token "
         f"graphs, selection and costs are still real computations of this random network). "
         f"To use real weights, upload a `.safetensors`/`.pth` file under *Your own weights*, or "
         f"put `{name}.safetensors` in the folder named by the `GTP_WEIGHTS_DIR` "

@@ -37,6 +37,8 @@ class Outputs:
     never runs it again."""
     features: torch.Tensor                   # [1, C] pre-logits features, float32
     logits: Optional[torch.Tensor]           # [1, K]; None for a model without a classifier head
+    patches: Optional[torch.Tensor] = None   # [n, C] final (normed) patch tokens in token order, float16:
+                                             # kept for a backbone only, whose page shows their PCA map
 
 
 @dataclass(frozen=True)

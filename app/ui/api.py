@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from gtp.models import SUPPORTED_MODELS
+
 from ..core import costs as K
 from ..core.inference import compared, explore_photo
 from ..core.photos import open_photo
@@ -71,12 +73,24 @@ def explore(image: str, model: str = DEFAULT_MODEL, num_prop: float = P.config.n
             graph: str = P.config.graph, selection: str = P.config.selection,
             propagation: str = P.config.propagation,
             token_scale: bool = P.config.token_scale) -> tuple[dict, dict]:
-    """Run the full and the GTP model on an image.
+    """Run a pretrained Vision Transformer on an image twice, as it is and with GTP (Graph-based Token Propagation, WACV 2024), and report what GTP changed: the prediction, the cost, and which patch tokens left in each block.
 
-    Returns (prediction, trace summary): the prediction holds both top-5s (or, for a headless
-    model, the cosine similarity of the final features), whether top-1 agrees, GMACs and latency
-    of each, measured now; the trace summary is `gtp.Trace.summary()`: per block the propagated
-    and kept patch ids, token sizes, propagation edges and attention sparsity.
+    Args:
+        image: the photo (a file; a URL or a data: URI through MCP). Any size; it is resized and centre-cropped as the model expects.
+        model: the timm model, one of {models}.
+        num_prop: P, patch tokens propagated (removed) in every block; the published setting is 8. More removes more tokens and saves more GMACs.
+        schedule: optional per-block P as comma-separated whole numbers, one per block (e.g. 0,0,8,8,8,8,8,8,8,8,8,8); overrides num_prop. Empty string for none.
+        sparsity: theta in (0, 1], the share of attention entries kept in each block (1 = no sparsification; published 0.6).
+        alpha: weight of the propagated features added to the tokens that receive them (published 0.1).
+        num_neighbours: M, neighbours per token in the semantic graph (published 8).
+        graph: the token graph the features travel along: spatial, semantic or mixed (published).
+        selection: how the tokens to propagate are scored: mixed_attn_max (published) or an ablation such as cls_attn_mean or random.
+        propagation: graph (published), mean (removed tokens become one average token) or none (pruning).
+        token_scale: proportional attention on the token sizes (true, published).
+
+    Returns:
+        prediction: model, weights (pretrained or random), the top-5 classes of the full and the GTP model and whether their top-1 agrees (for a backbone without classes, the cosine similarity of the final features instead), GMACs of both and the reduction, latency, tokens per block; all measured now.
+        trace_summary: per block, the original patch ids propagated and kept, token sizes, the propagation edges with their weights, and the share of attention zeroed.
     """
     settings = make_settings(model, None, schedule, num_prop=num_prop, sparsity=sparsity, alpha=alpha,
                              num_neighbours=num_neighbours, graph=graph, selection=selection,
@@ -91,15 +105,34 @@ def compare(image: str, model: str = DEFAULT_MODEL, num_prop: float = P.config.n
             graph: str = P.config.graph, selection: str = P.config.selection,
             propagation: str = P.config.propagation,
             token_scale: bool = P.config.token_scale) -> dict:
-    """GTP (this setting) and the other compared methods (`gtp.methods.compared()`: ToMe and
-    pruning) on an image, each removing the same tokens per block.
+    """Run GTP and the other token-reduction methods (ToMe token merging, and pruning) on one image, each removing the same number of tokens per block (so the same GMACs), and report how far each moves from the full model.
 
-    Returns the compare view's numbers, all measured now: per method the original patch
-    ids removed in each block, tokens per block, top-5, top-1 agreement with the full
-    model, KL divergence and cosine similarity to the full model, GMACs.
+    Args:
+        image: the photo (a file; a URL or a data: URI through MCP). Any size; it is resized and centre-cropped as the model expects.
+        model: the timm model, one of {models}.
+        num_prop: tokens every method removes per block (P for GTP and pruning, r for ToMe); the published setting is 8.
+        schedule: optional per-block token budget as comma-separated whole numbers, one per block; overrides num_prop. Empty string for none.
+        sparsity: GTP's theta in (0, 1], the share of attention entries kept (1 = no sparsification; published 0.6).
+        alpha: GTP's weight of the propagated features (published 0.1).
+        num_neighbours: GTP's M, neighbours per token in the semantic graph (published 8).
+        graph: GTP's token graph: spatial, semantic or mixed (published).
+        selection: how GTP and pruning score the tokens to remove: mixed_attn_max (published) or an ablation such as cls_attn_mean.
+        propagation: GTP's propagation: graph (published), mean or none.
+        token_scale: proportional attention on the token sizes (true, published).
+
+    Returns:
+        comparison: the token budget per block, the full model's GMACs and top-5, and per method (gtp, tome, pruning) the original patch ids removed in each block, tokens per block, top-5, top-1 agreement with the full model, KL divergence and cosine similarity of the features to the full model, GMACs; all measured now.
     """
     settings = make_settings(model, None, schedule, num_prop=num_prop, sparsity=sparsity, alpha=alpha,
                              num_neighbours=num_neighbours, graph=graph, selection=selection,
                              propagation=propagation, token_scale=token_scale)
     exp = compared(explore_photo(open_photo(image), settings))
     return comparison_json(exp, K.costs(exp, K.all_methods()))
+
+
+# The docstrings are the MCP tools' descriptions (Gradio reads their Args): the model list comes
+# from the one list of supported models.
+_MODELS = ", ".join(f"{name} (a backbone without classes)" if "no classifier" in about else name
+                    for name, about in SUPPORTED_MODELS.items())
+for _endpoint in (explore, compare):
+    _endpoint.__doc__ = _endpoint.__doc__.replace("{models}", _MODELS)

@@ -32,19 +32,19 @@ from ..core.photos import open_photo
 from ..core.results import Costs, Exploration
 from ..core.settings import Settings, hyper_parameters
 from ..core.sweep_file import load_sweep
-from ..views import attention, compare as compare_view, gif, graphs, tradeoff, walk
+from ..views import attention, backbone, compare as compare_view, gif, graphs, tradeoff, walk
 from . import lesson, text
 
 # The panels of each tab, by component name; a run clears those of the tabs not on view.
 TAB_PANELS = {
-    "prediction": ("full_label", "gtp_label", "tradeoff_plot", "metrics"),
+    "prediction": ("full_label", "gtp_label", "backbone_md", "backbone_plot", "tradeoff_plot", "metrics"),
     "layers": ("walk_plot",),
     "graphs": ("graph_plot", "similarity_plot", "neighbours_md"),
     "attention": ("attn_plot", "attn_md", "cls_plot"),
     "compare": ("compare_plot", "compare_md"),
     "lesson": ("lesson_md", "lesson_plot", "lesson_counter"),
 }
-CLEARED = {"full_label": None, "gtp_label": None, "tradeoff_plot": None, "metrics": "", "walk_plot": None,
+CLEARED = {"full_label": None, "gtp_label": None, "backbone_md": "", "backbone_plot": None, "tradeoff_plot": None, "metrics": "", "walk_plot": None,
            "graph_plot": None, "similarity_plot": None, "neighbours_md": "", "attn_plot": None, "attn_md": "",
            "cls_plot": None, "compare_plot": None, "compare_md": "Open this tab after a run: the methods run then.",
            "lesson_md": "", "lesson_plot": None, "lesson_counter": ""}
@@ -119,10 +119,14 @@ def draw_tradeoff(exp: Optional[Exploration], sweep: Optional[list], costs: Opti
     if costs is None and exp is not None:
         costs = K.costs(exp, count=False)
     model = exp.model_name if exp is not None else DEFAULT_MODEL
+    has_head = exp is None or exp.has_head
     current = None if costs is None else {"full": costs.of("full"), "gtp": costs.of("gtp")}
+    if current is not None and not has_head:   # a backbone: this photo's feature cosine, GTP vs full
+        current["cosine"] = exp.run.feature_cosine
     rates = measured_throughput(exp, measured)
-    key = hashlib.sha256(json.dumps([model, current, sweep or [], rates], sort_keys=True).encode()).hexdigest()
-    return _TRADEOFF.get_or_make(key, lambda: tradeoff.tradeoff(published_results(), model, current, sweep or (), rates))
+    key = hashlib.sha256(json.dumps([model, has_head, current, sweep or [], rates], sort_keys=True).encode()).hexdigest()
+    return _TRADEOFF.get_or_make(key, lambda: tradeoff.tradeoff(published_results(), model, current, sweep or (), rates,
+                                                                has_head=has_head))
 
 
 def draw_lesson(exp: Exploration, step: int, sweep: Optional[list] = None, measured: Optional[list] = None,
@@ -170,8 +174,11 @@ def _prediction(exp: Exploration, costs: Costs, sweep: Optional[list], measured:
                                          label=f"Full model, {cost['full']}{tag}"),
                   "gtp_label": gr.Label(value={t.label: t.probability for t in exp.run.gtp_top5}, visible=True,
                                         label=f"GTP, {cost['gtp']}{tag}")}
-    else:
-        labels = {"full_label": gr.Label(value=None, visible=False), "gtp_label": gr.Label(value=None, visible=False)}
+        labels.update(backbone_md=gr.Markdown("", visible=False), backbone_plot=gr.Plot(value=None, visible=False))
+    else:  # a backbone (no classes): its own result, the features of GTP against the full model's
+        labels = {"full_label": gr.Label(value=None, visible=False), "gtp_label": gr.Label(value=None, visible=False),
+                  "backbone_md": gr.Markdown(text.backbone_markdown(exp), visible=True),
+                  "backbone_plot": gr.Plot(value=backbone.feature_pca(exp), visible=True)}
     return {**labels, "metrics": text.metrics_markdown(exp, costs),
             "tradeoff_plot": draw_tradeoff(exp, sweep, costs, measured)}
 

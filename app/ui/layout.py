@@ -158,8 +158,12 @@ def _prediction_tab(ui: dict) -> None:
         with gr.Column(scale=2, min_width=260):
             ui["full_label"] = gr.Label(num_top_classes=5, label="Full model", elem_id="gtp-full")
             ui["gtp_label"] = gr.Label(num_top_classes=5, label="GTP", elem_id="gtp-gtp")
+            # A model without classes (a backbone such as DINOv2) shows its own result here instead.
+            ui["backbone_md"] = gr.Markdown("", visible=False, elem_id="gtp-backbone-md")
+            ui["backbone_plot"] = gr.Plot(label="Final patch features: first 3 PCA components as RGB",
+                                          visible=False, elem_id="gtp-backbone")
         with gr.Column(scale=3, min_width=360):
-            ui["tradeoff_plot"] = _plot("Top-1 vs GMACs", "gtp-tradeoff")
+            ui["tradeoff_plot"] = _plot("Trade-off: quality vs GMACs", "gtp-tradeoff")
     ui["metrics"] = gr.Markdown("", elem_id="gtp-metrics")
     with gr.Accordion("Measure throughput, add your sweep results", open=False):
         bounds = limits.THROUGHPUT[DEVICE.type]
@@ -269,9 +273,16 @@ def build_demo() -> gr.Blocks:
     return demo
 
 
+def launch_options() -> dict:
+    """Keyword arguments of `demo.launch` for the app as served: the page's CSS, the MCP server
+    (the `explore` and `compare` endpoints as tools, at /gradio_api/mcp/; `app.ui.api`), and the
+    bounds on uploads and sessions (`limits.launch_options`)."""
+    return dict(css=CSS, mcp_server=True, **limits.launch_options())
+
+
 def create_app() -> gr.Blocks:
     """The app with its queue: one model run at a time (CPU-bound), up to `limits.QUEUE_SIZE` waiting.
-    Launch it with `limits.launch_options()` (upload size, session count)."""
+    Launch it with `launch_options()` (CSS, MCP server, upload size, session count)."""
     for name, value in limits.SERVER_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     demo = build_demo()

@@ -180,7 +180,7 @@ def open_link(photo: Optional[str], request: Optional[gr.Request] = None) -> dic
     link = checked(parse(params, len(examples)))
     loaded = get_model(link.model).loaded
     out: dict[str, Any] = {
-        "banner": gr.Markdown(weights_banner(loaded.name, loaded.pretrained, loaded.message),
+        "banner": gr.Markdown(weights_banner(loaded.name, loaded.pretrained, loaded.message, loaded.has_head),
                               elem_classes=["gtp-banner-ok" if loaded.pretrained else "gtp-banner-random"]),
         "model": link.model, "schedule": link.schedule, "tab": link.tab, "tabs": gr.Tabs(selected=link.tab),
         "hp": {p.name: link.hp.get(p.name, p.default) for p in hyper_parameters()},

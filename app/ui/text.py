@@ -15,7 +15,18 @@ UPLOAD_NOTE = (f"Uploads up to {MAX_UPLOAD_BYTES // 2**20} MB (room for deit_bas
 
 
 def banner_markdown(exp: Exploration) -> str:
-    return weights_banner(exp.model_name, exp.pretrained, exp.model.weights_message)
+    return weights_banner(exp.model_name, exp.pretrained, exp.model.weights_message, exp.has_head)
+
+
+def backbone_markdown(exp: Exploration) -> str:
+    """A backbone's own result, in place of the classes it does not have: how close GTP's final
+    features are to the full model's on this photo (measured in this run)."""
+    note = "" if exp.pretrained else " *(Random weights: these features describe a random network, not the photo.)*"
+    return (f"`{exp.model_name}` has no classes: it outputs features. **Cosine similarity of the final "
+            f"features, GTP vs the full model: {exp.run.feature_cosine:.4f}** (1 = identical), on this photo."
+            f"{note}\n\nBelow, each patch's final feature, its first three PCA components (fitted on the full "
+            "model's patches) as red, green and blue; GTP's patches in the same colours, so a patch that keeps "
+            "its colour kept its meaning.")
 
 
 def status_markdown(exp: Exploration) -> str:
@@ -61,9 +72,6 @@ def metrics_markdown(exp: Exploration, costs: Costs) -> str:
                      f"*{run.gtp_top5[0].label}*; {overlap}/5 of the top-5 shared.")
         if not exp.pretrained:
             lines.append("*(Random weights: these classes mean nothing; the costs below are real.)*")
-    else:
-        lines.append(f"This checkpoint has no classifier head: **cosine similarity of the final features, "
-                     f"full vs GTP = {run.feature_cosine:.4f}** (1 = identical).")
     full_ms, gtp_ms = run.latency_ms
     lines += [
         "",

@@ -6,6 +6,7 @@
   attention  attention before and after sparsification, CLS attention over the photo
   compare    GTP, ToMe and pruning: where each token left, and how
   tradeoff   published accuracy-GMACs curves beside what was measured now
+  backbone   a model without classes: the PCA maps of its final patch features, full and GTP
   gif        the layer walk as an animated GIF (a download)
   base       what they share: theme, photo, patch coordinates, the figure cache
 """

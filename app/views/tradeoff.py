@@ -139,18 +139,38 @@ def _throughput_traces(throughput: Sequence[dict]) -> list[dict]:
     return out
 
 
+def _cosine_traces(model: str, current: dict) -> list[dict]:
+    """A backbone's points: the feature cosine to the full model of GTP on this photo, at its
+    GMACs, and the full model itself (cosine 1), both measured now."""
+    name = escape(family(model))
+    out = []
+    for key, label, colour, symbol in (("full", "full model", "rgb(138,143,152)", "star"), ("gtp", "GTP", "rgb(214,39,40)", "circle")):
+        if current.get(key) is None:
+            continue
+        y = 1.0 if key == "full" else current["cosine"]
+        out.append(dict(type="scatter", x=[current[key]], y=[y], mode="markers", meta={"role": "measured-cosine"},
+                        name=f"{label} on this photo: cosine {y:.4f} (measured)",
+                        marker=dict(color=colour, symbol=symbol, size=13 if key == "full" else 10),
+                        hovertemplate=f"{label} on {name}, this photo<br>%{{x:.2f}} GMACs · feature cosine to the "
+                                      "full model %{y:.4f}<br>measured now<extra></extra>"))
+    return out
+
+
 def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None, sweep: Sequence[dict] = (),
-                    throughput: Sequence[dict] = (), other_families: bool = False, height: int = 380) -> Figure:
-    """Top-1 against GMACs for `model` (a timm name).
+                    throughput: Sequence[dict] = (), other_families: bool = False, height: int = 380,
+                    has_head: bool = True) -> Figure:
+    """Top-1 against GMACs for `model` (a timm name); for a backbone (`has_head` False: no
+    classes, so no top-1 and nothing published) the feature cosine to the full model instead.
 
     published: the contents of assets/published_results.json; current: {"full": GMACs,
-    "gtp": GMACs} measured now (either may be None); sweep: records of `python -m gtp sweep`
+    "gtp": GMACs} measured now (either may be None; a backbone's also "cosine", GTP's feature
+    cosine to the full model on this photo); sweep: records of `python -m gtp sweep`
     (gmacs, top1 or agreement, method, model, ...; an optional "label" is shown as plain
     text); throughput: `measure_throughput` results ({batch_size, full_img_per_s,
     gtp_img_per_s, device}), drawn in a second panel when given; other_families: also draw
     other models' published curves, labelled with their family.
     """
-    records = published_records(published)
+    records = published_records(published) if has_head else []   # top-1 curves: of classifiers only
     name = family(model)
     data = _published_traces(records, model, label_family=False)
     has_curves = any(r["model"] == model and r.get("top1") is not None and not str(r["method"]).startswith("none")
@@ -162,15 +182,21 @@ def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None,
             data += _published_traces(records, other, label_family=True)
     shapes, notes, measured = _current_lines(model, current or {}, [r for r in records if r["model"] == model
                                                                     and r.get("top1") is None] if current else [])
+    if not has_head and current and current.get("cosine") is not None:
+        measured += _cosine_traces(model, current)
     data += measured + _sweep_traces(sweep) + (_throughput_traces(throughput) if throughput else [])
-    note = ("" if has_curves else
-            f"No published trade-off curve for {name}: the paper's curves are "
-            f"{', '.join(family(o) for o in others) or 'of other models'}"
-            + (", drawn dotted and labelled with their model." if other_families else ", not drawn here."))
+    if not has_head:
+        note = ("A backbone has no classes. Plotted: the feature cosine of GTP to the full model on this "
+                "photo, at the GMACs measured now.")
+    else:
+        note = ("" if has_curves else
+                f"No published trade-off curve for {name}: the paper's curves are "
+                f"{', '.join(family(o) for o in others) or 'of other models'}"
+                + (", drawn dotted and labelled with their model." if other_families else ", not drawn here."))
     axis = dict(gridcolor=GRID_COLOUR, zeroline=False, automargin=True)   # tick labels inside the figure
     layout = dict(
         xaxis=dict(domain=[0, 0.58] if throughput else [0, 1], title=dict(text="GMACs per image"), **axis),
-        yaxis=dict(title=dict(text="ImageNet top-1 (%)"), **axis),
+        yaxis=dict(title=dict(text="ImageNet top-1 (%)" if has_head else "feature cosine to the full model"), **axis),
         legend=dict(orientation="h", y=-0.28, yanchor="top", x=0, font=dict(size=10), bgcolor="rgba(0,0,0,0)"),
         meta={"family": name, "has_family_curves": has_curves}, shapes=shapes)
     xs = [float(v) for t in data if t.get("xaxis", "x") == "x" for v in t["x"] if v is not None]
@@ -183,7 +209,8 @@ def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None,
     if throughput:
         layout["xaxis2"] = dict(domain=[0.76, 1], type="log", title=dict(text="batch size"), **axis)
         layout["yaxis3"] = dict(anchor="x2", title=dict(text="images / s (measured)"), rangemode="tozero", **axis)
-    title = textwrap.wrap(f"{name}: published ({published.get('citation', '')}) and measured", TITLE_CHARS)
+    title = textwrap.wrap(f"{name}: published ({published.get('citation', '')}) and measured" if has_head
+                          else f"{name}: measured now", TITLE_CHARS)
     lines = [escape(line) for line in title] + [f"<i>{escape(line)}</i>" for line in textwrap.wrap(note, TITLE_CHARS)]
     layout["annotations"] = notes + [dict(text="<br>".join(lines), xref="paper",
                                           yref="paper", x=0, y=1.02, xanchor="left", yanchor="bottom",
@@ -203,12 +230,14 @@ def bounded_sweep(records: Sequence[dict]) -> list[dict]:
 
 
 def tradeoff(published: dict, model: str, current: Optional[dict], sweep: Sequence[dict] = (),
-             throughput: Sequence[dict] = ()) -> PlotData:
+             throughput: Sequence[dict] = (), has_head: bool = True) -> PlotData:
     """The compact trade-off chart beside the prediction: the published curves of `model`'s
     family, its GMACs measured now, the user's sweep and the measured throughput. Where the
     paper has no curve for this model's family (it has DeiT-B's), the other families' curves
-    are drawn dotted and labelled with their model, never as this model's."""
+    are drawn dotted and labelled with their model, never as this model's. A backbone
+    (`has_head` False) has no top-1: its chart plots the feature cosine measured now."""
     own = any(r["model"] == model and r.get("top1") is not None and not str(r.get("method", "none")).startswith("none")
               for r in published_records(published))
     return plot_data(tradeoff_figure(published, model, current=current, sweep=bounded_sweep(sweep),
-                                       throughput=throughput, other_families=not own, height=TRADEOFF_HEIGHT))
+                                       throughput=throughput, other_families=not own, height=TRADEOFF_HEIGHT,
+                                       has_head=has_head))
