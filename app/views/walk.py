@@ -20,13 +20,14 @@ import numpy as np
 from gradio.components.plot import PlotData
 
 import gtp
+from gtp.facts import rgba
 
 from ..core.results import Exploration
 from .base import (GRID_COLOUR, Figure, PhotoLike, Unavailable, centres, edges_of, figure, g4, numpy, patch_mark,
                    photo_axes, photo_of, propagated_block, ranks, score_formula, segments, view)
 
 WALK_ELEM_ID = "gtp-walk"
-EARLIER = ("x", "rgba(60,60,60,0.9)", 9)       # marker of a token propagated in an earlier block
+EARLIER = ("x", rgba("earlier", 0.9), 9)       # marker of a token propagated in an earlier block
 EDGE_WIDTHS = (0.8, 1.6, 2.6, 4.0)          # line width per weight quarter (of the run's max)
 EDGE_ALPHAS = (0.35, 0.55, 0.75, 0.95)
 TRACES_PER_BLOCK = len(EDGE_WIDTHS) + 4     # one line trace per weight quarter, then four token scatters
@@ -79,9 +80,9 @@ def _facts(trace: gtp.Trace, b: int, image: int) -> dict:
 
 # The statuses a token can have in a block: (role, marker (plotly symbol, colour, size), words).
 STATUSES = {
-    "kept": ("candidates", ("circle", "rgba(255,255,255,0.45)", 6), "kept"),
-    "received": ("received", ("diamond", "rgba(255,205,0,0.95)", 10), "kept; received features in this block"),
-    "here": ("propagated", ("square", "rgba(235,50,50,0.9)", 15), "propagated in this block"),
+    "kept": ("candidates", ("circle", rgba("kept", 0.45), 6), "kept"),
+    "received": ("received", ("diamond", rgba("received", 0.95), 10), "kept; received features in this block"),
+    "here": ("propagated", ("square", rgba("propagated", 0.9), 15), "propagated in this block"),
 }
 
 
@@ -177,7 +178,7 @@ def _block_traces(trace: gtp.Trace, b: int, image: int, w_max: float, visible: b
         ex, ey = segments(src[keep], dst[keep], trace.grid_size)
         lines.append(dict(x=ex, y=ey, mode="lines", visible=visible, hoverinfo="skip",
                           name=f"block {b + 1} weights, quarter {q + 1}",
-                          line=dict(width=width, color=f"rgba(255,205,0,{alpha})")))
+                          line=dict(width=width, color=rgba("edges", alpha))))
     return [*lines, *_token_traces(trace, b, image, facts, visible)]
 
 
