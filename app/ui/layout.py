@@ -230,6 +230,8 @@ def _lesson_tab(ui: dict) -> None:
     with gr.Row():
         ui["gif_file"] = gr.File(label="Layer walk (GIF)")
         ui["trace_file"] = gr.File(label="Trace (JSON)")
+    ui["make_figures"] = gr.Button("Download figures (PDF and PNG, for a paper)", elem_id="gtp-figures")
+    ui["figures_file"] = gr.File(label="Figures (zip)")
 
 
 TABS = [("Prediction", "prediction", _prediction_tab), ("Layer walk", "layers", _layers_tab),

@@ -49,8 +49,23 @@ def _series(records: Sequence[dict]) -> dict[str, list[dict]]:
 
 
 def plot_sweep(records: Sequence[dict], path: Union[str, Path], style: str = "paper", dpi: int = 300) -> Path:
-    """Accuracy (and the label-free fidelity) against GMACs per method, from `sweep` records."""
+    """`sweep_figure` saved at `path` (its suffix picks the format)."""
     path = check_plot_path(path)
+    with S.using(S.get(style)):
+        return _save(sweep_figure(records, style), path, dpi)
+
+
+def plot_bench(result: dict, path: Union[str, Path], style: str = "paper", dpi: int = 300) -> Path:
+    """`bench_figure` saved at `path` (its suffix picks the format)."""
+    path = check_plot_path(path)
+    with S.using(S.get(style)):
+        return _save(bench_figure(result, style), path, dpi)
+
+
+def sweep_figure(records: Sequence[dict], style: str = "paper"):
+    """Accuracy (and the label-free fidelity) against GMACs per method, from `sweep` records: one
+    panel per quantity measured (top-1, else agreement, else cosine; two at most), one line per
+    method (GTP per theta when several were tried), the full model a star."""
     chosen = S.get(style)
     shown = [(k, label) for k, label in SWEEP_QUANTITIES if any(r.get(k) is not None for r in records)][:2]
     if not shown or not any(r.get("gmacs") is not None for r in records):
@@ -75,13 +90,12 @@ def plot_sweep(records: Sequence[dict], path: Union[str, Path], style: str = "pa
         first = records[0]
         fig.suptitle(f"{facts.family(str(first.get('model', '')))}: {first.get('images', '?')} images "
                      f"(measured, python -m gtp sweep)", fontsize=chosen.small)
-        return _save(fig, path, dpi)
+    return fig
 
 
-def plot_bench(result: dict, path: Union[str, Path], style: str = "paper", dpi: int = 300) -> Path:
-    """Per batch size, each method's throughput ratio to the reference (the median of the medians)
-    with the middle half of the round-by-round ratios as its bar, from `bench`'s result."""
-    path = check_plot_path(path)
+def bench_figure(result: dict, style: str = "paper"):
+    """Per batch size, a bar per method at its throughput ratio to the reference (the ratio of the
+    medians) with whiskers over the middle half of the round-by-round ratios, from `bench`'s result."""
     chosen = S.get(style)
     runs = result.get("runs") or []
     if not runs:
@@ -108,4 +122,4 @@ def plot_bench(result: dict, path: Union[str, Path], style: str = "paper", dpi: 
                                    f"{result.get('dtype', '')}: median of {result.get('repeats', '?')} interleaved "
                                    f"rounds; whiskers: the middle half of the round-by-round ratios",
                                    58 if not chosen.height else 100), fontsize=chosen.small)
-        return _save(fig, path, dpi)
+    return fig
