@@ -61,8 +61,10 @@ def draw(view: str, run: RunFigures, style: str = "paper", choice: Choice = Choi
 
 
 def write_all(run: RunFigures, out: Path, style: str = "paper", dpi: int = 300, choice: Choice = Choice(),
-              formats: Sequence[str] = ("pdf", "svg", "png"), views: Sequence[str] = VIEWS) -> list[Path]:
-    """Every view as `out/<view>.<format>`; returns the files written."""
+              formats: Sequence[str] = ("pdf", "svg", "png"), views: Sequence[str] = VIEWS,
+              png_colours: int = 0) -> list[Path]:
+    """Every view as `out/figure_<view>.<format>`; returns the files written. png_colours: palette
+    PNGs of at most this many colours (0: full colour)."""
     from . import style as S
     chosen = S.get(style)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,5 +72,5 @@ def write_all(run: RunFigures, out: Path, style: str = "paper", dpi: int = 300, 
     with S.using(chosen):
         for view in views:
             fig = draw(view, run, style, choice)
-            written += S.save(fig, out / f"figure_{view}", dpi, formats)
+            written += S.save(fig, out / f"figure_{view}", dpi, formats, png_colours)
     return written

@@ -74,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="paper: a two-column paper's column (3.3 in) or page width (7 in), 8-9 pt text; "
                              "slide: 16:9 (default paper)")
     parser.add_argument("--dpi", type=int, default=300, metavar="N", help="PNG resolution (default 300)")
+    parser.add_argument("--png-colours", type=int, default=0, metavar="N",
+                        help="palette PNGs of at most N colours (2-256; about a third of the bytes, for a README "
+                             "or a web page; default 0: full colour)")
     parser.add_argument("--block", type=int, default=1, metavar="B", help="attention: block, 1-based (default 1)")
     parser.add_argument("--head", type=int, default=0, metavar="H", help="attention: head, 0-based (default 0)")
     parser.add_argument("--token", type=int, default=None, metavar="T",
@@ -87,6 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if not 20 <= args.dpi <= 1200:
         raise ValueError(f"--dpi must be from 20 to 1200; got {args.dpi}")
+    if args.png_colours and not 2 <= args.png_colours <= 256:
+        raise ValueError(f"--png-colours must be from 2 to 256 (or 0: full colour); got {args.png_colours}")
     start = time.perf_counter()
     sweep: Sequence[dict] = ()
     if args.sweep:
@@ -104,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--token must be a patch id from 0 to {run.trace.num_patches - 1}; got {args.token}")
     ran = time.perf_counter() - start
     files = write_all(run, Path(args.out), args.style, args.dpi, Choice(args.block - 1, args.head, args.token),
-                      views=args.views)
+                      views=args.views, png_colours=args.png_colours)
     for path in files:
         print(path)
     print(f"{len(files)} files in {args.out} ({args.style}, PNG at {args.dpi} dpi): models {ran:.1f} s, "

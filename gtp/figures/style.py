@@ -16,6 +16,7 @@ from typing import Iterator, Sequence
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from PIL import Image
 
 FORMATS = ("pdf", "svg", "png")
 # Text stays text: TrueType fonts embedded whole in the PDF (Type 42, which journals accept and
@@ -77,9 +78,11 @@ def new(style: Style, width: str = "column", aspect: float = 0.75) -> Figure:
     return Figure(figsize=style.size(width, aspect), layout="constrained")
 
 
-def save(fig: Figure, stem: Path, dpi: int, formats: Sequence[str] = FORMATS) -> list[Path]:
+def save(fig: Figure, stem: Path, dpi: int, formats: Sequence[str] = FORMATS, png_colours: int = 0) -> list[Path]:
     """`stem`.pdf/.svg/.png (PNG at `dpi`; the vector files carry the photo at its own pixels).
-    No creation date is written, so the same figure gives the same vector files."""
+    No creation date is written, so the same figure gives the same vector files. png_colours: a
+    palette PNG of at most this many colours (about a third of the bytes: a README, a web page);
+    0 keeps full colour."""
     out = []
     images = [im for ax in fig.axes for im in ax.get_images()]
     drawn = [im.get_interpolation() for im in images]
@@ -89,6 +92,11 @@ def save(fig: Figure, stem: Path, dpi: int, formats: Sequence[str] = FORMATS) ->
         for im, how in zip(images, drawn):   # vector files: each picture's own pixels, the viewer scales them
             im.set_interpolation("none" if fmt in ("pdf", "svg") else how)
         fig.savefig(path, format=fmt, dpi=dpi, metadata=metadata)
+        if fmt == "png" and png_colours:
+            with Image.open(path) as img:
+                small = img.convert("RGB").quantize(png_colours, method=Image.Quantize.MEDIANCUT,
+                                                    dither=Image.Dither.NONE)
+            small.save(path, optimize=True, dpi=(dpi, dpi))
         out.append(path)
     return out
 
