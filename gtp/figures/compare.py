@@ -4,6 +4,8 @@ stayed to the end), as the app's Compare tab. Read from each method's `BlockReco
 """
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 
 from .. import facts, methods
@@ -36,6 +38,7 @@ def draw(run: RunFigures, style: S.Style, choice: Choice = Choice()):
     bar.ax.tick_params(labelsize=style.small)
     budget = [len(b.removed) for b in run.removed[names[0]]]
     per_block = str(budget[0]) if len(set(budget)) == 1 else "per block " + ",".join(map(str, budget))
-    fig.suptitle(f"Where each token left: {', '.join(methods.METHODS[n].label for n in names if n in methods.METHODS)}"
-                 f" removing {per_block} tokens per block (blank: kept to the end)", fontsize=style.title)
+    labels = ", ".join(methods.METHODS[n].label if n in methods.METHODS else n for n in names)
+    fig.suptitle(textwrap.fill(f"Where each token left: {labels} removing {per_block} tokens per block "
+                               f"(blank: kept to the end)", 70 if style.height else 120), fontsize=style.title)
     return fig

@@ -83,7 +83,8 @@ def draw(run: RunFigures, style: S.Style, choice: Choice = Choice()):
             _panel(ax, run, b, w_max, style)
         else:
             ax.set_visible(False)
-    fig.legend(handles=legend_handles(style), loc="outside lower center", ncols=5, handletextpad=0.3,
+    fig.legend(handles=legend_handles(style), loc="outside lower center", ncols=3 if style.height else 5,
+               handletextpad=0.3,
                columnspacing=1.0)
     cfg = trace.config
     amount = cfg.get("num_prop")
