@@ -20,7 +20,7 @@ import numpy as np
 from gradio.components.plot import PlotData
 
 import gtp
-from gtp.facts import rgba
+from gtp.facts import rgba, statuses
 
 from ..core.results import Exploration
 from .base import (GRID_COLOUR, Figure, PhotoLike, Unavailable, centres, edges_of, figure, g4, numpy, patch_mark,
@@ -149,9 +149,8 @@ def _token_traces(trace: gtp.Trace, b: int, image: int, facts: dict, visible: bo
     grid = trace.grid_size
     left = propagated_block(trace, image)
     formula = score_formula(str(trace.config.get("selection", "")))
-    gone = [p for p in range(trace.num_patches) if left.get(p, b) < b]
-    here = [p for p in range(trace.num_patches) if left.get(p) == b]
-    staying = [p for p in range(trace.num_patches) if p not in left or left[p] > b]
+    status = statuses(trace, b, image)   # the library's statuses: the static figures draw the same
+    gone = status["earlier"]
     x, y = centres(np.array(gone, dtype=np.int64), grid)
     earlier = dict(
         x=x.tolist(), y=y.tolist(), mode="markers", visible=visible, name=f"block {b + 1}, gone",
@@ -161,9 +160,9 @@ def _token_traces(trace: gtp.Trace, b: int, image: int, facts: dict, visible: bo
                        f"block {b + 1}: " "propagated in block %{customdata[3]}<extra></extra>"),
         marker=dict(symbol=EARLIER[0], color=EARLIER[1], size=EARLIER[2], line=dict(width=1, color="white")))
     return [earlier,
-            _tokens([p for p in staying if p not in facts["got"]], b, facts, formula, grid, "kept", visible),
-            _tokens([p for p in staying if p in facts["got"]], b, facts, formula, grid, "received", visible),
-            _tokens(here, b, facts, formula, grid, "here", visible)]
+            _tokens(status["kept"], b, facts, formula, grid, "kept", visible),
+            _tokens(status["received"], b, facts, formula, grid, "received", visible),
+            _tokens(status["propagated"], b, facts, formula, grid, "here", visible)]
 
 
 def _block_traces(trace: gtp.Trace, b: int, image: int, w_max: float, visible: bool) -> list[dict]:
