@@ -1,4 +1,4 @@
-"""Command line: `python -m gtp predict|bench|eval|sweep|cost|models ...`.
+"""Command line: `python -m gtp predict|bench|eval|sweep|cost|figure|models ...`.
 
 Bad input (unknown model, bad hyper-parameters, unreadable image or weights) ends
 with one line on stderr and exit code 2, never a traceback.
@@ -214,6 +214,14 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
                                     "gtp/measure/cuda_cost.py and gpu_model.py); every time printed is modelled.")
     _add_cost_arguments(co)
     co.set_defaults(func=_run_cost)
+
+    from .figures import command as figure_command  # matplotlib is imported only when it draws
+    fi = sub.add_parser("figure", help="the run's figures for a paper or a slide: PDF, SVG and PNG (matplotlib)",
+                        description="Draw the layer walk, the token graphs, attention before and after "
+                                    "sparsification, the compared methods and the trade-off chart of one photo "
+                                    "(see gtp/figures/).")
+    figure_command.add_arguments(fi)
+    fi.set_defaults(func=figure_command.main)
 
     mo = sub.add_parser("models", help="list the supported models")
     mo.set_defaults(func=_run_models)

@@ -114,3 +114,26 @@ def test_sweep_cli(data, tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{not json")
     assert cli.main(args(tmp_path / "bad.json")) == 2        # not a result file: refused, kept
     assert (tmp_path / "bad.json").read_text() == "{not json"
+
+
+def test_sweep_plot_draws_each_methods_records(data, tmp_path):
+    """`sweep --plot` on a tiny folder: a line per method at the records' GMACs and top-1, the full
+    model a star; the SVG keeps its labels as text."""
+    import xml.etree.ElementTree as ET
+    from gtp.figures import style as S
+    from gtp.figures.results import sweep_figure
+    out, plot = tmp_path / "sweep.json", tmp_path / "sweep.svg"
+    assert cli.main(["sweep", "--model", "deit_tiny_patch16_224", "--data", str(data), "--num-prop", "4", "8",
+                     "--sparsity", "1", "--methods", "gtp", "--batch-size", "2", "--no-progress",
+                     "--out", str(out), "--plot", str(plot)]) == 0
+    records = json.loads(out.read_text())
+    texts = {"".join(t.itertext()) for t in ET.parse(plot).getroot().iter("{http://www.w3.org/2000/svg}text")}
+    assert {"GTP", "Full model", "top-1 accuracy (%)", "GMACs per image (measured)"} <= texts
+    with S.using(S.get("paper")):
+        lines = {line.get_label(): line for line in sweep_figure(records).axes[0].get_lines()}
+    gtp_records = sorted((r for r in records if r["method"] == "gtp"), key=lambda r: r["gmacs"])
+    assert list(lines["GTP"].get_xdata()) == [r["gmacs"] for r in gtp_records] and len(gtp_records) == 2
+    assert list(lines["GTP"].get_ydata()) == [r["top1"] for r in gtp_records]
+    assert lines["Full model"].get_marker() == "*"
+    assert cli.main(["sweep", "--model", "deit_tiny_patch16_224", "--data", str(data), "--out", str(out),
+                     "--plot", str(tmp_path / "sweep.gif")]) == 2    # refused before any model runs

@@ -2,13 +2,13 @@
 under `assets/`)."""
 from __future__ import annotations
 
-import json
-from functools import lru_cache
 from pathlib import Path
+
+from gtp import facts
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 EXAMPLE_PHOTOS = [ASSETS / name for name in ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")]
-PUBLISHED_FILE = ASSETS / "published_results.json"
+PUBLISHED_FILE = facts.PUBLISHED_FILE
 
 
 def example_paths() -> list[str]:
@@ -16,8 +16,6 @@ def example_paths() -> list[str]:
     return [str(p) for p in EXAMPLE_PHOTOS if p.is_file()]
 
 
-@lru_cache(maxsize=1)
-def published_results() -> dict:
-    """The paper's numbers as published (see assets/CREDITS.md); never measured here."""
-    with open(PUBLISHED_FILE, encoding="utf-8") as f:
-        return json.load(f)
+published_results = facts.published_results
+"""The paper's numbers as published (see assets/CREDITS.md); never measured here. The library reads
+the file (`gtp.facts`), so the app's chart and `python -m gtp figure` draw the same numbers."""

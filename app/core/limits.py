@@ -81,6 +81,17 @@ older than 30 minutes are deleted every 10 minutes."""
 DOWNLOAD_FOLDERS_KEPT = 16
 """Download folders (GIF + JSON) kept on disk; older ones are deleted."""
 
+FIGURE_DPI = 150
+"""PNG resolution of "Download figures" (`app.views.figures`): the paper-sized figures (3.3 or 7 in
+wide) at 150 dpi are 500-1050 px wide; the PDFs beside them are vector."""
+
+FIGURE_ZIP_MAX_BYTES = 24 * 2**20
+"""Largest "Download figures" zip: the five figures of a deit_small run in PDF and PNG came to
+3.1 MB (the walk grid holds the photo twelve times); a larger model's grid has more panels. The
+work is fixed by the model (five figures of fixed size): drawing them took 6.8 s of CPU time for a
+deit_small run (measured here under heavy load: process time, not wall time), one request at a
+time in the models' queue; the figures are freed when the zip is written."""
+
 PHOTO_FILES_KEPT = 256
 """Photos kept on disk for the figures that show them (~8 kB each): more than the figure cache
 can hold runs of (FIGURE_CACHE_ENTRIES over the 7 views of a run), so a cached figure never

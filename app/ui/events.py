@@ -228,6 +228,7 @@ def _wire_views(ui: dict) -> None:
           **bind(ui, H.draw_attention, H.TAB_PANELS["attention"]), **VIEW_QUEUE)
     ui["sweep_file"].change(**bind(ui, H.load_sweep_file, ("sweep_state", "sweep_md", "tradeoff_plot")), **VIEW_QUEUE)
     ui["make_downloads"].click(**bind(ui, H.downloads, ("gif_file", "trace_file")), **HIDDEN, **RUN_QUEUE)
+    ui["make_figures"].click(**bind(ui, H.download_figures, ("figures_file",)), **HIDDEN, **RUN_QUEUE)
     lesson_panels = ("lesson_step", *H.TAB_PANELS["lesson"])
     ui["lesson_back"].click(**bind(ui, lesson_event(-1), lesson_panels), **VIEW_QUEUE)
     ui["lesson_next"].click(**bind(ui, lesson_event(+1), lesson_panels), **VIEW_QUEUE)

@@ -32,7 +32,7 @@ from ..core.photos import open_photo
 from ..core.results import Costs, Exploration
 from ..core.settings import Settings, hyper_parameters
 from ..core.sweep_file import load_sweep
-from ..views import attention, backbone, compare as compare_view, gif, graphs, tradeoff, walk
+from ..views import attention, backbone, compare as compare_view, figures, gif, graphs, tradeoff, walk
 from . import lesson, text
 
 # The panels of each tab, by component name; a run clears those of the tabs not on view.
@@ -306,3 +306,16 @@ def downloads(state: Optional[Exploration]) -> dict:
                "comparison": comparison_json(done, costs)}
     trace_path.write_text(json.dumps(summary), encoding="utf-8")
     return {"gif_file": animation, "trace_file": str(trace_path)}
+
+
+def download_figures(state: Optional[Exploration], attn_block: Any = 1, head: Any = 0, token: Any = None,
+                     sweep_state: Optional[list] = None) -> dict:
+    """The run's five figures for a paper (PDF and PNG, `app.views.figures`) in one zip, from the
+    same run as the page, at the attention block and head and the graphs' token on view."""
+    if state is None:
+        raise InputError("Run a photo first.")
+    done = inference.compared(state)
+    v = View(attn_block=attn_block, head=head, token=token).within(done)
+    costs = K.costs(done, ("full", "gtp"))
+    path = figures.figures_zip(done, costs, files.download_folder(), v.attn_block - 1, v.head, v.token, sweep_state)
+    return {"figures_file": path}

@@ -231,9 +231,11 @@ def _lesson_tab(ui: dict) -> None:
         gr.Markdown(LEARN_TEXT, latex_delimiters=LATEX)
     gr.Markdown("### Downloads")
     ui["make_downloads"] = gr.Button("Prepare the layer-walk GIF and the trace JSON", elem_id="gtp-downloads")
+    ui["make_figures"] = gr.Button("Download figures (PDF and PNG)", elem_id="gtp-figures")
     with gr.Row():
         ui["gif_file"] = gr.File(label="Layer walk (GIF)")
         ui["trace_file"] = gr.File(label="Trace (JSON)")
+        ui["figures_file"] = gr.File(label="Figures for a paper (zip)", elem_id="gtp-figures-file")
 
 
 TABS = [("Prediction", "prediction", _prediction_tab), ("Layer walk", "layers", _layers_tab),

@@ -25,6 +25,7 @@ from gradio.components.plot import PlotData
 from PIL import Image
 
 import gtp
+from gtp.facts import edges_of, gtp_destinations, propagated_block  # noqa: F401 - re-exported
 
 from ..core import files, limits
 from ..core.caches import BoundedCache
@@ -184,36 +185,8 @@ def score_formula(selection: str) -> str:
     return SCORE_FORMULAS.get(selection.rsplit("_", 1)[0], "")
 
 
-def propagated_block(trace: gtp.Trace, image: int = 0) -> dict[int, int]:
-    """Original patch id -> the block (0-based) in which its token was propagated."""
-    out: dict[int, int] = {}
-    for layer in trace.layers:
-        for pid in layer.propagated[image].tolist():
-            if pid >= 0:
-                out[int(pid)] = layer.block
-    return out
-
-
-def edges_of(layer: gtp.LayerTrace, image: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(src [E], dst [E], weight alpha*W [E]) of one block's propagation (empty arrays if none)."""
-    if not layer.edges:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    e = layer.edges[image]
-    return (e.src.cpu().numpy().astype(np.int64), e.dst.cpu().numpy().astype(np.int64),
-            e.weight.float().cpu().numpy().astype(np.float64))
-
-
-def gtp_destinations(trace: gtp.Trace, image: int = 0) -> list[dict[int, list[int]]]:
-    """Per block: propagated patch id -> the patch ids that received its features (for
-    `compare_figure`'s GTP map)."""
-    out = []
-    for layer in trace.layers:
-        src, dst, _ = edges_of(layer, image)
-        per: dict[int, list[int]] = {}
-        for s, d in zip(src.tolist(), dst.tolist()):
-            per.setdefault(s, []).append(d)
-        out.append(per)
-    return out
+# What a run shows (which block each patch left in, its edges, where its features went) is the
+# library's (`gtp.facts`), shared with the static figures: propagated_block, edges_of, gtp_destinations.
 
 
 # ----------------------------------------------------------------------------- the figure cache

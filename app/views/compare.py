@@ -17,29 +17,12 @@ import numpy as np
 from gradio.components.plot import PlotData
 
 from gtp import methods
+from gtp.facts import left_in, tome_destinations  # noqa: F401 - tome_destinations re-exported
 
 from ..core.results import Exploration
 from .base import Figure, PhotoLike, figure, gtp_destinations, patch_name, photo_axes, photo_of, typed, view
 
 MAX_LISTED = 6
-
-
-def tome_destinations(merged: Sequence[Sequence[int]], merged_into: Sequence[Sequence[int]]
-                      ) -> list[dict[int, list[int]]]:
-    """Per block: merged patch id -> [the patch id naming the token it merged into] (for
-    `compare_figure`'s ToMe map).
-
-    merged, merged_into: one image's `gtp.tome.merged_ids_of` / `merged_into_of`, per block
-    the ids in the same order, e.g. `[m[0].tolist() for m in tome.merged_into_of(model)]`.
-    """
-    if len(merged) != len(merged_into):
-        raise ValueError(f"merged has {len(merged)} blocks but merged_into has {len(merged_into)}")
-    out = []
-    for block, (gone, into) in enumerate(zip(merged, merged_into)):
-        if len(gone) != len(into):
-            raise ValueError(f"block {block}: {len(gone)} merged ids but {len(into)} partners")
-        out.append({int(pid): [int(dst)] for pid, dst in zip(gone, into)})
-    return out
 
 
 def how_it_left(method: str, block: int, receivers: Optional[Sequence[int]], grid: tuple[int, int]) -> str:
@@ -56,16 +39,6 @@ def how_it_left(method: str, block: int, receivers: Optional[Sequence[int]], gri
     elif how.preposition:
         text += f" {how.preposition} another token (partner not recorded)"
     return text
-
-
-def _left_in(removed: Sequence[Sequence[int]], n: int) -> np.ndarray:
-    """[n] block (0-based) in which each patch's token left; -1 where it stayed."""
-    out = np.full(n, -1, dtype=np.int64)
-    for b, ids in enumerate(removed):
-        for pid in ids:
-            if 0 <= pid < n:
-                out[pid] = b
-    return out
 
 
 def compare_figure(photo: PhotoLike, grid: tuple[int, int], removed: Mapping[str, Sequence[Sequence[int]]],
@@ -87,7 +60,7 @@ def compare_figure(photo: PhotoLike, grid: tuple[int, int], removed: Mapping[str
     data, layout = [], {"annotations": []}
     width = 1 / len(names)
     for k, method in enumerate(names):
-        left = _left_in(removed[method], gh * gw)
+        left = left_in(removed[method], gh * gw)
         dest = (destinations or {}).get(method)
         what = ["stayed to the end" if b < 0 else how_it_left(
                     method, b, dest[b].get(pid) if dest is not None and b < len(dest) else None, grid)

@@ -8,13 +8,15 @@ from functools import lru_cache
 
 from PIL import Image, ImageDraw, ImageFont
 
+from gtp.facts import COLOURS
+
 from ..core.results import Exploration
 from .base import cached
 
 DISPLAY = 448            # side of the photo panels, in pixels
 
-PROPAGATED_NOW = (235, 50, 50)
-RECEIVER = (255, 205, 0)
+PROPAGATED_NOW = COLOURS["propagated"]
+RECEIVER = COLOURS["edges"]
 FADED = (0, 0, 0, 165)
 
 

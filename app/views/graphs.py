@@ -15,13 +15,14 @@ import numpy as np
 from gradio.components.plot import PlotData
 
 import gtp
+from gtp.facts import rgba
 
 from ..core.results import Exploration
 from .base import (CENTRED, HIGHLIGHT_COLOUR, Figure, PhotoLike, Unavailable, centres, figure, highlight_mark, numpy,
                    patch_mark, photo_axes, photo_of, segments, typed, view)
 
 GRAPH_KINDS = ("spatial", "semantic", "spatial + semantic")
-EDGE_COLOURS = {"spatial": "rgba(80,200,255,0.55)", "semantic": "rgba(255,120,220,0.35)"}
+EDGE_COLOURS = {"spatial": rgba("spatial", 0.55), "semantic": rgba("semantic", 0.35)}
 
 
 def token_graph(trace: gtp.Trace, image: int = 0) -> nx.DiGraph:

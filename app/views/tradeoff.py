@@ -14,37 +14,16 @@ from typing import Iterable, Optional, Sequence
 
 from gradio.components.plot import PlotData
 
+from gtp.facts import METHOD_STYLES, family, published_records  # noqa: F401 - re-exported
+
 from ..core import limits
 from .base import GRID_COLOUR, Figure, escape, figure, plot_data
 
-FAMILIES = {  # timm name -> the name papers use
-    "deit_tiny_patch16_224": "DeiT-Ti", "deit_small_patch16_224": "DeiT-S", "deit_base_patch16_224": "DeiT-B",
-    "deit_small_distilled_patch16_224": "DeiT-S distilled", "vit_small_patch16_224.augreg_in21k_ft_in1k": "ViT-S/16",
-    "vit_base_patch16_224.augreg_in21k_ft_in1k": "ViT-B/16", "vit_small_patch14_dinov2": "DINOv2 ViT-S/14",
-}
-STYLES = {"GTP": ("rgb(214,39,40)", "circle"), "ToMe": ("rgb(31,119,180)", "square"),
-          "EViT": ("rgb(44,160,44)", "triangle-up"), "ATS": ("rgb(148,103,189)", "diamond")}
+STYLES = {name: (f"rgb{colour}".replace(" ", ""), marker) for name, (colour, marker) in METHOD_STYLES.items()}
 TRADEOFF_HEIGHT = 560   # the legend lies under the chart: its entries need room
 TITLE_CHARS = 46        # a title line at 11 px fits a phone's 320 px wide chart
 TITLE_LINE_PX = 15
 SWEEP_SYMBOLS = ("x", "cross", "star-triangle-up", "hexagram", "asterisk-open", "y-down-open")
-
-
-def family(model: str) -> str:
-    """'DeiT-S' for deit_small_patch16_224; the timm name itself where no short name is known."""
-    return FAMILIES.get(model, model)
-
-
-def published_records(published: dict) -> list[dict]:
-    """Every record of the published JSON that names a model and GMACs, with its source."""
-    source = published.get("citation", "Xu et al., WACV 2024, arXiv:2311.03035")
-    out = []
-    for value in published.values():
-        if isinstance(value, list):
-            for rec in value:
-                if isinstance(rec, dict) and "model" in rec and rec.get("gmacs") is not None:
-                    out.append({**rec, "source": f"published: {rec.get('citation', source)}"})
-    return out
 
 
 def _published_traces(records: list[dict], model: str, label_family: bool) -> list[dict]:

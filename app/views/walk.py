@@ -20,13 +20,14 @@ import numpy as np
 from gradio.components.plot import PlotData
 
 import gtp
+from gtp.facts import rgba, statuses
 
 from ..core.results import Exploration
 from .base import (GRID_COLOUR, Figure, PhotoLike, Unavailable, centres, edges_of, figure, g4, numpy, patch_mark,
                    photo_axes, photo_of, propagated_block, ranks, score_formula, segments, view)
 
 WALK_ELEM_ID = "gtp-walk"
-EARLIER = ("x", "rgba(60,60,60,0.9)", 9)       # marker of a token propagated in an earlier block
+EARLIER = ("x", rgba("earlier", 0.9), 9)       # marker of a token propagated in an earlier block
 EDGE_WIDTHS = (0.8, 1.6, 2.6, 4.0)          # line width per weight quarter (of the run's max)
 EDGE_ALPHAS = (0.35, 0.55, 0.75, 0.95)
 TRACES_PER_BLOCK = len(EDGE_WIDTHS) + 4     # one line trace per weight quarter, then four token scatters
@@ -79,9 +80,9 @@ def _facts(trace: gtp.Trace, b: int, image: int) -> dict:
 
 # The statuses a token can have in a block: (role, marker (plotly symbol, colour, size), words).
 STATUSES = {
-    "kept": ("candidates", ("circle", "rgba(255,255,255,0.45)", 6), "kept"),
-    "received": ("received", ("diamond", "rgba(255,205,0,0.95)", 10), "kept; received features in this block"),
-    "here": ("propagated", ("square", "rgba(235,50,50,0.9)", 15), "propagated in this block"),
+    "kept": ("candidates", ("circle", rgba("kept", 0.45), 6), "kept"),
+    "received": ("received", ("diamond", rgba("received", 0.95), 10), "kept; received features in this block"),
+    "here": ("propagated", ("square", rgba("propagated", 0.9), 15), "propagated in this block"),
 }
 
 
@@ -148,9 +149,8 @@ def _token_traces(trace: gtp.Trace, b: int, image: int, facts: dict, visible: bo
     grid = trace.grid_size
     left = propagated_block(trace, image)
     formula = score_formula(str(trace.config.get("selection", "")))
-    gone = [p for p in range(trace.num_patches) if left.get(p, b) < b]
-    here = [p for p in range(trace.num_patches) if left.get(p) == b]
-    staying = [p for p in range(trace.num_patches) if p not in left or left[p] > b]
+    status = statuses(trace, b, image)   # the library's statuses: the static figures draw the same
+    gone = status["earlier"]
     x, y = centres(np.array(gone, dtype=np.int64), grid)
     earlier = dict(
         x=x.tolist(), y=y.tolist(), mode="markers", visible=visible, name=f"block {b + 1}, gone",
@@ -160,9 +160,9 @@ def _token_traces(trace: gtp.Trace, b: int, image: int, facts: dict, visible: bo
                        f"block {b + 1}: " "propagated in block %{customdata[3]}<extra></extra>"),
         marker=dict(symbol=EARLIER[0], color=EARLIER[1], size=EARLIER[2], line=dict(width=1, color="white")))
     return [earlier,
-            _tokens([p for p in staying if p not in facts["got"]], b, facts, formula, grid, "kept", visible),
-            _tokens([p for p in staying if p in facts["got"]], b, facts, formula, grid, "received", visible),
-            _tokens(here, b, facts, formula, grid, "here", visible)]
+            _tokens(status["kept"], b, facts, formula, grid, "kept", visible),
+            _tokens(status["received"], b, facts, formula, grid, "received", visible),
+            _tokens(status["propagated"], b, facts, formula, grid, "here", visible)]
 
 
 def _block_traces(trace: gtp.Trace, b: int, image: int, w_max: float, visible: bool) -> list[dict]:
@@ -177,7 +177,7 @@ def _block_traces(trace: gtp.Trace, b: int, image: int, w_max: float, visible: b
         ex, ey = segments(src[keep], dst[keep], trace.grid_size)
         lines.append(dict(x=ex, y=ey, mode="lines", visible=visible, hoverinfo="skip",
                           name=f"block {b + 1} weights, quarter {q + 1}",
-                          line=dict(width=width, color=f"rgba(255,205,0,{alpha})")))
+                          line=dict(width=width, color=rgba("edges", alpha))))
     return [*lines, *_token_traces(trace, b, image, facts, visible)]
 
 

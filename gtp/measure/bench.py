@@ -270,6 +270,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="also time every method's eager forward replayed from a CUDA graph (CUDA only)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    parser.add_argument("--plot", default=None, metavar="FILE", help="draw the ratios and their spread (.pdf/.svg/.png)")
     add_gtp_arguments(parser)
 
 
@@ -290,6 +291,9 @@ def method_functions(names: Sequence[str], gtp_options: dict) -> dict[str, Calla
 def main(args: argparse.Namespace) -> int:
     from ..options import gtp_kwargs
     from ..models import load_model
+    if args.plot:
+        from ..figures.results import check_plot_path
+        check_plot_path(args.plot)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.cuda_graphs:  # before the model is loaded
@@ -309,4 +313,7 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+    if args.plot:
+        from ..figures.results import plot_bench
+        print(f"plot: {plot_bench(result, args.plot)}", file=sys.stderr)
     return 0

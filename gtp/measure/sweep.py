@@ -191,6 +191,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     axes.add_argument("--search", choices=("grid", "random"), default="grid")
     axes.add_argument("--trials", type=int, default=None, help="configurations drawn by random search")
     axes.add_argument("--seed", type=int, default=0, help="random search seed (default 0)")
+    parser.add_argument("--plot", default=None, metavar="FILE",
+                        help="also draw accuracy / fidelity against GMACs per method (.pdf, .svg or .png)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -198,6 +200,9 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise ValueError(f"--out must name a .json file; got {out}")
+    if args.plot:
+        from ..figures.results import check_plot_path
+        check_plot_path(args.plot)
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(GTPConfig)}
     configs = plan(args.methods, args.search, args.trials, args.seed, **options)
     d = init_distributed(args.device)
@@ -209,6 +214,9 @@ def main(args: argparse.Namespace) -> int:
         records, computed = run_sweep(ev, configs, out, log=print if d.is_main else None)
         if d.is_main:
             print(f"{computed} computed, {len(configs) - computed} already in {out}", file=sys.stderr)
+            if args.plot:
+                from ..figures.results import plot_sweep
+                print(f"plot: {plot_sweep(records, args.plot)}", file=sys.stderr)
     finally:
         close_distributed(d)
     return 0
