@@ -36,7 +36,7 @@ def parameter_names(block_fn: Any) -> list[str]:
     they match the inputs one to one (the API endpoints), else each component's label."""
     inputs = list(getattr(block_fn, "inputs", []) or [])
     try:
-        names = [p for p in inspect.signature(block_fn.fn).parameters]
+        names = [p for p in inspect.signature(block_fn.fn).parameters if p != "request"]  # Gradio's, not an input
     except (TypeError, ValueError, AttributeError):
         names = []
     if len(names) == len(inputs):
