@@ -11,6 +11,7 @@ built small and the bounds scaled down with them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -272,3 +273,39 @@ def test_a_burst_of_junk_weights_never_holds_another_sessions_page_run(url, clie
             job.result(timeout=300)
         except AppError as e:
             assert_for_a_person(str(e))
+
+
+def test_a_refusal_is_logged_as_one_line_and_a_bug_with_its_stack(url, defaults, tmp_path, caplog, capfd, monkeypatch):
+    """The red-team's inputs, each refused: one INFO line each (the event, the message, the rule,
+    how long), no stack in the log or on the console. A bug still logs its stack."""
+    cat = {"path": client_upload(url), **FILE}
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")   # a wrong-shape (empty) file
+    uploaded = httpx.post(url.rstrip("/") + "/gradio_api/upload", files={"files": ("junk.safetensors", junk.read_bytes())},
+                          timeout=60).json()[0]
+    calls = [
+        ("check_weights", [TINY, {"path": uploaded, **FILE}]),                                  # our check
+        ("explore", explore_args(defaults, None)),                                             # no photo
+        ("explore", explore_args(defaults, cat, schedule='<img src="http://127.0.0.1:9/b.png">')),  # a bad schedule
+        ("explore", explore_args(defaults, cat, num_prop=10**400)),                           # Gradio's own check
+        ("explore", explore_args(defaults, cat, model="x" * 10_000)),                         # a dropdown's choices
+        ("explore", explore_args(defaults, {"path": "https://example.com/cat.png", **FILE})),  # an address
+    ]
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger="gtp.app"):
+        for api, data in calls:
+            caplog.clear()
+            raw_error(url, api, data)
+            refusals = [r for r in caplog.records if r.getMessage().startswith("refused")]
+            assert len(refusals) == 1 and refusals[0].exc_info is None, (api, [r.getMessage() for r in caplog.records])
+            line = refusals[0].getMessage()
+            assert "\n" not in line and api in line and "[rule: " in line and len(line) < 600, line
+            assert all(r.exc_info is None for r in caplog.records), api
+        assert "Traceback" not in capfd.readouterr().err
+        # A bug: its stack is logged (once, by the app), and the page is told it is one.
+        import app.ui.api as api_module
+        monkeypatch.setattr(api_module, "explore_photo", lambda *a, **k: 1 / 0)
+        caplog.clear()
+        assert "bug in GTP Explorer" in raw_error(url, "explore", explore_args(defaults, cat))
+        bugs = [r for r in caplog.records if r.exc_info is not None]
+        assert len(bugs) == 1 and bugs[0].levelno == logging.ERROR and "ZeroDivisionError" in caplog.text

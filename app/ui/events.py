@@ -23,6 +23,9 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import time
+import traceback
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import gradio as gr
@@ -46,15 +49,23 @@ BUG = ("This is a bug in GTP Explorer, not something you did; it was logged. Try
 log = logging.getLogger("gtp.app")
 
 
-def page_error(e: Exception) -> gr.Error:
-    """The message the page shows for an exception: an InputError's own; for anything else, that
-    it is a bug (logged here with its traceback; nothing of it reaches the page)."""
-    if isinstance(e, gr.Error):
-        return e
-    if isinstance(e, InputError):
-        return gr.Error(for_person(str(e)), title="Cannot do that")
-    log.error("bug in an event handler", exc_info=e)
-    return gr.Error(BUG, title="Something went wrong")
+def page_error(e: Exception, event: str = "an event", started: Optional[float] = None) -> gr.Error:
+    """The message the page shows for an exception. A refusal (an InputError, or a gr.Error of
+    ours) is logged as ONE line, with no stack: the event, the message, the rule that refused it
+    (where it was raised) and how long the event ran. Anything else is a bug: logged here with its
+    traceback, and nothing of it reaches the page. Gradio prints no stack for either."""
+    if isinstance(e, (InputError, gr.Error)):
+        message = for_person(e.message if isinstance(e, gr.Error) else str(e))
+        frames = traceback.extract_tb(e.__traceback__)
+        rule = f"{Path(frames[-1].filename).stem}.{frames[-1].name}" if frames else type(e).__name__
+        seconds = "" if started is None else f" after {time.perf_counter() - started:.2f} s"
+        log.info("refused %s: %s [rule: %s]%s", event, message, rule, seconds)
+        if isinstance(e, gr.Error):
+            e.print_exception = False
+            return e
+        return gr.Error(message, title="Cannot do that", print_exception=False)
+    log.error("bug in an event handler (%s)", event, exc_info=e)
+    return gr.Error(BUG, title="Something went wrong", print_exception=False)
 
 
 def at_the_edge(fn: Callable) -> Callable:
@@ -62,20 +73,22 @@ def at_the_edge(fn: Callable) -> Callable:
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
+            started = time.perf_counter()
             try:
                 yield from fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - the page's edge: keep serving, say what broke
-                raise page_error(e) from None
+                raise page_error(e, fn.__name__, started) from None
             finally:
                 TRIMMER.after_request()
         return gen_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        started = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - the page's edge: keep serving, say what broke
-            raise page_error(e) from None
+            raise page_error(e, fn.__name__, started) from None
         finally:
             TRIMMER.after_request()
     return wrapper
