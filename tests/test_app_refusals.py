@@ -3,9 +3,10 @@ most `limits.MAX_MESSAGE_CHARS`, naming no folder of the server. Values Gradio r
 our handlers run (app/ui/inputs.py) are checked through the raw HTTP API, where a refusal
 without a message arrives as `{"error": null}`.
 
-Weights uploads (app/core/weights.py) are checked in their own queue: a resent refused file is
-refused at once (without the model load lock), a run never reads an unchecked file, and a
-bystander's `/explore` is not held up by a file that takes seconds to refuse. Hostile files are
+Weights uploads (app/core/weights.py) are checked outside every queue limit, in bounded turns:
+a file its header refuses takes no turn, a resent refused file is refused from memory (without
+the model load lock), a run never reads a file its session did not check, a burst of junk files
+never holds another session's page run, and a refusal is logged as one line. Hostile files are
 built small and the bounds scaled down with them.
 """
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 from pathlib import Path
 
@@ -31,7 +31,8 @@ import gtp.models as M  # noqa: E402
 from app.core import limits, models, weights as W  # noqa: E402
 from app.core.errors import InputError  # noqa: E402
 from app.core.settings import DEFAULT_MODEL  # noqa: E402
-from gtp.weights import REFUSED, WeightsBounds, WeightsRefused  # noqa: E402
+from gtp.weights import REFUSED, WeightsBounds  # noqa: E402
+from gtp.weights import readable as real_readable  # noqa: E402
 from test_weights_safety import KINDS, hostile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,19 +161,38 @@ def test_hostile_uploads_are_refused_and_a_resent_one_at_once(client, scaled_bou
         with pytest.raises(AppError) as info:
             client.predict(TINY, handle_file(str(path)), api_name="/check_weights")
         assert_for_a_person(str(info.value), "could not load weights", path.name, KINDS[kind].split()[0])
-    # The bomb again, under another name: refused from memory, the model load lock never taken.
+    # The bomb again, under another name: refused by its header, before any turn, hash or read,
+    # while another load holds the model load lock (it would wait for it otherwise).
     again = tmp_path / "again" / "renamed.pth"
     again.parent.mkdir()
     again.write_bytes((tmp_path / "bomb.pth").read_bytes())
-    read = []
+    read, turns = [], []
     monkeypatch.setattr(M, "readable", lambda *a, **k: read.append(a) or pytest.fail("read again"))
-    with models._load_lock:  # another load in progress: a remembered refusal does not wait for it
-        t0 = time.perf_counter()
+    real_turn = W.turn
+    monkeypatch.setattr(W, "turn", lambda session: turns.append(session) or real_turn(session))
+    with models._load_lock:  # another load in progress: a refusal from the header does not wait for it
         job = client.submit(TINY, handle_file(str(again)), api_name="/check_weights")
         with pytest.raises(AppError, match="compressed"):
-            job.result(timeout=10)  # a TimeoutError if it waited for the lock
-        assert time.perf_counter() - t0 < 2.0
-    assert not read
+            job.result(timeout=120)  # a hang guard: it cannot finish at all if it waits for the lock
+        assert models._load_lock.locked()
+    assert not read and not turns
+    # A file that passes the header checks and is refused by the load is remembered by its hash:
+    # sent again under another name, refused in its turn from memory, the lock never taken.
+    from safetensors.torch import save_file
+    import torch
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"junk": torch.zeros(16, dtype=torch.uint8)}, str(wrong))
+    monkeypatch.setattr(M, "readable", lambda *a, **k: read.append(a) or real_readable(*a, **k))
+    with pytest.raises(AppError, match="could not load weights"):
+        client.predict(TINY, handle_file(str(wrong)), api_name="/check_weights")
+    assert len(read) == 1
+    renamed = tmp_path / "again" / "renamed.safetensors"
+    renamed.write_bytes(wrong.read_bytes())
+    with models._load_lock:
+        job = client.submit(TINY, handle_file(str(renamed)), api_name="/check_weights")
+        with pytest.raises(AppError, match="could not load weights"):
+            job.result(timeout=120)
+    assert len(read) == 1 and len(turns) == 2
 
 
 def run_event_args(client: Client, photo, weights, model: str = "") -> list:
