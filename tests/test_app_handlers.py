@@ -16,6 +16,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from app.core import costs as K  # noqa: E402
 from app.core import inference  # noqa: E402
 from app.core.errors import InputError  # noqa: E402
+from app.core.models import get_model  # noqa: E402
+from app.core.photos import open_photo  # noqa: E402
+from gtp.models import preprocess  # noqa: E402
+from fidelity_by_hand import fidelity_by_hand  # noqa: E402
 from app.core.settings import make_settings  # noqa: E402
 from app.ui import events, handlers as H  # noqa: E402
 from app.views import graphs as G  # noqa: E402
@@ -200,8 +204,15 @@ def test_compare_three_methods_same_budget_equal_gmacs(compared):
         ids = [i for block in m.removed for i in block]
         assert len(set(ids)) == 96 and all(0 <= i < 196 for i in ids), m.method  # distinct patches
         assert list(m.tokens_per_block) == [197 - 8 * (b + 1) for b in range(12)]
-        assert -1.0001 <= m.cosine <= 1.0001 and m.kl >= 0 and isinstance(m.agree, bool)
-        assert len(m.top5) == 5
+        assert isinstance(m.agree, bool) and len(m.top5) == 5
+    slot = get_model("deit_small_patch16_224")   # each method's KL and cosine, recomputed by hand
+    x = preprocess(open_photo(str(ROOT / "assets" / "rocket.jpg")).image, slot.loaded)
+    with slot.lock:
+        for m in comp.methods:
+            by_hand = fidelity_by_hand(slot.model, x, m.method, 8)
+            assert m.kl == pytest.approx(by_hand["kl"][0], rel=1e-3, abs=1e-5), m.method
+            assert m.cosine == pytest.approx(by_hand["cosine"][0], abs=1e-4), m.method
+            assert m.agree == bool(by_hand["agree"][0]), m.method
     # GTP here is the exploration's own setting: the same top-5 as the prediction panel
     assert comp.method("gtp").top5 == exp.run.gtp_top5 and comp.full_top5 == exp.run.full_top5
     costs = K.costs(exp, K.all_methods(), count=False)  # counted by the compare event
