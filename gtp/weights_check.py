@@ -60,6 +60,7 @@ class WeightsBounds:
     max_header_bytes: int = field(default=-1)     # safetensors JSON header; -1: from max_tensors
     max_pickle_bytes: int = field(default=-1)     # torch.save's data.pkl; -1: from max_tensors
     max_pickle_opcodes: int = field(default=-1)   # opcodes in data.pkl; -1: from max_tensors
+    min_bytes: int = 0                            # tensor bytes at least (fewer cannot be the model's weights)
 
     def __post_init__(self) -> None:
         per_tensor = dict(max_header_bytes=min(4 * MB, 64 * 1024 + 1024 * self.max_tensors),
@@ -78,8 +79,12 @@ class WeightsBounds:
     def for_model(cls, param_bytes: int, state_entries: int) -> "WeightsBounds":
         """Bounds for a model whose state dict holds `state_entries` tensors of `param_bytes`
         bytes in float32: x1.5 + 16 MB room for the bytes, x2 + 64 for the count (a checkpoint
-        may carry a few extra tensors; an optimizer's or EMA copy does not fit, on purpose)."""
-        return cls(max_bytes=int(param_bytes * 1.5) + 16 * MB, max_tensors=2 * state_entries + 64)
+        may carry a few extra tensors; an optimizer's or EMA copy does not fit, on purpose), and
+        at least an eighth of the float32 bytes (half a byte per parameter: below int8 and fp8,
+        the narrowest types a checkpoint holds): a smaller file is refused from its header alone,
+        before any model is built to find its shapes wrong."""
+        return cls(max_bytes=int(param_bytes * 1.5) + 16 * MB, max_tensors=2 * state_entries + 64,
+                   min_bytes=param_bytes // 8)
 
 
 @dataclass
@@ -190,7 +195,15 @@ def check_torch_zip(f: BinaryIO, bounds: WeightsBounds) -> WeightsInfo:
         raise WeightsRefused(f"its data.pkl is {_mb(pickle_info.file_size)}; a state dict for this "
                              f"model needs at most {_mb(bounds.max_pickle_bytes)}")
     check_pickle(archive.read(pickle_info), bounds.max_pickle_opcodes)
+    _check_enough(total, bounds)
     return WeightsInfo("torch-zip", tensors=len(infos), data_bytes=total)
+
+
+def _check_enough(data_bytes: int, bounds: WeightsBounds) -> None:
+    """WeightsRefused when the file holds fewer tensor bytes than the model's weights need."""
+    if data_bytes < bounds.min_bytes:
+        raise WeightsRefused(f"it holds {data_bytes:,} bytes of tensors; weights for this model take at "
+                             f"least {_mb(bounds.min_bytes)} (these are another model's, or not weights)")
 
 
 def check_pickle(data: bytes, max_opcodes: int) -> int:
@@ -279,4 +292,5 @@ def check_safetensors(f: BinaryIO, bounds: WeightsBounds) -> WeightsInfo:
     if data_bytes > bounds.max_bytes:
         raise WeightsRefused(f"its tensors take {_mb(data_bytes)}; weights for this model take at "
                              f"most {_mb(bounds.max_bytes)}")
+    _check_enough(data_bytes, bounds)
     return WeightsInfo("safetensors", tensors=len(header), data_bytes=data_bytes, dtypes=dtypes)

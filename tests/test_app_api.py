@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from conftest import DINOV2_FILE  # noqa: E402
+from fidelity_by_hand import fidelity_by_hand  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,9 +83,15 @@ def test_compare_endpoint_matches_the_public_api(client):
     for method in comparison["methods"].values():
         assert [len(ids) for ids in method["removed"]] == [4] * 12
         assert method["tokens_per_block"] == [197 - 4 * (i + 1) for i in range(12)]
-        assert -1.0 <= method["cosine"] <= 1.0 + 1e-6 and len(method["top5"]) == 5
+        assert len(method["top5"]) == 5
     slot = get_model("deit_small_patch16_224")
     x = preprocess(open_photo(str(CAT)).image, slot.loaded)
+    with slot.lock:   # each method's KL and cosine as recomputed here from fresh forwards
+        for name, method in comparison["methods"].items():
+            by_hand = fidelity_by_hand(slot.model, x, name, 4)
+            assert method["kl"] == pytest.approx(by_hand["kl"][0], rel=1e-3, abs=1e-5), name
+            assert 1 - method["cosine"] == pytest.approx(1 - by_hand["cosine"][0], rel=1e-2, abs=2e-6), name
+            assert method["agree"] == bool(by_hand["agree"][0]), name
     with torch.inference_mode(), slot.lock:
         gtp.patch(slot.model, num_prop=4)
         try:

@@ -4,6 +4,7 @@ checked against the model, and the link "Copy link" writes reads back as the sam
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 from types import SimpleNamespace
@@ -132,3 +133,35 @@ def test_a_class_opening_one_link_checks_it_once():
     with get_model(TINY).lock:                       # a run holds the model
         threading.Thread(target=lambda: (links.checked(link), done.set()), daemon=True).start()
         assert done.wait(10)
+
+
+def as_read(markdown: str) -> str:
+    """The words a Markdown value of escaped text shows (its backslash escapes undone)."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
+def test_a_long_value_is_quoted_short_and_many_parameters_give_a_bounded_note():
+    """A 5,000-digit value is named by its length (the red-team saw a 5,206-character note), and
+    thousands of unknown parameters are counted, not listed (they gave 20,061 characters)."""
+    digits = "9" * 5000
+    for name in ("example", "block", "num_prop", "alpha", "model"):
+        with pytest.warns(UserWarning):
+            note = links.open_link(None, SimpleNamespace(query_params={name: digits}))["link_note"]
+        assert len(note) < 600 and "5,000 digits" in as_read(note) and digits[:30] not in note, (name, len(note))
+    many = {f"p{i}": digits for i in range(5000)} | {name: digits for name in links.PARAMETERS if name != "tab"}
+    with pytest.warns(UserWarning) as toasts:
+        note = links.open_link(None, SimpleNamespace(query_params=many))["link_note"]
+    assert "and 4,995 more" in as_read(note) and "p4999" not in note
+    assert len(note) < (len(links.PARAMETERS) + 1) * 400, len(note)   # one bounded line per parameter at most
+    assert len(toasts) == 1 and len(str(toasts[0].message)) < 600      # one toast, however many
+
+
+def test_the_note_is_markdown_that_reads_as_the_value():
+    """The note's Markdown holds no markup of the link's values: every punctuation character of
+    theirs is escaped, so unescaping gives back the words the page shows."""
+    value = '<img src="http://x/b.png"> ![x](http://x/m.png) *em* `code` [a](b)'
+    with pytest.warns(UserWarning) as toasts:
+        note = links.open_link(None, SimpleNamespace(query_params={"tab": value}))["link_note"]
+    assert re.search(r"(?<!\\)[<>\[\]()!`*]", note.replace("⚠ Link:", "")) is None, note
+    assert "<img" in as_read(note)
+    assert "<" not in str(toasts[0].message) and "&lt;img" in str(toasts[0].message)

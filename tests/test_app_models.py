@@ -2,6 +2,7 @@
 it built (issue 12 A: refused models stayed referenced through the exception's frames)."""
 from __future__ import annotations
 
+import gc
 import os
 import weakref
 
@@ -46,11 +47,26 @@ def test_a_refused_weights_file_frees_the_model_it_built(tmp_path, monkeypatch, 
     assert len(models.MODELS) == before
 
 
-def test_the_model_cache_is_bounded(monkeypatch):
-    assert models.MODELS.max_entries == limits.MODEL_CACHE_ENTRIES
-    for name in ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_tiny_patch16_224"):
-        models.get_model(name)
-    assert len(models.MODELS) <= limits.MODEL_CACHE_ENTRIES
+def test_the_model_cache_is_bounded(tmp_path):
+    """One more model than the cache holds (deit_tiny with the server's weights and with
+    MODEL_CACHE_ENTRIES weights files of its own: cheap to build): the least recently used is
+    dropped, and its memory with it; the others stay; asked for again, it is loaded afresh."""
+    tiny = "deit_tiny_patch16_224"
+    weights = [None]
+    for seed in range(limits.MODEL_CACHE_ENTRIES):
+        path = tmp_path / f"tiny_{seed}.safetensors"
+        save_file(random_model(tiny, seed).state_dict(), str(path))
+        weights.append(str(path))
+    models.MODELS.clear()
+    first = weakref.ref(models.get_model(tiny, weights[0]).model)
+    for w in weights[1:]:
+        models.get_model(tiny, w)
+    assert len(models.MODELS) == limits.MODEL_CACHE_ENTRIES
+    assert not models.is_loaded(tiny, weights[0]) and all(models.is_loaded(tiny, w) for w in weights[1:])
+    gc.collect()
+    assert first() is None, "the dropped model is still alive"
+    models.get_model(tiny, weights[0])   # loaded again; now weights[1] is the least recently used
+    assert models.is_loaded(tiny, weights[0]) and not models.is_loaded(tiny, weights[1])
 
 
 def test_messages_name_files_never_their_folders():

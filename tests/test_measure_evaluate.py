@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import gtp
 from gtp import cli
@@ -21,6 +22,7 @@ from gtp.measure.data import imagenet_classes, scan_folder
 from gtp.measure.evaluate import Evaluator, shard_batches
 
 from conftest import ROOT, random_model
+from fidelity_by_hand import fidelity_by_hand
 
 MODEL = "deit_tiny_patch16_224"
 
@@ -129,7 +131,11 @@ def test_unlabelled_and_headless_report_fidelity_only(tmp_path, photos, loaded):
     ev = Evaluator(loaded.model, images, loaded.transform, True, 224, batch_size=2, progress=False)
     rec = ev.measure("tome", 8)
     assert rec["top1"] is None and rec["full_top1"] is None and not rec["labelled"]
-    assert rec["agreement"] is not None and rec["kl"] >= 0 and 0 < rec["cosine"] <= 1
+    x = torch.stack([loaded.transform(Image.open(p).convert("RGB")) for p in photos[:2]])
+    by_hand = fidelity_by_hand(loaded.model, x, "tome", 8)   # the same two photos, recomputed here
+    assert rec["kl"] == pytest.approx(by_hand["kl"].mean(), rel=1e-3, abs=1e-6)
+    assert 1 - rec["cosine"] == pytest.approx(1 - by_hand["cosine"].mean(), rel=1e-2, abs=1e-7)   # near 1: its gap
+    assert rec["agreement"] == pytest.approx(100 * by_hand["agree"].mean())
     full = ev.measure("full")  # the cached reference, nothing recomputed
     assert full["cosine"] == 1.0 and full["kl"] == 0.0 and full["agreement"] == 100.0
     headless = random_model(MODEL, num_classes=0)

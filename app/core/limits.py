@@ -133,8 +133,15 @@ REFUSED_WEIGHTS_ENTRIES = _weights.REFUSED_ENTRIES
 (`gtp.weights.REFUSED`): the same file sent again is refused at once, for the cost of one hash."""
 
 CHECKED_WEIGHTS_ENTRIES = 64
-"""Uploaded weights files (by model and path) that loaded once: a run may load them again after the
-model cache dropped them. A run given any other file is refused at once (`app.core.weights`)."""
+"""Uploaded weights files (by session, model and path) that loaded once: a run of that session may
+load them again after the model cache dropped them. A run given any other file is refused at once
+(`app.core.weights`)."""
+
+WEIGHTS_CHECKS_AT_ONCE = 4
+"""Weights checks past their cheap (header) checks at once, all sessions together, and one per
+session; another is refused at once with a message rather than kept waiting in a server thread.
+Their loads take turns (one model load at a time), so a person's check waits at most this many
+others' loads, each bounded by WEIGHTS_READ_TIMEOUT_S and the model's build."""
 
 READER_IDLE_S = _reader.READER_IDLE_S
 """The reader server (~315 MB of its own memory, 3 s to start: Python and torch, measured) is

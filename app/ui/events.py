@@ -12,15 +12,20 @@ session are dropped (`app.ui.sessions`) and the freed heap handed back (`app.cor
 A handler with a `request` parameter gets the page's `gr.Request` (the link's query parameters).
 
 Run events share one queue slot (`concurrency_id="gtp_models"`): the models run one request at
-a time. A run with an uploaded weights file is preceded by `check_weights` in a queue of its own
-(`app.core.weights`), so a file that is slow to refuse never holds the models' queue. View events
-redraw from the session's state in their own slots and never wait on a model.
+a time. Every page run is preceded by `check_weights`, which Gradio runs with no queue limit: with
+no file it returns at once, taking nothing; a file gets its own bounded turn (`app.core.weights`:
+cheap checks first, one check per session, a few at once), so a file that is slow to refuse holds
+neither the models' queue nor anyone's page run. View events redraw from the session's state in
+their own slots and never wait on a model.
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import logging
+import time
+import traceback
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import gradio as gr
@@ -34,7 +39,8 @@ from . import api, inputs, links, sessions
 from . import handlers as H
 
 RUN_QUEUE = dict(concurrency_id="gtp_models", concurrency_limit=1, trigger_mode="always_last")
-WEIGHTS_QUEUE = dict(concurrency_id="gtp_weights", concurrency_limit=1, trigger_mode="always_last")
+WEIGHTS_QUEUE = dict(concurrency_id="gtp_weights", concurrency_limit=None,   # bounded in app.core.weights
+                     trigger_mode="always_last")
 VIEW_QUEUE = dict(concurrency_id="gtp_views", concurrency_limit=4, trigger_mode="always_last",
                   show_progress="hidden", api_visibility="undocumented")
 HIDDEN = dict(api_visibility="undocumented")
@@ -43,15 +49,23 @@ BUG = ("This is a bug in GTP Explorer, not something you did; it was logged. Try
 log = logging.getLogger("gtp.app")
 
 
-def page_error(e: Exception) -> gr.Error:
-    """The message the page shows for an exception: an InputError's own; for anything else, that
-    it is a bug (logged here with its traceback; nothing of it reaches the page)."""
-    if isinstance(e, gr.Error):
-        return e
-    if isinstance(e, InputError):
-        return gr.Error(for_person(str(e)), title="Cannot do that")
-    log.error("bug in an event handler", exc_info=e)
-    return gr.Error(BUG, title="Something went wrong")
+def page_error(e: Exception, event: str = "an event", started: Optional[float] = None) -> gr.Error:
+    """The message the page shows for an exception. A refusal (an InputError, or a gr.Error of
+    ours) is logged as ONE line, with no stack: the event, the message, the rule that refused it
+    (where it was raised) and how long the event ran. Anything else is a bug: logged here with its
+    traceback, and nothing of it reaches the page. Gradio prints no stack for either."""
+    if isinstance(e, (InputError, gr.Error)):
+        message = for_person(e.message if isinstance(e, gr.Error) else str(e))
+        frames = traceback.extract_tb(e.__traceback__)
+        rule = f"{Path(frames[-1].filename).stem}.{frames[-1].name}" if frames else type(e).__name__
+        seconds = "" if started is None else f" after {time.perf_counter() - started:.2f} s"
+        log.info("refused %s: %s [rule: %s]%s", event, message, rule, seconds)
+        if isinstance(e, gr.Error):
+            e.print_exception = False
+            return e
+        return gr.Error(message, title="Cannot do that", print_exception=False)
+    log.error("bug in an event handler (%s)", event, exc_info=e)
+    return gr.Error(BUG, title="Something went wrong", print_exception=False)
 
 
 def at_the_edge(fn: Callable) -> Callable:
@@ -59,20 +73,22 @@ def at_the_edge(fn: Callable) -> Callable:
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
+            started = time.perf_counter()
             try:
                 yield from fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - the page's edge: keep serving, say what broke
-                raise page_error(e) from None
+                raise page_error(e, fn.__name__, started) from None
             finally:
                 TRIMMER.after_request()
         return gen_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        started = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - the page's edge: keep serving, say what broke
-            raise page_error(e) from None
+            raise page_error(e, fn.__name__, started) from None
         finally:
             TRIMMER.after_request()
     return wrapper
@@ -131,20 +147,27 @@ ALL_PANELS = ("state", "shown", "banner", "status", "token", "attn_block", "head
 
 def run_event(photo: Optional[str], model: str, weights: Any, schedule: str, hp: dict, graph_kind: str, token: Any,
               attn_block: Any, head: Any, walk_block: Any, lesson_step: Any, tab: str, sweep_state: Optional[list],
-              throughput_state: Optional[list]) -> Iterator[dict]:
+              throughput_state: Optional[list], request: Optional[gr.Request] = None) -> Iterator[dict]:
     """A new photo, model, weights file or setting (the layer walk starts at `walk_block`: 1 unless a link said)."""
     settings = make_settings(model, weights, schedule, **hp)
-    W.require_checked(settings.model, settings.weights)  # loaded by check_weights, never in this queue
+    W.require_checked(settings.model, settings.weights, session_of(request))  # loaded by check_weights only
     view = H.View(block=walk_block, graph_kind=graph_kind, token=token, attn_block=attn_block, head=head,
                   step=lesson_step)
     yield from H.run(photo, settings, view, tab, sweep_state, throughput_state)
 
 
-def check_weights(model: str, weights: Any) -> None:
-    """Before a run: the model loaded with the uploaded weights file, if any (its own queue)."""
-    if weights is not None and not isinstance(weights, str):
+def session_of(request: Optional[gr.Request]) -> str:
+    """The page's (or API client's) session: what checked weights files are remembered by."""
+    return str(getattr(request, "session_hash", None) or "")
+
+
+def check_weights(model: str, weights: Any, request: Optional[gr.Request] = None) -> None:
+    """Before a run: the model loaded with the uploaded weights file, if any (nothing, at once, without one)."""
+    if weights is None:
+        return
+    if not isinstance(weights, str):
         raise InputError("weights must be a file uploaded with the request (gradio_client: handle_file(path)).")
-    W.check(make_settings(model).model, weights)
+    W.check(make_settings(model).model, weights, session_of(request))
 
 
 def refresh_event(tab: str, state: Any, shown: Optional[dict], graph_kind: str, token: Any, attn_block: Any,

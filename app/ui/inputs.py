@@ -16,6 +16,7 @@ import functools
 import inspect
 import logging
 import re
+import time
 from typing import Any, Callable
 
 import gradio as gr
@@ -36,7 +37,7 @@ def parameter_names(block_fn: Any) -> list[str]:
     they match the inputs one to one (the API endpoints), else each component's label."""
     inputs = list(getattr(block_fn, "inputs", []) or [])
     try:
-        names = [p for p in inspect.signature(block_fn.fn).parameters]
+        names = [p for p in inspect.signature(block_fn.fn).parameters if p != "request"]  # Gradio's, not an input
     except (TypeError, ValueError, AttributeError):
         names = []
     if len(names) == len(inputs):
@@ -87,14 +88,18 @@ def guard(demo: gr.Blocks) -> None:
 
     @functools.wraps(preprocess)
     async def checked(block_fn: Any, inputs: list, *args: Any, **kwargs: Any) -> Any:
+        event = getattr(getattr(block_fn, "fn", None), "__name__", "an event")
         if any(_is_address(v) for v in inputs or ()):
-            raise gr.Error(f"This server fetches no files from web addresses: {SEND_FILE}.",
-                           title="Cannot do that", print_exception=False)
+            message = f"This server fetches no files from web addresses: {SEND_FILE}."
+            log.info("refused %s's input: %s [rule: inputs.address]", event, message)
+            raise gr.Error(message, title="Cannot do that", print_exception=False)
+        started = time.perf_counter()
         try:
             return await preprocess(block_fn, inputs, *args, **kwargs)
         except Exception as e:  # noqa: BLE001 - a value the client sent: say which and why
             message = for_person(refusal(block_fn, list(inputs or ()), e))
-            log.info("refused a request's input: %s (%s)", message, type(e).__name__)
+            log.info("refused %s's input: %s [rule: Gradio's %s] after %.2f s", event, message,
+                     type(e).__name__, time.perf_counter() - started)
         raise gr.Error(message, title="Cannot do that", print_exception=False)
 
     demo.preprocess_data = checked

@@ -31,9 +31,10 @@ from gtp.models import SUPPORTED_MODELS
 from ..core import limits
 from ..core.assets import example_paths
 from ..core.caches import BoundedCache
-from ..core.errors import InputError
+from ..core.errors import InputError, for_person
 from ..core.inference import check_settings
 from ..core.models import get_model, weights_banner
+from ..core.plain import as_html, as_markdown, shown
 from ..core.settings import DEFAULT_MODEL, Settings, hyper_parameters, make_settings, parse_schedule
 from . import lesson
 from .handlers import TAB_PANELS
@@ -42,6 +43,7 @@ PARAMETERS = ("example", "model", *(p.name for p in hyper_parameters()), "tab", 
 TAB_ALIASES = {"learn": "lesson"}      # the lesson's tab was "learn" before it became the lesson
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _FIELDS = {f.name: f for f in dataclasses.fields(gtp.GTPConfig)}
+UNKNOWN_NAMED = 5   # unknown parameters a message names (a link may carry thousands)
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def _hyper_parameter(name: str, raw: str) -> tuple[dict, str]:
     p = next(p for p in hyper_parameters() if p.name == name)
     if p.kind == "bool":
         if raw.strip().lower() not in TRUE + FALSE:
-            raise InputError(f"{name} must be true or false; got {raw!r}")
+            raise InputError(f"{name} must be true or false; got {shown(raw)}")
         return {name: raw.strip().lower() in TRUE}, ""
     if name == "num_prop" and "," in raw:   # a per-block schedule: each entry checked like P
         schedule = parse_schedule(raw) or []
@@ -84,7 +86,7 @@ def _whole(raw: str, name: str, low: int, high: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise InputError(f"{name} must be a whole number from {low} to {high}; got {raw!r}") from None
+        raise InputError(f"{name} must be a whole number from {low} to {high}; got {shown(raw)}") from None
     if not low <= value <= high:
         raise InputError(f"{name} must be from {low} to {high}; got {value}")
     return value
@@ -96,9 +98,11 @@ def parse(params: Mapping[str, str], examples: int) -> Link:
     photos there are. The hyper-parameters are checked against the model by `checked`."""
     values: dict[str, Any] = {"hp": {}}
     messages = []
-    unknown = sorted(k for k in params if k not in PARAMETERS and not k.startswith("__"))  # __theme is Gradio's
+    unknown = [k for k in params if k not in PARAMETERS and not k.startswith("__")]  # __theme is Gradio's
     if unknown:
-        messages.append(f"unknown link parameter(s) {', '.join(unknown)}: ignored (known: {', '.join(PARAMETERS)})")
+        named = ", ".join(shown(k, 24) for k in sorted(unknown[:1000])[:UNKNOWN_NAMED])
+        more = f" and {len(unknown) - UNKNOWN_NAMED:,} more" if len(unknown) > UNKNOWN_NAMED else ""
+        messages.append(f"unknown link parameter(s) {named}{more}: ignored (known: {', '.join(PARAMETERS)})")
     for name in PARAMETERS:
         raw = params.get(name)
         if raw is None:
@@ -108,12 +112,12 @@ def parse(params: Mapping[str, str], examples: int) -> Link:
                 values["example"] = _whole(raw, name, 1, examples)
             elif name == "model":
                 if raw not in SUPPORTED_MODELS:
-                    raise InputError(f"model must be one of {', '.join(SUPPORTED_MODELS)}; got {raw!r}")
+                    raise InputError(f"model must be one of {', '.join(SUPPORTED_MODELS)}; got {shown(raw)}")
                 values["model"] = raw
             elif name == "tab":
                 tab = TAB_ALIASES.get(raw, raw)
                 if tab not in TAB_PANELS:
-                    raise InputError(f"tab must be one of {', '.join(TAB_PANELS)}; got {raw!r}")
+                    raise InputError(f"tab must be one of {', '.join(TAB_PANELS)}; got {shown(raw)}")
                 values["tab"] = tab
             elif name == "block":
                 values["block"] = _whole(raw, name, 1, 10_000)       # the model's depth bounds it later
@@ -125,7 +129,7 @@ def parse(params: Mapping[str, str], examples: int) -> Link:
                 values["schedule"] = schedule or values.get("schedule", "")
         except InputError as e:   # named first, as the person wrote it
             messages.append(f"{e if str(e).startswith(name) else f'{name}: {e}'}: using the default")
-    return Link(**values, messages=tuple(messages))
+    return Link(**values, messages=tuple(for_person(m) for m in messages))
 
 
 _REFUSALS: BoundedCache[str] = BoundedCache("link checks", limits.LINK_CHECK_CACHE_ENTRIES)
@@ -169,7 +173,8 @@ def checked(link: Link) -> Link:
     if block is not None and block > depth:
         messages.append(f"block must be from 1 to {depth} on {link.model}; got {block}: using 1")
         block = 1
-    return dataclasses.replace(link, hp=hp, schedule=schedule, block=block, messages=tuple(messages))
+    return dataclasses.replace(link, hp=hp, schedule=schedule, block=block,
+                               messages=tuple(for_person(m) for m in messages))
 
 
 def open_link(photo: Optional[str], request: Optional[gr.Request] = None) -> dict:
@@ -184,7 +189,7 @@ def open_link(photo: Optional[str], request: Optional[gr.Request] = None) -> dic
                               elem_classes=["gtp-banner-ok" if loaded.pretrained else "gtp-banner-random"]),
         "model": link.model, "schedule": link.schedule, "tab": link.tab, "tabs": gr.Tabs(selected=link.tab),
         "hp": {p.name: link.hp.get(p.name, p.default) for p in hyper_parameters()},
-        "link_note": "\n\n".join(f"⚠ Link: {m}." for m in link.messages)}
+        "link_note": "\n\n".join(f"⚠ Link: {as_markdown(m)}." for m in link.messages)}
     if examples and ("example" in params or not photo):
         out["photo"] = examples[link.example - 1]
     if link.block is not None:
@@ -192,8 +197,9 @@ def open_link(photo: Optional[str], request: Optional[gr.Request] = None) -> dic
         out.update(walk_block=link.block, attn_block=gr.Slider(maximum=depth, value=link.block, interactive=True))
     if link.step is not None:
         out["lesson_step"] = link.step
-    for m in link.messages:
-        gr.Warning(f"Link: {m}.")
+    if link.messages:   # one toast, however many: the note lists them all
+        more = len(link.messages) - 1
+        gr.Warning(as_html(f"Link: {link.messages[0]}." + (f" ({more} more in the note on the page.)" if more else "")))
     return out
 
 
