@@ -8,6 +8,7 @@ GMACs count never ask which family a model is. `transformers` is imported only f
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Optional
 
 from torch import Tensor, nn
 
@@ -37,9 +38,15 @@ def num_heads(model: nn.Module) -> int:
     return of(model).num_heads(model)
 
 
-def grid_size(model: nn.Module) -> tuple[int, int]:
-    """The patch grid (rows, columns) at the model's configured image size."""
-    return of(model).grid_size(model)
+def grid_size(model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> tuple[int, int]:
+    """The patch grid (rows, columns) at `img_size` (H, W), by default the model's configured one
+    (a timm model is built for one size; a transformers DINOv2 takes any, e.g. 224 px where it was
+    configured at 518)."""
+    if img_size is None or not is_transformers(model):
+        return of(model).grid_size(model)
+    from .hf_adapter import patch_size
+    (h, w), (ph, pw) = img_size, patch_size(model)
+    return h // ph, w // pw
 
 
 def num_prefix(model: nn.Module) -> int:

@@ -143,7 +143,8 @@ def features_and_logits(model: nn.Module, x: Tensor) -> tuple[Tensor, Optional[T
 
 
 # ------------------------------------------------------------------------ the grid
-def _patch_size(model: nn.Module) -> tuple[int, int]:
+def patch_size(model: nn.Module) -> tuple[int, int]:
+    """The patch size (rows, columns) in pixels."""
     p = tower(model).config.patch_size
     return (p, p) if isinstance(p, int) else tuple(p)
 
@@ -152,7 +153,7 @@ def grid_size(model: nn.Module) -> tuple[int, int]:
     """The patch grid (rows, columns) at the model's configured image size."""
     size = tower(model).config.image_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)
-    ph, pw = _patch_size(model)
+    ph, pw = patch_size(model)
     return h // ph, w // pw
 
 
@@ -169,7 +170,7 @@ def num_prefix(model: nn.Module) -> int:
 def on_grid_change(model: nn.Module, set_grid: Callable[[tuple[int, int]], None]):
     """Call `set_grid(rows, columns)` before each forward with that input's patch grid
     (DINOv2 and interpolated position encodings take any image size). Returns the hook handle."""
-    ph, pw = _patch_size(model)
+    ph, pw = patch_size(model)
 
     def hook(embeddings: nn.Module, args: tuple, kwargs: dict) -> None:
         pixels = args[0] if args else kwargs["pixel_values"]
