@@ -155,3 +155,11 @@ def test_a_timm_model_never_imports_transformers():
                          env={"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_cls_attention_methods_are_left_out_on_a_model_without_cls():
+    _, model = siglip()
+    assert [m.name for m in methods.compared(model)] == [m.name for m in methods.compared() if m.name != "pruning"]
+    with pytest.raises(ValueError, match="needs a CLS token"):
+        methods.apply_method(model, "pruning", 2)
+    assert "pruning" in [m.name for m in methods.compared(vit()[1])]
