@@ -1,4 +1,5 @@
-"""GTP: Graph-based Token Propagation (Xu et al., WACV 2024) for pretrained timm ViTs."""
+"""GTP: Graph-based Token Propagation (Xu et al., WACV 2024) for pretrained ViTs: timm models, and
+Hugging Face transformers ones (ViT, DeiT, DINOv2, CLIP and SigLIP vision towers) through `gtp.hf_adapter`."""
 from .config import PUBLISHED, GTPConfig
 from .flops import gmacs
 from .functional import GRAPHS, PROPAGATIONS, SELECTIONS

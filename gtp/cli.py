@@ -38,6 +38,7 @@ def _banner(message: str, pretrained: bool) -> str:
 @torch.inference_mode()
 def _run_predict(args: argparse.Namespace) -> int:
     import gtp
+    from . import adapters
     from .measure.metrics import cosine, features_and_logits, top1_agreement
     from .models import load_image, load_model, preprocess
 
@@ -54,8 +55,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     feats_base, logits_base = features_and_logits(model, x, loaded.has_head)
     gmacs_base = gtp.gmacs(model, loaded.img_size)
 
-    grid = model.patch_embed.grid_size
-    n_patch, n_prefix = grid[0] * grid[1], model.num_prefix_tokens
+    grid = adapters.grid_size(model, loaded.img_size)
+    n_patch, n_prefix = grid[0] * grid[1], adapters.num_prefix(model)
     actual = effective_num_prop(cfg.num_prop, n_patch, cfg.propagation)
     n_in, n_out = n_patch + n_prefix, n_patch + n_prefix - sum(actual)
     n_out += sum(p > 0 for p in actual) if cfg.propagation == "mean" else 0  # one average token each

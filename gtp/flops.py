@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from . import adapters
+
 
 def _baddbmm_flops(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
     """FLOPs of x.baddbmm_(a, b), a: [B, m, k], b: [B, k, n]: the batched matmul, as for bmm."""
@@ -45,7 +47,7 @@ def gmacs(model: nn.Module, img_size: Union[int, tuple[int, int]] = 224, seed: i
     try:
         counter = FlopCounterMode(display=False, custom_mapping=_UNKNOWN)
         with torch.inference_mode(), counter:
-            model(x)
+            adapters.forward(model, x)
     finally:
         model.train(was_training)
     return counter.get_total_flops() / 2e9

@@ -31,7 +31,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence, TypeVar, Union
 
 from torch import nn
 
-from . import tome
+from . import adapters, tome
 from .config import PUBLISHED, GTPConfig
 from .patch import patch as gtp_patch
 from .patch import unpatch as gtp_unpatch
@@ -103,6 +103,12 @@ class Method:
     # (patched model, forward, image) -> (forward's output, one BlockRecord per block); None: nothing leaves.
     recorder: Optional[Callable[..., tuple[Any, list[BlockRecord]]]] = None
     compared: bool = True                    # one of the methods the app compares on a photo
+    needs_cls: bool = False                  # reads the CLS token's attention: no run on a model without one
+
+    def runs_on(self, model: nn.Module) -> bool:
+        """Whether the method can run on `model` (a CLS-attention method needs a class token;
+        SigLIP's vision tower, for one, has none)."""
+        return not self.needs_cls or adapters.num_prefix(model) > 0
 
     def apply(self, model: nn.Module, amount: Amount = PUBLISHED["num_prop"], record: bool = False,
               **options: Any) -> nn.Module:
@@ -173,10 +179,10 @@ register(Method(
     settings=lambda amount, **options: {"num_prop": amount, "token_scale": True}, recorder=_tome_traced))
 register(Method(
     "pruning", "Pruning", "drops the P tokens the CLS token attends to least (GTP's own switches)",
-    How("dropped"), *_preset(PRUNING), recorder=_traced))
+    How("dropped"), *_preset(PRUNING), recorder=_traced, needs_cls=True))
 register(Method(
     "evit", "EViT", "fuses the P tokens the CLS token attends to least into one average token (GTP's switches)",
-    How("fused into the average token"), *_preset(EVIT), recorder=_traced, compared=False))
+    How("fused into the average token"), *_preset(EVIT), recorder=_traced, compared=False, needs_cls=True))
 
 
 def get(name: str) -> Method:
@@ -186,9 +192,9 @@ def get(name: str) -> Method:
     return METHODS[name]
 
 
-def compared() -> list[Method]:
-    """The methods the app compares on a photo, in registration order."""
-    return [m for m in METHODS.values() if m.compared]
+def compared(model: Optional[nn.Module] = None) -> list[Method]:
+    """The methods the app compares on a photo, in registration order (those that run on `model`, if given)."""
+    return [m for m in METHODS.values() if m.compared and (model is None or m.runs_on(model))]
 
 
 def apply_method(model: nn.Module, method: str, amount: Amount = 8, **options: Any) -> nn.Module:

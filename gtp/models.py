@@ -1,4 +1,5 @@
-"""The timm ViTs GTP Explorer supports, and loading them with whatever weights can be had offline.
+"""The ViTs GTP Explorer supports (timm's, and Hugging Face transformers models by hub id where
+`transformers` is installed: `gtp.hf_models`), and loading them with whatever weights can be had offline.
 (Images in and predictions out live in `gtp.images`; their names are re-exported here.)
 
 Weights are looked for in this order, and the first that exists is used:
@@ -35,6 +36,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from . import hf_models
 from .images import load_image, preprocess, to_rgb, top_k  # noqa: F401 (re-exported: older imports)
 from .weights import (REFUSED, WeightsBounds, WeightsRefused, file_digest, file_label, load_notes,
                       public_message, readable)
@@ -55,6 +57,8 @@ SUPPORTED_MODELS: "OrderedDict[str, str]" = OrderedDict([
     ("vit_base_patch16_224.augreg_in21k_ft_in1k", "ViT-B/16 AugReg, ImageNet-21k -> 1k"),
     ("vit_small_patch14_dinov2", "DINOv2 ViT-S/14 backbone at 224 px, no classifier head (features only)"),
 ])
+if hf_models.available():  # transformers models by hub id (built by gtp.hf_models; imported only when loaded)
+    SUPPORTED_MODELS.update((name, spec.about) for name, spec in hf_models.HUB_MODELS.items())
 
 # Extra timm.create_model arguments; DINOv2 is run at 224 px (16 x 16 patches) and headless.
 _CREATE_KWARGS: dict[str, dict[str, Any]] = {
@@ -329,6 +333,8 @@ def load_model(
     """
     _check_name(name)
     dev = _resolve_device(device)
+    if name in hf_models.HUB_MODELS:
+        return _load_hub_model(name, weights, dev)
     if weights is not None and str(weights).strip():
         model, message = _create_from_file(name, weights)
         source, pretrained = "file", True
@@ -346,3 +352,21 @@ def load_model(
         class_names=_class_names() if has_head and model.num_classes == 1000 else None,
         has_head=has_head,
     )
+
+
+def _load_hub_model(name: str, weights: Union[str, Path, None], device: torch.device) -> LoadedModel:
+    """A transformers model by hub id (`gtp.hf_models`): cached or downloaded weights, else random."""
+    if weights is not None and str(weights).strip():
+        raise ValueError(f"a weights file is read for timm models only; {name} loads its weights from the "
+                         f"Hugging Face cache (put them there with huggingface_hub on a connected machine)")
+    offline = ("not cached and HF_HUB_OFFLINE is set" if _is_offline() else
+               None if hub_reachable() else "not cached and the model hub is unreachable")
+    built = hf_models.build(name, offline, RANDOM_SEED, lambda name, why: (
+        f"No pretrained weights for {name} ({why}): using RANDOM weights, so predictions are meaningless; "
+        f"fetch them into the Hugging Face cache (huggingface_hub.snapshot_download) on a connected machine."))
+    from .hf_adapter import has_head
+    head = has_head(built.model)
+    return LoadedModel(
+        model=built.model.eval().to(device), name=name, source=built.source, pretrained=built.source != "random",
+        message=built.message, data_config=built.data_config, transform=built.transform,
+        class_names=_class_names() if head and built.model.config.num_labels == 1000 else None, has_head=head)

@@ -1,11 +1,12 @@
-"""Patch a timm VisionTransformer in place with GTP.
+"""Patch a vision transformer (timm, or transformers: `gtp.adapters`) in place with GTP.
 
 Like ToMe, each transformer block's class is swapped for a subclass whose forward
 runs attention -> selection -> propagation -> MLP; the weights are untouched.
 Every block of one timm class gets the same subclass, so torch.compile sees one
 forward function. State shared by the blocks of one forward (token sizes, the
 graph W, original patch ids) lives in one `GTPState` object on the model. What
-the forward needs from timm comes from `gtp.timm_adapter`; each step runs on the
+the forward needs from the model comes from its family's adapter (`gtp.adapters`:
+`gtp.timm_adapter` or `gtp.hf_adapter`); each step runs on the
 fastest implementation for its tensors (`gtp.steps`).
 """
 from __future__ import annotations
@@ -16,9 +17,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from . import adapters, block_swap, steps
 from . import functional as G
-from . import steps
-from . import timm_adapter as timm_vit
 from .config import GTPConfig, make_config, settings_of
 from .trace import Trace, record_block, record_start
 
@@ -35,8 +35,9 @@ def _cache_key(t: Tensor) -> Optional[tuple]:
 class GTPState:
     """Per-model, per-forward state shared by the patched blocks."""
 
-    def __init__(self, config: GTPConfig, num_prefix: int, grid_size: tuple[int, int]):
+    def __init__(self, config: GTPConfig, num_prefix: int, grid_size: tuple[int, int], adapter: Any = None):
         self.config = config
+        self.adapter = adapter or adapters.timm_adapter  # the model family's adapter module
         self.num_prefix = num_prefix
         self.grid_size = grid_size          # set again by the patch-embed hook on every forward
         self.recorder: Optional[Trace] = None
@@ -84,17 +85,16 @@ class GTPState:
 
 @functools.lru_cache(maxsize=None)
 def _gtp_block_class(block_cls: type) -> type:
-    """The subclass of a timm Block whose forward runs GTP (one per Block class)."""
+    """The subclass of a block class whose forward runs GTP (one per block class, any family)."""
 
     class GTPBlock(block_cls):
         _gtp_state: GTPState
         _gtp_index: int
 
-        def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
+        def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
             state = self._gtp_state
-            cfg, p0, rec = state.config, state.num_prefix, state.recorder
-            if attn_mask is not None or is_causal:
-                raise ValueError("GTP-patched models do not take an attention mask")
+            cfg, p0, rec, A = state.config, state.num_prefix, state.recorder, state.adapter
+            block_swap.no_mask("GTP", args, kwargs)
             if self._gtp_index == 0:
                 state.start(x)
             num_prop = cfg.num_prop[self._gtp_index]
@@ -102,14 +102,15 @@ def _gtp_block_class(block_cls: type) -> type:
             if n - p0 <= num_prop:
                 num_prop = 0  # a block with no more than P patch tokens left propagates none
             if rec is None and num_prop == 0 and cfg.sparsity >= 1.0 and not cfg.token_scale:
-                return super().forward(x)  # exactly timm's block
+                return super().forward(x, *args, **kwargs)  # exactly the model's own block
 
             # Selection names what it reads; attention computes just that (and the maps for a trace).
-            heads = timm_vit.heads(self.attn, self.norm1(x))
+            attn = A.attention(self)
+            heads = A.heads(attn, A.attention_input(self, x))
             attended = steps.attend(heads.q, heads.k, heads.v, state.size if cfg.token_scale else None,
-                                    cfg.sparsity, timm_vit.scale(self.attn),
+                                    cfg.sparsity, A.scale(attn),
                                     G.selection_input(cfg.selection) if num_prop > 0 else "none", rec is not None)
-            x = timm_vit.add_attention(self, x, timm_vit.output(self.attn, attended.out, heads.gate))
+            x = A.add_attention(self, x, A.output(attn, attended.out, heads.gate))
 
             candidates = state.ids
             choice = weights = None
@@ -120,7 +121,7 @@ def _gtp_block_class(block_cls: type) -> type:
             if rec is not None:
                 record_block(rec, block=self._gtp_index, tokens_in=n, candidates=candidates, attended=attended,
                              choice=choice, weights=weights, kept=state.ids, sizes=state.size)
-            return timm_vit.add_mlp(self, x)
+            return A.add_mlp(self, x)
 
     GTPBlock.__name__ = f"GTP{block_cls.__name__}"
     GTPBlock.__qualname__ = GTPBlock.__name__
@@ -128,7 +129,8 @@ def _gtp_block_class(block_cls: type) -> type:
 
 
 def patch(model: nn.Module, config: Optional[GTPConfig] = None, **overrides: Any) -> nn.Module:
-    """Apply GTP to a timm VisionTransformer in place and return it.
+    """Apply GTP to a vision transformer in place and return it: a timm VisionTransformer or a
+    transformers model of a class `gtp.hf_adapter.SUPPORTED` lists (ViT, DeiT, DINOv2, CLIP, SigLIP).
 
     config: a `gtp.GTPConfig` (default: the published setting, `gtp.PUBLISHED`).
     overrides: any of its fields by keyword (num_prop, sparsity, ...; gtp/config.py gives
@@ -138,18 +140,19 @@ def patch(model: nn.Module, config: Optional[GTPConfig] = None, **overrides: Any
     Bad values raise ValueError naming the valid range. Calling it again reconfigures
     the model; `gtp.unpatch` restores it.
     """
-    timm_vit.check_model(model, "gtp.patch")
-    grid = timm_vit.grid_size(model)
-    config = make_config(depth=len(model.blocks), num_patches=grid[0] * grid[1],
-                         num_prefix=timm_vit.num_prefix(model), **settings_of(config, **overrides))
+    A = adapters.of(model)
+    A.check_model(model, "gtp.patch")
+    grid = A.grid_size(model)
+    config = make_config(depth=len(A.blocks(model)), num_patches=grid[0] * grid[1],
+                         num_prefix=A.num_prefix(model), **settings_of(config, **overrides))
     state = getattr(model, "_gtp_state", None)
     if state is not None:
         state.config = config
         return model
-    state = GTPState(config, timm_vit.num_prefix(model), grid)
+    state = GTPState(config, A.num_prefix(model), grid, A)
     model._gtp_state = state
-    model._gtp_hook = timm_vit.on_grid_change(model, lambda grid: setattr(state, "grid_size", grid))
-    timm_vit.swap_block_classes(model, _gtp_block_class, state, "gtp")
+    model._gtp_hook = A.on_grid_change(model, lambda grid: setattr(state, "grid_size", grid))
+    A.swap_block_classes(model, _gtp_block_class, state, "gtp")
     return model
 
 
@@ -158,7 +161,7 @@ def unpatch(model: nn.Module) -> nn.Module:
     if getattr(model, "_gtp_state", None) is None:
         return model
     model._gtp_hook.remove()
-    timm_vit.restore_block_classes(model, "gtp")
+    adapters.of(model).restore_block_classes(model, "gtp")
     del model._gtp_state, model._gtp_hook
     return model
 

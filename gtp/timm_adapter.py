@@ -12,13 +12,16 @@ from typing import Callable, NamedTuple, Optional
 
 from torch import Tensor, nn
 
+from . import block_swap
+
 
 def check_model(model: nn.Module, who: str) -> None:
     """Refuse what the patched forwards cannot run: `who` (e.g. "gtp.patch") names the caller.
 
     Accepted: a timm `VisionTransformer` whose blocks are timm `Block`s (or a
-    subclass one of the patches installed) with the standard `Attention`, and no
-    attention-pool head. Raises ValueError otherwise.
+    subclass one of the patches installed) with the standard `Attention`. An attention-pool
+    head (`global_pool="map"`, e.g. SigLIP) pools the tokens that leave the last block, each
+    counted once, as timm's `AttentionPoolLatent` does with any token count. Raises ValueError otherwise.
     """
     from timm.layers import Attention
     from timm.models.vision_transformer import Block, VisionTransformer
@@ -29,8 +32,21 @@ def check_model(model: nn.Module, who: str) -> None:
         if not issubclass(base, Block) or not isinstance(blk.attn, Attention):
             raise ValueError(f"block {i} is a {base.__name__} with {type(blk.attn).__name__}; "
                              f"{who} supports timm's Block with its standard Attention")
-    if getattr(model, "attn_pool", None) is not None:
-        raise ValueError(f"{who} does not support attention-pool heads")
+
+
+def blocks(model: nn.Module) -> nn.Sequential:
+    """The transformer blocks, in order."""
+    return model.blocks
+
+
+def num_heads(model: nn.Module) -> int:
+    """Attention heads per block."""
+    return int(model.blocks[0].attn.num_heads)
+
+
+def forward(model: nn.Module, x: Tensor) -> Tensor:
+    """One forward on images x [B, 3, H, W] (what `gtp.gmacs` and the benchmarks run)."""
+    return model(x)
 
 
 def grid_size(model: nn.Module) -> tuple[int, int]:
@@ -59,6 +75,16 @@ class Heads(NamedTuple):
     k: Tensor               # [B, H, n, d] after k_norm
     v: Tensor               # [B, H, n, d]
     gate: Optional[Tensor]  # [B, n, C] output gate of gated-attention models, else None
+
+
+def attention(block: nn.Module) -> nn.Module:
+    """The block's attention module (what `heads`, `output` and `scale` take)."""
+    return block.attn
+
+
+def attention_input(block: nn.Module, x: Tensor) -> Tensor:
+    """The block's input x [B, n, C] as its attention reads it: norm1(x)."""
+    return block.norm1(x)
 
 
 def heads(attn: nn.Module, x: Tensor) -> Heads:
@@ -100,29 +126,14 @@ def add_mlp(block: nn.Module, x: Tensor) -> Tensor:
 # ----------------------------------------------------------------------- class swap
 def original_class(block: nn.Module) -> type:
     """The block's timm class, whatever patch is installed."""
-    for tag in ("gtp", "tome"):
-        base = getattr(block, f"_{tag}_original_class", None)
-        if base is not None:
-            return base
-    return type(block)
+    return block_swap.original_class(block)
 
 
 def swap_block_classes(model: nn.Module, subclass_of: Callable[[type], type], state: object, tag: str) -> None:
-    """Give each block of `model` the class `subclass_of(its class)`; weights stay as they are.
-
-    Each block keeps `_<tag>_original_class` (for `restore_block_classes`), `_<tag>_state`
-    (shared by all blocks) and `_<tag>_index` (its depth). Used by GTP ("gtp") and ToMe ("tome").
-    """
-    for i, blk in enumerate(model.blocks):
-        setattr(blk, f"_{tag}_original_class", blk.__class__)
-        blk.__class__ = subclass_of(blk.__class__)
-        setattr(blk, f"_{tag}_state", state)
-        setattr(blk, f"_{tag}_index", i)
+    """`gtp.block_swap.swap_block_classes` on the model's blocks (GTP: tag "gtp", ToMe: "tome")."""
+    block_swap.swap_block_classes(model.blocks, subclass_of, state, tag)
 
 
 def restore_block_classes(model: nn.Module, tag: str) -> None:
     """Undo `swap_block_classes(..., tag)`: every block is its original class again."""
-    for blk in model.blocks:
-        blk.__class__ = getattr(blk, f"_{tag}_original_class")
-        for name in ("original_class", "state", "index"):
-            delattr(blk, f"_{tag}_{name}")
+    block_swap.restore_block_classes(model.blocks, tag)

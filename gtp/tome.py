@@ -56,8 +56,8 @@ block's `merged_ids_of`, and following `merged_into_of` from there gives the cha
 partner is never a prefix token (nothing merges into one), so every entry is a patch id.
 All of these are in ORIGINAL coordinates, whatever the order of the tokens.
 
-The first section is pure maths on tensors (no timm); the second patches a timm
-VisionTransformer in place by swapping block classes, like `gtp.patch`.
+The first section is pure maths on tensors (no timm); the second patches a vision
+transformer (timm, or transformers through `gtp.hf_adapter`) in place by swapping block classes, like `gtp.patch`.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from . import timm_adapter as timm_vit
+from . import adapters, block_swap
 from .steps import sdpa
 
 
@@ -160,11 +160,13 @@ def proportional_attention(q: Tensor, k: Tensor, v: Tensor, size: Optional[Tenso
     return logits.softmax(dim=-1) @ v
 
 
-# ------------------------------------------------------------------- timm patching
+# ------------------------------------------------------------------------ patching
 class ToMeState:
     """Per-model, per-forward state shared by the patched blocks."""
 
-    def __init__(self, r: list[int], num_prefix: int, prop_attn: bool, trace_source: bool = False):
+    def __init__(self, r: list[int], num_prefix: int, prop_attn: bool, trace_source: bool = False,
+                 adapter: object = None):
+        self.adapter = adapter or adapters.timm_adapter  # the model family's adapter module
         self.r = r                          # tokens merged in each block
         self.num_prefix = num_prefix
         self.prop_attn = prop_attn
@@ -196,20 +198,19 @@ class ToMeState:
         self.source = merge_sum(self.source, match)
 
 
-def _attend_keys(attn: nn.Module, x: Tensor, size: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """timm `Attention.forward` with proportional attention, also returning the keys.
-
-    x: [B, n, C]. Returns (output [B, n, C], keys [B, H, n, d]).
+def _attend_keys(A, attn: nn.Module, x: Tensor, size: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """The attention's forward (A: the model family's adapter) with proportional attention,
+    also returning the keys. x: [B, n, C]. Returns (output [B, n, C], keys [B, H, n, d]).
     """
-    heads = timm_vit.heads(attn, x)
-    out = proportional_attention(heads.q, heads.k, heads.v, size, timm_vit.scale(attn),
+    heads = A.heads(attn, x)
+    out = proportional_attention(heads.q, heads.k, heads.v, size, A.scale(attn),
                                  fused=getattr(attn, "fused_attn", True))
-    return timm_vit.output(attn, out, heads.gate), heads.k
+    return A.output(attn, out, heads.gate), heads.k
 
 
 @functools.lru_cache(maxsize=None)
 def _tome_block_class(block_cls: type) -> type:
-    """A subclass of a timm Block whose forward merges tokens between attention and MLP.
+    """A subclass of a block class (any family) whose forward merges tokens between attention and MLP.
 
     One class per Block class (cached), so torch.compile sees one forward for all blocks."""
 
@@ -217,11 +218,10 @@ def _tome_block_class(block_cls: type) -> type:
         _tome_state: ToMeState
         _tome_index: int
 
-        def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
+        def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
             state = self._tome_state
-            p0 = state.num_prefix
-            if attn_mask is not None or is_causal:
-                raise ValueError("ToMe-patched models do not take an attention mask")
+            p0, A = state.num_prefix, state.adapter
+            block_swap.no_mask("ToMe", args, kwargs)
             if self._tome_index == 0:
                 state.size = None
                 if state.trace_source:
@@ -230,10 +230,10 @@ def _tome_block_class(block_cls: type) -> type:
             if r == 0 and state.size is None:
                 if state.trace_source:
                     state.record_merge(None, x)
-                return super().forward(x)  # nothing merged yet: exactly timm's block
+                return super().forward(x, *args, **kwargs)  # nothing merged yet: exactly the model's block
             size = state.size if state.prop_attn else None
-            y, keys = _attend_keys(self.attn, self.norm1(x), size)
-            x = timm_vit.add_attention(self, x, y)
+            y, keys = _attend_keys(A, A.attention(self), A.attention_input(self, x), size)
+            x = A.add_attention(self, x, y)
             match = None
             if r > 0:
                 match = bipartite_soft_matching(keys.mean(1), r, p0)
@@ -241,7 +241,7 @@ def _tome_block_class(block_cls: type) -> type:
                 x, state.size = merge_wavg(x, current, match)
             if state.trace_source:
                 state.record_merge(match, x)
-            return timm_vit.add_mlp(self, x)
+            return A.add_mlp(self, x)
 
     ToMeBlock.__name__ = f"ToMe{block_cls.__name__}"
     ToMeBlock.__qualname__ = ToMeBlock.__name__
@@ -250,7 +250,7 @@ def _tome_block_class(block_cls: type) -> type:
 
 def patch(model: nn.Module, r: Union[int, Sequence[int]] = 8, prop_attn: bool = True,
           trace_source: bool = False) -> nn.Module:
-    """Apply ToMe to a timm VisionTransformer in place and return it.
+    """Apply ToMe to a vision transformer in place and return it (timm, or transformers: `gtp.adapters`).
 
     Args:
         r: tokens merged per block: one int, or a list with one per block.
@@ -264,8 +264,9 @@ def patch(model: nn.Module, r: Union[int, Sequence[int]] = 8, prop_attn: bool = 
     """
     if getattr(model, "_gtp_state", None) is not None:
         raise ValueError("the model is patched with GTP; call gtp.unpatch(model) first")
-    timm_vit.check_model(model, "gtp.tome.patch")
-    depth = len(model.blocks)
+    A = adapters.of(model)
+    A.check_model(model, "gtp.tome.patch")
+    depth = len(A.blocks(model))
     schedule = [r] * depth if isinstance(r, int) else list(r)
     if len(schedule) != depth or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in schedule):
         raise ValueError(f"r must be an int >= 0 or a list of {depth} of them; got {r!r}")
@@ -273,9 +274,9 @@ def patch(model: nn.Module, r: Union[int, Sequence[int]] = 8, prop_attn: bool = 
     if state is not None:
         state.r, state.prop_attn, state.trace_source = schedule, bool(prop_attn), bool(trace_source)
         return model
-    state = ToMeState(schedule, timm_vit.num_prefix(model), bool(prop_attn), bool(trace_source))
+    state = ToMeState(schedule, A.num_prefix(model), bool(prop_attn), bool(trace_source), A)
     model._tome_state = state
-    timm_vit.swap_block_classes(model, _tome_block_class, state, "tome")
+    A.swap_block_classes(model, _tome_block_class, state, "tome")
     return model
 
 
@@ -283,7 +284,7 @@ def unpatch(model: nn.Module) -> nn.Module:
     """Undo `gtp.tome.patch`: the model behaves exactly as before."""
     if getattr(model, "_tome_state", None) is None:
         return model
-    timm_vit.restore_block_classes(model, "tome")
+    adapters.of(model).restore_block_classes(model, "tome")
     del model._tome_state
     return model
 

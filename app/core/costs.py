@@ -52,9 +52,11 @@ def _amount_and_options(settings: Settings, method: str, depth: int) -> tuple[ob
 
 
 @torch.inference_mode()
-def _count(settings: Settings, method: str, depth: int) -> float:
+def _count(settings: Settings, method: str, depth: int) -> Optional[float]:
     slot = _counting_slot(settings)
     amount, options = _amount_and_options(settings, method, depth)
+    if not methods.get(method).runs_on(slot.model):
+        return None  # not run on this model (a CLS-attention method on a model without CLS): nothing to count
     with slot.lock:
         try:
             model = methods.get(method).apply(slot.model, amount, **options)

@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 import gtp
-from gtp import methods
+from gtp import adapters, methods
 from gtp.measure.metrics import Timer, cosine, device_name, features_and_logits, kl_divergence, top1_agreement
 
 from . import classroom, costs, limits, workers
@@ -123,7 +123,7 @@ def _others(slot: ModelSlot, x: torch.Tensor, settings: Settings, budget: tuple[
     options = settings.patch_kwargs()
     options.pop("num_prop")
     runs = []
-    for method in methods.compared():
+    for method in methods.compared(slot.model):
         if method.name == "gtp":   # the exploration's own GTP run stands for it
             continue
         (outputs, seconds), blocks = method.run_recorded(slot.model, lambda m: _outputs(m, x), list(budget),
@@ -170,7 +170,7 @@ def run_photo(job: RunJob, device: torch.device = DEVICE) -> RunResult:
         trace=_compact(rec), full=full, gtp=reduced, full_top5=_top5(full.logits, names),
         gtp_top5=_top5(reduced.logits, names), feature_cosine=round(float(cosine(full.features, reduced.features)[0]), 6),
         latency_ms=(round(full_seconds * 1000, 2), round(gtp_seconds * 1000, 2)), device=device_name(x.device),
-        num_heads=int(slot.model.blocks[0].attn.num_heads), others=others)
+        num_heads=adapters.num_heads(slot.model), others=others)
 
 
 @workers.gpu_function(limits.GPU_DURATION_RUN_S, fallback=True)
@@ -195,7 +195,7 @@ def check_settings(slot: ModelSlot, settings: Settings) -> tuple[int, ...]:
     """The comparison's budget (tokens removed per block) after checking that GTP and every
     compared method accept the settings on this model: each is applied and removed again, no
     forward run. InputError saying which refuses and why."""
-    depth = len(slot.model.blocks)
+    depth = adapters.depth(slot.model)
     options = settings.patch_kwargs()
     budget = tuple(settings.budget(depth))
     with slot.lock:
@@ -204,7 +204,7 @@ def check_settings(slot: ModelSlot, settings: Settings) -> tuple[int, ...]:
                 gtp.patch(slot.model, **options)
             except ValueError as e:  # the library names the value and its valid range
                 raise InputError(f"Impossible GTP hyper-parameters for {slot.loaded.name}: {e}") from None
-            for method in methods.compared():
+            for method in methods.compared(slot.model):
                 try:
                     method.apply(slot.model, list(budget), **{k: v for k, v in options.items() if k != "num_prop"})
                 except ValueError as e:
@@ -321,7 +321,7 @@ def warm_up(examples: bool = True) -> None:
     model (counted on a CPU) and, with `examples`, the shared runs of every example photo (on
     ZeroGPU a GPU call needs a visitor's request: there the first student makes them)."""
     settings = PUBLISHED_SETTINGS
-    depth = len(get_model(settings.model).model.blocks)
+    depth = adapters.depth(get_model(settings.model).model)
     for method in costs.all_methods():
         costs.gmacs(settings, method, depth)
     for path in example_paths() if examples else ():

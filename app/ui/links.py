@@ -25,6 +25,7 @@ from urllib.parse import urlencode
 import gradio as gr
 
 import gtp
+from gtp import adapters
 from gtp.config import check_value
 from gtp.models import SUPPORTED_MODELS
 
@@ -150,7 +151,7 @@ def _refusal(settings: Settings) -> str:
 def checked(link: Link) -> Link:
     """The link with its settings checked against its model; a setting the model refuses is left
     at its default with a message, as is a block beyond the model's depth."""
-    depth = len(get_model(link.model).model.blocks)
+    depth = adapters.depth(get_model(link.model).model)
     messages = list(link.messages)
     hp, schedule, block = dict(link.hp), link.schedule, link.block
 
@@ -193,7 +194,7 @@ def open_link(photo: Optional[str], request: Optional[gr.Request] = None) -> dic
     if examples and ("example" in params or not photo):
         out["photo"] = examples[link.example - 1]
     if link.block is not None:
-        depth = len(get_model(link.model).model.blocks)
+        depth = adapters.depth(get_model(link.model).model)
         out.update(walk_block=link.block, attn_block=gr.Slider(maximum=depth, value=link.block, interactive=True))
     if link.step is not None:
         out["lesson_step"] = link.step

@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..adapters import is_transformers
+
 
 def features_and_logits(model: nn.Module, x: Tensor,
                         has_head: Optional[bool] = None) -> tuple[Tensor, Optional[Tensor]]:
@@ -23,6 +25,9 @@ def features_and_logits(model: nn.Module, x: Tensor,
     for a headless model they are its output and the logits are None. has_head defaults
     to `model.num_classes > 0`. The logits are computed by the very operations of `model(x)`.
     """
+    if is_transformers(model):  # transformers models: their adapter reads their outputs
+        from ..hf_adapter import features_and_logits as hf_features_and_logits
+        return hf_features_and_logits(model, x)
     if has_head is None:
         has_head = getattr(model, "num_classes", 0) > 0
     if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
