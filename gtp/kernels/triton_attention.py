@@ -16,6 +16,7 @@ each program holds one row tile's logits on chip, tile of keys by tile of keys:
                        same counts); the next pass's programs each read the histograms and
                        name the bucket holding the k-th (a 1024-long cumulative sum).
                        After pass 0, few entries share the prefix: most atomics are masked off.
+                       Pass 0 also stores the map's diagonal for the statistics.
   `_attention_kernel`  p again, zeroed where its bits are <= the threshold's (ties too,
                        SPEC.md section 2), then out = p @ v and, on request, the diagonal, the
                        column sums (per row tile; `_sum_tiles_kernel` adds the tiles in order,
@@ -145,13 +146,14 @@ def _lse_kernel(Q, K, BIAS, LSE, HIST,
 
 
 @triton.jit
-def _radix_kernel(Q, K, BIAS, LSE, HIST,
+def _radix_kernel(Q, K, BIAS, LSE, HIST, DIAG,
                   sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d, sb_b, sb_n, sl_b, sl_h, sl_n,
                   H, n, d, scale, num_zero,
-                  PASS: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
+                  PASS: tl.constexpr, TAKE_DIAGONAL: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                   BINS: tl.constexpr, RADIX_BITS: tl.constexpr):
-    """Radix pass PASS: count this row tile's entries sharing the prefix, by their next RADIX_BITS bits."""
+    """Radix pass PASS: count this row tile's entries sharing the prefix, by their next RADIX_BITS bits
+    (and with TAKE_DIAGONAL, store the map's diagonal before zeroing: `_attention_kernel` zeroes it)."""
     head = tl.program_id(1).to(tl.int64)
     b, h = head // H, head % H
     prefix, _rank = _threshold(HIST, head, num_zero, PASS, BINS, RADIX_BITS)
@@ -160,11 +162,16 @@ def _radix_kernel(Q, K, BIAS, LSE, HIST,
                                       BLOCK_M, BLOCK_D)
     hist = HIST + (head * PASS_COUNT + PASS) * BINS
     for start_n in range(0, n, BLOCK_N):
-        logits, _offs, key_ok = _logits(q, K, sk_b, sk_h, sk_n, sk_d, BIAS, sb_b, sb_n, b, h, start_n, n, d, scale,
+        logits, offs_n, key_ok = _logits(q, K, sk_b, sk_h, sk_n, sk_d, BIAS, sb_b, sb_n, b, h, start_n, n, d, scale,
                                     HAS_BIAS, DOT, BLOCK_N, BLOCK_D)
-        bits = _probabilities(logits, lse).to(tl.int32, bitcast=True)
+        p = _probabilities(logits, lse)
+        bits = p.to(tl.int32, bitcast=True)
         counted = (row_ok[:, None] & key_ok[None, :]) & ((bits >> (shift + RADIX_BITS)) == prefix)
         tl.atomic_add(hist + ((bits >> shift) & (BINS - 1)), 1, mask=counted, sem="relaxed")
+        if TAKE_DIAGONAL:
+            if start_n == tl.program_id(0) * BLOCK_M // BLOCK_N * BLOCK_N:  # BLOCK_N is a multiple of BLOCK_M
+                tl.store(DIAG + head * n + offs_m, tl.sum(tl.where(offs_m[:, None] == offs_n[None, :], p, 0.0), 1),
+                         mask=row_ok)
 
 
 @triton.jit
@@ -205,8 +212,9 @@ def _attention_kernel(Q, K, V, BIAS, LSE, HIST, OUT, DIAG, COLSUM, CLS, MAPS,
                         mask=key_ok[:, None] & d_ok[None, :], other=0.0)
             acc = _dot(p.to(V.dtype.element_ty), v, acc, DOT)
         if STATISTICS:
-            if (start_n < tile * BLOCK_M + BLOCK_M) & (start_n + BLOCK_N > tile * BLOCK_M):  # the diagonal crosses it
-                diagonal += tl.sum(tl.where(offs_m[:, None] == offs_n[None, :], p, 0.0), 1)
+            if not ZEROING:
+                if start_n == tile * BLOCK_M // BLOCK_N * BLOCK_N:  # the key tile holding the diagonal
+                    diagonal = tl.sum(tl.where(offs_m[:, None] == offs_n[None, :], p, 0.0), 1)
             # this row tile's share of the column sums: `_sum_tiles_kernel` adds the tiles in order
             tl.store(COLSUM + (head * num_tiles + tile) * n + offs_n, tl.sum(p, 0), mask=key_ok)
         if CLS_ROW:
@@ -216,6 +224,9 @@ def _attention_kernel(Q, K, V, BIAS, LSE, HIST, OUT, DIAG, COLSUM, CLS, MAPS,
         tl.store(OUT + b * so_b + h * so_h + offs_m[:, None] * so_n + offs_d[None, :] * so_d,
                  acc.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     if STATISTICS:
+        if ZEROING:  # the diagonal radix pass 0 stored (in registers here, it would cost ~30 more): zeroed
+            diagonal = tl.load(DIAG + head * n + offs_m, mask=row_ok, other=0.0)
+            diagonal = tl.where(diagonal.to(tl.int32, bitcast=True) > threshold, diagonal, 0.0)
         tl.store(DIAG + head * n + offs_m, diagonal, mask=row_ok)
 
 
@@ -295,8 +306,9 @@ def attention_launches(q: Tensor, k: Tensor, v: Optional[Tensor], bias: Optional
         launches.append(Launch(_lse_kernel, grid, dict(common, HIST=hist, CLEAR_HIST=zeroing, BINS=BINS),
                                num_warps, num_stages))
     for r in range(PASSES if zeroing else 0):
-        launches.append(Launch(_radix_kernel, grid, dict(common, HIST=hist, num_zero=int(num_zero), PASS=r,
-                                                         BINS=BINS, RADIX_BITS=RADIX_BITS), num_warps, num_stages))
+        launches.append(Launch(_radix_kernel, grid, dict(common, HIST=hist, DIAG=diagonal, num_zero=int(num_zero),
+                                                         PASS=r, TAKE_DIAGONAL=statistics and r == 0, BINS=BINS,
+                                                         RADIX_BITS=RADIX_BITS), num_warps, num_stages))
     values, output = (v, out) if v is not None else (q, q)  # without an output, q stands in (never read)
     launches.append(Launch(_attention_kernel, grid, dict(
         common, V=values, HIST=hist, OUT=output, DIAG=diagonal, COLSUM=parts, CLS=cls, MAPS=maps, map_size=B * H * side * side,
