@@ -140,7 +140,7 @@ def test_ties_go_to_the_lower_index():
 
 
 def test_selection_over_several_tiles_equals_torch():
-    """Up to N = 2500 patch tokens (tiles of 64 ranked x 256 compared) with long runs of ties."""
+    """Up to N = 2500 patch tokens (tiles of 32 ranked x 128 compared) with long runs of ties."""
     for B, n, p0, selection, P in ((1, 2501, 1, "mixed_attn_max", 1234), (2, 701, 0, "sum_attn_mean", 700),
                                    (2, 701, 5, "img_attn_max", 1)):
         diagonal, column_sums = tied_statistics(B, 4, n, seed=n)
@@ -169,7 +169,7 @@ def test_selection_rejects_bad_input():
 # ---------------------------------------------------------------------------------- propagation
 def propagation_inputs(B: int, p0: int, dtype: torch.dtype, seed: int):
     """Tokens after earlier blocks: N = 80 of N0 = 100 patch tokens left (ids a random subset),
-    C = 80 channels (two channel tiles), sizes in [1, 3), P = 37 leaving (two steps of 32)."""
+    C = 80 channels (three channel tiles), sizes in [1, 3), P = 37 leaving (two steps of 32)."""
     gen = torch.Generator().manual_seed(seed)
     N0, N, C, P = 100, 80, 80, 37
     x = torch.randn(B, p0 + N, C, generator=gen).to(DEVICE, dtype)

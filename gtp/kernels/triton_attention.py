@@ -243,7 +243,8 @@ def _sum_tiles_kernel(PARTS, SUMS, n, num_tiles, BLOCK: tl.constexpr):
 
 
 # ------------------------------------------------------------------------------------ plans
-def blocks(device: torch.device, dtype: torch.dtype, d: int) -> tuple[int, int, int, int, int]:
+def blocks(device: torch.device, dtype: torch.dtype, d: int, keep_maps: bool = False
+           ) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages). tl.dot needs every side >= 16.
 
     Small tiles under the interpreter keep the CPU tests fast and give small maps several
@@ -252,12 +253,29 @@ def blocks(device: torch.device, dtype: torch.dtype, d: int) -> tuple[int, int, 
     tiles, 64 keys per step for half inputs and 32 for float32 (exact FMA products), keep each
     thread's share of a tile at 16 values and so the kernels within 128 registers without
     spills; more row tiles also mean more programs (7 per head at 197 tokens). Two stages: the
-    next key tile loads while this one is used, within sm_120's 99 KB of shared memory per block.
+    next key tile loads while this one is used, within sm_120's 99 KB of shared memory per
+    block (but see `_stages`).
+    A traced forward (`keep_maps`, one photo) stores both maps too: 16-row tiles. The row tiling
+    changes no bit of p: each logit is the same sequence of 16-row MMA instructions over d.
     """
     block_d = max(16, triton.next_power_of_2(d))
     if device.type != "cuda":
         return 16, 16, block_d, 4, 1
-    return 32, (32 if dtype == torch.float32 else 64), block_d, 4, 2
+    return (16 if keep_maps else 32), (32 if dtype == torch.float32 else 64), block_d, 4, 2
+
+
+def _stages(kernel: str, dtype: torch.dtype, output: bool, statistics: bool, keep_maps: bool, stages: int) -> int:
+    """One stage for the variants where a second one costs registers (read from ptxas for sm_90
+    and sm_120 by `scripts/kernel_resources.py`, not timed): the float32 log-sum-exp pass (its
+    FMA products hold their operands in registers), the float32 CLS-row pass without an output,
+    and the traced zeroing pass with an output for half inputs (two map stores per tile)."""
+    half = dtype != torch.float32
+    if kernel == "lse" and not half:
+        return 1
+    if kernel == "attention" and ((half and output and keep_maps) or
+                                  (not half and not output and not statistics and not keep_maps)):
+        return 1
+    return stages
 
 
 def dot_kind(dtype: torch.dtype) -> str:
@@ -280,7 +298,7 @@ def attention_launches(q: Tensor, k: Tensor, v: Optional[Tensor], bias: Optional
     the outputs not asked for empty)).
     """
     B, H, n, d = q.shape
-    block_m, block_n, block_d, num_warps, num_stages = blocks(q.device, q.dtype, d)
+    block_m, block_n, block_d, num_warps, num_stages = blocks(q.device, q.dtype, d, keep_maps)
     num_tiles = triton.cdiv(n, block_m)
     f32 = dict(dtype=torch.float32, device=q.device)
     zeroing = num_zero > 0
@@ -304,7 +322,7 @@ def attention_launches(q: Tensor, k: Tensor, v: Optional[Tensor], bias: Optional
     launches = []
     if v is not None:
         launches.append(Launch(_lse_kernel, grid, dict(common, HIST=hist, CLEAR_HIST=zeroing, BINS=BINS),
-                               num_warps, num_stages))
+                               num_warps, _stages("lse", q.dtype, True, statistics, keep_maps, num_stages)))
     for r in range(PASSES if zeroing else 0):
         launches.append(Launch(_radix_kernel, grid, dict(common, HIST=hist, DIAG=diagonal, num_zero=int(num_zero),
                                                          PASS=r, TAKE_DIAGONAL=statistics and r == 0, BINS=BINS,
@@ -315,7 +333,8 @@ def attention_launches(q: Tensor, k: Tensor, v: Optional[Tensor], bias: Optional
         **{f"sv_{a}": s for a, s in zip("bhnd", values.stride())},
         **{f"so_{a}": s for a, s in zip("bhnd", output.stride())},
         num_zero=int(num_zero), num_tiles=num_tiles, ZEROING=zeroing, OUTPUT=v is not None, STATISTICS=statistics,
-        CLS_ROW=cls_row, KEEP_MAPS=keep_maps, BINS=BINS, RADIX_BITS=RADIX_BITS), num_warps, num_stages))
+        CLS_ROW=cls_row, KEEP_MAPS=keep_maps, BINS=BINS, RADIX_BITS=RADIX_BITS),
+        num_warps, _stages("attention", q.dtype, v is not None, statistics, keep_maps, num_stages)))
     if statistics:
         sum_block = 128 if q.device.type == "cuda" else 32
         launches.append(Launch(_sum_tiles_kernel, (triton.cdiv(n, sum_block), B * H),

@@ -30,7 +30,7 @@ from .triton_support import Launch
 
 REDUCES = ("max", "mean")                    # over the heads
 COMBINES = ("mixed", "sum", "diag", "img")   # regeneration x / + broadcasting, or one of them alone
-SELECT_BLOCKS = (64, 256)                    # (ranked, compared) patch tokens per tile of the selection kernel
+SELECT_BLOCKS = (32, 128)                    # (ranked, compared) patch tokens per tile of the selection kernel
 
 
 # ------------------------------------------------------------------------------------ selection
@@ -205,7 +205,7 @@ def _propagate_kernel(
 
 def _propagate_blocks(C: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_P, BLOCK_C): output rows, propagated tokens and channels per step (tl.dot needs >= 16)."""
-    return 32, 32, min(64, max(16, triton.next_power_of_2(C)))
+    return 32, 32, min(32, max(16, triton.next_power_of_2(C)))
 
 
 def _propagate_grid(B: int, rows_out: int, C: int) -> tuple[int, int, int]:
