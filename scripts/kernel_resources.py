@@ -67,12 +67,13 @@ def main() -> int:
             continue
         for launch in launches:
             for arch in args.arch:
-                r = S.resources(S.compile_launch(launch, arch))
-                key = (launch.kernel.__name__, arch, tuple(sorted((k, v) for k, v in launch.args.items()
-                                                                  if not isinstance(v, torch.Tensor))))
+                key = (launch.kernel.__name__, arch, launch.num_stages,
+                       tuple(sorted((k, str(v.dtype) if isinstance(v, torch.Tensor) else v)
+                                    for k, v in launch.args.items())))
                 if key in seen:
                     continue
                 seen.add(key)
+                r = S.resources(S.compile_launch(launch, arch))
                 worst = max(worst, r["registers"] + 1000 * r["spills"])
                 print(f"{label:28s} {launch.kernel.__name__:18s} sm_{arch}: registers {r['registers']}, "
                       f"spills {r['spills']}, shared {r['shared'] / 1024:.1f} KB, warps {launch.num_warps}, "

@@ -296,16 +296,15 @@ for launch in sparse[:2] + sparse[-2:] + full[:1]:
         used = S.resources(compiled)
         print(launch.kernel.__name__, arch, used)
         assert compiled.asm["cubin"] and used["spills"] == 0 and used["shared"] <= 99 * 1024
-        assert used["registers"] <= (128 if launch.kernel.__name__ != "_attention_kernel" or launch is full[0]
-                                     else 168), used
+        assert used["registers"] <= 128, (launch.kernel.__name__, arch, used)
         if launch.kernel.__name__ == "_radix_kernel":
             assert "tt.histogram" not in compiled.asm["ttgir"] and "tt.atomic_rmw" in compiled.asm["ttgir"]
 """
 
 
 def test_compiles_for_hopper_and_blackwell():
-    """The bfloat16 plan's kernels compile for sm_90 and sm_120: no spills, shared memory within
-    sm_120's 99 KB per block, the radix passes count with atomics (no tl.histogram)."""
+    """The bfloat16 plans' kernels compile for sm_90 and sm_120 within 128 registers, no spills, shared
+    memory within sm_120's 99 KB per block; the radix passes count with atomics (no tl.histogram)."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     subprocess.run([sys.executable, "-c", COMPILE_FOR_GPUS], cwd=ROOT, env=env, check=True, timeout=600)
 
