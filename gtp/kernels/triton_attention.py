@@ -247,8 +247,8 @@ def blocks(device: torch.device, dtype: torch.dtype, d: int, keep_maps: bool = F
            ) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages). tl.dot needs every side >= 16.
 
-    Small tiles under the interpreter keep the CPU tests fast and give small maps several
-    ragged tiles. On a GPU, chosen by compiling every variant for sm_90 and sm_120 and reading
+    Under the interpreter, whose cost is per operation, 32 x 32 tiles keep the CPU tests fast
+    (a test model's 17-token map is one tile; 50 and 260 tokens span several ragged ones). On a GPU, chosen by compiling every variant for sm_90 and sm_120 and reading
     the registers ptxas gave it (`scripts/kernel_resources.py`; not timed): 4 warps on 32-row
     tiles, 64 keys per step for half inputs and 32 for float32 (exact FMA products), keep each
     thread's share of a tile at 16 values and so the kernels within 128 registers without
@@ -260,7 +260,7 @@ def blocks(device: torch.device, dtype: torch.dtype, d: int, keep_maps: bool = F
     """
     block_d = max(16, triton.next_power_of_2(d))
     if device.type != "cuda":
-        return 16, 16, block_d, 4, 1
+        return 32, 32, block_d, 4, 1
     return (16 if keep_maps else 32), (32 if dtype == torch.float32 else 64), block_d, 4, 2
 
 
