@@ -1,4 +1,4 @@
-"""The fused Triton attention as a `torch.library` op, its modelled GPU cost, and its entry point.
+"""The fused Triton attention as a `torch.library` op, its launch plan, and its entry point.
 
 `fused_attention` is GTP's attention for one block (SPEC.md section 2: token scale,
 sparsification, A @ V) and what the selections read (SPEC.md section 3), computed by
@@ -14,7 +14,6 @@ module does not import Triton: the kernel module is imported on the first call.
 from __future__ import annotations
 
 import inspect
-import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -103,35 +102,9 @@ def fused_attention(
                           cls if cls_row else None)
 
 
-@triton_support.register_cost("gtp::fused_attention")
-def fused_attention_cost(args: tuple, kwargs: dict) -> triton_support.KernelCost:
-    """The modelled GPU cost of one `gtp::fused_attention` call (its own arguments; fake tensors will do).
-
-    Per (image, head), the kernel computes the n x n logits (2 n^2 d FLOPs each time)
-    in every pass: the log-sum-exp pass, three radix passes when entries are zeroed,
-    and the final pass, which also multiplies P @ V (2 n^2 d). Elementwise work counts
-    6 FLOPs per map entry and pass (scale, bias, shift, one exponential, compare or
-    histogram, sum): the exponential counts 1, which flatters a GPU's slower exp unit.
-    Bytes: q and k are read once per pass and v once (one head's k is re-read for
-    every query tile, but at n d <= a few hundred KB it stays in L2 between tiles);
-    out, the statistics, the CLS row and the maps are written; the n-float scratch is
-    written once and read in each later pass; the column sums are read and rewritten
-    once per 64-row query tile. One launch of B * H programs.
-    """
+@triton_support.register_plan("gtp::fused_attention")
+def fused_attention_plan(args: tuple, kwargs: dict) -> list[triton_support.Launch]:
+    """The launches one `gtp::fused_attention` call makes (its own arguments; fake tensors will do)."""
+    from . import triton_attention
     bound = inspect.signature(_run).bind(*args, **kwargs).arguments
-    q, size, num_zero = bound["q"], bound["size"], bound["num_zero"]
-    B, H, n, d = q.shape
-    heads, item = B * H, q.element_size()
-    passes = 2 + (3 if num_zero > 0 else 0)
-    flops = heads * (passes * 2 * n * n * d + 2 * n * n * d + passes * 6 * n * n)
-    read = heads * (passes * 2 * n * d + n * d) * item
-    if size is not None:
-        read += heads * passes * n * size.element_size()
-    written = heads * n * d * item + heads * n * 4 * passes  # out; the scratch, written then read back
-    if bound["statistics"]:
-        written += heads * n * 4 * (1 + 2 * math.ceil(n / 64))
-    if bound["cls_row"]:
-        written += heads * n * 4
-    if bound["keep_maps"]:
-        written += 2 * heads * n * n * 4
-    return triton_support.KernelCost(launches=1, flops=float(flops), bytes=float(read + written), programs=heads)
+    return triton_attention.plan(**bound)[1]

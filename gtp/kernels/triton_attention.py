@@ -26,7 +26,6 @@ Importing this module imports Triton: `gtp.kernels.fused_attention` does so lazi
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
@@ -210,14 +209,9 @@ def _dot_kind(dtype: torch.dtype) -> str:
     return "upcast" if dtype == torch.bfloat16 and triton_support.interpreting() else "native"
 
 
-def launch(q: Tensor, k: Tensor, v: Tensor, size: Optional[Tensor], scale: float, num_zero: int,
-           statistics: bool, cls_row: bool, keep_maps: bool) -> tuple[Tensor, ...]:
-    """Run the kernel: see `gtp.kernels.fused_attention.fused_attention` for the arguments.
-
-    Returns (out [B, H, n, d] in v's dtype, a view of [B, n, H, d] memory; diagonal,
-    column sums, CLS row [B, H, n] float32; dense map, sparse map [B, H, n, n] float32),
-    the ones not asked for empty ([B, H, 0] and [B, H, 0, 0]).
-    """
+def plan(q: Tensor, k: Tensor, v: Tensor, size: Optional[Tensor], scale: float, num_zero: int,
+         statistics: bool, cls_row: bool, keep_maps: bool) -> tuple[tuple[Tensor, ...], list[triton_support.Launch]]:
+    """The outputs (allocated, not written) and the one launch that writes them: see `launch`."""
     B, H, n, d = q.shape
     out = v.new_empty(B, n, H, d).transpose(1, 2)
     f32 = dict(dtype=torch.float32, device=q.device)
@@ -229,15 +223,24 @@ def launch(q: Tensor, k: Tensor, v: Tensor, size: Optional[Tensor], scale: float
     sparse = torch.empty_like(dense)
     block_m, block_n, block_d, num_warps = _blocks(q.device, q.dtype, d)
     size_arg, size_strides = (size, size.stride()) if size is not None else (lse, (0, 0))
-    with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
-        _gtp_attention_kernel[(B * H,)](
-            q, k, v, size_arg, out, lse, diagonal, column_sums, cls, dense, sparse,
-            *q.stride(), *k.stride(), *v.stride(), *size_strides, *out.stride(),
-            H, n, d, float(scale), int(num_zero),
-            HAS_SIZE=size is not None, STATISTICS=statistics, CLS_ROW=cls_row, KEEP_MAPS=keep_maps,
-            DOT=_dot_kind(q.dtype),
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BINS=_BINS, RADIX_BITS=_RADIX_BITS,
-            num_warps=num_warps, num_stages=2,
-            enable_fp_fusion=False,  # no fused multiply-adds: p has the same bits in every pass
-        )
-    return out, diagonal, column_sums, cls, dense, sparse
+    values = (q, k, v, size_arg, out, lse, diagonal, column_sums, cls, dense, sparse,
+              *q.stride(), *k.stride(), *v.stride(), *size_strides, *out.stride(), H, n, d, float(scale), int(num_zero),
+              size is not None, statistics, cls_row, keep_maps, _dot_kind(q.dtype),
+              block_m, block_n, block_d, _BINS, _RADIX_BITS)
+    args = dict(zip(_gtp_attention_kernel.arg_names, values))
+    launch_ = triton_support.Launch(_gtp_attention_kernel, (B * H,), args, num_warps, 2,
+                                    dict(enable_fp_fusion=False))  # no fused multiply-adds: p has the same bits in every pass
+    return (out, diagonal, column_sums, cls, dense, sparse), [launch_]
+
+
+def launch(q: Tensor, k: Tensor, v: Tensor, size: Optional[Tensor], scale: float, num_zero: int,
+           statistics: bool, cls_row: bool, keep_maps: bool) -> tuple[Tensor, ...]:
+    """Run the kernel: see `gtp.kernels.fused_attention.fused_attention` for the arguments.
+
+    Returns (out [B, H, n, d] in v's dtype, a view of [B, n, H, d] memory; diagonal,
+    column sums, CLS row [B, H, n] float32; dense map, sparse map [B, H, n, n] float32),
+    the ones not asked for empty ([B, H, 0] and [B, H, 0, 0]).
+    """
+    outputs, launches = plan(q, k, v, size, scale, num_zero, statistics, cls_row, keep_maps)
+    triton_support.execute(launches)
+    return outputs

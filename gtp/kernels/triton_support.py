@@ -13,7 +13,7 @@ import contextlib
 import functools
 import importlib.util
 import os
-from typing import Callable, Iterator, NamedTuple, Optional
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional
 
 import torch
 
@@ -66,23 +66,38 @@ def on_cpu() -> Iterator[None]:
         _on_cpu = before
 
 
-# ------------------------------------------------------------------ modelled costs
-# A Triton custom op is one opaque node to a dispatch mode, so each one says what it
-# costs on a GPU: `COSTS["gtp::name"](args, kwargs)` takes the op's own arguments
-# (fake tensors will do) and returns a `KernelCost`. `gtp.measure.cuda_cost` reads it.
-class KernelCost(NamedTuple):
-    launches: int      # kernels launched
-    flops: float       # floating-point operations (a multiply-add counts 2)
-    bytes: float       # bytes read from and written to GPU memory
-    programs: int      # Triton programs (thread blocks) of the largest launch: its parallelism
+# ------------------------------------------------------------------ launch plans
+# A Triton custom op is one opaque node to a dispatch mode. So that its GPU cost can be derived
+# from the code the compiler produces (`gtp.measure.compiled`), never declared, each op says how
+# it LAUNCHES: `PLANS["gtp::name"](args, kwargs)` takes the op's own arguments (real, fake or meta
+# tensors) and returns the `Launch`es its implementation makes, which `execute` runs.
+class Launch(NamedTuple):
+    """One Triton kernel launch exactly as the op's implementation makes it."""
+    kernel: Any                 # the @triton.jit function
+    grid: tuple[int, ...]
+    args: dict[str, Any]        # every kernel parameter by name, constexprs included: tensors and Python scalars
+    num_warps: int
+    num_stages: int
+    options: Mapping[str, Any] = {}  # other compile options (enable_fp_fusion), as given to the launch
 
 
-COSTS: dict[str, Callable[[tuple, dict], KernelCost]] = {}
+PLANS: dict[str, Callable[[tuple, dict], list[Launch]]] = {}
 
 
-def register_cost(op_name: str) -> Callable:
-    """Decorator: `@register_cost("gtp::fused_attention")` on the op's cost function."""
-    def register(fn: Callable[[tuple, dict], KernelCost]) -> Callable[[tuple, dict], KernelCost]:
-        COSTS[op_name] = fn
+def register_plan(op_name: str) -> Callable:
+    """Decorator: `@register_plan("gtp::fused_attention")` on the op's plan function."""
+    def register(fn: Callable[[tuple, dict], list[Launch]]) -> Callable[[tuple, dict], list[Launch]]:
+        PLANS[op_name] = fn
         return fn
     return register
+
+
+def execute(launches: list[Launch]) -> None:
+    """Run the launches in order (on the device of their first tensor argument)."""
+    for launch in launches:
+        device = next((a.device for a in launch.args.values() if isinstance(a, torch.Tensor)), None)
+        guard = torch.cuda.device(device) if device is not None and device.type == "cuda" else contextlib.nullcontext()
+        names = launch.kernel.arg_names
+        with guard:
+            launch.kernel[launch.grid](*(launch.args[n] for n in names), num_warps=launch.num_warps,
+                                       num_stages=launch.num_stages, **launch.options)

@@ -11,8 +11,8 @@ the kept ones (`propagate`): some thirty small PyTorch operations. Here they are
   the prefix and kept rows and, for "graph", adds alpha * W[ids_keep, ids_prop] @ x_prop.
 
 Both are `torch.library` custom ops ("gtp::select_tokens", "gtp::propagate_tokens") with fake
-implementations, so torch.compile keeps one graph around them, and each registers its modelled
-GPU cost (`triton_support.register_cost`). On CPU tensors they run only under Triton's
+implementations, so torch.compile keeps one graph around them, and each registers its launch
+plan (`triton_support.register_plan`), from which `gtp.measure` derives its GPU cost. On CPU tensors they run only under Triton's
 interpreter (`TRITON_INTERPRET=1`, see `triton_support`). This module imports triton: `gtp`
 never imports it at load time.
 """
@@ -104,26 +104,34 @@ def _select_kernel(
         num_left += tl.sum(left, axis=0)
 
 
-def _select_impl(diagonal: Optional[Tensor], column_sums: Optional[Tensor], score: Optional[Tensor],
+def _select_plan(diagonal: Optional[Tensor], column_sums: Optional[Tensor], score: Optional[Tensor],
                  ids: Tensor, num_prefix: int, num_prop: int, reduce: str, combine: str
-                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    _check_runs(ids)
+                 ) -> tuple[tuple[Tensor, ...], list[triton_support.Launch]]:
+    """The outputs (allocated, not written) and the one launch of the selection kernel."""
     B, N = ids.shape
-    P = num_prop
-    prop, keep, new_ids, score_out, regen, bcast = _fake_select(
-        diagonal, column_sums, score, ids, num_prefix, num_prop, reduce, combine)
+    outputs = _fake_select(diagonal, column_sums, score, ids, num_prefix, num_prop, reduce, combine)
+    prop, keep, new_ids, score_out, regen, bcast = outputs
     from_stats = score is None
     if from_stats:  # the kernel writes the score, then reads it back
         d, c, src, H = diagonal, column_sums, score_out, diagonal.shape[1]
     else:  # the statistics are not read: any tensor stands in for them
         d, c, src, H = score, score, score, 1
     strides = (*d.stride(), *c.stride(), 0, 0) if from_stats else (0,) * 6 + tuple(score.stride())
-    _select_kernel[(B,)](
-        d, c, src, ids, prop, keep, new_ids, score_out, regen, bcast,
-        N, H, float(H), num_prefix, P, *strides, *ids.stride(),
-        FROM_STATS=from_stats, MEAN=reduce == "mean", COMBINE=COMBINES.index(combine),
-        BLOCK_I=_select_blocks(N)[0], BLOCK_J=_select_blocks(N)[1], num_warps=8)
-    return prop, keep, new_ids, score_out, regen, bcast
+    block_i, block_j = _select_blocks(N)
+    values = (d, c, src, ids, prop, keep, new_ids, score_out, regen, bcast,
+              N, H, float(H), num_prefix, num_prop, *strides, *ids.stride(),
+              from_stats, reduce == "mean", COMBINES.index(combine), block_i, block_j)
+    args = dict(zip(_select_kernel.arg_names, values))
+    return outputs, [triton_support.Launch(_select_kernel, (B,), args, 8, 3)]
+
+
+def _select_impl(diagonal: Optional[Tensor], column_sums: Optional[Tensor], score: Optional[Tensor],
+                 ids: Tensor, num_prefix: int, num_prop: int, reduce: str, combine: str
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    _check_runs(ids)
+    outputs, launches = _select_plan(diagonal, column_sums, score, ids, num_prefix, num_prop, reduce, combine)
+    triton_support.execute(launches)
+    return outputs
 
 
 def _fake_select(diagonal, column_sums, score, ids, num_prefix, num_prop, reduce, combine):
@@ -202,24 +210,32 @@ def _propagate_grid(B: int, rows_out: int, C: int) -> tuple[int, int, int]:
     return B, triton.cdiv(rows_out, block_m), triton.cdiv(C, block_c)
 
 
-def _propagate_impl(x: Tensor, size: Tensor, graph: Optional[Tensor], ids: Tensor, prop: Tensor, keep: Tensor,
-                    num_prefix: int, alpha: float, weights: bool) -> tuple[Tensor, Tensor, Tensor]:
-    _check_runs(x)
-    x_new, size_new, w_out = _fake_propagate(x, size, graph, ids, prop, keep, num_prefix, alpha, weights)
+def _propagate_plan(x: Tensor, size: Tensor, graph: Optional[Tensor], ids: Tensor, prop: Tensor, keep: Tensor,
+                    num_prefix: int, alpha: float, weights: bool
+                    ) -> tuple[tuple[Tensor, ...], list[triton_support.Launch]]:
+    """The outputs (allocated, not written) and the one launch of the propagation kernel."""
+    outputs = _fake_propagate(x, size, graph, ids, prop, keep, num_prefix, alpha, weights)
+    x_new, size_new, w_out = outputs
     B, rows_out, C = x_new.shape
     P = prop.shape[1]
     use_graph = graph is not None and P > 0
     w = graph if use_graph else size  # not read without a graph
     w_strides = ((0,) if graph.dim() == 2 else ()) + tuple(graph.stride()) if use_graph else (0, 0, 0)
     block_m, block_p, block_c = _propagate_blocks(C)
-    _propagate_kernel[_propagate_grid(B, rows_out, C)](
-        x, size, w, ids, prop, keep, x_new, size_new, w_out,
-        C, num_prefix, P, rows_out, alpha,
-        *x.stride(), *size.stride(), *w_strides, *ids.stride(), *prop.stride(), *keep.stride(),
-        GRAPH=use_graph, WEIGHTS=weights and use_graph, IEEE=x.dtype == torch.float32,
-        INTERPRETED=x.device.type == "cpu",
-        BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_C=block_c)
-    return x_new, size_new, w_out
+    values = (x, size, w, ids, prop, keep, x_new, size_new, w_out, C, num_prefix, P, rows_out, alpha,
+              *x.stride(), *size.stride(), *w_strides, *ids.stride(), *prop.stride(), *keep.stride(),
+              use_graph, weights and use_graph, x.dtype == torch.float32, x.device.type == "cpu",
+              block_m, block_p, block_c)
+    args = dict(zip(_propagate_kernel.arg_names, values))
+    return outputs, [triton_support.Launch(_propagate_kernel, _propagate_grid(B, rows_out, C), args, 4, 3)]
+
+
+def _propagate_impl(x: Tensor, size: Tensor, graph: Optional[Tensor], ids: Tensor, prop: Tensor, keep: Tensor,
+                    num_prefix: int, alpha: float, weights: bool) -> tuple[Tensor, Tensor, Tensor]:
+    _check_runs(x)
+    outputs, launches = _propagate_plan(x, size, graph, ids, prop, keep, num_prefix, alpha, weights)
+    triton_support.execute(launches)
+    return outputs
 
 
 def _fake_propagate(x, size, graph, ids, prop, keep, num_prefix, alpha, weights):
@@ -240,7 +256,7 @@ def _check_runs(t: Tensor) -> None:
                            "import it): set it before those imports")
 
 
-# ----------------------------------------------------------------------- custom ops and their costs
+# ----------------------------------------------------------------------- custom ops and their plans
 # Opaque to torch.compile (one node each, no graph break); the fake implementations give the
 # shapes, so a forward on fake or meta tensors runs. Outputs not asked for come back empty.
 _select_op = torch.library.custom_op(
@@ -257,44 +273,16 @@ def _bind(fn, args: tuple, kwargs: dict) -> dict:
     return {**dict(zip(names, args)), **kwargs}
 
 
-@triton_support.register_cost("gtp::select_tokens")
-def select_cost(args: tuple, kwargs: dict) -> triton_support.KernelCost:
-    """One program per image: the heads' max / sum of both factors (+ the mean's divisions and the
-    combination), then 2 float comparisons per pair of patch tokens (counted as FLOPs: they are the
-    work). Reads 2 x [B, H, n] once; the score's re-reads hit the L1/L2 it was just written to."""
-    a = _bind(_select_impl, args, kwargs)
-    B, N = a["ids"].shape
-    P = a["num_prop"]
-    index_bytes = B * N * 8 + B * N * 8 + B * (N - P) * 8  # ids read; prop + keep, new ids written
-    if a["score"] is None:
-        H = a["diagonal"].shape[1]
-        flops = 2 * B * (H - 1) * N + B * N * (3 if a["reduce"] == "mean" else 1)
-        moved = 2 * B * H * N * 4 + 3 * B * N * 4 + index_bytes
-    else:
-        flops, moved = 0, B * N * 4 + index_bytes
-    flops += 2 * B * N * N
-    return triton_support.KernelCost(launches=1, flops=float(flops), bytes=float(moved), programs=B)
+@triton_support.register_plan("gtp::select_tokens")
+def select_plan(args: tuple, kwargs: dict) -> list[triton_support.Launch]:
+    """The launch one `gtp::select_tokens` call makes (its own arguments; fake tensors will do)."""
+    return _select_plan(**_bind(_select_impl, args, kwargs))[1]
 
 
-@triton_support.register_cost("gtp::propagate_tokens")
-def propagate_cost(args: tuple, kwargs: dict) -> triton_support.KernelCost:
-    """Programs: image x row tile x channel tile. Each copies its rows; with the graph, each row
-    tile reads its W[K, R] block and every channel tile of it reads x_R (2 K P C FLOPs per image)."""
-    a = _bind(_propagate_impl, args, kwargs)
-    x, prop, keep = a["x"], a["prop"], a["keep"]
-    B, _, C = x.shape
-    P, K, p0 = prop.shape[1], keep.shape[1], a["num_prefix"]
-    grid = _propagate_grid(B, p0 + K, C)
-    e = x.element_size()
-    moved = 2 * B * (p0 + K) * (C * e + 4) + B * (K + P) * 8  # rows in and out, sizes, indices
-    flops = 0
-    if a["graph"] is not None and P > 0:
-        flops = B * K * P * (2 * C + 3)  # the product, alpha x W and the sizes' product
-        moved += B * K * P * 4 + grid[1] * B * P * (C * e + 4 + 8)  # W gathered; x_R per row tile
-        if a["weights"]:
-            moved += B * K * P * 4
-    return triton_support.KernelCost(launches=1, flops=float(flops), bytes=float(moved),
-                                     programs=grid[0] * grid[1] * grid[2])
+@triton_support.register_plan("gtp::propagate_tokens")
+def propagate_plan(args: tuple, kwargs: dict) -> list[triton_support.Launch]:
+    """The launch one `gtp::propagate_tokens` call makes (its own arguments; fake tensors will do)."""
+    return _propagate_plan(**_bind(_propagate_impl, args, kwargs))[1]
 
 
 # ------------------------------------------------------------------------------------ entry points

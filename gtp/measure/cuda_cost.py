@@ -17,7 +17,10 @@ CUDA backend would run them) and turns it into kernels:
   SDPA       `scaled_dot_product_attention` is one FlashAttention kernel (bf16 / fp16, no mask, on
              GPUs that have it) or one memory-efficient kernel (fp32 or a mask; plus one kernel
              padding a mask whose last dim is not a multiple of 16); FLOPs from torch's counter;
-  custom     "gtp::" ops cost what `gtp.kernels.triton_support.COSTS` says; any other op: one kernel.
+  custom     "gtp::" ops: the launches `gtp.kernels.triton_support.PLANS` says the op makes, each compiled
+             for the GPU (`gtp.measure.compiled`) and timed from its code (`gpu_model.derived_seconds`:
+             instruction mix x trip counts, registers and shared memory -> blocks per SM, waves);
+             no kernel states its own cost. Any other custom op: one kernel moving its tensors.
 
 FLOPs: `torch.utils.flop_counter` for mm / addmm / bmm / baddbmm / convolution / attention, else
 a few per output element (`FLOPS_PER_ELEMENT`). Bytes: the storage each kernel reads and writes
@@ -36,7 +39,7 @@ import contextlib
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +134,35 @@ def _stand_in(func, args, kwargs):
     raise ValueError(f"cuda_cost: {func} has a data-dependent output shape the cost model cannot stand in for")
 
 
+class DerivedKernel(NamedTuple):
+    """One Triton launch as compiled for the GPU, and its derived (modelled) time."""
+    kernel: str
+    cc: int
+    registers: int
+    spill_bytes: int
+    shared_bytes: int
+    blocks_per_sm: int
+    programs: int
+    seconds: float
+    scope: str
+
+
+def launch_work(c, launch) -> dict:
+    """Per program: warp instructions per class, tensor FLOPs, L1 / shared bytes, summed
+    over the code's regions, each times the runs of its loop body (`compiled.executions`)."""
+    from .compiled import executions
+    runs = executions(c, launch.args, launch.grid)
+    work: dict = {}
+    for region, times in [(c.straight, 1.0)] + list(zip(c.loops, runs)):
+        for cls, n in region.counts.items():
+            work[cls] = work.get(cls, 0.0) + n * times
+            work["instructions"] = work.get("instructions", 0.0) + n * times
+        work["flops"] = work.get("flops", 0.0) + region.flops * times
+        work["bytes"] = work.get("bytes", 0.0) + sum(region.bytes.values()) * times
+        work["hmma_flops"] = work.get("hmma_flops", 0.0) + region.hmma_flops * times
+    return {k: v * c.num_warps for k, v in work.items()}  # every warp of the program runs the code
+
+
 class CostLog(TorchDispatchMode):
     """Turns every aten operation into kernels, syncs or host-only work (see the module docstring)."""
 
@@ -141,6 +173,8 @@ class CostLog(TorchDispatchMode):
         self.recording = True
         self.events: list[Any] = []   # Kernel, ("sync", op, scope) or ("host", op, scope), in order
         self.uncosted: set[str] = set()
+        self.pending: list = []       # (event index, Launch, DRAM bytes) of Triton launches to derive
+        self.derived: list[DerivedKernel] = []
 
     # ------------------------------------------------------------------ dispatch
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -196,13 +230,31 @@ class CostLog(TorchDispatchMode):
             self._add(str(func), "vector", flops, nbytes, programs)
 
     def _custom(self, name: str, func, args, kwargs, nbytes: float, largest: int) -> None:
-        from ..kernels.triton_support import COSTS
-        if name in COSTS:
-            c = COSTS[name](args, kwargs)
-            self._add(name, "custom", c.flops, c.bytes, c.programs, c.launches)
+        from ..kernels.triton_support import PLANS
+        if name in PLANS and self.gpu.cc:
+            for launch in PLANS[name](args, kwargs):
+                dram = sum(touched_bytes(t) for t in launch.args.values() if isinstance(t, torch.Tensor))
+                self.pending.append((len(self.events), launch, dram))
+                self.events.append(Kernel(name, self.scope, "derived", self.dtype, 0.0, float(dram),
+                                          math.prod(launch.grid)))
         else:  # unknown to the model: one kernel moving its inputs and outputs
             self.uncosted.add(name)
             self._add(name, "custom", 0.0, nbytes, math.ceil(largest / ELEMENTS_PER_PROGRAM))
+
+    def derive(self) -> None:
+        """Compile the Triton launches seen (one batch) and set each one's derived time."""
+        from .compiled import compile_launches
+        from .gpu_model import blocks_per_sm, derived_seconds
+        results = compile_launches([launch for _, launch, _ in self.pending], self.gpu.cc)
+        for (index, launch, dram), c in zip(self.pending, results):
+            work = launch_work(c, launch)
+            blocks = blocks_per_sm(c.registers, c.num_warps, c.shared_bytes, c.cc)
+            seconds = derived_seconds(work, math.prod(launch.grid), c.num_warps, blocks, dram, self.gpu)
+            self.events[index] = self.events[index]._replace(seconds=seconds, flops=work["flops"] * c.num_warps
+                                                             * math.prod(launch.grid))
+            self.derived.append(DerivedKernel(c.kernel, c.cc, c.registers, c.spill_bytes, c.shared_bytes,
+                                              blocks, math.prod(launch.grid), seconds, self.events[index].scope))
+        self.pending = []
 
     def _attention(self, func, args, kwargs):
         q, k, v = args[:3]
@@ -287,7 +339,8 @@ class Estimate:
     modelled_gpu_s: float            # GPU time
     per_scope: dict[str, int] = field(default_factory=dict)   # launches per stem / block i / head
     top_ops: list[tuple[str, int, float]] = field(default_factory=list)  # (op, launches, modelled GPU s)
-    uncosted: list[str] = field(default_factory=list)        # custom ops with no registered cost
+    uncosted: list[str] = field(default_factory=list)        # custom ops with no launch plan
+    derived: list[DerivedKernel] = field(default_factory=list)  # every Triton launch, from its compiled code
 
     @property
     def modelled_img_per_s(self) -> float:
@@ -345,6 +398,7 @@ def estimate_module(model: nn.Module, batch: int = 1, dtype: str = "bf16", gpu: 
             fake(x)
             log.recording, log.scope = True, "stem"
             fake(x)
+    log.derive()
     kernels = [e for e in log.events if isinstance(e, Kernel)]
     per_scope: Counter = Counter()
     by_op: dict[str, list] = {}
@@ -363,7 +417,7 @@ def estimate_module(model: nn.Module, batch: int = 1, dtype: str = "bf16", gpu: 
         flops=sum(k.flops for k in kernels), bytes=sum(k.bytes for k in kernels),
         modelled_s=seconds, modelled_host_s=host, modelled_gpu_s=device, per_scope=dict(per_scope),
         top_ops=sorted(((op, n, t) for op, (n, t) in by_op.items()), key=lambda r: -r[2])[:12],
-        uncosted=sorted(log.uncosted))
+        uncosted=sorted(log.uncosted), derived=log.derived)
 
 
 def meta_model(name: str) -> nn.Module:
