@@ -16,7 +16,7 @@ H100; sm_120: RTX Pro 6000 Blackwell) with Triton's own compiler and reads what 
 
 So the work of one program is sum(class count of a loop body x the times that body runs): padding,
 masked lanes, recomputed tiles and every non-matmul instruction included, because they are in the
-code. `gtp.measure.gpu_model.derived_seconds` turns that into a time. Compiles are cached in this
+code. `gtp.measure.kernel_time` evaluates the trip counts and `gpu_model.derived_seconds` gives a time. Compiles are cached in this
 process per (kernel, specialisation, target); Triton's own disk cache makes a second process fast.
 Under `TRITON_INTERPRET=1` (the tests on a CPU) the kernels in this process are interpreted, so the
 compile runs in a subprocess without it (`python -m gtp.measure.compiled`, JSON in and out).
@@ -24,7 +24,6 @@ compile runs in a subprocess without it (`python -m gtp.measure.compiled`, JSON 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import subprocess
@@ -373,93 +372,6 @@ def read(cubin: bytes, ttgir: str, name: str, cc: int, num_warps: int, dynamic_s
             spill += _access_bytes(op) // 32
     scalars.update({p: ["param", p[1:]] for p in params})
     return Compiled(name, cc, num_warps, registers, spill, dynamic_shared + static_shared, straight, loops, scalars)
-
-
-# ------------------------------------------------------------------ trip counts from the arguments
-_BINARY = {"addi": lambda a, b: a + b, "subi": lambda a, b: a - b, "muli": lambda a, b: a * b,
-           "divsi": lambda a, b: int(a / b), "divui": lambda a, b: a // b, "ceildivsi": lambda a, b: -(-a // b),
-           "floordivsi": lambda a, b: a // b, "remsi": lambda a, b: int(math.fmod(a, b)), "remui": lambda a, b: a % b,
-           "maxsi": max, "minsi": min, "maxui": max, "minui": min, "andi": lambda a, b: a & b,
-           "ori": lambda a, b: a | b, "xori": lambda a, b: a ^ b, "shli": lambda a, b: a << b,
-           "shrsi": lambda a, b: a >> b, "shrui": lambda a, b: a >> b, "addf": lambda a, b: a + b,
-           "mulf": lambda a, b: a * b, "subf": lambda a, b: a - b, "divf": lambda a, b: a / b}
-_COMPARE = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "slt": lambda a, b: a < b,
-            "sle": lambda a, b: a <= b, "sgt": lambda a, b: a > b, "sge": lambda a, b: a >= b,
-            "ult": lambda a, b: a < b, "ule": lambda a, b: a <= b, "ugt": lambda a, b: a > b,
-            "uge": lambda a, b: a >= b, "olt": lambda a, b: a < b, "ogt": lambda a, b: a > b,
-            "oge": lambda a, b: a >= b, "ole": lambda a, b: a <= b, "oeq": lambda a, b: a == b}
-
-
-def evaluate(name: str, scalars: dict[str, list], env: dict[str, Any]) -> Any:
-    """The value of TTGIR scalar `name` given the launch's arguments by name (`env["args"]`), the program
-    id (`env["pid"]`) and enclosing induction variables; KeyError if it reads anything else."""
-    if name in env:
-        return env[name]
-    op, *rest = scalars[name]
-    if op == "const":
-        return rest[0]
-    if op == "param":
-        return env["args"][rest[0]]
-    if op == "tt.get_program_id":
-        return env["pid"]["xyz".index(rest[-1])]
-    if op == "tt.get_num_programs":
-        return env["grid"]["xyz".index(rest[-1])]
-    values = [evaluate(r, scalars, env) for r in rest]
-    kind = op.split(".", 1)[1]
-    if kind in ("extsi", "extui", "trunci", "index_cast", "sitofp", "fptosi", "bitcast", "extf", "truncf"):
-        return values[0]
-    if kind == "select":
-        return values[1] if values[0] else values[2]
-    if kind.startswith("cmp"):
-        return _COMPARE[kind.split(".")[1]](*values)
-    return _BINARY[kind](*values)
-
-
-def _reads(name: str, target: str, scalars: dict[str, list]) -> bool:
-    """Whether TTGIR scalar `name` depends on `target`."""
-    if name == target:
-        return True
-    entry = scalars.get(name)
-    return bool(entry) and entry[0] not in ("const", "param") and any(
-        _reads(r, target, scalars) for r in entry[1:] if isinstance(r, str) and r.startswith("%"))
-
-
-def executions(c: Compiled, args: dict[str, Any], grid: tuple[int, ...]) -> list[float]:
-    """How many times each loop's body runs per program, averaged over the grid's programs (bounds
-    that read the program id are evaluated for each of up to ~256 programs spread over the grid)."""
-    children = {i: [j for j, lp in enumerate(c.loops) if lp.parent == i] for i in range(-1, len(c.loops))}
-
-    def below(i: int) -> list[Loop]:
-        return [c.loops[j] for j in children[i]] + [x for j in children[i] for x in below(j)]
-
-    def run(pid: tuple[int, ...]) -> list[float]:
-        counts = [0.0] * len(c.loops)
-
-        def walk(parent: int, env: dict, times: float) -> None:
-            for i in children[parent]:
-                loop = c.loops[i]
-                if not all(bool(evaluate(g, c.scalars, env)) == want for g, want in loop.guards):
-                    continue
-                lower, upper, step = (evaluate(x, c.scalars, env) for x in (loop.lower, loop.upper, loop.step))
-                trips = max(0, -(-(upper - lower) // step))
-                counts[i] += times * trips
-                inner = below(i)
-                if any(_reads(x, loop.iv, c.scalars) for lp in inner for x in (lp.lower, lp.upper, lp.step,
-                                                                                 *(g for g, _ in lp.guards))):
-                    for value in range(lower, upper, step):  # the inner loops read this one's variable
-                        walk(i, {**env, loop.iv: value}, times)
-                elif trips:
-                    walk(i, env, times * trips)
-        walk(-1, {"args": args, "pid": pid, "grid": grid}, 1.0)
-        return counts
-
-    if not any(v[0] == "tt.get_program_id" for v in c.scalars.values()):
-        return run((0, 0, 0))
-    full = list(grid) + [1] * (3 - len(grid))
-    programs = [(x, y, z) for x in range(full[0]) for y in range(full[1]) for z in range(full[2])]
-    sample = programs[::max(1, len(programs) // 256)]
-    per = [run(p) for p in sample]
-    return [sum(col) / len(sample) for col in zip(*per)]
 
 
 if __name__ == "__main__":  # compile the specs given as JSON on stdin; print the results as JSON

@@ -39,7 +39,7 @@ import contextlib
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterator, NamedTuple, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -134,35 +134,6 @@ def _stand_in(func, args, kwargs):
     raise ValueError(f"cuda_cost: {func} has a data-dependent output shape the cost model cannot stand in for")
 
 
-class DerivedKernel(NamedTuple):
-    """One Triton launch as compiled for the GPU, and its derived (modelled) time."""
-    kernel: str
-    cc: int
-    registers: int
-    spill_bytes: int
-    shared_bytes: int
-    blocks_per_sm: int
-    programs: int
-    seconds: float
-    scope: str
-
-
-def launch_work(c, launch) -> dict:
-    """Per program: warp instructions per class, tensor FLOPs, L1 / shared bytes, summed
-    over the code's regions, each times the runs of its loop body (`compiled.executions`)."""
-    from .compiled import executions
-    runs = executions(c, launch.args, launch.grid)
-    work: dict = {}
-    for region, times in [(c.straight, 1.0)] + list(zip(c.loops, runs)):
-        for cls, n in region.counts.items():
-            work[cls] = work.get(cls, 0.0) + n * times
-            work["instructions"] = work.get("instructions", 0.0) + n * times
-        work["flops"] = work.get("flops", 0.0) + region.flops * times
-        work["bytes"] = work.get("bytes", 0.0) + sum(region.bytes.values()) * times
-        work["hmma_flops"] = work.get("hmma_flops", 0.0) + region.hmma_flops * times
-    return {k: v * c.num_warps for k, v in work.items()}  # every warp of the program runs the code
-
-
 class CostLog(TorchDispatchMode):
     """Turns every aten operation into kernels, syncs or host-only work (see the module docstring)."""
 
@@ -174,7 +145,7 @@ class CostLog(TorchDispatchMode):
         self.events: list[Any] = []   # Kernel, ("sync", op, scope) or ("host", op, scope), in order
         self.uncosted: set[str] = set()
         self.pending: list = []       # (event index, Launch, DRAM bytes) of Triton launches to derive
-        self.derived: list[DerivedKernel] = []
+        self.derived: list = []       # kernel_time.DerivedKernel of each Triton launch
 
     # ------------------------------------------------------------------ dispatch
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -243,17 +214,12 @@ class CostLog(TorchDispatchMode):
 
     def derive(self) -> None:
         """Compile the Triton launches seen (one batch) and set each one's derived time."""
-        from .compiled import compile_launches
-        from .gpu_model import blocks_per_sm, derived_seconds
-        results = compile_launches([launch for _, launch, _ in self.pending], self.gpu.cc)
-        for (index, launch, dram), c in zip(self.pending, results):
-            work = launch_work(c, launch)
-            blocks = blocks_per_sm(c.registers, c.num_warps, c.shared_bytes, c.cc)
-            seconds = derived_seconds(work, math.prod(launch.grid), c.num_warps, blocks, dram, self.gpu)
-            self.events[index] = self.events[index]._replace(seconds=seconds, flops=work["flops"] * c.num_warps
-                                                             * math.prod(launch.grid))
-            self.derived.append(DerivedKernel(c.kernel, c.cc, c.registers, c.spill_bytes, c.shared_bytes,
-                                              blocks, math.prod(launch.grid), seconds, self.events[index].scope))
+        from .kernel_time import derive
+        for index, kernel, derived in derive(self.pending, self.events, self.gpu):
+            self.events[index] = kernel
+            self.derived.append(derived)
+            if derived.note:
+                self.uncosted.add(f"{derived.kernel} sm_{derived.cc}: {derived.note}")
         self.pending = []
 
     def _attention(self, func, args, kwargs):
@@ -340,7 +306,7 @@ class Estimate:
     per_scope: dict[str, int] = field(default_factory=dict)   # launches per stem / block i / head
     top_ops: list[tuple[str, int, float]] = field(default_factory=list)  # (op, launches, modelled GPU s)
     uncosted: list[str] = field(default_factory=list)        # custom ops with no launch plan
-    derived: list[DerivedKernel] = field(default_factory=list)  # every Triton launch, from its compiled code
+    derived: list = field(default_factory=list)  # kernel_time.DerivedKernel of every Triton launch
 
     @property
     def modelled_img_per_s(self) -> float:
