@@ -98,11 +98,16 @@ def switch_off(op: str, reason: str) -> None:
                   RuntimeWarning, stacklevel=4)
 
 
-def ready(op: str, device: torch.device) -> bool:
-    """Whether fused `op` may run: checked once here on its first use (on CUDA; on the CPU only inside
-    `triton_support.self_checks_on_cpu()`), and not switched off."""
+def ready(op: str, sample: Tensor) -> bool:
+    """Whether fused `op` may run on tensors like `sample`: checked once here on its first real use (on
+    CUDA; on the CPU only inside `triton_support.self_checks_on_cpu()`), and not switched off. Fake
+    and meta tensors (the cost model, shape checks) run nothing, so they are never checked."""
+    from torch._subclasses.fake_tensor import FakeTensor
     if op in triton_support.STATUS:
         return triton_support.op_off(op) is None
+    if isinstance(sample, FakeTensor) or sample.device.type == "meta":
+        return True
+    device = sample.device
     if device.type != "cuda" and not triton_support.checks_on_cpu():
         return True  # interpreted in a test that did not ask for the check: run the kernel as it is
     try:

@@ -36,14 +36,14 @@ def _triton(t: Tensor) -> bool:
     return triton_support.runs_on(t) and not (torch.is_grad_enabled() and t.requires_grad)
 
 
-def _guarded(op: str, device: torch.device, fused: Callable[[], T], fallback: Callable[[], T]) -> T:
+def _guarded(op: str, sample: Tensor, fused: Callable[[], T], fallback: Callable[[], T]) -> T:
     """Run fused op `op` only if it has passed its first-use check on this device (`gtp.self_check`):
     a mismatch there, a build failure or a launch error (then or later) switches THAT op to the
     PyTorch path with a warning saying why. Under the interpreter (tests) a failure outside a
     check is raised: a fallback there would hide a broken kernel."""
     if torch.compiler.is_compiling():
         return fused()
-    if not self_check.ready(op, device):
+    if not self_check.ready(op, sample):
         return fallback()
     if triton_support.interpreting():
         return fused()
@@ -89,7 +89,7 @@ def attend(
         from .kernels.fused_attention import fused_attention
         num_zero = kernels.num_zeroed(q.shape[2], sparsity)
         return _guarded(
-            "gtp::fused_attention", q.device,
+            "gtp::fused_attention", q,
             lambda: G.Attention(*fused_attention(q, k, v, size, scale, num_zero, needs == "statistics",
                                                  needs == "cls_row", maps)),
             lambda: attend(q, k, v, size, sparsity, scale, needs, keep_maps))
@@ -133,7 +133,7 @@ def choose(attended: G.Attention, ids: Tensor, num_prefix: int, selection: str, 
             chosen = Choice(*triton_tokens.select_tokens(ids, num_prop, num_prefix=num_prefix, **inputs))
             return chosen if factors else chosen._replace(regeneration=None, broadcasting=None)
 
-        return _guarded("gtp::select_tokens", ids.device, fused,
+        return _guarded("gtp::select_tokens", ids, fused,
                         lambda: _choose_torch(attended, ids, num_prefix, selection, num_prop))
     return _choose_torch(attended, ids, num_prefix, selection, num_prop)
 
@@ -173,7 +173,7 @@ def propagate(
                 x, size, graph, ids, choice.prop, choice.keep, num_prefix, propagation, alpha, weights)
             return x_new, size_new, choice.kept_ids, w
 
-        return _guarded("gtp::propagate_tokens", x.device, fused,
+        return _guarded("gtp::propagate_tokens", x, fused,
                         lambda: _propagate_torch(x, size, graph, ids, choice, num_prefix, propagation, alpha, weights))
     return _propagate_torch(x, size, graph, ids, choice, num_prefix, propagation, alpha, weights)
 

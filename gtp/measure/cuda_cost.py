@@ -228,10 +228,11 @@ class CostLog(TorchDispatchMode):
         recording, self.recording = self.recording, False  # what it decomposes into is not the CUDA kernel
         try:
             out = func(*args, **kwargs)
+            # the fused kernels write [B, n, H, d] memory, returned as a [B, H, n, d] view (this
+            # copy stands for their layout: it is not a kernel of its own)
+            out = out.transpose(1, 2).contiguous().transpose(1, 2)
         finally:
             self.recording = recording
-        # the fused kernels write [B, n, H, d] memory, returned as a [B, H, n, d] view
-        out = out.transpose(1, 2).contiguous().transpose(1, 2)
         if not self.recording:
             return out
         flash = self.gpu.flash and mask is None and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
