@@ -17,10 +17,9 @@ CUDA backend would run them) and turns it into kernels:
   SDPA       `scaled_dot_product_attention` is one FlashAttention kernel (bf16 / fp16, no mask, on
              GPUs that have it) or one memory-efficient kernel (fp32 or a mask; plus one kernel
              padding a mask whose last dim is not a multiple of 16); FLOPs from torch's counter;
-  custom     "gtp::" ops: the launches `gtp.kernels.triton_support.PLANS` says the op makes, each compiled
-             for the GPU (`gtp.measure.compiled`) and timed from its code (`gpu_model.derived_seconds`:
-             instruction mix x trip counts, registers and shared memory -> blocks per SM, waves);
-             no kernel states its own cost. Any other custom op: one kernel moving its tensors.
+  custom     "gtp::" ops: the launches `triton_support.PLANS` says the op makes, compiled for the GPU and
+             timed from their code (`compiled`, `kernel_time`): no kernel states its own cost.
+             Any other custom op: one kernel moving its tensors.
 
 FLOPs: `torch.utils.flop_counter` for mm / addmm / bmm / baddbmm / convolution / attention, else
 a few per output element (`FLOPS_PER_ELEMENT`). Bytes: the storage each kernel reads and writes
@@ -144,8 +143,8 @@ class CostLog(TorchDispatchMode):
         self.recording = True
         self.events: list[Any] = []   # Kernel, ("sync", op, scope) or ("host", op, scope), in order
         self.uncosted: set[str] = set()
-        self.pending: list = []       # (event index, Launch, DRAM bytes) of Triton launches to derive
-        self.derived: list = []       # kernel_time.DerivedKernel of each Triton launch
+        self.pending: list = []       # (event index, Launch) of the Triton launches to derive
+        self.derived: list = []       # their kernel_time.DerivedKernel
 
     # ------------------------------------------------------------------ dispatch
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -202,24 +201,20 @@ class CostLog(TorchDispatchMode):
 
     def _custom(self, name: str, func, args, kwargs, nbytes: float, largest: int) -> None:
         from ..kernels.triton_support import PLANS
-        if name in PLANS and self.gpu.cc:
-            for launch in PLANS[name](args, kwargs):
-                dram = sum(touched_bytes(t) for t in launch.args.values() if isinstance(t, torch.Tensor))
-                self.pending.append((len(self.events), launch, dram))
-                self.events.append(Kernel(name, self.scope, "derived", self.dtype, 0.0, float(dram),
-                                          math.prod(launch.grid)))
-        else:  # unknown to the model: one kernel moving its inputs and outputs
+        if name not in PLANS or not self.gpu.cc:  # unknown to the model: one kernel moving its tensors
             self.uncosted.add(name)
-            self._add(name, "custom", 0.0, nbytes, math.ceil(largest / ELEMENTS_PER_PROGRAM))
+            return self._add(name, "custom", 0.0, nbytes, math.ceil(largest / ELEMENTS_PER_PROGRAM))
+        for launch in PLANS[name](args, kwargs):  # derived after the forward (`derive`)
+            self.pending.append((len(self.events), launch))
+            self.events.append(Kernel(name, self.scope, "derived", self.dtype, 0.0, 0.0, math.prod(launch.grid)))
 
     def derive(self) -> None:
         """Compile the Triton launches seen (one batch) and set each one's derived time."""
         from .kernel_time import derive
-        for index, kernel, derived in derive(self.pending, self.events, self.gpu):
+        for index, kernel, derived in derive(self.pending, self.events, self.gpu, touched_bytes):
             self.events[index] = kernel
             self.derived.append(derived)
-            if derived.note:
-                self.uncosted.add(f"{derived.kernel} sm_{derived.cc}: {derived.note}")
+            self.uncosted.update([f"{derived.kernel} sm_{derived.cc}: {derived.note}"] if derived.note else [])
         self.pending = []
 
     def _attention(self, func, args, kwargs):
@@ -272,9 +267,8 @@ class CostLog(TorchDispatchMode):
 
 
 class WholeAttention(TorchFunctionMode):
-    """Hands `F.scaled_dot_product_attention` whole to `CostLog`: with autograd on (no_grad
-    included) it is decomposed before a dispatch mode sees it, and fake CUDA tensors then take
-    the math fallback, which is not what a GPU runs."""
+    """Hands `F.scaled_dot_product_attention` whole to `CostLog`: with autograd on (no_grad included) it
+    is decomposed before a dispatch mode sees it, into the math fallback, which is not what a GPU runs."""
 
     def __init__(self, log: CostLog):
         super().__init__()

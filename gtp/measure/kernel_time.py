@@ -8,7 +8,7 @@ is MODELLED.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from .compiled import Compiled, compile_launches
 from .gpu_model import GPU, blocks_per_sm, derived_seconds
@@ -129,11 +129,11 @@ def launch_work(c, launch) -> dict:
     return {k: v * c.num_warps for k, v in work.items()}  # every warp of the program runs the code
 
 
-def derive(pending: list, events: list, gpu: GPU) -> list:
-    """For each (event index, Launch, DRAM bytes) of `pending`: (index, the event with its derived
+def derive(pending: list, events: list, gpu: GPU, nbytes: Callable[[Any], int]) -> list:
+    """For each (event index, Launch) of `pending` (its DRAM floor: its tensors' `nbytes`, each once): (index, the event with its derived
     time, its `DerivedKernel`). A kernel whose code cannot be read gets nan and says why."""
     out = []
-    launches = [launch for _, launch, _ in pending]
+    launches = [launch for _, launch in pending]
     try:
         results: list = compile_launches(launches, gpu.cc)
     except (ValueError, RuntimeError):  # one at a time: a kernel whose code cannot be read is said, not guessed
@@ -143,16 +143,17 @@ def derive(pending: list, events: list, gpu: GPU) -> list:
                 results.append(compile_launches([launch], gpu.cc)[0])
             except (ValueError, RuntimeError) as error:
                 results.append(ValueError(str(error).strip().splitlines()[-1]))
-    for (index, launch, dram), c in zip(pending, results):
+    for (index, launch), c in zip(pending, results):
         programs, scope = math.prod(launch.grid), events[index].scope
+        dram = float(sum(nbytes(t) for t in launch.args.values() if hasattr(t, "storage_offset")))
         if isinstance(c, ValueError):  # not derived: its tensors moved once is all that is counted
-            out.append((index, events[index]._replace(kind="custom"), DerivedKernel(
+            out.append((index, events[index]._replace(kind="custom", bytes=dram), DerivedKernel(
                 launch.kernel.fn.__name__, gpu.cc, 0, 0, 0, 0, programs, math.nan, scope, str(c))))
             continue
         work = launch_work(c, launch)
         blocks = blocks_per_sm(c.registers, c.num_warps, c.shared_bytes, c.cc)
         seconds = derived_seconds(work, programs, c.num_warps, blocks, dram, gpu)
-        out.append((index, events[index]._replace(seconds=seconds, flops=work["flops"] * programs),
+        out.append((index, events[index]._replace(seconds=seconds, flops=work["flops"] * programs, bytes=dram),
                     DerivedKernel(c.kernel, c.cc, c.registers, c.spill_bytes, c.shared_bytes, blocks, programs,
                                   seconds, scope)))
     return out
