@@ -2,7 +2,8 @@
 
 On a CUDA machine the kernel runs on the GPU; elsewhere Triton's interpreter runs the
 same kernel on CPU tensors (conftest sets TRITON_INTERPRET=1). The interpreter is
-slow, so maps stay small; n = 17 and 50 span several ragged 16 x 16 tiles there.
+slow, so maps stay small; n = 17 and 50 span several ragged 16 x 16 tiles there, and one
+map of 260 tokens is larger than a 224-pixel grid (256 tokens).
 """
 from __future__ import annotations
 
@@ -67,12 +68,19 @@ def test_zeroes_exactly_the_smallest_entries(n, d, token_scale, sparsity):
     check_outputs(res, v)
 
 
-@pytest.mark.parametrize("n", [17, 50])
+@pytest.mark.parametrize("n", [17, 50, 260])
 def test_threshold_is_the_kth_smallest(n):
     """Exactly k entries per head are zeroed, ties with the threshold aside: an off-by-one fails."""
-    q, k, v, _ = inputs(1, 3, n, 16, seed=1)
+    q, k, v, _ = inputs(1, 3 if n < 256 else 1, n, 16, seed=1)  # 260 tokens: more than one 256-key pass
     num_zero = kernels.num_zeroed(n, 0.6)
-    res = FA.fused_attention(q, k, v, None, 0.25, num_zero, keep_maps=True)
+    res = FA.fused_attention(q, k, v, None, 0.25, num_zero, statistics=n > 256, cls_row=n > 256, keep_maps=True)
+    if n > 256:
+        assert torch.equal(res.sparse_map, zeroed_like_torch(res.dense_map, num_zero))
+        check_outputs(res, v)
+        full = FA.fused_attention(q, k, v, None, 0.25, 0, statistics=True, cls_row=True, keep_maps=True)
+        assert torch.equal(full.sparse_map, full.dense_map)  # theta = 1: the lse of PyTorch's attention
+        torch.testing.assert_close(full.dense_map, res.dense_map, atol=1e-8, rtol=1e-5)
+        check_outputs(full, v)
     dense = res.dense_map.flatten(2)
     threshold = dense.kthvalue(num_zero, dim=-1, keepdim=True).values
     ties = (dense == threshold).sum(-1)
@@ -110,29 +118,37 @@ def test_close_to_the_torch_path():
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
 
 
+def recorded_launches(monkeypatch) -> list:
+    """Every list of launches `triton_support.execute` runs from now on (it still runs them)."""
+    run, seen = triton_support.execute, []
+
+    def record(launches):
+        seen.append(list(launches))
+        run(launches)
+
+    monkeypatch.setattr(triton_support, "execute", record)
+    return seen
+
+
 def test_no_map_in_memory_unless_traced(monkeypatch):
-    """Untraced, the kernel is handed no buffer of n x n entries: it can write no map anywhere."""
-    from gtp.kernels import triton_attention as T
-    kernel, handed = T._gtp_attention_kernel, []
-
-    class Recorder:  # stands in for the kernel: records what each launch is given
-        arg_names = kernel.arg_names
-
-        def __getitem__(self, grid):
-            def run(*args, **kwargs):
-                handed.append([a for a in args if isinstance(a, torch.Tensor)])
-                return kernel[grid](*args, **kwargs)
-            return run
-
-    monkeypatch.setattr(T, "_gtp_attention_kernel", Recorder())
+    """Untraced, no launch is handed a buffer of n x n entries per head: no map is written anywhere."""
+    seen = recorded_launches(monkeypatch)
     B, H, n, d = 1, 2, 33, 8  # n > d: q, k, v hold fewer entries than one map per head
     q, k, v, size = inputs(B, H, n, d, seed=7)
     lean = FA.fused_attention(q, k, v, size, 0.3, 300, statistics=True, cls_row=True)
     traced = FA.fused_attention(q, k, v, size, 0.3, 300, statistics=True, cls_row=True, keep_maps=True)
-    assert len(handed) == 2  # one launch each
-    assert max(t.numel() for t in handed[0]) < B * H * n * n
-    assert sum(t.numel() == B * H * n * n for t in handed[1]) == 2  # the dense and sparse maps
+    full = FA.fused_attention(q, k, v, size, 0.3, 0, statistics=True, cls_row=True)
+    assert len(seen) == 3  # one plan each
+    tensors = [[t for launch in launches for t in launch.args.values() if isinstance(t, torch.Tensor)]
+               for launches in seen]
+    # floats: fewer entries than the maps; integers: the radix histograms, 3 x 1024 per head whatever n
+    assert max(t.numel() for t in tensors[0] + tensors[2] if t.is_floating_point()) < B * H * n * n
+    assert {t.numel() for t in tensors[0] if not t.is_floating_point()} == {B * H * 3 * 1024}
+    assert any(t.numel() == 2 * B * H * n * n for t in tensors[1])  # the dense and sparse maps
     assert torch.equal(lean.out, traced.out)
+    traced_full = FA.fused_attention(q, k, v, size, 0.3, 0, statistics=True, keep_maps=True)
+    assert torch.equal(full.statistics[1], traced_full.statistics[1])
+    torch.testing.assert_close(full.statistics[1], traced_full.sparse_map.sum(-2), atol=1e-6, rtol=1e-5)
 
 
 def test_without_maps_the_same_results():
@@ -220,46 +236,77 @@ def test_one_graph_under_torch_compile():
         assert torch.equal(a, b)
 
 
-def test_launch_plan():
-    """Registered under the op's name: the one launch the op makes, with the maps only when traced."""
-    plan = triton_support.PLANS["gtp::fused_attention"]
-    B, H, n, d = 4, 6, 197, 64
-    with torch.device("meta"):
-        q = torch.empty(B, H, n, d, dtype=torch.bfloat16)
-        size = torch.ones(B, n)
-    lean, = plan((q, q, q, size), dict(scale=0.125, num_zero=100, statistics=True, cls_row=True, keep_maps=False))
-    traced, = plan((q, q, q, size, 0.125, 100, True, True, True), {})
-    assert lean.grid == (B * H,) and lean.args["num_zero"] == 100 and lean.args["n"] == n
-    assert lean.args["DENSE"].numel() == 0 and traced.args["DENSE"].shape == (B, H, n, n)
+def described(launches) -> list:
+    """A plan as comparable data: kernel, grid, warps, stages, scalars, and each tensor's shape and dtype."""
+    return [(l.kernel.__name__, l.grid, l.num_warps, l.num_stages,
+             {k: (tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else a for k, a in l.args.items()})
+            for l in launches]
 
 
-# Compiles the kernel for a Hopper GPU (sm_90) down to a cubin with Triton's own ptxas: no GPU needed.
-# The interpreter runs Python, so it accepts code the real compiler rejects; this catches that.
-COMPILE_FOR_SM90 = """
-import torch, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from gtp.kernels import triton_attention as T
-kernel = T._gtp_attention_kernel
-pointers = dict(Q="*bf16", K="*bf16", V="*bf16", OUT="*bf16", SIZE="*fp32", LSE="*fp32", DIAG="*fp32",
-                COLSUM="*fp32", CLS="*fp32", DENSE="*fp32", SPARSE="*fp32", scale="fp32")
-block_m, block_n, block_d, num_warps = T._blocks(torch.device("cuda"), torch.bfloat16, 64)
-constants = dict(HAS_SIZE=True, STATISTICS=True, CLS_ROW=True, KEEP_MAPS=True, DOT=T._dot_kind(torch.bfloat16),
-                 BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BINS=T._BINS, RADIX_BITS=T._RADIX_BITS)
-signature = {a: "constexpr" if a in constants else pointers.get(a, "i32") for a in kernel.arg_names}
-source = ASTSource(kernel, signature, constexprs={(kernel.arg_names.index(a),): c for a, c in constants.items()})
-compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=num_warps, num_stages=2, enable_fp_fusion=False))
-ttgir = compiled.asm["ttgir"]
-barrier = "ttg.barrier" in ttgir or "gpu.barrier" in ttgir   # "gpu.barrier" in Triton 3.4 (torch 2.8, the Space's pin)
-assert ttgir.count("tt.histogram") == 3 and barrier and compiled.asm["cubin"]
+@pytest.mark.parametrize("num_zero", [0, 100])
+def test_the_plan_is_what_runs(num_zero, monkeypatch):
+    """Each op's registered plan, given the op's own arguments, lists exactly the launches it makes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.gtp = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "gtp":
+                self.gtp.append((f"gtp::{func._schema.name.split('::')[1]}", args, kwargs or {}))
+            return func(*args, **(kwargs or {}))
+
+    seen = recorded_launches(monkeypatch)
+    q, k, v, size = inputs(2, 3, 40, 16, seed=8)
+    with Calls() as calls:
+        FA.fused_attention(q, k, v, size, 0.25, num_zero, statistics=True, cls_row=True)
+    (name, args, kwargs), = calls.gtp
+    assert name == ("gtp::fused_attention" if num_zero else "gtp::attention_statistics")
+    planned = triton_support.PLANS[name](args, kwargs)
+    assert described(planned) == described(seen[0])
+    kernels_run = [launch.kernel.__name__ for launch in seen[0]]
+    tiles = -(-40 // 16)  # 16-row tiles under the interpreter
+    if num_zero:
+        assert kernels_run == ["_lse_kernel"] + ["_radix_kernel"] * 3 + ["_attention_kernel", "_sum_tiles_kernel"]
+        assert [launch.args["PASS"] for launch in seen[0][1:4]] == [0, 1, 2]
+    else:  # the output and the lse came from PyTorch's attention, outside the plan
+        assert kernels_run == ["_attention_kernel", "_sum_tiles_kernel"]
+        assert seen[0][0].args["OUTPUT"] is False
+    assert all(launch.grid == (tiles, 2 * 3) for launch in seen[0][:-1])  # row tiles x (image, head)
+
+
+# Compiles the plans' kernels for a Hopper GPU (sm_90) and the RTX Pro 6000 Blackwell (sm_120) down to
+# cubins with Triton's own ptxas: no GPU needed. The interpreter runs Python, so it accepts code the real
+# compiler rejects; this catches that, and reads what ptxas gave each kernel.
+COMPILE_FOR_GPUS = """
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from gtp.kernels import fused_attention, triton_support as S
+B, H, n, d = 2, 12, 197, 64
+with FakeTensorMode():
+    q, k, v = torch.empty(B, n, 3, H, d, dtype=torch.bfloat16, device="cuda").permute(2, 0, 3, 1, 4).unbind(0)
+    bias, lse = torch.empty(B, n, device="cuda"), torch.empty(B, H, 224, device="cuda")
+    sparse = S.PLANS["gtp::fused_attention"]((q, k, v, bias, 0.125, 15000, True, False, False), {})
+    full = S.PLANS["gtp::attention_statistics"]((q, k, bias.bfloat16(), lse, 0.125, True, False, False), {})
+for launch in sparse[:2] + sparse[-2:] + full[:1]:
+    for arch in (90, 120):
+        compiled = S.compile_launch(launch, arch)
+        used = S.resources(compiled)
+        print(launch.kernel.__name__, arch, used)
+        assert compiled.asm["cubin"] and used["spills"] == 0 and used["shared"] <= 99 * 1024
+        assert used["registers"] <= 128, (launch.kernel.__name__, arch, used)
+        if launch.kernel.__name__ == "_radix_kernel":
+            assert "tt.histogram" not in compiled.asm["ttgir"] and "tt.atomic_rmw" in compiled.asm["ttgir"]
 """
 
 
-def test_compiles_for_a_gpu():
-    """The kernel compiles for sm_90 (bfloat16, every output on): histograms, barriers, a cubin."""
+def test_compiles_for_hopper_and_blackwell():
+    """The bfloat16 plans' kernels compile for sm_90 and sm_120 within 128 registers, no spills, shared
+    memory within sm_120's 99 KB per block; the radix passes count with atomics (no tl.histogram)."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], cwd=ROOT, env=env, check=True, timeout=300)
+    subprocess.run([sys.executable, "-c", COMPILE_FOR_GPUS], cwd=ROOT, env=env, check=True, timeout=600)
 
 
 def test_gtp_imports_without_triton():

@@ -140,7 +140,7 @@ def test_ties_go_to_the_lower_index():
 
 
 def test_selection_over_several_tiles_equals_torch():
-    """Up to N = 2500 patch tokens (tiles of 64 ranked x 256 compared) with long runs of ties."""
+    """Up to N = 2500 patch tokens (tiles of 32 ranked x 128 compared) with long runs of ties."""
     for B, n, p0, selection, P in ((1, 2501, 1, "mixed_attn_max", 1234), (2, 701, 0, "sum_attn_mean", 700),
                                    (2, 701, 5, "img_attn_max", 1)):
         diagonal, column_sums = tied_statistics(B, 4, n, seed=n)
@@ -169,7 +169,7 @@ def test_selection_rejects_bad_input():
 # ---------------------------------------------------------------------------------- propagation
 def propagation_inputs(B: int, p0: int, dtype: torch.dtype, seed: int):
     """Tokens after earlier blocks: N = 80 of N0 = 100 patch tokens left (ids a random subset),
-    C = 80 channels (two channel tiles), sizes in [1, 3), P = 37 leaving (two steps of 32)."""
+    C = 80 channels (three channel tiles), sizes in [1, 3), P = 37 leaving (two steps of 32)."""
     gen = torch.Generator().manual_seed(seed)
     N0, N, C, P = 100, 80, 80, 37
     x = torch.randn(B, p0 + N, C, generator=gen).to(DEVICE, dtype)
@@ -278,18 +278,34 @@ class RecordOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_each_op_registers_its_launch_plan():
-    """One launch each; grids follow the shapes the dispatcher passes."""
+def test_each_op_plans_the_launch_it_makes(monkeypatch):
+    """Each op's registered plan, from the arguments the dispatcher passes, is the launch it runs."""
     with torch.device("meta"), RecordOps() as recorder:
         block_step(*block_inputs("meta", B=2, H=6, n=50, C=32))
     plans = {name: triton_support.PLANS[name](args, kwargs) for name, args, kwargs in recorder.calls
              if name.startswith("gtp::")}
     (select,), (propagate,) = plans["gtp::select_tokens"], plans["gtp::propagate_tokens"]
-    assert select.grid == (2,) and select.args["N"] == 49 and select.args["P"] == 13
-    assert propagate.grid == (2, 2, 1)  # 37 output rows in tiles of 32, 32 channels in one tile
+    assert select.kernel is T._select_kernel and select.grid == (2,) and select.args["P"] == 13
+    assert select.args["FROM_STATS"] and select.args["H"] == 6 and select.args["p0"] == 1
+    assert propagate.kernel is T._propagate_kernel and propagate.grid == (2, 2, 1)  # 37 rows in 32s, 32 channels
+    assert propagate.args["GRAPH"] and propagate.args["WEIGHTS"] and propagate.args["P"] == 13
+
+    run, seen = triton_support.execute, []
+    monkeypatch.setattr(triton_support, "execute", lambda launches: (seen.append(launches), run(launches)))
+    inputs = block_inputs(DEVICE)
+    with RecordOps() as recorder:
+        block_step(*inputs)
+    calls = [(name, args, kwargs) for name, args, kwargs in recorder.calls if name.startswith("gtp::")]
+    assert len(calls) == len(seen) == 2
+    for (name, args, kwargs), launches in zip(calls, seen):
+        planned = triton_support.PLANS[name](args, kwargs)
+        assert [(l.kernel, l.grid, l.num_warps, l.num_stages) for l in planned] == \
+               [(l.kernel, l.grid, l.num_warps, l.num_stages) for l in launches]
+        assert [{k: a for k, a in l.args.items() if not isinstance(a, torch.Tensor)} for l in planned] == \
+               [{k: a for k, a in l.args.items() if not isinstance(a, torch.Tensor)} for l in launches]
 
 
-# Compiles both kernels for a Hopper GPU (sm_90) down to a cubin with Triton's own ptxas: no GPU
+# Compiles both kernels for a Hopper GPU (sm_90) and a Blackwell RTX Pro 6000 (sm_120) down to a cubin with Triton's own ptxas: no GPU
 # needed. The interpreter runs Python, so it accepts code the real compiler rejects; this catches that.
 COMPILE_FOR_SM90 = """
 import torch, triton
@@ -300,8 +316,9 @@ from gtp.kernels import triton_tokens as T
 def build(kernel, pointers, constants, num_warps):
     signature = {a: "constexpr" if a in constants else pointers.get(a, "i32") for a in kernel.arg_names}
     source = ASTSource(kernel, signature, constexprs={(kernel.arg_names.index(a),): c for a, c in constants.items()})
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
-    assert compiled.asm["cubin"]
+    for arch in (90, 120):
+        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps))
+        assert compiled.asm["cubin"]
 
 indices = dict(ids_ptr="*i64", prop_ptr="*i64", keep_ptr="*i64", new_ids_ptr="*i64")
 floats = {a: "*fp32" for a in ("diag_ptr", "cols_ptr", "src_ptr", "score_ptr", "regen_ptr", "bcast_ptr")}
@@ -320,7 +337,7 @@ for dtype, ieee in (("bf16", False), ("fp32", True)):
 
 
 def test_compiles_for_a_gpu():
-    """Both kernels compile for sm_90 (selection from statistics, max and mean, or from a score;
+    """Both kernels compile for sm_90 and sm_120 (selection from statistics, max and mean, or from a score;
     propagation in bfloat16 and float32 with weights)."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], cwd=ROOT, env=env, check=True, timeout=300)

@@ -1,26 +1,37 @@
-"""GTP attention fused into one Triton kernel: no n x n map is written to GPU memory.
+"""GTP attention in Triton kernels over row tiles: no n x n map is written to GPU memory.
 
 `gtp.functional.attention` materialises each head's float32 map and walks it many
-times (logits, softmax, the k-th smallest, zeroing, statistics, A @ V). Here one
-Triton program per (image, head) recomputes the logits tile by tile instead,
-flash-attention style, in up to five passes over its query x key tiles:
+times. Here every kernel runs one program per (query row tile, image x head), so a
+batch-1 forward of deit_base has 48 programs per launch (4 row tiles x 12 heads), and
+each program holds one row tile's logits on chip, tile of keys by tile of keys:
 
-  0. the log-sum-exp of every query row (online max and sum), kept in a float32
-     scratch of n values: from then on p = exp(logit - lse) is the softmax entry;
-  1-3. when entries are to be zeroed (k > 0): a radix select of the k-th smallest p
-     of the whole map. Non-negative float32 values sort as their bit patterns, and
-     p <= ~1 leaves bits 31 and 30 zero, so three passes over bits 29..20, 19..10
-     and 9..0 each build a 1024-bin histogram of the entries that share the prefix
-     found so far, and its cumulative sum names the bucket holding the k-th;
-  4. p again, zeroed where its bits are <= the threshold's (ties are zeroed too,
-     SPEC.md section 2), then out += p @ v and, on request, the diagonal, the column
-     sums and the CLS row of the zeroed map, and both maps for a trace.
+  `_lse_kernel`        the log-sum-exp of each query row, one pass over all keys (online
+                       max and sum): from then on p = exp(logit - lse) is the softmax entry.
+  `_radix_kernel` x 3  only when entries are zeroed (k > 0): a radix select of the k-th
+                       smallest p of each head's whole map. Non-negative float32 values
+                       sort as their bit patterns and p <= ~1 leaves bits 31 and 30 zero, so
+                       three passes read bits 29..20, 19..10 and 9..0. Each pass counts the
+                       entries that share the prefix found so far into a 1024-bin histogram
+                       per head in global memory (integer atomic adds: any order gives the
+                       same counts); the next pass's programs each read the histograms and
+                       name the bucket holding the k-th (a 1024-long cumulative sum).
+                       After pass 0, few entries share the prefix: most atomics are masked off.
+                       Pass 0 also stores the map's diagonal for the statistics.
+  `_attention_kernel`  p again, zeroed where its bits are <= the threshold's (ties too,
+                       SPEC.md section 2), then out = p @ v and, on request, the diagonal, the
+                       column sums (per row tile; `_sum_tiles_kernel` adds the tiles in order,
+                       so they are deterministic), the CLS row, and both maps for a trace.
 
-Every pass computes p with the same helper (`_probabilities`), and the kernel is
-compiled without floating-point contraction, so p has the same bits in every pass
-and the zeroed set is exactly `p <= kthvalue(p, k)` of the map the kernel reports.
-Logits, softmax and accumulation run in float32 whatever the input dtype; float32
-inputs multiply exactly (no TF32), as PyTorch's float32 matmul does.
+With theta = 1 (nothing zeroed) PyTorch's own fused attention gives the output and the
+log-sum-exp (`fused_attention`), and `_attention_kernel` without P @ V takes only what
+the selection reads.
+
+Every kernel computes p with one helper (`_probabilities`) whose logit is an explicit
+fused multiply-add, so no compiler contraction can give p other bits in another kernel:
+the zeroed set is exactly `p <= kthvalue(p, k)` of the map the kernel reports. Logits,
+softmax and sums run in float32 whatever the input dtype; float32 inputs multiply
+exactly (no TF32), as PyTorch's float32 matmul does. One warpgroup (4 warps) per program:
+no work is duplicated across warpgroups.
 
 Importing this module imports Triton: `gtp.kernels.fused_attention` does so lazily.
 """
@@ -34,23 +45,12 @@ import triton.language as tl
 from torch import Tensor
 
 from . import triton_support
+from .triton_support import Launch
 
-_RADIX_BITS = 10    # bits per radix pass: 3 passes cover bits 29..0
-_BINS = 1024        # 2 ** _RADIX_BITS
-
-
-@triton.jit
-def _load_keys(k_base, sk_n, sk_d, size_base, ss_n, start_n, n, offs_d, d_ok,
-               BLOCK_N: tl.constexpr, HAS_SIZE: tl.constexpr):
-    """Key tile start_n: (k^T [BLOCK_D, BLOCK_N], log s [BLOCK_N], key index, key in range)."""
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    key_ok = offs_n < n
-    kt = tl.load(k_base + offs_n[None, :] * sk_n + offs_d[:, None] * sk_d,
-                 mask=key_ok[None, :] & d_ok[:, None], other=0.0)
-    log_size = tl.zeros([BLOCK_N], dtype=tl.float32)
-    if HAS_SIZE:
-        log_size = tl.log(tl.load(size_base + offs_n * ss_n, mask=key_ok, other=1.0).to(tl.float32))
-    return kt, log_size, offs_n, key_ok
+RADIX_BITS = 10    # bits per radix pass
+BINS = 1024        # 2 ** RADIX_BITS
+PASSES = 3         # radix passes: bits 29..0
+PASS_COUNT: tl.constexpr = tl.constexpr(PASSES)   # the same, as the kernels read it
 
 
 @triton.jit
@@ -68,179 +68,275 @@ def _dot(a, b, acc, DOT: tl.constexpr):
 
 
 @triton.jit
-def _logits(q, kt, log_size, key_ok, scale, HAS_SIZE: tl.constexpr, DOT: tl.constexpr):
-    """scale * q k^T + log s_j [BLOCK_M, BLOCK_N] float32; keys out of range get -inf."""
-    logits = _dot(q, kt, tl.zeros([q.shape[0], kt.shape[1]], dtype=tl.float32), DOT) * scale
-    if HAS_SIZE:
-        logits = logits + log_size[None, :]
-    return tl.where(key_ok[None, :], logits, float("-inf"))
+def _queries(Q, sq_b, sq_h, sq_n, sq_d, LSE, sl_b, sl_h, sl_n, b, h, n, d,
+             BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's query row tile: (q [BLOCK_M, BLOCK_D], lse [BLOCK_M], row index, row in range)."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < n
+    q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_n + offs_d[None, :] * sq_d,
+                mask=row_ok[:, None] & (offs_d < d)[None, :], other=0.0)
+    lse = tl.load(LSE + b * sl_b + h * sl_h + offs_m * sl_n, mask=row_ok, other=0.0)
+    return q, lse, offs_m, row_ok
 
 
 @triton.jit
-def _probabilities(q, kt, log_size, key_ok, lse, scale, HAS_SIZE: tl.constexpr, DOT: tl.constexpr):
-    """The softmax entries exp(logit - lse) of a tile: the one definition every pass uses."""
-    return tl.exp(_logits(q, kt, log_size, key_ok, scale, HAS_SIZE, DOT) - lse[:, None])
+def _logits(q, K, sk_b, sk_h, sk_n, sk_d, BIAS, sb_b, sb_n, b, h, start_n, n, d, scale,
+            HAS_BIAS: tl.constexpr, DOT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Key tile start_n: (scale q k^T + log s_j [BLOCK_M, BLOCK_N] float32, -inf off the keys; key index, key in range)."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    key_ok = offs_n < n
+    kt = tl.load(K + b * sk_b + h * sk_h + offs_n[None, :] * sk_n + offs_d[:, None] * sk_d,
+                 mask=key_ok[None, :] & (offs_d < d)[:, None], other=0.0)
+    bias = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(BIAS + b * sb_b + offs_n * sb_n, mask=key_ok, other=0.0).to(tl.float32)
+    qk = _dot(q, kt, tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), DOT)
+    return tl.where(key_ok[None, :], tl.fma(qk, scale, bias[None, :]), float("-inf")), offs_n, key_ok
 
 
 @triton.jit
-def _gtp_attention_kernel(
-        Q, K, V, SIZE, OUT, LSE, DIAG, COLSUM, CLS, DENSE, SPARSE,
-        sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d, sv_b, sv_h, sv_n, sv_d,
-        ss_b, ss_n, so_b, so_h, so_n, so_d,
-        H, n, d, scale, num_zero,
-        HAS_SIZE: tl.constexpr, STATISTICS: tl.constexpr, CLS_ROW: tl.constexpr,
-        KEEP_MAPS: tl.constexpr, DOT: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BINS: tl.constexpr,
-        RADIX_BITS: tl.constexpr):
-    """One program per (image, head): see the module docstring for the passes."""
-    pid = tl.program_id(0).to(tl.int64)
-    b, h = pid // H, pid % H
-    q_base, k_base, v_base = Q + b * sq_b + h * sq_h, K + b * sk_b + h * sk_h, V + b * sv_b + h * sv_h
-    out_base, size_base = OUT + b * so_b + h * so_h, SIZE + b * ss_b
-    rows = pid * n          # this head's [n] slice of the [B, H, n] outputs and scratch
-    maps = pid * n * n      # this head's [n, n] slice of the maps
+def _probabilities(logits, lse):
+    """The softmax entries exp(logit - lse) of a tile: the one definition every kernel uses."""
+    return tl.exp(logits - lse[:, None])
+
+
+@triton.jit
+def _threshold(HIST, head, num_zero, PASS: tl.constexpr, BINS: tl.constexpr, RADIX_BITS: tl.constexpr):
+    """From the histograms of passes 0..PASS-1: (the threshold's bits found so far, the rank of the
+    num_zero-th smallest entry among the entries sharing them)."""
+    prefix = 0
+    rank = num_zero
+    bins = tl.arange(0, BINS)
+    for r in tl.static_range(PASS):
+        hist = tl.load(HIST + (head * PASS_COUNT + r) * BINS + bins)
+        bucket = tl.sum((tl.cumsum(hist, 0) < rank).to(tl.int32), 0)   # the first bin reaching rank
+        rank -= tl.sum(tl.where(bins < bucket, hist, 0), 0)
+        prefix = (prefix << RADIX_BITS) | bucket
+    return prefix, rank
+
+
+@triton.jit
+def _lse_kernel(Q, K, BIAS, LSE, HIST,
+                sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d, sb_b, sb_n, sl_b, sl_h, sl_n,
+                H, n, d, scale,
+                HAS_BIAS: tl.constexpr, CLEAR_HIST: tl.constexpr, DOT: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BINS: tl.constexpr):
+    """The log-sum-exp of each row of this program's row tile (and, from row tile 0, the head's
+    histograms cleared for the radix passes)."""
+    head = tl.program_id(1).to(tl.int64)
+    b, h = head // H, head % H
+    q, _lse, offs_m, row_ok = _queries(Q, sq_b, sq_h, sq_n, sq_d, LSE, sl_b, sl_h, sl_n, b, h, n, d,
+                                    BLOCK_M, BLOCK_D)
+    row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for start_n in range(0, n, BLOCK_N):
+        logits, _offs, _ok = _logits(q, K, sk_b, sk_h, sk_n, sk_d, BIAS, sb_b, sb_n, b, h, start_n, n, d, scale,
+                               HAS_BIAS, DOT, BLOCK_N, BLOCK_D)
+        new_max = tl.maximum(row_max, tl.max(logits, 1))
+        row_sum = row_sum * tl.exp(row_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), 1)
+        row_max = new_max
+    tl.store(LSE + b * sl_b + h * sl_h + offs_m * sl_n, row_max + tl.log(row_sum), mask=row_ok)
+    if CLEAR_HIST:
+        if tl.program_id(0) == 0:
+            for r in tl.static_range(PASS_COUNT):
+                tl.store(HIST + (head * PASS_COUNT + r) * BINS + tl.arange(0, BINS),
+                         tl.zeros([BINS], dtype=tl.int32))
+
+
+@triton.jit
+def _radix_kernel(Q, K, BIAS, LSE, HIST, DIAG,
+                  sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d, sb_b, sb_n, sl_b, sl_h, sl_n,
+                  H, n, d, scale, num_zero,
+                  PASS: tl.constexpr, TAKE_DIAGONAL: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  BINS: tl.constexpr, RADIX_BITS: tl.constexpr):
+    """Radix pass PASS: count this row tile's entries sharing the prefix, by their next RADIX_BITS bits
+    (and with TAKE_DIAGONAL, store the map's diagonal before zeroing: `_attention_kernel` zeroes it)."""
+    head = tl.program_id(1).to(tl.int64)
+    b, h = head // H, head % H
+    prefix, _rank = _threshold(HIST, head, num_zero, PASS, BINS, RADIX_BITS)
+    shift: tl.constexpr = (PASS_COUNT - 1 - PASS) * RADIX_BITS   # this pass reads bits shift + RADIX_BITS - 1 .. shift
+    q, lse, offs_m, row_ok = _queries(Q, sq_b, sq_h, sq_n, sq_d, LSE, sl_b, sl_h, sl_n, b, h, n, d,
+                                      BLOCK_M, BLOCK_D)
+    hist = HIST + (head * PASS_COUNT + PASS) * BINS
+    for start_n in range(0, n, BLOCK_N):
+        logits, offs_n, key_ok = _logits(q, K, sk_b, sk_h, sk_n, sk_d, BIAS, sb_b, sb_n, b, h, start_n, n, d, scale,
+                                    HAS_BIAS, DOT, BLOCK_N, BLOCK_D)
+        p = _probabilities(logits, lse)
+        bits = p.to(tl.int32, bitcast=True)
+        counted = (row_ok[:, None] & key_ok[None, :]) & ((bits >> (shift + RADIX_BITS)) == prefix)
+        tl.atomic_add(hist + ((bits >> shift) & (BINS - 1)), 1, mask=counted, sem="relaxed")
+        if TAKE_DIAGONAL:
+            if start_n == tl.program_id(0) * BLOCK_M // BLOCK_N * BLOCK_N:  # BLOCK_N is a multiple of BLOCK_M
+                tl.store(DIAG + head * n + offs_m, tl.sum(tl.where(offs_m[:, None] == offs_n[None, :], p, 0.0), 1),
+                         mask=row_ok)
+
+
+@triton.jit
+def _attention_kernel(Q, K, V, BIAS, LSE, HIST, OUT, DIAG, COLSUM, CLS, MAPS,
+                      sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d, sb_b, sb_n, sl_b, sl_h, sl_n,
+                      sv_b, sv_h, sv_n, sv_d, so_b, so_h, so_n, so_d,
+                      H, n, d, scale, num_zero, num_tiles, map_size,
+                      HAS_BIAS: tl.constexpr, ZEROING: tl.constexpr, OUTPUT: tl.constexpr,
+                      STATISTICS: tl.constexpr, CLS_ROW: tl.constexpr, KEEP_MAPS: tl.constexpr,
+                      DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                      BINS: tl.constexpr, RADIX_BITS: tl.constexpr):
+    """p zeroed at the threshold, then out = p @ v and what the selection and the trace read."""
+    tile, head = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    b, h = head // H, head % H
+    threshold = -1   # bits of the num_zero-th smallest p; -1: nothing zeroed
+    if ZEROING:
+        threshold, _rank = _threshold(HIST, head, num_zero, PASS_COUNT, BINS, RADIX_BITS)
+    q, lse, offs_m, row_ok = _queries(Q, sq_b, sq_h, sq_n, sq_d, LSE, sl_b, sl_h, sl_n, b, h, n, d,
+                                      BLOCK_M, BLOCK_D)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < d
-
-    # Pass 0: the log-sum-exp of every query row.
-    for start_m in range(0, n, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < n
-        q = tl.load(q_base + offs_m[:, None] * sq_n + offs_d[None, :] * sq_d,
-                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for start_n in range(0, n, BLOCK_N):
-            kt, log_size, offs_n, key_ok = _load_keys(k_base, sk_n, sk_d, size_base, ss_n, start_n, n,
-                                                      offs_d, d_ok, BLOCK_N, HAS_SIZE)
-            logits = _logits(q, kt, log_size, key_ok, scale, HAS_SIZE, DOT)
-            new_max = tl.maximum(row_max, tl.max(logits, 1))
-            row_sum = row_sum * tl.exp(row_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), 1)
-            row_max = new_max
-        tl.store(LSE + rows + offs_m, row_max + tl.log(row_sum), mask=row_ok)
-    tl.debug_barrier()  # the scratch is read back by other threads of this program
-
-    # Passes 1-3: the bits of the num_zero-th smallest p of the whole map (-1: none zeroed).
-    threshold = -1
-    if num_zero > 0:
-        prefix = 0          # the threshold's bits found so far
-        rank = num_zero     # the rank of the threshold among the entries sharing that prefix
-        for r in tl.static_range(3):
-            shift = (2 - r) * RADIX_BITS  # this pass reads bits shift + RADIX_BITS - 1 .. shift
-            hist = tl.zeros([BINS], dtype=tl.int32)
-            for start_m in range(0, n, BLOCK_M):
-                offs_m = start_m + tl.arange(0, BLOCK_M)
-                row_ok = offs_m < n
-                q = tl.load(q_base + offs_m[:, None] * sq_n + offs_d[None, :] * sq_d,
-                            mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-                lse = tl.load(LSE + rows + offs_m, mask=row_ok, other=0.0)
-                for start_n in range(0, n, BLOCK_N):
-                    kt, log_size, offs_n, key_ok = _load_keys(k_base, sk_n, sk_d, size_base, ss_n, start_n, n,
-                                                              offs_d, d_ok, BLOCK_N, HAS_SIZE)
-                    p = _probabilities(q, kt, log_size, key_ok, lse, scale, HAS_SIZE, DOT)
-                    bits = p.to(tl.int32, bitcast=True)
-                    counted = (row_ok[:, None] & key_ok[None, :]) & ((bits >> (shift + RADIX_BITS)) == prefix)
-                    digit = (bits >> shift) & (BINS - 1)
-                    hist += tl.histogram(tl.reshape(digit, [BLOCK_M * BLOCK_N]), BINS,
-                                         mask=tl.reshape(counted, [BLOCK_M * BLOCK_N]))
-            # The bucket holding the rank-th entry: the first whose cumulative count reaches rank.
-            bucket = tl.sum((tl.cumsum(hist, 0) < rank).to(tl.int32), 0)
-            rank -= tl.sum(tl.where(tl.arange(0, BINS) < bucket, hist, 0), 0)
-            prefix = (prefix << RADIX_BITS) | bucket
-        threshold = prefix
-
-    # Pass 4: zero, then A @ V and what the selection and the trace read.
-    for start_m in range(0, n, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < n
-        q = tl.load(q_base + offs_m[:, None] * sq_n + offs_d[None, :] * sq_d,
-                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        lse = tl.load(LSE + rows + offs_m, mask=row_ok, other=0.0)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-        diagonal = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for start_n in range(0, n, BLOCK_N):
-            kt, log_size, offs_n, key_ok = _load_keys(k_base, sk_n, sk_d, size_base, ss_n, start_n, n,
-                                                      offs_d, d_ok, BLOCK_N, HAS_SIZE)
-            p = _probabilities(q, kt, log_size, key_ok, lse, scale, HAS_SIZE, DOT)
-            inside = row_ok[:, None] & key_ok[None, :]
-            entries = maps + offs_m[:, None] * n + offs_n[None, :]
-            if KEEP_MAPS:
-                tl.store(DENSE + entries, p, mask=inside)
-            p = tl.where(inside & (p.to(tl.int32, bitcast=True) > threshold), p, 0.0)
-            if KEEP_MAPS:
-                tl.store(SPARSE + entries, p, mask=inside)
-            v = tl.load(v_base + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d,
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    diagonal = tl.zeros([BLOCK_M], dtype=tl.float32)
+    maps = MAPS + head * n * n   # the dense map; the sparse one map_size entries further on
+    for start_n in range(0, n, BLOCK_N):
+        logits, offs_n, key_ok = _logits(q, K, sk_b, sk_h, sk_n, sk_d, BIAS, sb_b, sb_n, b, h, start_n, n, d,
+                                         scale, HAS_BIAS, DOT, BLOCK_N, BLOCK_D)
+        p = _probabilities(logits, lse)
+        inside = row_ok[:, None] & key_ok[None, :]
+        entries = maps + offs_m[:, None] * n + offs_n[None, :]
+        if KEEP_MAPS:
+            tl.store(entries, p, mask=inside)
+        p = tl.where(inside & (p.to(tl.int32, bitcast=True) > threshold), p, 0.0)
+        if KEEP_MAPS:
+            tl.store(entries + map_size, p, mask=inside)
+        if OUTPUT:
+            v = tl.load(V + b * sv_b + h * sv_h + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d,
                         mask=key_ok[:, None] & d_ok[None, :], other=0.0)
-            acc = _dot(p.to(v.dtype), v, acc, DOT)
-            if STATISTICS:
-                diagonal += tl.sum(tl.where(offs_m[:, None] == offs_n[None, :], p, 0.0), 1)
-                # This program alone owns its column sums: added query tile after query tile,
-                # in a fixed order, so they are deterministic.
-                sums = tl.load(COLSUM + rows + offs_n, mask=key_ok & (start_m > 0), other=0.0)
-                tl.store(COLSUM + rows + offs_n, sums + tl.sum(p, 0), mask=key_ok)
-            if CLS_ROW:
-                tl.store(CLS + rows + offs_n, tl.sum(tl.where(offs_m[:, None] == 0, p, 0.0), 0),
-                         mask=key_ok & (start_m == 0))
-        tl.store(out_base + offs_m[:, None] * so_n + offs_d[None, :] * so_d, acc.to(OUT.dtype.element_ty),
-                 mask=row_ok[:, None] & d_ok[None, :])
+            acc = _dot(p.to(V.dtype.element_ty), v, acc, DOT)
         if STATISTICS:
-            tl.store(DIAG + rows + offs_m, diagonal, mask=row_ok)
-            tl.debug_barrier()  # the column sums stored here are read back for the next query tile
+            if not ZEROING:
+                if start_n == tile * BLOCK_M // BLOCK_N * BLOCK_N:  # the key tile holding the diagonal
+                    diagonal = tl.sum(tl.where(offs_m[:, None] == offs_n[None, :], p, 0.0), 1)
+            # this row tile's share of the column sums: `_sum_tiles_kernel` adds the tiles in order
+            tl.store(COLSUM + (head * num_tiles + tile) * n + offs_n, tl.sum(p, 0), mask=key_ok)
+        if CLS_ROW:
+            if tile == 0:
+                tl.store(CLS + head * n + offs_n, tl.sum(tl.where(offs_m[:, None] == 0, p, 0.0), 0), mask=key_ok)
+    if OUTPUT:
+        tl.store(OUT + b * so_b + h * so_h + offs_m[:, None] * so_n + offs_d[None, :] * so_d,
+                 acc.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    if STATISTICS:
+        if ZEROING:  # the diagonal radix pass 0 stored (in registers here, it would cost ~30 more): zeroed
+            diagonal = tl.load(DIAG + head * n + offs_m, mask=row_ok, other=0.0)
+            diagonal = tl.where(diagonal.to(tl.int32, bitcast=True) > threshold, diagonal, 0.0)
+        tl.store(DIAG + head * n + offs_m, diagonal, mask=row_ok)
 
 
-def _blocks(device: torch.device, dtype: torch.dtype, d: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps). tl.dot needs every side >= 16.
+@triton.jit
+def _sum_tiles_kernel(PARTS, SUMS, n, num_tiles, BLOCK: tl.constexpr):
+    """SUMS[head, j] = sum over row tiles t, in order, of PARTS[head, t, j]."""
+    head = tl.program_id(1)
+    cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < n
+    total = tl.zeros([BLOCK], dtype=tl.float32)
+    for t in range(0, num_tiles):
+        total += tl.load(PARTS + (head * num_tiles + t) * n + cols, mask=ok, other=0.0)
+    tl.store(SUMS + head * n + cols, total, mask=ok)
 
-    Small tiles under the interpreter keep the CPU tests fast and give small maps
-    several ragged tiles. On a GPU, chosen by compiling for sm_90 and reading ptxas's
-    spill counts (not timed): 8 warps, 64 x 64 tiles for half inputs; float32's exact
-    (FMA) products need narrower key tiles to stay in registers.
+
+# ------------------------------------------------------------------------------------ plans
+def blocks(device: torch.device, dtype: torch.dtype, d: int, keep_maps: bool = False
+           ) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages). tl.dot needs every side >= 16.
+
+    Small tiles under the interpreter keep the CPU tests fast and give small maps several
+    ragged tiles. On a GPU, chosen by compiling every variant for sm_90 and sm_120 and reading
+    the registers ptxas gave it (`scripts/kernel_resources.py`; not timed): 4 warps on 32-row
+    tiles, 64 keys per step for half inputs and 32 for float32 (exact FMA products), keep each
+    thread's share of a tile at 16 values and so the kernels within 128 registers without
+    spills; more row tiles also mean more programs (7 per head at 197 tokens). Two stages: the
+    next key tile loads while this one is used, within sm_120's 99 KB of shared memory per
+    block (but see `_stages`).
+    A traced forward (`keep_maps`, one photo) stores both maps too: 16-row tiles. The row tiling
+    changes no bit of p: each logit is the same sequence of 16-row MMA instructions over d.
     """
     block_d = max(16, triton.next_power_of_2(d))
     if device.type != "cuda":
-        return 16, 16, block_d, 4
-    return 64, (32 if dtype == torch.float32 else 64), block_d, 8
+        return 16, 16, block_d, 4, 1
+    return (16 if keep_maps else 32), (32 if dtype == torch.float32 else 64), block_d, 4, 2
 
 
-def _dot_kind(dtype: torch.dtype) -> str:
+def _stages(kernel: str, dtype: torch.dtype, output: bool, statistics: bool, keep_maps: bool, stages: int) -> int:
+    """One stage for the variants where a second one costs registers (read from ptxas for sm_90
+    and sm_120 by `scripts/kernel_resources.py`, not timed): the float32 log-sum-exp pass (its
+    FMA products hold their operands in registers), the float32 CLS-row pass without an output,
+    and the traced zeroing pass with an output for half inputs (two map stores per tile)."""
+    half = dtype != torch.float32
+    if kernel == "lse" and not half:
+        return 1
+    if kernel == "attention" and ((half and output and keep_maps) or
+                                  (not half and not output and not statistics and not keep_maps)):
+        return 1
+    return stages
+
+
+def dot_kind(dtype: torch.dtype) -> str:
     """The `_dot` variant for inputs of this dtype."""
     if dtype == torch.float32:
         return "ieee"
     return "upcast" if dtype == torch.bfloat16 and triton_support.interpreting() else "native"
 
 
-def plan(q: Tensor, k: Tensor, v: Tensor, size: Optional[Tensor], scale: float, num_zero: int,
-         statistics: bool, cls_row: bool, keep_maps: bool) -> tuple[tuple[Tensor, ...], list[triton_support.Launch]]:
-    """The outputs (allocated, not written) and the one launch that writes them: see `launch`."""
-    B, H, n, d = q.shape
-    out = v.new_empty(B, n, H, d).transpose(1, 2)
-    f32 = dict(dtype=torch.float32, device=q.device)
-    lse = torch.empty(B, H, n, **f32)
-    diagonal = torch.empty(B, H, n if statistics else 0, **f32)
-    column_sums = torch.empty(B, H, n if statistics else 0, **f32)
-    cls = torch.empty(B, H, n if cls_row else 0, **f32)
-    dense = torch.empty(B, H, *((n, n) if keep_maps else (0, 0)), **f32)
-    sparse = torch.empty_like(dense)
-    block_m, block_n, block_d, num_warps = _blocks(q.device, q.dtype, d)
-    size_arg, size_strides = (size, size.stride()) if size is not None else (lse, (0, 0))
-    values = (q, k, v, size_arg, out, lse, diagonal, column_sums, cls, dense, sparse,
-              *q.stride(), *k.stride(), *v.stride(), *size_strides, *out.stride(), H, n, d, float(scale), int(num_zero),
-              size is not None, statistics, cls_row, keep_maps, _dot_kind(q.dtype),
-              block_m, block_n, block_d, _BINS, _RADIX_BITS)
-    args = dict(zip(_gtp_attention_kernel.arg_names, values))
-    launch_ = triton_support.Launch(_gtp_attention_kernel, (B * H,), args, num_warps, 2,
-                                    dict(enable_fp_fusion=False))  # no fused multiply-adds: p has the same bits in every pass
-    return (out, diagonal, column_sums, cls, dense, sparse), [launch_]
+def attention_launches(q: Tensor, k: Tensor, v: Optional[Tensor], bias: Optional[Tensor], scale: float,
+                       num_zero: int, statistics: bool, cls_row: bool, keep_maps: bool,
+                       lse: Optional[Tensor] = None) -> tuple[list[Launch], tuple[Tensor, ...]]:
+    """The launches of one attention call and the tensors they write (allocated here, filled by them).
 
-
-def launch(q: Tensor, k: Tensor, v: Tensor, size: Optional[Tensor], scale: float, num_zero: int,
-           statistics: bool, cls_row: bool, keep_maps: bool) -> tuple[Tensor, ...]:
-    """Run the kernel: see `gtp.kernels.fused_attention.fused_attention` for the arguments.
-
-    Returns (out [B, H, n, d] in v's dtype, a view of [B, n, H, d] memory; diagonal,
-    column sums, CLS row [B, H, n] float32; dense map, sparse map [B, H, n, n] float32),
-    the ones not asked for empty ([B, H, 0] and [B, H, 0, 0]).
+    q, k, v: [B, H, n, d], any strides; bias: [B, n] log s_j (None: no token scale);
+    v None: no output (theta = 1: `lse` [B, H, >= n] comes from PyTorch's attention);
+    otherwise lse is computed by `_lse_kernel`. Returns (launches, (out [B, H, n, d] in
+    [B, n, H, d] memory, or None; diagonal, column sums, CLS row [B, H, n]; the dense and
+    the sparse map [2, B, H, n, n] (one tensor: a kernel stores both from one address);
+    the outputs not asked for empty)).
     """
-    outputs, launches = plan(q, k, v, size, scale, num_zero, statistics, cls_row, keep_maps)
-    triton_support.execute(launches)
-    return outputs
+    B, H, n, d = q.shape
+    block_m, block_n, block_d, num_warps, num_stages = blocks(q.device, q.dtype, d, keep_maps)
+    num_tiles = triton.cdiv(n, block_m)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    zeroing = num_zero > 0
+    if lse is None:
+        lse = torch.empty(B, H, n, **f32)
+    hist = torch.empty(B * H * PASSES * BINS if zeroing else 1, dtype=torch.int32, device=q.device)
+    out = v.new_empty(B, n, H, d).transpose(1, 2) if v is not None else None
+    width, side = (n if statistics else 0), (n if keep_maps else 0)
+    diagonal, column_sums = torch.empty(B, H, width, **f32), torch.empty(B, H, width, **f32)
+    parts = torch.empty(B * H * num_tiles * width, **f32)
+    cls = torch.empty(B, H, n if cls_row else 0, **f32)
+    maps = torch.empty(2, B, H, side, side, **f32)   # the dense and the sparse map, one after the other
+    common = dict(Q=q, K=k, BIAS=bias if bias is not None else lse, LSE=lse,
+                  **{f"sq_{a}": s for a, s in zip("bhnd", q.stride())},
+                  **{f"sk_{a}": s for a, s in zip("bhnd", k.stride())},
+                  **{f"sb_{a}": s for a, s in zip("bn", bias.stride() if bias is not None else (0, 0))},
+                  **{f"sl_{a}": s for a, s in zip("bhn", lse.stride())},
+                  H=H, n=n, d=d, scale=float(scale), HAS_BIAS=bias is not None, DOT=dot_kind(q.dtype),
+                  BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d)
+    grid = (num_tiles, B * H)
+    launches = []
+    if v is not None:
+        launches.append(Launch(_lse_kernel, grid, dict(common, HIST=hist, CLEAR_HIST=zeroing, BINS=BINS),
+                               num_warps, _stages("lse", q.dtype, True, statistics, keep_maps, num_stages)))
+    for r in range(PASSES if zeroing else 0):
+        launches.append(Launch(_radix_kernel, grid, dict(common, HIST=hist, DIAG=diagonal, num_zero=int(num_zero),
+                                                         PASS=r, TAKE_DIAGONAL=statistics and r == 0, BINS=BINS,
+                                                         RADIX_BITS=RADIX_BITS), num_warps, num_stages))
+    values, output = (v, out) if v is not None else (q, q)  # without an output, q stands in (never read)
+    launches.append(Launch(_attention_kernel, grid, dict(
+        common, V=values, HIST=hist, OUT=output, DIAG=diagonal, COLSUM=parts, CLS=cls, MAPS=maps, map_size=B * H * side * side,
+        **{f"sv_{a}": s for a, s in zip("bhnd", values.stride())},
+        **{f"so_{a}": s for a, s in zip("bhnd", output.stride())},
+        num_zero=int(num_zero), num_tiles=num_tiles, ZEROING=zeroing, OUTPUT=v is not None, STATISTICS=statistics,
+        CLS_ROW=cls_row, KEEP_MAPS=keep_maps, BINS=BINS, RADIX_BITS=RADIX_BITS),
+        num_warps, _stages("attention", q.dtype, v is not None, statistics, keep_maps, num_stages)))
+    if statistics:
+        sum_block = 128 if q.device.type == "cuda" else 32
+        launches.append(Launch(_sum_tiles_kernel, (triton.cdiv(n, sum_block), B * H),
+                               dict(PARTS=parts, SUMS=column_sums, n=n, num_tiles=num_tiles, BLOCK=sum_block), 4, 1))
+    return launches, (out, diagonal, column_sums, cls, maps)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import inspect
 import os
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import torch
 
@@ -98,10 +99,13 @@ def on_cpu() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------ launch plans
-# A Triton custom op is one opaque node to a dispatch mode. So that its GPU cost can be derived
-# from the code the compiler produces (`gtp.measure.compiled`), never declared, each op says how
-# it LAUNCHES: `PLANS["gtp::name"](args, kwargs)` takes the op's own arguments (real, fake or meta
-# tensors) and returns the `Launch`es its implementation makes, which `execute` runs.
+# A Triton custom op is one opaque node to a dispatch mode. So that nothing has to take a
+# kernel's word for its cost, each op publishes its PLAN: the exact launches its real
+# implementation makes, built by the same function from the op's own arguments (fake or
+# meta tensors will do). `gtp.measure` compiles each launch for a GPU and reads the cost
+# from the compiled code; the op itself runs its plan through `execute`, so the plan and
+# what runs cannot differ. Any non-Triton work (an SDPA call, a log) happens outside the
+# op, in aten ops a dispatch mode sees on their own.
 class Launch(NamedTuple):
     """One Triton kernel launch exactly as the op's implementation makes it."""
     kernel: Any                 # the @triton.jit function
@@ -109,14 +113,13 @@ class Launch(NamedTuple):
     args: dict[str, Any]        # every kernel parameter by name, constexprs included: tensors and Python scalars
     num_warps: int
     num_stages: int
-    options: Mapping[str, Any] = {}  # other compile options (enable_fp_fusion), as given to the launch
 
 
 PLANS: dict[str, Callable[[tuple, dict], list[Launch]]] = {}
 
 
 def register_plan(op_name: str) -> Callable:
-    """Decorator: `@register_plan("gtp::fused_attention")` on the op's plan function."""
+    """Decorator: `@register_plan("gtp::fused_attention")` on the function (op args, op kwargs) -> launches."""
     def register(fn: Callable[[tuple, dict], list[Launch]]) -> Callable[[tuple, dict], list[Launch]]:
         PLANS[op_name] = fn
         return fn
@@ -124,11 +127,69 @@ def register_plan(op_name: str) -> Callable:
 
 
 def execute(launches: list[Launch]) -> None:
-    """Run the launches in order (on the device of their first tensor argument)."""
+    """Launch each kernel in order, on the device of its tensors' (the current CUDA device otherwise)."""
     for launch in launches:
-        device = next((a.device for a in launch.args.values() if isinstance(a, torch.Tensor)), None)
-        guard = torch.cuda.device(device) if device is not None and device.type == "cuda" else contextlib.nullcontext()
-        names = launch.kernel.arg_names
-        with guard:
-            launch.kernel[launch.grid](*(launch.args[n] for n in names), num_warps=launch.num_warps,
-                                       num_stages=launch.num_stages, **launch.options)
+        tensor = next((a for a in launch.args.values() if isinstance(a, torch.Tensor)), None)
+        on_cuda = tensor is not None and tensor.device.type == "cuda"
+        with torch.cuda.device(tensor.device) if on_cuda else contextlib.nullcontext():
+            launch.kernel[launch.grid](**launch.args, num_warps=launch.num_warps, num_stages=launch.num_stages)
+
+
+def bind(fn: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The op's arguments by name (defaults filled in), however a dispatch mode passed them."""
+    bound = inspect.signature(fn).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def compile_launch(launch: Launch, capability: int = 90) -> Any:
+    """Compile a launch's kernel for an NVIDIA GPU of this compute capability (90: H100, 120: RTX Pro
+    6000 Blackwell) with Triton's own ptxas: no GPU needed. The kernel is specialised as a launch
+    specialises it: constexprs, integers equal to 1, integers divisible by 16 and pointers 16-byte aligned
+    (PyTorch's allocations).
+    Returns Triton's compiled kernel (`.asm["sass"]`, `.metadata.shared`; see `cubin_resources`)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    fn = launch.kernel
+    signature, constants, attrs = {}, {}, {}
+    for index, param in enumerate(fn.params):
+        name, value = param.name, launch.args[param.name]
+        if param.is_constexpr or (type(value) is int and value == 1):
+            signature[name], constants[name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            signature[name] = "*" + _TRITON_DTYPES[value.dtype]
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, bool):
+            signature[name] = "i1"
+        elif isinstance(value, int):
+            signature[name] = "i32" if -2 ** 31 <= value < 2 ** 31 else "i64"
+            if value % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+        else:
+            signature[name] = "fp32"
+    source = ASTSource(fn, signature, constexprs=constants, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32),
+                          options=dict(num_warps=launch.num_warps, num_stages=launch.num_stages))
+
+
+def resources(compiled: Any) -> dict[str, int]:
+    """What ptxas gave a compiled kernel, read from its cubin with the cuobjdump Triton ships:
+    registers per thread, spill (local memory) bytes per thread, shared memory bytes per block."""
+    import re
+    import subprocess
+    import tempfile
+    import triton
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run([tool, "--dump-resource-usage", cubin.name], capture_output=True, text=True,
+                               check=True).stdout
+    field = {key: int(value) for key, value in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", usage)}
+    return dict(registers=field["REG"], spills=field["LOCAL"] + field["STACK"],
+                shared=field["SHARED"] + compiled.metadata.shared)
+
+
+_TRITON_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
+                  torch.int32: "i32", torch.int64: "i64", torch.bool: "i1"}

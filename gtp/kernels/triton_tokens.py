@@ -12,7 +12,7 @@ the kept ones (`propagate`): some thirty small PyTorch operations. Here they are
 
 Both are `torch.library` custom ops ("gtp::select_tokens", "gtp::propagate_tokens") with fake
 implementations, so torch.compile keeps one graph around them, and each registers its launch
-plan (`triton_support.register_plan`), from which `gtp.measure` derives its GPU cost. On CPU tensors they run only under Triton's
+plan (`triton_support.register_plan`): the launch its implementation makes, built by the same function. On CPU tensors they run only under Triton's
 interpreter (`TRITON_INTERPRET=1`, see `triton_support`). This module imports triton: `gtp`
 never imports it at load time.
 """
@@ -26,10 +26,11 @@ import triton.language as tl
 from torch import Tensor
 
 from . import triton_support
+from .triton_support import Launch
 
 REDUCES = ("max", "mean")                    # over the heads
 COMBINES = ("mixed", "sum", "diag", "img")   # regeneration x / + broadcasting, or one of them alone
-SELECT_BLOCKS = (64, 256)                    # (ranked, compared) patch tokens per tile of the selection kernel
+SELECT_BLOCKS = (32, 128)                    # (ranked, compared) patch tokens per tile of the selection kernel
 
 
 # ------------------------------------------------------------------------------------ selection
@@ -104,10 +105,10 @@ def _select_kernel(
         num_left += tl.sum(left, axis=0)
 
 
-def _select_plan(diagonal: Optional[Tensor], column_sums: Optional[Tensor], score: Optional[Tensor],
-                 ids: Tensor, num_prefix: int, num_prop: int, reduce: str, combine: str
-                 ) -> tuple[tuple[Tensor, ...], list[triton_support.Launch]]:
-    """The outputs (allocated, not written) and the one launch of the selection kernel."""
+def _select_launches(diagonal: Optional[Tensor], column_sums: Optional[Tensor], score: Optional[Tensor],
+                     ids: Tensor, num_prefix: int, num_prop: int, reduce: str, combine: str
+                     ) -> tuple[list[Launch], tuple[Tensor, ...]]:
+    """The launch of one selection and the tensors it writes (allocated here, filled by it)."""
     B, N = ids.shape
     outputs = _fake_select(diagonal, column_sums, score, ids, num_prefix, num_prop, reduce, combine)
     prop, keep, new_ids, score_out, regen, bcast = outputs
@@ -117,19 +118,21 @@ def _select_plan(diagonal: Optional[Tensor], column_sums: Optional[Tensor], scor
     else:  # the statistics are not read: any tensor stands in for them
         d, c, src, H = score, score, score, 1
     strides = (*d.stride(), *c.stride(), 0, 0) if from_stats else (0,) * 6 + tuple(score.stride())
+    names = ("s_db", "s_dh", "s_dn", "s_cb", "s_ch", "s_cn", "s_sb", "s_sn", "s_ib", "s_in")
     block_i, block_j = _select_blocks(N)
-    values = (d, c, src, ids, prop, keep, new_ids, score_out, regen, bcast,
-              N, H, float(H), num_prefix, num_prop, *strides, *ids.stride(),
-              from_stats, reduce == "mean", COMBINES.index(combine), block_i, block_j)
-    args = dict(zip(_select_kernel.arg_names, values))
-    return outputs, [triton_support.Launch(_select_kernel, (B,), args, 8, 3)]
+    args = dict(diag_ptr=d, cols_ptr=c, src_ptr=src, ids_ptr=ids, prop_ptr=prop, keep_ptr=keep, new_ids_ptr=new_ids,
+                score_ptr=score_out, regen_ptr=regen, bcast_ptr=bcast, N=N, H=H, num_heads_f=float(H),
+                p0=num_prefix, P=num_prop, **dict(zip(names, (*strides, *ids.stride()))),
+                FROM_STATS=from_stats, MEAN=reduce == "mean", COMBINE=COMBINES.index(combine),
+                BLOCK_I=block_i, BLOCK_J=block_j)
+    return [Launch(_select_kernel, (B,), args, 8, 1)], outputs
 
 
 def _select_impl(diagonal: Optional[Tensor], column_sums: Optional[Tensor], score: Optional[Tensor],
                  ids: Tensor, num_prefix: int, num_prop: int, reduce: str, combine: str
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     _check_runs(ids)
-    outputs, launches = _select_plan(diagonal, column_sums, score, ids, num_prefix, num_prop, reduce, combine)
+    launches, outputs = _select_launches(diagonal, column_sums, score, ids, num_prefix, num_prop, reduce, combine)
     triton_support.execute(launches)
     return outputs
 
@@ -202,7 +205,7 @@ def _propagate_kernel(
 
 def _propagate_blocks(C: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_P, BLOCK_C): output rows, propagated tokens and channels per step (tl.dot needs >= 16)."""
-    return 32, 32, min(64, max(16, triton.next_power_of_2(C)))
+    return 32, 32, min(32, max(16, triton.next_power_of_2(C)))
 
 
 def _propagate_grid(B: int, rows_out: int, C: int) -> tuple[int, int, int]:
@@ -210,10 +213,10 @@ def _propagate_grid(B: int, rows_out: int, C: int) -> tuple[int, int, int]:
     return B, triton.cdiv(rows_out, block_m), triton.cdiv(C, block_c)
 
 
-def _propagate_plan(x: Tensor, size: Tensor, graph: Optional[Tensor], ids: Tensor, prop: Tensor, keep: Tensor,
-                    num_prefix: int, alpha: float, weights: bool
-                    ) -> tuple[tuple[Tensor, ...], list[triton_support.Launch]]:
-    """The outputs (allocated, not written) and the one launch of the propagation kernel."""
+def _propagate_launches(x: Tensor, size: Tensor, graph: Optional[Tensor], ids: Tensor, prop: Tensor,
+                        keep: Tensor, num_prefix: int, alpha: float, weights: bool
+                        ) -> tuple[list[Launch], tuple[Tensor, ...]]:
+    """The launch of one propagation and the tensors it writes (allocated here, filled by it)."""
     outputs = _fake_propagate(x, size, graph, ids, prop, keep, num_prefix, alpha, weights)
     x_new, size_new, w_out = outputs
     B, rows_out, C = x_new.shape
@@ -222,18 +225,21 @@ def _propagate_plan(x: Tensor, size: Tensor, graph: Optional[Tensor], ids: Tenso
     w = graph if use_graph else size  # not read without a graph
     w_strides = ((0,) if graph.dim() == 2 else ()) + tuple(graph.stride()) if use_graph else (0, 0, 0)
     block_m, block_p, block_c = _propagate_blocks(C)
-    values = (x, size, w, ids, prop, keep, x_new, size_new, w_out, C, num_prefix, P, rows_out, alpha,
-              *x.stride(), *size.stride(), *w_strides, *ids.stride(), *prop.stride(), *keep.stride(),
-              use_graph, weights and use_graph, x.dtype == torch.float32, x.device.type == "cpu",
-              block_m, block_p, block_c)
-    args = dict(zip(_propagate_kernel.arg_names, values))
-    return outputs, [triton_support.Launch(_propagate_kernel, _propagate_grid(B, rows_out, C), args, 4, 3)]
+    names = ("s_xb", "s_xn", "s_xc", "s_sb", "s_sn", "s_wb", "s_wr", "s_wc", "s_ib", "s_in", "s_pb", "s_pn",
+             "s_kb", "s_kn")
+    strides = (*x.stride(), *size.stride(), *w_strides, *ids.stride(), *prop.stride(), *keep.stride())
+    args = dict(x_ptr=x, size_ptr=size, w_ptr=w, ids_ptr=ids, prop_ptr=prop, keep_ptr=keep, x_out_ptr=x_new,
+                size_out_ptr=size_new, w_out_ptr=w_out, C=C, p0=num_prefix, P=P, M_out=rows_out, alpha=alpha,
+                **dict(zip(names, strides)),
+                GRAPH=use_graph, WEIGHTS=weights and use_graph, IEEE=x.dtype == torch.float32,
+                INTERPRETED=x.device.type == "cpu", BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_C=block_c)
+    return [Launch(_propagate_kernel, _propagate_grid(B, rows_out, C), args, 4, 2)], outputs
 
 
 def _propagate_impl(x: Tensor, size: Tensor, graph: Optional[Tensor], ids: Tensor, prop: Tensor, keep: Tensor,
                     num_prefix: int, alpha: float, weights: bool) -> tuple[Tensor, Tensor, Tensor]:
     _check_runs(x)
-    outputs, launches = _propagate_plan(x, size, graph, ids, prop, keep, num_prefix, alpha, weights)
+    launches, outputs = _propagate_launches(x, size, graph, ids, prop, keep, num_prefix, alpha, weights)
     triton_support.execute(launches)
     return outputs
 
@@ -267,22 +273,16 @@ _propagate_op = torch.library.custom_op(
 _propagate_op.register_fake(_fake_propagate)
 
 
-def _bind(fn, args: tuple, kwargs: dict) -> dict:
-    """The op's arguments by name, however a dispatch mode passed them."""
-    names = fn.__code__.co_varnames[:fn.__code__.co_argcount]
-    return {**dict(zip(names, args)), **kwargs}
-
-
 @triton_support.register_plan("gtp::select_tokens")
-def select_plan(args: tuple, kwargs: dict) -> list[triton_support.Launch]:
-    """The launch one `gtp::select_tokens` call makes (its own arguments; fake tensors will do)."""
-    return _select_plan(**_bind(_select_impl, args, kwargs))[1]
+def select_plan(args: tuple, kwargs: dict) -> list[Launch]:
+    """The launch of one `gtp::select_tokens` call (its own arguments; fake tensors will do)."""
+    return _select_launches(**triton_support.bind(_select_impl, args, kwargs))[0]
 
 
 @triton_support.register_plan("gtp::propagate_tokens")
-def propagate_plan(args: tuple, kwargs: dict) -> list[triton_support.Launch]:
-    """The launch one `gtp::propagate_tokens` call makes (its own arguments; fake tensors will do)."""
-    return _propagate_plan(**_bind(_propagate_impl, args, kwargs))[1]
+def propagate_plan(args: tuple, kwargs: dict) -> list[Launch]:
+    """The launch of one `gtp::propagate_tokens` call (its own arguments; fake tensors will do)."""
+    return _propagate_launches(**triton_support.bind(_propagate_impl, args, kwargs))[0]
 
 
 # ------------------------------------------------------------------------------------ entry points

@@ -157,7 +157,8 @@ def compile_launches(launches: list, cc: int) -> list[Compiled]:
     for launch in launches:
         fn = launch.kernel.fn
         specs.append(dict(module=fn.__module__, name=fn.__name__, args=describe(launch.args), cc=cc,
-                          num_warps=launch.num_warps, num_stages=launch.num_stages, options=dict(launch.options)))
+                          num_warps=launch.num_warps, num_stages=launch.num_stages,
+                          options=dict(getattr(launch, "options", {}))))
     keys = [json.dumps(s, sort_keys=True, default=str) for s in specs]
     missing = {k: s for k, s in zip(keys, specs) if k not in _CACHE}
     if missing:
