@@ -113,32 +113,32 @@ def test_custom_op_without_a_plan_moves_its_tensors_once():
 
 def test_triton_kernels_are_derived_from_their_compiled_code():
     """Every GTP launch is compiled for sm_90 and read: registers, shared memory, blocks per SM; its
-    time follows the trip counts the arguments give (theta < 1 runs the radix passes: longer)."""
+    time follows the launches and trip counts the arguments give (theta < 1 adds the radix passes)."""
     one = cuda_cost.estimate("deit_tiny_patch16_224", "gtp", amount=8, batch=4, sparsity=1.0)
     sparse = cuda_cost.estimate("deit_tiny_patch16_224", "gtp", amount=8, batch=4, sparsity=0.6)
-    assert one.uncosted == [] and {d.kernel for d in one.derived} == {
-        "_gtp_attention_kernel", "_select_kernel", "_propagate_kernel"}
-    for d in one.derived:
+    assert one.uncosted == [] and {"_attention_kernel", "_select_kernel", "_propagate_kernel"} <= {
+        d.kernel for d in one.derived}
+    for d in one.derived + sparse.derived:
         assert 0 < d.registers <= 255 and d.blocks_per_sm >= 1 and 0 < d.seconds < 1e-2
-    attention = [d.seconds for d in one.derived if d.kernel == "_gtp_attention_kernel"]
-    radix = [d.seconds for d in sparse.derived if d.kernel == "_gtp_attention_kernel"]
-    assert radix[0] > 1.5 * attention[0]  # three more passes over the tiles (TTGIR loops under `num_zero > 0`)
+    block0 = lambda est: sum(d.seconds for d in est.derived if d.scope == "block 0")  # noqa: E731
+    assert {"_lse_kernel", "_radix_kernel"} <= {d.kernel for d in sparse.derived} and block0(sparse) > block0(one)
 
 
 def test_trip_counts_come_from_the_arguments():
+    """The attention kernel's loops run more often over a longer sequence: the trip counts are
+    evaluated from the launch's own `n`, not declared."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from gtp.kernels import fused_attention  # noqa: F401 - registers the plan
     from gtp.measure import compiled, kernel_time
     runs = {}
     with FakeTensorMode(allow_non_fake_inputs=True):
-        for n, num_zero in ((197, 0), (197, 100), (300, 100)):
+        for n in (197, 600):
             q = torch.empty(2, 3, n, 64, device="cuda", dtype=torch.bfloat16)
-            launch, = triton_support.PLANS["gtp::fused_attention"]((q, q, q, None, 0.125, num_zero, True, False, False), {})
+            launches = triton_support.PLANS["gtp::fused_attention"]((q, q, q, None, 0.125, 100, True, False, False), {})
+            launch = next(x for x in launches if x.kernel.fn.__name__ == "_attention_kernel")
             c, = compiled.compile_launches([launch], 90)
-            runs[n, num_zero] = kernel_time.executions(c, launch.args, launch.grid)
-    tiles = lambda n: -(-n // 64)  # noqa: E731 - 64-row tiles (BLOCK_M = BLOCK_N = 64 on a GPU)
-    assert max(runs[197, 0]) == tiles(197) ** 2 and runs[197, 0].count(0.0) == 6  # the radix loops do not run
-    assert runs[197, 100].count(0.0) == 0 and max(runs[300, 100]) == tiles(300) ** 2
+            runs[n] = kernel_time.executions(c, launch.args, launch.grid)
+    assert runs[197] and all(r >= 0 for r in runs[197]) and sum(runs[600]) > sum(runs[197])
 
 
 def test_modelled_sdpa_matches_the_published_flashattention_2_time():
@@ -209,8 +209,11 @@ def test_gtp_on_a_modelled_h100_from_the_compiled_kernels():
     """deit_base, bf16, P = 8, H100, Triton kernels costed from their sm_90 code. The issue's targets
     (batch 256: theta 0.6 >= 1.10x and ahead of ToMe, theta 1 >= 1.15x; batch 1 with CUDA graphs
     >= 0.9x; the fused attention of block 0 at batch 256, theta 1, within 1.5x of SDPA) are NOT met by
-    today's kernels. Derived, they give 0.96x (theta 1) and 0.80x (theta 0.6, behind ToMe's 1.02x) at
-    batch 256, 0.64x at batch 1 with graphs, and the fused attention takes 8.2x SDPA's time. Asserted:
+    today's kernels (the row-tiled ones of branch gpu-kernel). Derived, they give 1.08x (theta 1) and
+    0.84x (theta 0.6, behind ToMe's 1.02x) at batch 256, 0.71x at batch 1 with graphs; at block 0,
+    theta 1, the statistics kernels alone take 1.78x SDPA's time, and the whole op (PyTorch's
+    attention with the size bias, then the statistics) 2.8x (the old kernel: 0.96x, 0.80x, 0.64x,
+    8.2x). Asserted:
     what is true now, a little below, so a regression fails (and no sync, <= 20 kernels per block)."""
     def speed(method, batch, graphs=False, **options):
         est = cuda_cost.estimate("deit_base_patch16_224", method, amount=8, batch=batch, dtype="bf16",
@@ -218,17 +221,19 @@ def test_gtp_on_a_modelled_h100_from_the_compiled_kernels():
         return est, batch / est.modelled_s
 
     full_est, full = speed("full", 256)
-    for sparsity, floor in ((1.0, 0.93), (0.6, 0.76)):
+    for sparsity, floor in ((1.0, 1.05), (0.6, 0.80)):
         est, img_s = speed("gtp", 256, sparsity=sparsity)
         assert est.syncs == [] and est.kernels_per_block <= 20 and est.uncosted == []
         assert img_s / full >= floor, (sparsity, img_s / full)
         if sparsity == 1.0:
-            fused = next(d.seconds for d in est.derived if d.scope == "block 0" and d.kernel == "_gtp_attention_kernel")
+            fused = sum(d.seconds for d in est.derived if d.scope == "block 0" and d.kernel in (
+                "_attention_kernel", "_sum_tiles_kernel"))
             sdpa = next(t / n for op, n, t in full_est.top_ops if op == "flash attention")
-            assert fused / sdpa <= 9.0, fused / sdpa
+            assert fused / sdpa <= 1.9, fused / sdpa
+            assert all(d.registers <= 128 and d.spill_bytes <= 4 for d in est.derived)  # propagate: 4 bytes
     _, full_1 = speed("full", 1, graphs=True)
     _, gtp_1 = speed("gtp", 1, graphs=True, sparsity=1.0)
-    assert gtp_1 / full_1 >= 0.6
+    assert gtp_1 / full_1 >= 0.68
 
 
 def test_cost_kernels_lines(tmp_path):
@@ -237,7 +242,7 @@ def test_cost_kernels_lines(tmp_path):
          "--batch-size", "2", "--sparsity", "0.6", "--kernels"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if " sm_90: registers " in line]
-    assert {line.split()[0] for line in lines} == {"_gtp_attention_kernel", "_select_kernel", "_propagate_kernel"}
+    assert {"_attention_kernel", "_radix_kernel", "_select_kernel", "_propagate_kernel"} <= {l.split()[0] for l in lines}
     assert all(re.search(r"registers \d+, spills \d+, shared [\d.]+ KB, blocks per SM \d+, derived [\d.]+ us", line)
                for line in lines)
     assert any(" sm_120: " in line for line in proc.stdout.splitlines())
