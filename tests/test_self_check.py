@@ -43,14 +43,12 @@ def test_correct_kernels_pass_their_check_once(fresh, recwarn):
 
 
 def test_a_wrong_attention_kernel_is_caught_and_switched_off(fresh, monkeypatch):
-    from gtp.kernels import triton_attention
-    plan = triton_attention.plan
+    from gtp.kernels import fused_attention as FA
+    launches = FA._fused_launches
 
-    def wrong(*args, **kwargs):  # the kernel zeroes 40 more entries per head than it is asked to
-        outputs, launches = plan(*args, **kwargs)
-        launch = launches[0]
-        return outputs, [launch._replace(args={**launch.args, "num_zero": launch.args["num_zero"] + 40})]
-    monkeypatch.setattr(triton_attention, "plan", wrong)
+    def wrong(q, k, v, bias, scale, num_zero, *rest):  # its launches zero 40 more entries per head than asked
+        return launches(q, k, v, bias, scale, num_zero + 40, *rest)
+    monkeypatch.setattr(FA, "_fused_launches", wrong)
     q, k, v, size = qkv()
     with pytest.warns(RuntimeWarning, match=r"fused gtp::fused_attention is off .*zeroed entries differ"):
         got = steps.attend(q, k, v, size, 0.6, 0.3, "statistics")
@@ -65,7 +63,7 @@ def test_a_selection_that_cannot_launch_is_switched_off_alone(fresh, monkeypatch
 
     def broken(*args, **kwargs):
         raise RuntimeError("no kernel image for this GPU")
-    monkeypatch.setattr(triton_tokens, "_select_plan", broken)
+    monkeypatch.setattr(triton_tokens, "_select_launches", broken)
     q, k, v, size = qkv()
     attended = steps.attend(q, k, v, size, 0.6, 0.3, "statistics")
     ids = torch.arange(20).repeat(1, 1)
