@@ -123,7 +123,30 @@ def _add_cost_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda-graphs", action="store_true", help="model CUDA-graph replay, not eager launches")
     parser.add_argument("--tf32", action="store_true", help="fp32 matmuls on TF32 tensor cores")
     parser.add_argument("--json", default=None, metavar="FILE", help="write every estimate to this JSON file")
+    parser.add_argument("--kernels", action="store_true",
+                        help="also one line per Triton kernel and target (sm_90 H100, sm_120 RTX Pro 6000): "
+                             "registers, spills, shared memory, blocks per SM and the time derived from its code")
     add_gtp_arguments(parser, many=("sparsity",))
+
+
+def _print_kernels(args: argparse.Namespace, amount: int, options: dict, sparsities: list) -> None:
+    """`<kernel> sm_90: registers N, spills N, shared N KB, blocks per SM N, derived N us` for each GTP
+    kernel variant at block 0, per target, batch size and theta (the time is modelled)."""
+    from .measure.cuda_cost import estimate
+    print("Triton kernels compiled for each target (block 0; derived times are modelled):")
+    for kind in ("h100", "rtxpro6000"):
+        for batch in args.batch_size:
+            for sparsity in sparsities:
+                e = estimate(args.model, "gtp", amount, batch, args.dtype, kind, args.cuda_graphs, args.tf32,
+                             **{**options, "sparsity": sparsity})
+                for d in (d for d in e.derived if d.scope == "block 0"):
+                    if d.note:
+                        print(f"{d.kernel} sm_{d.cc}: not derived ({d.note})", flush=True)
+                        continue
+                    print(f"{d.kernel} sm_{d.cc}: registers {d.registers}, spills {d.spill_bytes}, shared "
+                          f"{d.shared_bytes / 1024:.1f} KB, blocks per SM {d.blocks_per_sm}, derived "
+                          f"{d.seconds * 1e6:.1f} us (modelled; batch {batch}, theta={sparsity:g}, {d.programs} programs)",
+                          flush=True)
 
 
 def _run_cost(args: argparse.Namespace) -> int:
@@ -165,6 +188,10 @@ def _run_cost(args: argparse.Namespace) -> int:
             print(f"{method:<8} {setting:<10} {batch:>5} {e.kernels_per_block:9.1f} {len(e.syncs):5d} "
                   f"{e.bytes / 1e9:9.3f} {e.modelled_s * 1e3:10.3f} {e.modelled_img_per_s:10.0f} {ratio:7.2f}x{flag}",
                   flush=True)
+    if args.kernels:
+        _print_kernels(args, amount, options, sparsities)
+    from .kernels import triton_support
+    print(f"on this machine: {triton_support.status_line()}", file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(model=args.model, gpu=dataclasses.asdict(gpu), dtype=args.dtype, cuda_graphs=args.cuda_graphs,

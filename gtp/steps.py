@@ -18,7 +18,6 @@ selection without sparsification reads one query row beside it.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Callable, NamedTuple, Optional, TypeVar
 
 import torch
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import functional as G
-from . import kernels
+from . import kernels, self_check
 from .kernels import triton_support
 
 T = TypeVar("T")
@@ -37,20 +36,21 @@ def _triton(t: Tensor) -> bool:
     return triton_support.runs_on(t) and not (torch.is_grad_enabled() and t.requires_grad)
 
 
-def _guarded(fused: Callable[[], T], fallback: Callable[[], T]) -> T:
-    """Run a Triton kernel; if it cannot be built on this machine (an old GPU, a Triton
-    without some feature), say so once and use the PyTorch path from then on. Under the
-    interpreter (tests) a failure is raised: a fallback there would hide a broken kernel."""
-    if torch.compiler.is_compiling() or triton_support.interpreting():
+def _guarded(op: str, sample: Tensor, fused: Callable[[], T], fallback: Callable[[], T]) -> T:
+    """Run fused op `op` only if it has passed its first-use check on this device (`gtp.self_check`):
+    a mismatch there, a build failure or a launch error (then or later) switches THAT op to the
+    PyTorch path with a warning saying why. Under the interpreter (tests) a failure outside a
+    check is raised: a fallback there would hide a broken kernel."""
+    if torch.compiler.is_compiling():
+        return fused()
+    if not self_check.ready(op, sample):
+        return fallback()
+    if triton_support.interpreting():
         return fused()
     try:
         return fused()
     except Exception as error:  # noqa: BLE001 - any build or launch failure: the fallback is exact too
-        if not triton_support.available():
-            raise
-        triton_support.disable(f"{type(error).__name__}: {error}")
-        warnings.warn(f"GTP's Triton kernels are off on this machine ({type(error).__name__}: {error}); "
-                      "using the PyTorch path", RuntimeWarning, stacklevel=3)
+        self_check.switch_off(op, f"launch failure: {type(error).__name__}: {str(error).strip()[:200]}")
         return fallback()
 
 
@@ -85,10 +85,11 @@ def attend(
         amap = G.attention_map(q, k, size, scale)
         return G.Attention(sdpa(q, k, v, size, scale), None, amap, amap, G.cls_attention_row(q, k, size, scale))
     maps = keep_maps or needs == "map"
-    if _triton(q):
+    if _triton(q) and triton_support.op_off("gtp::fused_attention") is None:
         from .kernels.fused_attention import fused_attention
         num_zero = kernels.num_zeroed(q.shape[2], sparsity)
         return _guarded(
+            "gtp::fused_attention", q,
             lambda: G.Attention(*fused_attention(q, k, v, size, scale, num_zero, needs == "statistics",
                                                  needs == "cls_row", maps)),
             lambda: attend(q, k, v, size, sparsity, scale, needs, keep_maps))
@@ -132,7 +133,8 @@ def choose(attended: G.Attention, ids: Tensor, num_prefix: int, selection: str, 
             chosen = Choice(*triton_tokens.select_tokens(ids, num_prop, num_prefix=num_prefix, **inputs))
             return chosen if factors else chosen._replace(regeneration=None, broadcasting=None)
 
-        return _guarded(fused, lambda: _choose_torch(attended, ids, num_prefix, selection, num_prop))
+        return _guarded("gtp::select_tokens", ids, fused,
+                        lambda: _choose_torch(attended, ids, num_prefix, selection, num_prop))
     return _choose_torch(attended, ids, num_prefix, selection, num_prop)
 
 
@@ -171,8 +173,8 @@ def propagate(
                 x, size, graph, ids, choice.prop, choice.keep, num_prefix, propagation, alpha, weights)
             return x_new, size_new, choice.kept_ids, w
 
-        return _guarded(fused, lambda: _propagate_torch(x, size, graph, ids, choice, num_prefix, propagation,
-                                                        alpha, weights))
+        return _guarded("gtp::propagate_tokens", x, fused,
+                        lambda: _propagate_torch(x, size, graph, ids, choice, num_prefix, propagation, alpha, weights))
     return _propagate_torch(x, size, graph, ids, choice, num_prefix, propagation, alpha, weights)
 
 

@@ -42,6 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import gtp  # noqa: E402
+import gpu_kernel_checks  # noqa: E402 - beside this script
 from gtp import kernels  # noqa: E402
 
 PHOTO = ROOT / "assets" / "chelsea.png"
@@ -360,6 +361,7 @@ def main() -> int:
     report.line(f"# part {args.part} on {device}: {versions}; numba {kernels.radix_select.available()}")
     if args.part == "A":
         report.section("parity", lambda: parity(args), needs_s=20)
+        report.section("self_check", lambda: gpu_kernel_checks.self_check(args), needs_s=15)
         report.section("sync", lambda: sync(args), needs_s=15)
         report.section("kernels", lambda: kernel_counts(args), needs_s=30)
         report.section("app", lambda: app_smoke(args), needs_s=30)
@@ -369,6 +371,7 @@ def main() -> int:
         report.line("## bench_graphs: SKIPPED (CUDA graphs need a CUDA device; --cuda-graphs refuses on the CPU)")
         report.section("bench_compiled", lambda: bench(args, report, "compiled"), needs_s=60)
     else:
+        report.section("kernel_profile", lambda: gpu_kernel_checks.kernel_profile(args), needs_s=30)
         report.section("bench_graphs", lambda: bench(args, report, "graphs"), needs_s=45)
         report.section("bench_compiled", lambda: bench(args, report, "compiled"), needs_s=75)
     return 0

@@ -214,6 +214,7 @@ class Throughput:
     full_img_per_s: float
     gtp_img_per_s: float
     seconds: float                           # wall time the measurement held the model
+    mode: str = "eager"                      # how each model's forwards were launched (CUDA graphs where faster)
 
     @property
     def speed_up(self) -> float:
@@ -223,4 +224,4 @@ class Throughput:
         return {"model": self.model, "device": self.device, "batch_size": self.batch_size,
                 "timed_batches": self.timed_batches, "full_img_per_s": round(self.full_img_per_s, 2),
                 "gtp_img_per_s": round(self.gtp_img_per_s, 2), "speed_up": round(self.speed_up, 3),
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "mode": self.mode}

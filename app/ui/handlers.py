@@ -272,7 +272,8 @@ def measure(state: Optional[Exploration], batch_size: Any, throughput_state: Opt
     kept = [m for m in throughput_state or () if not (m.get("setting") == row["setting"]
                                                       and m.get("batch_size") == row["batch_size"])]
     kept = (kept + [row])[-limits.MAX_MEASUREMENTS:]
-    return {"throughput_md": text.throughput_markdown(result), "throughput_state": kept,
+    faster = [m["batch_size"] for m in kept if m.get("setting") == row["setting"] and m.get("speed_up", 0) >= 1]
+    return {"throughput_md": text.throughput_markdown(result, min(faster, default=None)), "throughput_state": kept,
             "tradeoff_plot": draw_tradeoff(state, sweep_state, None, kept)}
 
 

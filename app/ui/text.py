@@ -171,11 +171,17 @@ def compare_markdown(exp: Exploration, costs: Costs) -> str:
 _COUNT = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 
 
-def throughput_markdown(r: Throughput) -> str:
-    return (f"**Measured now** on {r.device}, batch size {r.batch_size} ({r.model}, best of "
+def throughput_markdown(r: Throughput, faster_at: Optional[int] = None) -> str:
+    """faster_at: the smallest batch size measured in this session at which GTP beat the full model."""
+    text = (f"**Measured now** on {r.device}, batch size {r.batch_size}, {r.mode} ({r.model}, best of "
             f"{r.timed_batches} batch(es), a warm-up batch dropped when time allowed; the measurement held the model "
             f"{r.seconds:.1f} s): full model **{r.full_img_per_s:.1f} img/s**, "
             f"GTP **{r.gtp_img_per_s:.1f} img/s** (×{r.speed_up:.2f}).")
+    if r.speed_up < 1:
+        text += (f" **GTP is not faster than the full model at batch size {r.batch_size} here**; "
+                 + (f"it was at batch size {faster_at} (measured)." if faster_at else
+                    "no batch size measured so far beats it: try a larger one."))
+    return text
 
 
 def throughput_intro(device: str, max_batch: int, budget_s: float) -> str:

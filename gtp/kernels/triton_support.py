@@ -20,6 +20,8 @@ import torch
 
 _on_cpu = False  # set by `on_cpu()`: the interpreted kernels also take CPU tensors
 _disabled: Optional[str] = None  # why the kernels failed to build here, once they have
+_checks_on_cpu = False  # set by `self_checks_on_cpu()`: the first-use checks also run interpreted (tests)
+STATUS: dict[str, str] = {}  # op -> "checked" or "off: <why>", once its first use has decided (`gtp.self_check`)
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,6 +54,35 @@ def disable(reason: str) -> None:
 def disabled() -> Optional[str]:
     """Why the Triton kernels are off in this process, or None while they are on."""
     return _disabled
+
+
+def op_off(op: str) -> Optional[str]:
+    """Why fused op `op` ("gtp::fused_attention", ...) is off in this process, or None."""
+    state = STATUS.get(op, "")
+    return state[len("off: "):] if state.startswith("off: ") else None
+
+
+def status_line() -> str:
+    """One line for `bench`, `cost`, the app and the API: each fused op checked, off (and why), or not yet used."""
+    if not STATUS:
+        return "GTP Triton kernels: not used in this process yet"
+    return "GTP Triton kernels: " + "; ".join(f"{op.split('::')[-1]} {state}" for op, state in sorted(STATUS.items()))
+
+
+def checks_on_cpu() -> bool:
+    """Whether the first-use checks run on CPU tensors too (under the interpreter, for tests)."""
+    return _checks_on_cpu
+
+
+@contextlib.contextmanager
+def self_checks_on_cpu() -> Iterator[None]:
+    """Inside this block the first-use checks (`gtp.self_check`) also run on interpreted CPU kernels."""
+    global _checks_on_cpu
+    before, _checks_on_cpu = _checks_on_cpu, True
+    try:
+        yield
+    finally:
+        _checks_on_cpu = before
 
 
 @contextlib.contextmanager

@@ -305,11 +305,14 @@ def main(args: argparse.Namespace) -> int:
     result = benchmark(loaded.model, methods, args.batch_size, args.img_size, args.device,
                        args.dtype, args.repeats, args.warmup,
                        compile_backend="inductor" if args.compile else None, cuda_graphs=args.cuda_graphs)
+    from ..kernels import triton_support
     result["model"] = args.model
     result["gtp"] = kwargs
+    result["kernels"] = dict(triton_support.STATUS)  # each fused op: "checked" or "off: why" (gtp.self_check)
     print(f"device {result['device']}, dtype {result['dtype']}, "
           f"median of {args.repeats} interleaved repeats per method and batch size; "
           f"'rounds' is the middle half of the per-round ratios (the machine's noise)")
+    print(triton_support.status_line())
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -17,7 +17,9 @@ CUDA backend would run them) and turns it into kernels:
   SDPA       `scaled_dot_product_attention` is one FlashAttention kernel (bf16 / fp16, no mask, on
              GPUs that have it) or one memory-efficient kernel (fp32 or a mask; plus one kernel
              padding a mask whose last dim is not a multiple of 16); FLOPs from torch's counter;
-  custom     "gtp::" ops cost what `gtp.kernels.triton_support.COSTS` says; any other op: one kernel.
+  custom     "gtp::" ops: the launches `triton_support.PLANS` says the op makes, compiled for the GPU and
+             timed from their code (`compiled`, `kernel_time`): no kernel states its own cost.
+             Any other custom op: one kernel moving its tensors.
 
 FLOPs: `torch.utils.flop_counter` for mm / addmm / bmm / baddbmm / convolution / attention, else
 a few per output element (`FLOPS_PER_ELEMENT`). Bytes: the storage each kernel reads and writes
@@ -141,6 +143,8 @@ class CostLog(TorchDispatchMode):
         self.recording = True
         self.events: list[Any] = []   # Kernel, ("sync", op, scope) or ("host", op, scope), in order
         self.uncosted: set[str] = set()
+        self.pending: list = []       # (event index, Launch) of the Triton launches to derive
+        self.derived: list = []       # their kernel_time.DerivedKernel
 
     # ------------------------------------------------------------------ dispatch
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -196,13 +200,22 @@ class CostLog(TorchDispatchMode):
             self._add(str(func), "vector", flops, nbytes, programs)
 
     def _custom(self, name: str, func, args, kwargs, nbytes: float, largest: int) -> None:
-        from ..kernels.triton_support import COSTS
-        if name in COSTS:
-            c = COSTS[name](args, kwargs)
-            self._add(name, "custom", c.flops, c.bytes, c.programs, c.launches)
-        else:  # unknown to the model: one kernel moving its inputs and outputs
+        from ..kernels.triton_support import PLANS
+        if name not in PLANS or not self.gpu.cc:  # unknown to the model: one kernel moving its tensors
             self.uncosted.add(name)
-            self._add(name, "custom", 0.0, nbytes, math.ceil(largest / ELEMENTS_PER_PROGRAM))
+            return self._add(name, "custom", 0.0, nbytes, math.ceil(largest / ELEMENTS_PER_PROGRAM))
+        for launch in PLANS[name](args, kwargs):  # derived after the forward (`derive`)
+            self.pending.append((len(self.events), launch))
+            self.events.append(Kernel(name, self.scope, "derived", self.dtype, 0.0, 0.0, math.prod(launch.grid)))
+
+    def derive(self) -> None:
+        """Compile the Triton launches seen (one batch) and set each one's derived time."""
+        from .kernel_time import derive
+        for index, kernel, derived in derive(self.pending, self.events, self.gpu, touched_bytes):
+            self.events[index] = kernel
+            self.derived.append(derived)
+            self.uncosted.update([f"{derived.kernel} sm_{derived.cc}: {derived.note}"] if derived.note else [])
+        self.pending = []
 
     def _attention(self, func, args, kwargs):
         q, k, v = args[:3]
@@ -210,10 +223,11 @@ class CostLog(TorchDispatchMode):
         recording, self.recording = self.recording, False  # what it decomposes into is not the CUDA kernel
         try:
             out = func(*args, **kwargs)
+            # the fused kernels write [B, n, H, d] memory, returned as a [B, H, n, d] view (this
+            # copy stands for their layout: it is not a kernel of its own)
+            out = out.transpose(1, 2).contiguous().transpose(1, 2)
         finally:
             self.recording = recording
-        # the fused kernels write [B, n, H, d] memory, returned as a [B, H, n, d] view
-        out = out.transpose(1, 2).contiguous().transpose(1, 2)
         if not self.recording:
             return out
         flash = self.gpu.flash and mask is None and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
@@ -253,9 +267,8 @@ class CostLog(TorchDispatchMode):
 
 
 class WholeAttention(TorchFunctionMode):
-    """Hands `F.scaled_dot_product_attention` whole to `CostLog`: with autograd on (no_grad
-    included) it is decomposed before a dispatch mode sees it, and fake CUDA tensors then take
-    the math fallback, which is not what a GPU runs."""
+    """Hands `F.scaled_dot_product_attention` whole to `CostLog`: with autograd on (no_grad included) it
+    is decomposed before a dispatch mode sees it, into the math fallback, which is not what a GPU runs."""
 
     def __init__(self, log: CostLog):
         super().__init__()
@@ -287,7 +300,8 @@ class Estimate:
     modelled_gpu_s: float            # GPU time
     per_scope: dict[str, int] = field(default_factory=dict)   # launches per stem / block i / head
     top_ops: list[tuple[str, int, float]] = field(default_factory=list)  # (op, launches, modelled GPU s)
-    uncosted: list[str] = field(default_factory=list)        # custom ops with no registered cost
+    uncosted: list[str] = field(default_factory=list)        # custom ops with no launch plan
+    derived: list = field(default_factory=list)  # kernel_time.DerivedKernel of every Triton launch
 
     @property
     def modelled_img_per_s(self) -> float:
@@ -345,6 +359,7 @@ def estimate_module(model: nn.Module, batch: int = 1, dtype: str = "bf16", gpu: 
             fake(x)
             log.recording, log.scope = True, "stem"
             fake(x)
+    log.derive()
     kernels = [e for e in log.events if isinstance(e, Kernel)]
     per_scope: Counter = Counter()
     by_op: dict[str, list] = {}
@@ -363,7 +378,7 @@ def estimate_module(model: nn.Module, batch: int = 1, dtype: str = "bf16", gpu: 
         flops=sum(k.flops for k in kernels), bytes=sum(k.bytes for k in kernels),
         modelled_s=seconds, modelled_host_s=host, modelled_gpu_s=device, per_scope=dict(per_scope),
         top_ops=sorted(((op, n, t) for op, (n, t) in by_op.items()), key=lambda r: -r[2])[:12],
-        uncosted=sorted(log.uncosted))
+        uncosted=sorted(log.uncosted), derived=log.derived)
 
 
 def meta_model(name: str) -> nn.Module:

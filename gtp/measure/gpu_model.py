@@ -40,8 +40,9 @@ Calibration against published throughput (`tests/test_cuda_cost.py` keeps what m
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -61,11 +62,14 @@ class GPU:
     achievable_bandwidth: float = 0.9  # share of peak bandwidth a large copy reaches
     eager_launch_us: float = 5.0       # host time per kernel launch in eager PyTorch
     graph_launch_us: float = 1.5       # GPU time every kernel costs, its work aside
+    cc: int = 0                        # compute capability the Triton kernels compile for (0: not derived)
+    clock_ghz: float = 0.0             # the clock the spec sheet's tensor figure is quoted at
 
 
 GPUS: dict[str, GPU] = {
-    "h100": GPU("H100 SXM", 989.0, 494.7, 66.9, 3350.0, 132, True),
-    "h200": GPU("H200 SXM", 989.0, 494.7, 66.9, 4800.0, 132, True),
+    "h100": GPU("H100 SXM", 989.0, 494.7, 66.9, 3350.0, 132, True, cc=90, clock_ghz=1.83),
+    "h200": GPU("H200 SXM", 989.0, 494.7, 66.9, 4800.0, 132, True, cc=90, clock_ghz=1.83),
+    "rtxpro6000": GPU("RTX Pro 6000 Blackwell", 503.8, 251.9, 125.0, 1792.0, 188, True, cc=120, clock_ghz=2.617),
     "a100": GPU("A100 SXM 80GB", 312.0, 156.0, 19.5, 2039.0, 108, True),
     "rtx4090": GPU("RTX 4090", 165.2, 82.6, 82.6, 1008.0, 128, True),
     "v100": GPU("V100 SXM2", 125.0, 15.7, 15.7, 900.0, 80, False, bf16=False),  # no TF32 either
@@ -86,10 +90,13 @@ class Kernel(NamedTuple):
     bytes: float
     programs: int     # thread blocks of the (largest) launch
     launches: int = 1
+    seconds: Optional[float] = None   # "derived" (Triton) kernels: the time derived from their compiled code
 
 
 def kernel_seconds(k: Kernel, gpu: GPU, tf32: bool = False) -> float:
     """Modelled GPU time of one kernel's work, the per-launch floor not included."""
+    if k.seconds is not None:
+        return k.seconds
     if k.kind == "vector":
         peak = gpu.fp32_tflops
     elif k.dtype == torch.float16 or (k.dtype == torch.bfloat16 and gpu.bf16):
@@ -126,3 +133,68 @@ def modelled_seconds(events: list, gpu: GPU, tf32: bool = False,
     if cuda_graphs:
         return GRAPH_REPLAY_US * 1e-6 + device, GRAPH_REPLAY_US * 1e-6, device
     return total + max(seg_host, seg_device), host, device
+
+
+# ---------------------------------------------------------------------- Triton kernels, from their code
+class SM(NamedTuple):
+    """Per-SM limits of a compute capability (CUDA C++ Programming Guide, "Technical Specifications per
+    Compute Capability") and per-SM rates per clock ("Arithmetic Instructions" throughput table: results
+    per clock per SM; tensor FLOPs from the spec sheet's dense rate / SMs / clock)."""
+    registers: int          # 32-bit registers per SM
+    warps: int              # resident warps per SM
+    blocks: int             # resident blocks per SM
+    shared: int             # shared memory per SM usable by blocks (bytes)
+    shared_per_block: int   # the most one block may have
+    rates: dict             # class -> thread results per clock per SM; "tensor": FLOPs per clock per SM
+
+
+SMS = {
+    # H100: 989.4 TFLOP/s / (132 SMs x 1.83 GHz) = 4096 FLOPs per clock per SM with wgmma (HGMMA);
+    # mma.sync (HMMA) reaches about 2/3 of that on Hopper (FlashAttention-3 paper, arXiv 2407.08608, sec. 2.2).
+    90: SM(65536, 64, 32, 233472, 232448, dict(tensor=4096.0, hmma=2731.0, fp32=128, int=64, mufu=16,
+                                                convert=16, shuffle=32, memory=128.0, issue=4)),
+    # RTX Pro 6000 Blackwell (GB202, sm_120): 503.8 TFLOP/s dense bf16 / (188 SMs x 2.617 GHz) = 1024;
+    # 48 warps, 100 KB of shared memory per SM, 99 KB per block.
+    120: SM(65536, 48, 32, 102400, 101376, dict(tensor=1024.0, hmma=1024.0, fp32=128, int=64, mufu=16,
+                                                 convert=16, shuffle=32, memory=128.0, issue=4)),
+}
+RESERVED_SHARED = 1024   # shared memory the system reserves per block (sm_80 and later)
+
+
+def blocks_per_sm(registers: int, num_warps: int, shared: int, cc: int) -> int:
+    """Resident blocks of a kernel per SM: registers (allocated per warp in units of 256), warps, blocks
+    and shared memory each limit it; 0 when one block does not fit (it cannot launch)."""
+    sm = SMS[cc]
+    per_warp = math.ceil(max(registers, 1) * 32 / 256) * 256
+    if shared > sm.shared_per_block or registers > 255:
+        return 0
+    return max(0, min(sm.blocks, sm.warps // num_warps, sm.registers // (per_warp * num_warps),
+                      sm.shared // (shared + RESERVED_SHARED)))
+
+
+def program_cycles(work: dict, num_warps: int, resident: int, cc: int) -> float:
+    """SM clocks for `resident` programs of `work` (per program: warp instructions per class, "flops" on
+    tensor cores, "hmma_flops" of them by mma.sync, "bytes" through L1 / shared memory) sharing one SM:
+    the busiest pipe, or the four schedulers' issue slots (a program of w < 4 warps uses w of them).
+    Latency is not modelled: with few warps per scheduler this is a lower bound."""
+    rates = SMS[cc].rates
+    lanes = {c: resident * work.get(c, 0.0) * 32 for c in ("fp32", "int", "mufu", "convert", "shuffle")}
+    bounds = [lanes[c] / rates[c] for c in lanes]
+    bounds.append(resident * (work.get("flops", 0.0) - work.get("hmma_flops", 0.0)) / rates["tensor"])
+    bounds.append(resident * work.get("hmma_flops", 0.0) / rates["hmma"])
+    bounds.append(resident * work.get("bytes", 0.0) / rates["memory"])
+    bounds.append(resident * work.get("instructions", 0.0) / min(rates["issue"], resident * num_warps))
+    return max(bounds)
+
+
+def derived_seconds(work: dict, programs: int, num_warps: int, blocks: int, dram_bytes: float, gpu: GPU) -> float:
+    """Modelled time of one launch of `programs` programs (per-launch floor not included): waves of
+    `blocks` programs per SM over the SMs, each wave as long as its fullest SM; and never less than
+    moving `dram_bytes` (its tensors, each once) at the achievable bandwidth."""
+    if blocks == 0:
+        return math.inf
+    full, rest = divmod(programs, gpu.sms * blocks)
+    cycles = full * program_cycles(work, num_warps, blocks, gpu.cc)
+    if rest:
+        cycles += program_cycles(work, num_warps, math.ceil(rest / gpu.sms), gpu.cc)
+    return max(cycles / (gpu.clock_ghz * 1e9), dram_bytes / (gpu.bandwidth_gbs * 1e9 * gpu.achievable_bandwidth))
