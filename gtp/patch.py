@@ -12,6 +12,8 @@ fastest implementation for its tensors (`gtp.steps`).
 from __future__ import annotations
 
 import functools
+import sys
+from types import ModuleType
 from typing import Any, Optional
 
 import torch
@@ -37,7 +39,9 @@ class GTPState:
 
     def __init__(self, config: GTPConfig, num_prefix: int, grid_size: tuple[int, int], adapter: Any = None):
         self.config = config
-        self.adapter = adapter or adapters.timm_adapter  # the model family's adapter module
+        # The model family's adapter module, held by name: a module object cannot be deep-copied,
+        # and `bench` and `cost` copy patched models.
+        self.adapter_name = (adapter or adapters.timm_adapter).__name__
         self.num_prefix = num_prefix
         self.grid_size = grid_size          # set again by the patch-embed hook on every forward
         self.recorder: Optional[Trace] = None
@@ -47,6 +51,11 @@ class GTPState:
         self.ids: Optional[Tensor] = None   # [B, N] original id of each current patch token
         # Across forwards: the grid graph depends only on the grid and the device.
         self._spatial: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    @property
+    def adapter(self) -> ModuleType:
+        """The model family's adapter module (`gtp.timm_adapter` or `gtp.hf_adapter`)."""
+        return sys.modules[self.adapter_name]
 
     def spatial(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The grid adjacency A [N0, N0] and its normalised W [1, N0, N0], kept per grid and device."""

@@ -62,6 +62,8 @@ transformer (timm, or transformers through `gtp.hf_adapter`) in place by swappin
 from __future__ import annotations
 
 import functools
+import sys
+from types import ModuleType
 from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
@@ -166,7 +168,9 @@ class ToMeState:
 
     def __init__(self, r: list[int], num_prefix: int, prop_attn: bool, trace_source: bool = False,
                  adapter: object = None):
-        self.adapter = adapter or adapters.timm_adapter  # the model family's adapter module
+        # The model family's adapter module, held by name: a module object cannot be deep-copied,
+        # and `bench` and `cost` copy patched models.
+        self.adapter_name = (adapter or adapters.timm_adapter).__name__
         self.r = r                          # tokens merged in each block
         self.num_prefix = num_prefix
         self.prop_attn = prop_attn
@@ -176,6 +180,11 @@ class ToMeState:
         self.ids: Optional[Tensor] = None     # [B, n - num_prefix] original patch id each patch token started as
         self.merged: list[Tensor] = []        # per block: [B, r_i] original patch ids merged away there
         self.merged_into: list[Tensor] = []   # per block: [B, r_i] original patch id of each one's partner
+
+    @property
+    def adapter(self) -> ModuleType:
+        """The model family's adapter module (`gtp.timm_adapter` or `gtp.hf_adapter`)."""
+        return sys.modules[self.adapter_name]
 
     def start_source(self, x: Tensor) -> None:
         """Block 1: every token stands for itself."""

@@ -214,7 +214,9 @@ def test_gtp_on_a_modelled_h100_from_the_compiled_kernels():
     theta 1, the statistics kernels alone take 1.78x SDPA's time, and the whole op (PyTorch's
     attention with the size bias, then the statistics) 2.8x (the old kernel: 0.96x, 0.80x, 0.64x,
     8.2x). Asserted:
-    what is true now, a little below, so a regression fails (and no sync, <= 20 kernels per block)."""
+    what is true now, a little below, so a regression fails (and no sync; <= 22 kernels per block: the
+    row-tiled kernels launch several passes per block, 21.6 per block today at either theta, where
+    the one-program-per-head kernel launched 15.6)."""
     def speed(method, batch, graphs=False, **options):
         est = cuda_cost.estimate("deit_base_patch16_224", method, amount=8, batch=batch, dtype="bf16",
                                  cuda_graphs=graphs, **options)
@@ -223,7 +225,7 @@ def test_gtp_on_a_modelled_h100_from_the_compiled_kernels():
     full_est, full = speed("full", 256)
     for sparsity, floor in ((1.0, 1.05), (0.6, 0.80)):
         est, img_s = speed("gtp", 256, sparsity=sparsity)
-        assert est.syncs == [] and est.kernels_per_block <= 20 and est.uncosted == []
+        assert est.syncs == [] and est.kernels_per_block <= 22 and est.uncosted == []
         assert img_s / full >= floor, (sparsity, img_s / full)
         if sparsity == 1.0:
             fused = sum(d.seconds for d in est.derived if d.scope == "block 0" and d.kernel in (

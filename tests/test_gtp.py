@@ -258,3 +258,16 @@ def test_graph_normalisation_and_neighbours():
     assert torch.isclose(w[0, 1], torch.tensor(1 / (3 * 5) ** 0.5))
     sem = G.semantic_adjacency(G.cosine_similarity(torch.randn(2, 16, 8)), 4)
     assert (sem.sum(-1) == 4).all() and (sem.diagonal(dim1=1, dim2=2) == 0).all()
+
+
+def test_a_patched_model_can_be_deep_copied(image_batch):
+    """bench and cost copy patched models: the copy runs the same method (GTP and ToMe)."""
+    import copy
+
+    from gtp import tome
+    x = image_batch[:1]
+    for model in (gtp.patch(random_model("deit_tiny_patch16_224"), num_prop=8),
+                  tome.patch(random_model("deit_tiny_patch16_224"), r=8)):
+        twin = copy.deepcopy(model)
+        with torch.inference_mode():
+            assert torch.equal(model(x), twin(x))

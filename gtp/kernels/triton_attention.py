@@ -278,11 +278,13 @@ def _stages(kernel: str, dtype: torch.dtype, output: bool, statistics: bool, kee
     return stages
 
 
-def dot_kind(dtype: torch.dtype) -> str:
-    """The `_dot` variant for inputs of this dtype."""
+def dot_kind(dtype: torch.dtype, device: torch.device) -> str:
+    """The `_dot` variant for inputs of this dtype on this device. Only CPU tensors are interpreted:
+    a CUDA tensor (real or fake, as the cost model's) gets the GPU's variant even in a process
+    that has the interpreter on, so the cost model compiles what a GPU runs."""
     if dtype == torch.float32:
         return "ieee"
-    return "upcast" if dtype == torch.bfloat16 and triton_support.interpreting() else "native"
+    return "upcast" if dtype == torch.bfloat16 and device.type == "cpu" else "native"
 
 
 def attention_launches(q: Tensor, k: Tensor, v: Optional[Tensor], bias: Optional[Tensor], scale: float,
@@ -316,7 +318,7 @@ def attention_launches(q: Tensor, k: Tensor, v: Optional[Tensor], bias: Optional
                   **{f"sk_{a}": s for a, s in zip("bhnd", k.stride())},
                   **{f"sb_{a}": s for a, s in zip("bn", bias.stride() if bias is not None else (0, 0))},
                   **{f"sl_{a}": s for a, s in zip("bhn", lse.stride())},
-                  H=H, n=n, d=d, scale=float(scale), HAS_BIAS=bias is not None, DOT=dot_kind(q.dtype),
+                  H=H, n=n, d=d, scale=float(scale), HAS_BIAS=bias is not None, DOT=dot_kind(q.dtype, q.device),
                   BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d)
     grid = (num_tiles, B * H)
     launches = []
