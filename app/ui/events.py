@@ -82,6 +82,13 @@ def _components(value: Any) -> list:
     return list(value.values()) if isinstance(value, dict) else [value]
 
 
+def nothing_changed() -> dict:
+    """What an event returns when it updates no output: Gradio's `skip()`. An empty dict is not
+    that: Gradio reads it as ONE output value ("didn't return enough output values") and every
+    output shows an error."""
+    return gr.skip()
+
+
 def bind(ui: dict, fn: Callable, outputs: Iterable[str]) -> dict[str, Any]:
     """`gr.on` keyword arguments calling `fn` by name: its parameters are names in `ui` ("hp" is
     the dict of hyper-parameter controls, read and written as a dict), its result a dict
@@ -101,7 +108,7 @@ def bind(ui: dict, fn: Callable, outputs: Iterable[str]) -> dict[str, Any]:
         for name, value in out.items():
             written.update({ui[name][k]: v for k, v in value.items()} if isinstance(ui[name], dict)
                            else {ui[name]: value})
-        return written
+        return written or nothing_changed()
 
     def arguments(data: Optional[dict], request: Optional[gr.Request]) -> dict[str, Any]:
         return {**read(data or {}), **({"request": request} if wants_request else {})}
@@ -113,7 +120,7 @@ def bind(ui: dict, fn: Callable, outputs: Iterable[str]) -> dict[str, Any]:
                 updated = True
                 yield write(out)
             if not updated:   # a generator that yields nothing would set every output to None
-                yield {}
+                yield nothing_changed()
     else:
         def call(data: Optional[dict] = None, request: Optional[gr.Request] = None) -> dict:
             return write(fn(**arguments(data, request)))

@@ -211,8 +211,8 @@ def run(photo: Optional[str], settings: Settings, view: View = View(), tab: str 
         sweep: Optional[list] = None, measured: Optional[list] = None) -> Iterator[dict]:
     """A new photo or new settings: run the models once, draw the visible tab `tab`, clear the
     others; then count the GMACs the tab shows if they never were and update its panels."""
-    if not photo:  # the photo was cleared: leave everything as it is
-        yield {}
+    if not photo:  # the photo was cleared: the panels keep the last run, the status says why nothing ran
+        yield {"status": text.NO_PHOTO}
         return
     exp = inference.explore_photo(open_photo(photo), settings)
     v = view.within(exp)

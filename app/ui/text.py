@@ -14,6 +14,10 @@ UPLOAD_NOTE = (f"Uploads up to {MAX_UPLOAD_BYTES // 2**20} MB (room for deit_bas
                "larger files are refused.")
 
 
+NO_PHOTO = ("**No photo.** Upload one, paste one or pick an example photo to run the models; until then the "
+            "tabs keep showing the last photo's results.")
+
+
 def banner_markdown(exp: Exploration) -> str:
     return weights_banner(exp.model_name, exp.pretrained, exp.model.weights_message)
 
