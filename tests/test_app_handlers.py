@@ -286,3 +286,19 @@ def test_a_schedule_more_than_the_blocks_can_take_says_what_happened():
     out = run(schedule=",".join(["100"] * 12))[0]
     assert "asked to propagate 1200 tokens" in out["status"] and "propagated 100 " in out["status"]
     assert "asked to propagate" not in run(num_prop=4)[0]["status"]
+
+
+def test_graphs_open_on_the_centre_token_with_the_photo_and_spatial_grid_in_sight():
+    """The default view ("spatial + semantic") draws the grid and the chosen token's own edges; the
+    thousand-odd semantic edges wait behind their legend entry (drawn, they hide the photo). The
+    chosen token is the patch at the centre of the grid, not the left edge's."""
+    first = run(tab="graphs")[0]
+    gh, gw = first["state"].trace.grid_size
+    centre = (gh // 2) * gw + gw // 2                       # row 7, col 7 of deit's 14 x 14
+    fig = figure_of(first["graph_plot"])
+    shown = {t["meta"]["role"]: t.get("visible", True) for t in fig["data"] if "edges" in (t.get("meta") or {}).get("role", "")}
+    assert shown == {"spatial-edges": True, "semantic-edges": "legendonly", "highlight-edges": True}
+    assert [t["meta"]["token"] for t in fig["data"] if (t.get("meta") or {}).get("role") == "highlight"] == [centre]
+    assert f"**Token {centre}** (row {gh // 2}, column {gw // 2})" in first["neighbours_md"]
+    alone = figure_of(H.draw_graph(first["state"], "semantic", None)["graph_plot"])
+    assert [t.get("visible", True) for t in alone["data"] if (t.get("meta") or {}).get("role") == "semantic-edges"] == [True]

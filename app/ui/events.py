@@ -132,7 +132,7 @@ def bind(ui: dict, fn: Callable, outputs: Iterable[str]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the events' own functions
 # Each reads the page's raw values by name and calls the handler with typed arguments.
 
-ALL_PANELS = ("state", "shown", "banner", "status", "token", "attn_block", "head",
+ALL_PANELS = ("state", "shown", "banner", "status", "token", "attn_block", "head", "lesson_back", "lesson_next",
               *(name for names in H.TAB_PANELS.values() for name in names))
 
 
@@ -235,7 +235,7 @@ def _wire_views(ui: dict) -> None:
           **bind(ui, H.draw_attention, H.TAB_PANELS["attention"]), **VIEW_QUEUE)
     ui["sweep_file"].change(**bind(ui, H.load_sweep_file, ("sweep_state", "sweep_md", "tradeoff_plot")), **VIEW_QUEUE)
     ui["make_downloads"].click(**bind(ui, H.downloads, ("gif_file", "trace_file")), **HIDDEN, **RUN_QUEUE)
-    lesson_panels = ("lesson_step", *H.TAB_PANELS["lesson"])
+    lesson_panels = ("lesson_step", "lesson_back", "lesson_next", *H.TAB_PANELS["lesson"])
     ui["lesson_back"].click(**bind(ui, lesson_event(-1), lesson_panels), **VIEW_QUEUE)
     ui["lesson_next"].click(**bind(ui, lesson_event(+1), lesson_panels), **VIEW_QUEUE)
     # Copy link: the page's address and the walk's block from the browser, the link from the server, the clipboard.

@@ -60,7 +60,7 @@ def _clamp(value: Any, low: int, high: int, default: int) -> int:
 @dataclass(frozen=True)
 class View:
     """Where the person is looking: the panels' own controls (1-based blocks and lesson step;
-    token None: the middle of the grid). Bounds come from the run's model (`within`)."""
+    token None: the patch at the centre of the grid). Bounds come from the run's model (`within`)."""
     block: Any = 1
     graph_kind: str = "spatial + semantic"
     token: Any = None
@@ -69,9 +69,9 @@ class View:
     step: Any = 1
 
     def within(self, exp: Exploration) -> "View":
-        n = exp.trace.num_patches
+        n, (gh, gw) = exp.trace.num_patches, exp.trace.grid_size
         return View(block=_clamp(self.block, 1, exp.depth, 1), graph_kind=self.graph_kind,
-                    token=_clamp(self.token, 0, n - 1, n // 2), attn_block=_clamp(self.attn_block, 1, exp.depth, 1),
+                    token=_clamp(self.token, 0, n - 1, (gh // 2) * gw + gw // 2), attn_block=_clamp(self.attn_block, 1, exp.depth, 1),
                     head=_clamp(self.head, 0, exp.num_heads - 1, 0), step=lesson.step_of(self.step))
 
 
@@ -89,7 +89,7 @@ def draw_graph(state: Optional[Exploration], graph_kind: str, token: Any) -> dic
     if state is None:
         return {}
     t = View(token=token).within(state).token
-    return {"graph_plot": graphs.graph(state, graph_kind), "similarity_plot": graphs.similarity(state, t),
+    return {"graph_plot": graphs.graph(state, graph_kind, highlight=t), "similarity_plot": graphs.similarity(state, t),
             "neighbours_md": text.neighbours_markdown(state, graph_kind, t)}
 
 
@@ -133,7 +133,12 @@ def draw_lesson(exp: Exploration, step: int, sweep: Optional[list] = None, measu
     f = lesson.focus(exp)
     plot = lesson.step_figure(exp, step, f, lambda: draw_tradeoff(exp, sweep, costs, measured))
     return {"lesson_md": lesson.step_markdown(exp, step, f, costs), "lesson_plot": plot,
-            "lesson_counter": lesson.counter(step)}
+            "lesson_counter": lesson.counter(step), **lesson_buttons(step)}
+
+
+def lesson_buttons(step: int) -> dict:
+    """Back and Next, each enabled only where it leads somewhere (no Next on the last step)."""
+    return {"lesson_back": gr.Button(interactive=step > 1), "lesson_next": gr.Button(interactive=step < lesson.NUM_STEPS)}
 
 
 def lesson_panels(exp: Exploration, step: int, sweep: Optional[list] = None,
@@ -150,7 +155,7 @@ def move_lesson(state: Optional[Exploration], lesson_step: Any, by: int, sweep_s
     step = lesson.step_of(lesson.step_of(lesson_step) + by)
     if state is None:
         yield {"lesson_step": step, "lesson_counter": lesson.counter(step), "lesson_md": lesson.without_run(step),
-               "lesson_plot": None}
+               "lesson_plot": None, **lesson_buttons(step)}
         return
     for k, panels in enumerate(lesson_panels(state, step, sweep_state, throughput_state)):
         yield {"lesson_step": step, **panels} if k == 0 else panels

@@ -189,7 +189,7 @@ def _graphs_tab(ui: dict) -> None:
         ui["token"] = gr.Number(value=None, precision=0, minimum=0, label="Token of the similarity map",
                                 elem_id="gtp-token")
     with gr.Row():
-        ui["graph_plot"] = _plot("Token graph (hover a token)", "gtp-graph")
+        ui["graph_plot"] = _plot("Token graph (hover a token; the chosen token's edges in green)", "gtp-graph")
         ui["similarity_plot"] = _plot("Semantic similarity", "gtp-similarity")
     ui["neighbours_md"] = gr.Markdown("")
 
@@ -216,12 +216,13 @@ def _compare_tab(ui: dict) -> None:
 
 def _lesson_tab(ui: dict) -> None:
     with gr.Row(equal_height=True):
-        ui["lesson_back"] = gr.Button("Back", size="sm", scale=0, min_width=90, elem_id="gtp-lesson-back")
+        ui["lesson_back"] = gr.Button("Back", size="sm", scale=0, min_width=90, elem_id="gtp-lesson-back",
+                                      interactive=False)   # step 1; each step says where Back and Next lead
         ui["lesson_counter"] = gr.Markdown(lesson.counter(1), elem_id="gtp-lesson-counter")
         ui["lesson_next"] = gr.Button("Next", size="sm", variant="primary", scale=0, min_width=90,
                                       elem_id="gtp-lesson-next")
     ui["lesson_md"] = gr.Markdown(lesson.without_run(1), latex_delimiters=LATEX, elem_id="gtp-lesson-md")
-    ui["lesson_plot"] = _plot("This run, as the lesson's step shows it (the highlighted patch in green)",
+    ui["lesson_plot"] = _plot("This run, as the lesson's step shows it (the text says what is highlighted)",
                               "gtp-lesson-plot")
     with gr.Accordion("The method on one page, and how to read the tabs", open=False):
         gr.Markdown(LEARN_TEXT, latex_delimiters=LATEX)

@@ -106,7 +106,7 @@ def neighbours_markdown(exp: Exploration, kind: str, token: int) -> str:
         parts.append(f"Its M = {len(near['semantic'])} most similar tokens (semantic edges): "
                      f"{', '.join(map(str, near['semantic']))}.")
     parts.append("Hover any token of the graph for its neighbours and their cosine similarity; "
-                 "type a token number to centre the similarity map on it.")
+                 "type a token number to draw its edges and centre the similarity map on it.")
     return " ".join(parts)
 
 

@@ -268,6 +268,45 @@ def walk(exp: Exploration, block: int = 0, highlight: Optional[int] = None) -> P
                 lambda: layer_walk_figure(photo_of(exp), exp.trace, block=block, highlight=highlight))
 
 
+def sent_figure(photo: PhotoLike, trace: gtp.Trace, block: int, token: int, image: int = 0,
+                height: int = 480) -> Figure:
+    """One propagated token's own edges in block `block` (0-based): patch `token` marked, a line to
+    each token that received its features, wider for a larger weight alpha * W, the receivers
+    marked (hover: the weight). The layer walk draws every token's edges at once."""
+    grid = trace.grid_size
+    src, dst, w = edges_of(trace.layers[block], image)
+    mine = src == int(token)
+    dst, w = dst[mine], w[mine]
+    if not len(dst):
+        raise Unavailable(f"patch {int(token)} sent its features to no token in block {block + 1}")
+    share = w / w.max()
+    data = []
+    for d, x, sh in zip(dst.tolist(), w.tolist(), share.tolist()):
+        lx, ly = segments(np.array([int(token)]), np.array([d]), grid)
+        data.append(dict(x=lx, y=ly, mode="lines", hoverinfo="skip", showlegend=False, name=f"to patch {d}",
+                         line=dict(width=1 + 5 * sh, color=f"rgba(255,205,0,{0.4 + 0.55 * sh:.2f})")))
+    x, y = centres(dst, grid)
+    data.append(dict(x=x.tolist(), y=y.tolist(), mode="markers", name="received", meta={"role": "received"},
+                     customdata=[[int(d), d // grid[1], d % grid[1], g4(v)] for d, v in zip(dst.tolist(), w.tolist())],
+                     hovertemplate=("<b>patch %{customdata[0]} (row %{customdata[1]}, col %{customdata[2]})</b><br>"
+                                    f"received α·W = %{{customdata[3]:.4~g}} of patch {int(token)}'s features"
+                                    "<extra></extra>"),
+                     marker=dict(symbol="diamond", size=10, color="rgba(255,205,0,0.95)"), showlegend=False))
+    data.append(patch_mark(int(token), grid))
+    layout = dict(showlegend=False, annotations=[dict(
+        text=f"block {block + 1}: patch {int(token)} sent its features to {len(dst)} tokens (width ∝ α·W)",
+        xref="paper", yref="paper", x=0, y=1.0, xanchor="left", yanchor="bottom", showarrow=False, font=dict(size=12))])
+    photo_axes(layout, photo, grid)
+    fig = figure(data, layout, height)
+    fig["layout"]["margin"].update(t=30)
+    return fig
+
+
+def sent(exp: Exploration, block: int, token: int) -> PlotData:
+    """`sent_figure` of this run (cached)."""
+    return view(exp, ("sent", block, token), lambda: sent_figure(photo_of(exp), exp.trace, block, token))
+
+
 # ----------------------------------------------------------------------------- Play, in the browser
 # Gradio 6 hands plotly only data, layout and config (no frames, so no `animate`); the slider's
 # steps use plotly's "update" method, and PLAY_JS steps through them with `Plotly.update` in the
