@@ -5,6 +5,7 @@ from typing import Optional
 
 from gtp import methods
 
+from ..core.inference import STARTING_NOTE
 from ..core.limits import MAX_UPLOAD_BYTES
 from ..core.models import weights_banner
 from ..core.results import Costs, Exploration, Throughput
@@ -79,6 +80,8 @@ def metrics_markdown(exp: Exploration, costs: Costs) -> str:
         "",
         f"Latency: {latency_how(exp)}. GMACs: PyTorch FLOP counter / 2.",
     ]
+    if STARTING_NOTE in exp.run.note:
+        lines.append(f"⚠ {STARTING_NOTE}")
     if exp.photo_notes:
         lines.append(f"Input: {'; '.join(exp.photo_notes)}.")
     return "\n".join(lines)
