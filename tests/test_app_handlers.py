@@ -315,3 +315,15 @@ def test_a_latency_timed_while_the_server_starts_up_says_so():
     after = run(num_prop=5)[0]
     assert inference.STARTING_NOTE in during["metrics"] and inference.STARTING_NOTE in during["status"]
     assert inference.STARTING_NOTE not in after["metrics"] + after["status"]
+
+
+def test_random_weights_still_show_each_class_probability(ui):
+    """A random network spreads ~0.1% over each of 1000 classes: the Label's whole percent says
+    "0%" for all five; each class is named with its own probability instead."""
+    exp = ui["state"]
+    for name, classes in (("full_label", exp.run.full_top5), ("gtp_label", exp.run.gtp_top5)):
+        shown = ui[name].value["confidences"]
+        for c, t in zip(shown, classes):
+            assert c["label"] == f"{t.label} ({100 * t.probability:.3g}%)"
+            assert float(c["label"].rsplit("(", 1)[1].rstrip("%)")) == pytest.approx(100 * t.probability, rel=5e-3)
+        assert all(t.probability < 0.01 for t in classes)     # random weights: what a whole percent rounds to 0

@@ -167,14 +167,20 @@ def draw_compare(state: Exploration) -> dict:
             "compare_md": text.compare_markdown(state, K.costs(state, K.all_methods(), count=False))}
 
 
+def top5(classes) -> dict[str, float]:
+    """The top-5 as gr.Label takes it, each class named with its probability to 3 significant digits:
+    the Label's own figure is a whole percent, "0%" for every class of a random network (the page
+    hides it: `layout.CSS`)."""
+    return {f"{t.label} ({100 * t.probability:.3g}%)": t.probability for t in classes}
+
+
 def _prediction(exp: Exploration, costs: Costs, sweep: Optional[list], measured: Optional[list]) -> dict:
     if exp.has_head:
         tag = "" if exp.pretrained else " (random weights)"
         cost = {k: "GMACs counting…" if costs.of(k) is None else f"{costs.of(k):.2f} GMACs" for k in ("full", "gtp")}
-        labels = {"full_label": gr.Label(value={t.label: t.probability for t in exp.run.full_top5}, visible=True,
+        labels = {"full_label": gr.Label(value=top5(exp.run.full_top5), visible=True,
                                          label=f"Full model, {cost['full']}{tag}"),
-                  "gtp_label": gr.Label(value={t.label: t.probability for t in exp.run.gtp_top5}, visible=True,
-                                        label=f"GTP, {cost['gtp']}{tag}")}
+                  "gtp_label": gr.Label(value=top5(exp.run.gtp_top5), visible=True, label=f"GTP, {cost['gtp']}{tag}")}
     else:
         labels = {"full_label": gr.Label(value=None, visible=False), "gtp_label": gr.Label(value=None, visible=False)}
     return {**labels, "metrics": text.metrics_markdown(exp, costs),

@@ -41,6 +41,7 @@ CSS = """
 .gtp-banner-random {background: rgba(224,176,0,0.14); border: 1px solid #e0b000; border-radius: 6px; padding: 6px 10px;}
 .gtp-banner-ok {background: rgba(102,187,106,0.14); border: 1px solid #66bb6a; border-radius: 6px; padding: 6px 10px;}
 #gtp-results .block > .js-plotly-plot {margin-top: 28px;}
+#gtp-full .confidence, #gtp-gtp .confidence {display: none;}
 @media (max-width: 700px) {
   #gtp-main {flex-wrap: wrap;}
   #gtp-results {order: -1; flex-basis: 100%; min-width: 0 !important;}
