@@ -138,9 +138,15 @@ def test_the_lesson_walks_forward_and_back(browser, url):
         forward[step] = text
         if step == 5:
             page.screenshot(path=str(ARTIFACTS / "browser_lesson_step5.png"), full_page=True)
+            # the followed patch's own edges, not the layer walk of every token
+            assert plot_eval(page, "gtp-lesson-plot", "return !(gd.layout.sliders || []).length"
+                             " && gd.data.some(t => t.meta && t.meta.role === 'received');")
+        if step == 1:
+            assert page.locator("#gtp-lesson-back").is_disabled() and page.locator("#gtp-lesson-next").is_enabled()
     assert len(set(forward.values())) == L.NUM_STEPS                 # a different text at every step
-    page.locator("#gtp-lesson-next").click()                         # past the end: stays on the last step
-    page.wait_for_timeout(500)
+    # the last step: Next is disabled (it would lead nowhere), Back is not
+    page.wait_for_function("() => document.querySelector('#gtp-lesson-next').disabled"
+                           " && !document.querySelector('#gtp-lesson-back').disabled", timeout=VIEW_TIMEOUT_MS)
     assert "Step 7 of 7" in page.locator("#gtp-lesson-counter").inner_text()
     for step in range(L.NUM_STEPS - 1, 0, -1):
         page.locator("#gtp-lesson-back").click()

@@ -204,8 +204,10 @@ def _wire_runs(demo: gr.Blocks, ui: dict) -> None:
     refresh = bind(ui, refresh_event, ("tab", *ALL_PANELS))
     check = dict(fn=at_the_edge(check_weights), inputs=[ui["model"], ui["weights"]], outputs=None,
                  api_name="check_weights", show_progress="minimal")
-    gr.on(triggers, **check, **HIDDEN, **WEIGHTS_QUEUE).success(**run, **HIDDEN, **RUN_QUEUE).then(
-        **refresh, **HIDDEN, **RUN_QUEUE)
+    checked = gr.on(triggers, **check, **HIDDEN, **WEIGHTS_QUEUE)
+    checked.success(**run, **HIDDEN, **RUN_QUEUE).then(**refresh, **HIDDEN, **RUN_QUEUE)
+    # A refused file leaves the upload box (listed there, it looks in use); the message says why.
+    checked.failure(lambda: None, outputs=[ui["weights"]], queue=False, **HIDDEN)
     ui["weights_box"].expand(W.warm_reader, queue=False, **HIDDEN)  # the reader is ready when the file is
     ui["preset"].click(**bind(ui, H.published_preset, ("schedule", "hp")), **HIDDEN).then(
         **run, **HIDDEN, **RUN_QUEUE).then(**refresh, **HIDDEN, **RUN_QUEUE)

@@ -46,8 +46,53 @@ CSS = """
   #gtp-main {flex-wrap: wrap;}
   #gtp-results {order: -1; flex-basis: 100%; min-width: 0 !important;}
   #gtp-inputs {flex-basis: 100%; min-width: 0 !important;}
-  #gtp-results table {display: block; overflow-x: auto;}
-  #gtp-results th, #gtp-results td {white-space: nowrap;}
+  #gtp-results table {display: block; overflow-x: auto; font-size: 13px;}
+  #gtp-results th, #gtp-results td {white-space: nowrap; padding: 4px 6px;}
+  #gtp-results th:first-child, #gtp-results td:first-child {position: sticky; left: 0; z-index: 1;
+    background: var(--table-odd-background-fill, var(--background-fill-primary));}
+  #gtp-results .modebar-container {display: none;}
+}
+.gtp-clamped {color: var(--color-accent); font-size: 13px; margin-top: 4px;}
+"""
+# Run in the page once it loads (`build_demo`):
+#  * Enter in a slider's number box runs the setting: Gradio sends a slider's value on release,
+#    which its number box fires on blur (not on Enter), so Enter blurs the box;
+#  * a typed value outside the slider's bounds is set to the nearest bound by Gradio without a
+#    word: a line under the slider says so;
+#  * figures with a narrow layout (`layout.meta.narrow`, e.g. the layer walk's charts under the
+#    photo instead of beside it) get it where their panel is narrower than `app.views.base.NARROW_PX`.
+PAGE_JS = """
+() => {
+  if (window.gtpPage) return [];
+  window.gtpPage = true;
+  const sliderOf = (box) => box instanceof HTMLInputElement && box.type === 'number'
+    ? box.closest('.block')?.querySelector('input[type=range]') : null;
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && sliderOf(e.target)) e.target.blur();
+  }, true);
+  document.addEventListener('blur', (e) => {
+    const range = sliderOf(e.target);
+    if (!range) return;
+    const block = e.target.closest('.block');
+    block.querySelector('.gtp-clamped')?.remove();
+    const v = parseFloat(e.target.value), lo = parseFloat(range.min), hi = parseFloat(range.max);
+    if (isNaN(v) || (v >= lo && v <= hi)) return;
+    const name = (block.querySelector('[data-testid=block-info], label')?.innerText || 'This setting').trim();
+    const note = document.createElement('div');
+    note.className = 'gtp-clamped';
+    note.textContent = `${name}: ${v} is outside ${lo} to ${hi}; set to ${v < lo ? lo : hi}.`;
+    block.appendChild(note);
+  }, true);
+  setInterval(() => {
+    for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+      const narrow = gd.layout && gd.layout.meta && gd.layout.meta.narrow;
+      const width = gd.getBoundingClientRect().width;
+      if (!narrow || !width || width >= narrow.below || gd._gtpNarrowFor === gd.layout || !window.Plotly) continue;
+      gd._gtpNarrowFor = gd.layout;
+      window.Plotly.relayout(gd, narrow.relayout);
+    }
+  }, 250);
+  return [];
 }
 """
 
@@ -133,7 +178,7 @@ def _inputs_column(ui: dict) -> None:
     ui["model"] = gr.Dropdown([(f"{name}: {about}", name) for name, about in SUPPORTED_MODELS.items()],
                               value=DEFAULT_MODEL, label="Model", elem_id="gtp-model")
     with gr.Accordion("Your own weights", open=False) as ui["weights_box"]:
-        ui["weights"] = gr.File(label="Weights file for the chosen model (.safetensors / .pth)",
+        ui["weights"] = gr.File(label="Weights file for the chosen model (.safetensors / .pth)", elem_id="gtp-weights",
                                 file_types=[".safetensors", ".pth", ".pt", ".bin"], type="filepath")
         gr.Markdown(text.UPLOAD_NOTE + " Or set the environment variable `GTP_WEIGHTS_DIR` to a folder "
                     "holding `<model name>.safetensors` before starting the app.")
@@ -268,6 +313,7 @@ def build_demo() -> gr.Blocks:
                             build(ui)
                         ui[f"tab_{tab_id}"] = tab
         wire(demo, ui)
+        demo.load(None, js=PAGE_JS)
     return demo
 
 

@@ -22,7 +22,7 @@ from gradio.components.plot import PlotData
 import gtp
 
 from ..core.results import Exploration
-from .base import (GRID_COLOUR, Figure, PhotoLike, Unavailable, centres, edges_of, figure, g4, numpy, patch_mark,
+from .base import (GRID_COLOUR, Figure, PhotoLike, Unavailable, centres, edges_of, figure, g4, narrow, numpy, patch_mark,
                    photo_axes, photo_of, propagated_block, ranks, score_formula, segments, view)
 
 WALK_ELEM_ID = "gtp-walk"
@@ -258,7 +258,12 @@ def layer_walk_figure(photo: PhotoLike, trace: gtp.Trace, image: int = 0, block:
     photo_axes(layout, photo, trace.grid_size)
     fig = figure(data, layout, height)
     fig["layout"]["margin"].update(t=30, b=70)
-    return fig
+    # narrow (a phone): the photo the full width, its caption under it, then the two charts, each the
+    # full width, one under the other (beside the photo they overlap it and pile their ticks up)
+    return narrow(fig, {"height": 940, "xaxis.domain": [0, 1], "yaxis.domain": [0.57, 1], "annotations[1].y": 0.555,
+                        "annotations[1].text": LEGEND.replace("right, per block", "below, per block"),
+                        "xaxis2.domain": [0.2, 1], "yaxis2.domain": [0.34, 0.47], "xaxis3.domain": [0.2, 1],
+                        "yaxis3.domain": [0.09, 0.22], "sliders[0].len": 1, "margin.b": 80})
 
 
 def walk(exp: Exploration, block: int = 0, highlight: Optional[int] = None) -> PlotData:
