@@ -77,7 +77,7 @@ PAGE_JS = """
     block.querySelector('.gtp-clamped')?.remove();
     const v = parseFloat(e.target.value), lo = parseFloat(range.min), hi = parseFloat(range.max);
     if (isNaN(v) || (v >= lo && v <= hi)) return;
-    const name = (block.querySelector('[data-testid=block-info], label')?.innerText || 'This setting').trim();
+    const name = (block.querySelector('[data-testid=block-info], label')?.innerText || 'This setting').split(':')[0].trim();
     const note = document.createElement('div');
     note.className = 'gtp-clamped';
     note.textContent = `${name}: ${v} is outside ${lo} to ${hi}; set to ${v < lo ? lo : hi}.`;
