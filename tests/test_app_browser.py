@@ -142,7 +142,9 @@ def _upload_and_prediction(page) -> None:
         " && !document.querySelector('#gtp-metrics').innerText.includes('counting')", timeout=MODEL_TIMEOUT_MS)
     banner = page.locator("#gtp-banner").inner_text()
     assert "randomly initialised" in banner or "Weights:" in banner
-    assert page.locator("#gtp-full").inner_text().strip()
+    full_text = page.locator("#gtp-full").inner_text()
+    # each class with its own probability; never Gradio's whole percent ("0%" for all five, random weights)
+    assert len(re.findall(r"\(\d+(\.\d+)?(e-\d+)?%\)", full_text)) >= 5 and not re.search(r"(^|\s)0%", full_text), full_text
 
     # Prediction: the top-5 beside the trade-off chart; a published point hovers its source.
     wait_for_plot(page, "gtp-tradeoff")
@@ -155,6 +157,14 @@ def _upload_and_prediction(page) -> None:
     assert point is not None, "the DeiT-S published point is drawn for DeiT-S"
     text = hover(page, TRADEOFF, *point)
     assert "published: Xu et al." in text and f"{point[0]:.2f} GMACs" in text and f"top-1 {point[1]:.2f}" in text
+    # the published GMACs' rotated label never lies across the "GTP now" line
+    crossed = plot_eval(page, "gtp-tradeoff", """
+        const gtp = gd.layout.shapes.find(s => s.line && s.line.dash === 'solid');
+        const box = gd.getBoundingClientRect(), xa = gd._fullLayout.xaxis;
+        const x = box.left + xa._offset + xa.l2p(gtp.x0);
+        return [...gd.querySelectorAll('.annotation')].filter(a => a.textContent.includes('GMACs (published)'))
+            .map(a => a.getBoundingClientRect()).filter(r => r.left < x && x < r.right).length;""")
+    assert crossed == 0
     shot(page, "1_prediction_tradeoff_hover")
 
 
@@ -216,6 +226,7 @@ def _graphs_and_attention(page) -> None:
     open_tab(page, "Graphs")
     wait_for_plot(page, "gtp-graph")
     wait_for_plot(page, "gtp-similarity")
+    assert page.locator("#gtp-token input").input_value() == "105"   # row 7, col 7 of 14 x 14: the centre
     text = hover(page, "#gtp-graph .js-plotly-plot", 3.5, 2.5)   # patch 31 (row 2, col 3)
     assert "patch 31 (row 2, col 3)" in text and "spatial neighbours (8)" in text and "semantic neighbours" in text
     shot(page, "5_graphs_hover")
@@ -282,10 +293,35 @@ def _throughput_learn_examples(page) -> None:
     page.wait_for_function(
         "() => document.querySelector('#gtp-status').innerText.includes('640 × 427')", timeout=MODEL_TIMEOUT_MS)
 
-    # The published preset puts the controls back and reruns.
+    # A value typed in a slider's number box runs on Enter; theta = 5 is out of bounds and the page says so.
+    gmacs = "(t) => parseFloat((t.match(/GTP, ([0-9.]+) GMACs/) || [0, NaN])[1])"
+    published = page.evaluate(f"() => ({gmacs})(document.querySelector('#gtp-gtp').innerText)")   # P = 8
+    set_slider(page, "gtp-hp-num_prop", 4)
+    page.wait_for_function(  # P = 4 leaves more tokens: more GMACs than the published P = 8's
+        f"(p8) => ({gmacs})(document.querySelector('#gtp-gtp').innerText) > p8 + 0.1", arg=published,
+        timeout=MODEL_TIMEOUT_MS)
+    set_slider(page, "gtp-hp-sparsity", 5)
+    page.wait_for_selector("#gtp-hp-sparsity .gtp-clamped", timeout=VIEW_TIMEOUT_MS)
+    assert page.locator("#gtp-hp-sparsity .gtp-clamped").inner_text() == "θ (sparsity): 5 is outside 0.05 to 1; set to 1."
+    # The published preset puts the controls back (the paper's P = 8, theta = 0.6) and reruns.
     page.locator("#gtp-preset").click()
     page.wait_for_function(
-        "() => document.querySelector('#gtp-metrics').innerText.includes('GMACs')", timeout=MODEL_TIMEOUT_MS)
+        "() => document.querySelector('#gtp-hp-num_prop input[type=number]').value === '8'"
+        " && document.querySelector('#gtp-hp-sparsity input[type=number]').value === '0.6'", timeout=VIEW_TIMEOUT_MS)
+    page.wait_for_function(  # the rerun: GTP's GMACs the published setting's again
+        f"(p8) => ({gmacs})(document.querySelector('#gtp-gtp').innerText) === p8", arg=published, timeout=MODEL_TIMEOUT_MS)
+
+    # Removing the photo: no error on any panel; the status says there is no photo.
+    page.locator("#gtp-photo button[aria-label='Remove Image'], #gtp-photo button[title='Remove Image']").first.click()
+    page.wait_for_function("() => document.querySelector('#gtp-status').innerText.includes('No photo')",
+                           timeout=MODEL_TIMEOUT_MS)
+    page.wait_for_timeout(1000)   # an error would come with the same event's answer; give the page a moment
+    assert page.locator("#gtp-results .error:visible").count() == 0
+    assert "Error" not in page.locator("#gtp-results").inner_text()
+    assert page.locator("#gtp-full").inner_text().strip()            # the last run still on view
+    page.locator("button.gallery-item").filter(has=page.locator("img[src$='rocket.jpg']")).click()
+    page.wait_for_function(
+        "() => document.querySelector('#gtp-status').innerText.includes('640 × 427')", timeout=MODEL_TIMEOUT_MS)
 
     # A headless checkpoint (the real DINOv2 weights, where present): feature similarity, no classes.
     if DINOV2_FILE.exists():
@@ -316,14 +352,39 @@ def test_walkthrough(page):
     assert not page.errors, page.errors
 
 
+LOOKS_JS = """() => {
+    const bg = (el) => { for (; el; el = el.parentElement) { const c = getComputedStyle(el).backgroundColor;
+                                                          if (c && !c.endsWith(', 0)') && c !== 'transparent') return c; }
+                         return 'rgb(255, 255, 255)'; };
+    const plot = document.querySelector('#gtp-tradeoff .js-plotly-plot');
+    const tick = plot.querySelector('g[class$="tick"] > text');
+    return {background: bg(plot), text: getComputedStyle(document.querySelector('#gtp-metrics')).color,
+            tick: getComputedStyle(tick).fill};
+}"""
+
+
+def luminance(colour: str) -> float:
+    """Relative luminance (0 black to 1 white) of a CSS 'rgb(...)' / 'rgba(...)' colour."""
+    r, g, b = (float(v) / 255 for v in re.findall(r"[\d.]+", colour)[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
 def test_dark_theme(page, url):
     """The app in Gradio's dark theme: the figures' text stays readable (screenshots)."""
+    page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+    wait_for_plot(page, "gtp-tradeoff", timeout=MODEL_TIMEOUT_MS)
+    light = page.evaluate(LOOKS_JS)
     page.goto(url + "?__theme=dark", wait_until="domcontentloaded", timeout=60_000)
     wait_for_plot(page, "gtp-tradeoff", timeout=MODEL_TIMEOUT_MS)
-    assert page.evaluate("() => document.querySelector('.dark') !== null")
-    colour = plot_eval(page, "gtp-tradeoff", "return gd._fullLayout.font.color;")
-    assert colour == "#8a8f98"   # mid grey on a transparent background: readable on both themes
+    dark = page.evaluate(LOOKS_JS)
+    # the page really turned dark: a dark background behind the figures, light body text
+    assert luminance(light["background"]) > 0.6 and luminance(dark["background"]) < 0.25, (light, dark)
+    assert luminance(dark["text"]) > 0.6 > luminance(light["text"]), (light, dark)
+    # the figures' text (mid grey, drawn on a transparent background) stands out on both
+    for looks in (light, dark):
+        assert abs(luminance(looks["tick"]) - luminance(looks["background"])) > 0.15, looks
     shot(page, "12_dark_prediction")
     open_tab(page, "Layer walk")
     wait_for_plot(page, "gtp-walk")
     shot(page, "13_dark_layer_walk")
+

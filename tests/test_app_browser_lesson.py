@@ -1,7 +1,8 @@
 """The lesson and the links in a real browser (headless Debian Chromium, Playwright), on one app
 launched for this module: a link opens its photo, setting, tab and block; "Copy link" reproduces
 a changed setting in a fresh browser context; the lesson is walked with Next and Back, each step
-showing a figure of the current run with the patch its text names highlighted. Skips where
+showing a figure of the current run with the patch its text names highlighted; a refused weights
+file leaves the upload box. Skips where
 /usr/bin/chromium is absent; never downloads a browser."""
 from __future__ import annotations
 
@@ -138,12 +139,35 @@ def test_the_lesson_walks_forward_and_back(browser, url):
         forward[step] = text
         if step == 5:
             page.screenshot(path=str(ARTIFACTS / "browser_lesson_step5.png"), full_page=True)
+            # the followed patch's own edges, not the layer walk of every token
+            assert plot_eval(page, "gtp-lesson-plot", "return !(gd.layout.sliders || []).length"
+                             " && gd.data.some(t => t.meta && t.meta.role === 'received');")
+        if step == 1:
+            assert page.locator("#gtp-lesson-back").is_disabled() and page.locator("#gtp-lesson-next").is_enabled()
     assert len(set(forward.values())) == L.NUM_STEPS                 # a different text at every step
-    page.locator("#gtp-lesson-next").click()                         # past the end: stays on the last step
-    page.wait_for_timeout(500)
+    # the last step: Next is disabled (it would lead nowhere), Back is not
+    page.wait_for_function("() => document.querySelector('#gtp-lesson-next').disabled"
+                           " && !document.querySelector('#gtp-lesson-back').disabled", timeout=VIEW_TIMEOUT_MS)
     assert "Step 7 of 7" in page.locator("#gtp-lesson-counter").inner_text()
     for step in range(L.NUM_STEPS - 1, 0, -1):
         page.locator("#gtp-lesson-back").click()
         text, marked = _step_shown(page, step, key)
         assert text == forward[step] and marked == [token]
     assert not page.errors, page.errors
+
+
+def test_a_refused_weights_file_leaves_the_upload_box(browser, url, tmp_path):
+    """A weights file the app refuses is not left listed under "Your own weights" (it would look in
+    use); the message says why."""
+    junk = tmp_path / "junk_weights.safetensors"
+    junk.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + b"\x00" * 64)   # a header, no tensors
+    page = open_page(browser, url)
+    page.wait_for_function("() => (document.querySelector('#gtp-status') || {innerText: ''}).innerText.includes('Ran ')",
+                           timeout=MODEL_TIMEOUT_MS)
+    page.get_by_role("button", name="Your own weights").click()
+    page.locator("#gtp-weights input[type=file]").set_input_files(str(junk))
+    page.wait_for_function("() => document.querySelector('#gtp-weights').innerText.includes('junk_weights')",
+                           timeout=VIEW_TIMEOUT_MS)   # listed while it is checked
+    page.wait_for_selector(".toast-body", timeout=MODEL_TIMEOUT_MS)   # the message says why
+    page.wait_for_function("() => !document.querySelector('#gtp-weights').innerText.includes('junk_weights')",
+                           timeout=VIEW_TIMEOUT_MS)

@@ -304,3 +304,44 @@ def test_a_schedule_more_than_the_blocks_can_take_says_what_happened():
     out = run(schedule=",".join(["100"] * 12))[0]
     assert "asked to propagate 1200 tokens" in out["status"] and "propagated 100 " in out["status"]
     assert "asked to propagate" not in run(num_prop=4)[0]["status"]
+
+
+def test_graphs_open_on_the_centre_token_with_the_photo_and_spatial_grid_in_sight():
+    """The default view ("spatial + semantic") draws the grid and the chosen token's own edges; the
+    thousand-odd semantic edges wait behind their legend entry (drawn, they hide the photo). The
+    chosen token is the patch at the centre of the grid, not the left edge's."""
+    first = run(tab="graphs")[0]
+    gh, gw = first["state"].trace.grid_size
+    centre = (gh // 2) * gw + gw // 2                       # row 7, col 7 of deit's 14 x 14
+    fig = figure_of(first["graph_plot"])
+    shown = {t["meta"]["role"]: t.get("visible", True) for t in fig["data"] if "edges" in (t.get("meta") or {}).get("role", "")}
+    assert shown == {"spatial-edges": True, "semantic-edges": "legendonly", "highlight-edges": True}
+    assert [t["meta"]["token"] for t in fig["data"] if (t.get("meta") or {}).get("role") == "highlight"] == [centre]
+    assert f"**Token {centre}** (row {gh // 2}, column {gw // 2})" in first["neighbours_md"]
+    alone = figure_of(H.draw_graph(first["state"], "semantic", None)["graph_plot"])
+    assert [t.get("visible", True) for t in alone["data"] if (t.get("meta") or {}).get("role") == "semantic-edges"] == [True]
+
+
+def test_a_latency_timed_while_the_server_starts_up_says_so():
+    """The start-up's own runs (`inference.warm_up`: the examples, timed while the GMACs are counted
+    alongside) are cached for every visitor: their latency says it is not the steady figure."""
+    inference.STARTING.set()
+    try:
+        during = run(num_prop=3)[0]
+    finally:
+        inference.STARTING.clear()
+    after = run(num_prop=5)[0]
+    assert inference.STARTING_NOTE in during["metrics"] and inference.STARTING_NOTE in during["status"]
+    assert inference.STARTING_NOTE not in after["metrics"] + after["status"]
+
+
+def test_random_weights_still_show_each_class_probability(ui):
+    """A random network spreads ~0.1% over each of 1000 classes: the Label's whole percent says
+    "0%" for all five; each class is named with its own probability instead."""
+    exp = ui["state"]
+    for name, classes in (("full_label", exp.run.full_top5), ("gtp_label", exp.run.gtp_top5)):
+        shown = ui[name].value["confidences"]
+        for c, t in zip(shown, classes):
+            assert c["label"] == f"{t.label} ({100 * t.probability:.3g}%)"
+            assert float(c["label"].rsplit("(", 1)[1].rstrip("%)")) == pytest.approx(100 * t.probability, rel=5e-3)
+        assert all(t.probability < 0.01 for t in classes)     # random weights: what a whole percent rounds to 0

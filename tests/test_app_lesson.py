@@ -205,3 +205,28 @@ def test_a_highlight_stays_on_view_in_every_block_of_the_walk(run):
         assert len(visible) == len(fig["data"]) and visible[-1] is True
     plain = json.loads(W.walk(exp, 3).plot)
     assert len(plain["data"]) == len(fig["data"]) - 1 and not highlighted(plain)
+
+
+def test_back_and_next_are_enabled_only_where_they_lead(run):
+    """Step 1 has no Back and step 7 no Next (a Next that does nothing looks broken)."""
+    exp, panels = run
+    for step, p in enumerate(panels, start=1):
+        assert (p["lesson_back"].interactive, p["lesson_next"].interactive) == (step > 1, step < L.NUM_STEPS), step
+    assert list(H.move_lesson(None, L.NUM_STEPS - 1, +1))[0]["lesson_next"].interactive is False
+
+
+def test_the_propagation_step_draws_the_followed_patchs_own_edges(run):
+    """Step 5: only the edges the followed patch sent its features along, each receiver with its
+    weight alpha * W from the trace (not the whole block's walk)."""
+    exp, panels = run
+    f = L.focus(exp)
+    layer = exp.trace.layers[f.block]
+    src, dst, w = (layer.edges[0].src.numpy(), layer.edges[0].dst.numpy(), layer.edges[0].weight.float().numpy())
+    expected = {int(d): float(x) for s, d, x in zip(src, dst, w) if s == f.token}
+    fig = figure(panels[4])
+    assert "sliders" not in fig["layout"]                          # not the layer walk
+    received = [t for t in fig["data"] if (t.get("meta") or {}).get("role") == "received"][0]
+    got = {row[0]: row[3] for row in received["customdata"]}
+    assert set(got) == set(expected) and expected
+    assert all(got[d] == pytest.approx(expected[d], rel=1e-3) for d in expected)
+    assert highlighted(fig) == [f.token]

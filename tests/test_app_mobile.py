@@ -1,11 +1,13 @@
 """The app on a phone (390 x 844, an iPhone 12-14's viewport) in headless Debian Chromium: the
 results come before the hyper-parameters, every tab is in sight and opens without an overflow
-menu, no figure or title is wider than the screen; and a request waiting in the queue says
-where it stands. Skips where /usr/bin/chromium is absent; never downloads a browser."""
+menu, no figure or title is wider than the screen; on a phone and a portrait tablet (768 x 1024)
+no part of a figure (plot areas, legends, titles, captions, axis titles, tick labels, colour bars)
+lies over another and every table fits or scrolls with its first column fixed; and a request
+waiting in the queue says where it stands. Skips where /usr/bin/chromium is absent; never downloads a browser."""
 from __future__ import annotations
 
 import os
-import time
+import threading
 
 import pytest
 
@@ -90,26 +92,112 @@ def test_phone_results_first_every_tab_in_sight_figures_fit(browser, url):
 
 
 def test_a_waiting_request_says_where_it_stands(browser, url, monkeypatch):
-    """While one student's run holds the models, another's request shows its queue position."""
+    """While one student's run holds the models, another's request shows its queue position. The
+    first run is held by an Event this test sets, not for a guessed time."""
     from app.ui import handlers as H
     first, second = phone_page(browser, url), phone_page(browser, url)
     real = H.run
-
+    holding, release = threading.Event(), threading.Event()
     calls = []
 
-    def slow(*args, **kwargs):   # the first run holds the models' queue for a few seconds
+    def held(*args, **kwargs):   # the first run holds the models' queue until the test releases it
         calls.append(args)
         if len(calls) == 1:
-            time.sleep(6)
+            holding.set()
+            release.wait(timeout=MODEL_TIMEOUT_MS / 1000)
         yield from real(*args, **kwargs)
-    monkeypatch.setattr(H, "run", slow)
-    first.locator("#gtp-run").click()
-    first.wait_for_function("() => document.querySelector('#gtp-status').innerText.match(/processing|queue/)",
-                            timeout=VIEW_TIMEOUT_MS)
-    second.locator("#gtp-run").click()
-    second.wait_for_function("() => /queue: 1\\/\\d+/.test(document.querySelector('#gtp-status').innerText)",
-                             timeout=VIEW_TIMEOUT_MS)
+    monkeypatch.setattr(H, "run", held)
+    try:
+        first.locator("#gtp-run").click()
+        assert holding.wait(timeout=MODEL_TIMEOUT_MS / 1000), "the first run never started"
+        second.locator("#gtp-run").click()
+        second.wait_for_function("() => /queue: 1\\/\\d+/.test(document.querySelector('#gtp-status').innerText)",
+                                 timeout=VIEW_TIMEOUT_MS)
+        assert len(calls) == 1 and not release.is_set()   # the second waits while the first is held
+    finally:
+        release.set()
     second.wait_for_function("() => document.querySelector('#gtp-status').innerText.startsWith('Ran ')",
                              timeout=MODEL_TIMEOUT_MS)
+    assert len(calls) == 2
     for page in (first, second):
         page.close()
+
+
+# Every part of every figure on view, in page pixels: plot areas (`_fullLayout._plots`, visible
+# axes only), and the texts around them: the title, paper-placed annotations (captions, panel
+# titles), axis titles, each tick label, the legend and colour bars.
+PARTS_JS = """() => {
+    const out = [];
+    for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+        const box = gd.getBoundingClientRect(), fl = gd._fullLayout;
+        if (!box.width || !fl) continue;
+        const id = gd.parentElement.closest('[id]')?.id, parts = [];
+        for (const [name, sp] of Object.entries(fl._plots || {})) {
+            const xa = sp.xaxis, ya = sp.yaxis;
+            if (xa.visible === false || ya.visible === false) continue;
+            parts.push(['area ' + name, true, box.left + xa._offset, box.top + ya._offset,
+                        box.left + xa._offset + xa._length, box.top + ya._offset + ya._length]);
+        }
+        const add = (what, el) => { const r = el.getBoundingClientRect();
+            if (r.width > 0 && r.height > 0) parts.push([what + ': ' + (el.textContent || '').slice(0, 30), false,
+                                                         r.left, r.top, r.right, r.bottom]); };
+        gd.querySelectorAll('.gtitle').forEach(e => add('title', e));
+        gd.querySelectorAll('.legend').forEach(e => add('legend', e));
+        gd.querySelectorAll('.colorbar').forEach(e => add('colour bar', e));
+        gd.querySelectorAll('.infolayer g[class^="g-"][class$="title"] text').forEach(e => add('axis title', e));
+        gd.querySelectorAll('g[class$="tick"] > text').forEach(e => e.closest('.colorbar') || add('tick', e));
+        gd.querySelectorAll('.annotation[data-index]').forEach(e => {
+            const a = fl.annotations[+e.dataset.index];
+            if (a && a.xref === 'paper' && a.yref === 'paper') add('annotation', e);
+        });
+        out.push([id, parts]);
+    }
+    return out;
+}"""
+
+
+def overlapping(page) -> list:
+    """Pairs of parts of one figure that lie over each other by more than a pixel (two plot areas,
+    two texts, or a text over a plot area)."""
+    found = []
+    for panel, parts in page.evaluate(PARTS_JS):
+        for i, (a, a_area, *r) in enumerate(parts):
+            for b, b_area, *q in parts[i + 1:]:
+                if r[0] < q[2] - 1 and q[0] < r[2] - 1 and r[1] < q[3] - 1 and q[1] < r[3] - 1:
+                    found.append((panel, a, b))
+    return found
+
+
+TABLES_JS = """() => [...document.querySelectorAll('#gtp-results table')].filter(t => t.offsetParent).map(t => {
+    const r = t.getBoundingClientRect(), first = t.querySelector('td');
+    return {fits: t.scrollWidth <= t.clientWidth + 1, right: r.right, scrolls: getComputedStyle(t).overflowX === 'auto',
+            sticky: first ? getComputedStyle(first).position === 'sticky' : true};
+})"""
+
+
+@pytest.mark.parametrize("size", [PHONE, {"width": 768, "height": 1024}], ids=["phone", "tablet"])
+def test_no_part_of_a_figure_lies_over_another_and_tables_fit(browser, url, size):
+    from app.ui.layout import TABS
+    page = browser.new_page(viewport=size, is_mobile=size["width"] < 500, has_touch=size["width"] < 500)
+    page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+    page.wait_for_function("() => !(document.querySelector('#gtp-metrics') || {innerText: 'counting'}).innerText"
+                           ".match(/counting|^$/)", timeout=MODEL_TIMEOUT_MS)
+    problems = {}
+    for title, tab_id, _ in TABS:
+        page.get_by_role("tab", name=title, exact=True).click()
+        # the tab's figures drawn, each in its narrow layout where its panel is narrow
+        page.wait_for_function("""() => { const shown = [...document.querySelectorAll('.js-plotly-plot')]
+                .filter(gd => gd.getBoundingClientRect().width > 0);
+            return shown.length > 0 && shown.every(gd => gd.data && gd._fullLayout && (!(gd.layout.meta || {}).narrow
+                || gd.getBoundingClientRect().width >= gd.layout.meta.narrow.below || gd._gtpNarrowFor === gd.layout)); }""",
+                               timeout=MODEL_TIMEOUT_MS)
+        page.wait_for_timeout(300)   # plotly redraws just after a relayout
+        tables = page.evaluate(TABLES_JS)
+        cut = [t for t in tables if t["right"] > size["width"] + 1 or not (t["fits"] or (t["scrolls"] and t["sticky"]))]
+        for panel, a, b in overlapping(page):
+            problems.setdefault(title, []).append(f"{panel}: {a} over {b}")
+        if cut:
+            problems.setdefault(title, []).append(f"tables cut: {cut}")
+        page.locator("#gtp-results").screenshot(path=str(ARTIFACTS / f"size{size['width']}_{tab_id}.png"))
+    page.close()
+    assert problems == {}, "\n".join(f"{size['width']} px, {t}: {p}" for t, ps in problems.items() for p in ps)

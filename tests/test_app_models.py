@@ -75,3 +75,14 @@ def test_messages_name_files_never_their_folders():
         "could not load weights from 'm.safetensors': bad"
     assert file_names_only("Loaded weights from /a/b/c.pth (timm), P=8/12") == "Loaded weights from c.pth (timm), P=8/12"
     assert models.weights_banner("m", True, "from /home/u/w.safetensors") == "Weights: from w.safetensors"
+
+
+def test_the_console_says_when_a_model_has_random_weights(caplog):
+    """Offline, a model without pretrained weights runs randomly initialised: the page's banner says
+    so, and the server's log too (one warning, when it is loaded)."""
+    models.MODELS.clear()
+    with caplog.at_level("WARNING", logger="gtp.app"):
+        slot = models.get_model("deit_tiny_patch16_224")
+        models.get_model("deit_tiny_patch16_224")          # from the cache: said once
+    said = [r for r in caplog.records if "RANDOMLY INITIALISED" in r.getMessage()]
+    assert not slot.loaded.pretrained and len(said) == 1 and "deit_tiny_patch16_224" in said[0].getMessage()

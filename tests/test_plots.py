@@ -307,7 +307,15 @@ def test_tradeoff_draws_only_the_selected_models_family():
     # asked for, DeiT-B's curves come labelled as DeiT-B's, never as DeiT-S's
     fig = tradeoff.tradeoff_figure(PUBLISHED, "deit_small_patch16_224", other_families=True)
     deit_b = [t for t in fig["data"] if (t.get("meta") or {}).get("model") == "deit_base_patch16_224"]
-    assert deit_b and all(t["name"].startswith("DeiT-B · ") for t in deit_b)
+    assert deit_b and all(t["name"].startswith("DeiT-B") for t in deit_b)
+    full_b = [t["name"] for t in deit_b if t["name"].endswith("full model (published)")]
+    assert full_b == ["DeiT-B full model (published)"]      # the family named once, not "DeiT-B · DeiT-B full model"
+    # the published GMACs' label sits on the side of its line away from the GTP line just right of it
+    for gtp_now, side in ((3.44, "right"), (2.9, "left")):
+        fig = tradeoff.tradeoff_figure(PUBLISHED, "deit_small_patch16_224", current={"full": 4.6, "gtp": gtp_now})
+        label = next(a for a in fig["layout"]["annotations"] if "GMACs (published)" in a["text"])
+        assert label["x"] < gtp_now if side == "right" else label["x"] > gtp_now
+        assert label["xanchor"] == side, (gtp_now, label)
     # DeiT-B: the paper's curves, each point with method, GMACs, top-1 and the source
     fig = tradeoff.tradeoff_figure(PUBLISHED, "deit_base_patch16_224")
     curve = next(t for t in fig["data"] if t.get("name") == "GTP (published)")

@@ -8,6 +8,7 @@ GPU at start-up (`preload`), outside any request, as ZeroGPU requires.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -22,6 +23,8 @@ from .errors import InputError, file_names_only
 from .plain import shown
 from .settings import DEFAULT_MODEL
 from .workers import Lock, NotInWorker, leave_worker
+
+log = logging.getLogger("gtp.app")
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
@@ -77,6 +80,9 @@ def get_model(name: str, weights: Optional[str] = None, device: Optional[torch.d
                 gc.collect()
                 raise InputError(file_names_only(refused))
             slot = MODELS.put(key, ModelSlot(loaded))
+            if not loaded.pretrained:   # the page's banner says so; whoever reads the server's console too
+                log.warning("%s runs with RANDOMLY INITIALISED weights (its predictions mean nothing): %s",
+                            name, file_names_only(loaded.message))
         return slot
 
 

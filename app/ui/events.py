@@ -98,6 +98,13 @@ def _components(value: Any) -> list:
     return list(value.values()) if isinstance(value, dict) else [value]
 
 
+def nothing_changed() -> dict:
+    """What an event returns when it updates no output: Gradio's `skip()`. An empty dict is not
+    that: Gradio reads it as ONE output value ("didn't return enough output values") and every
+    output shows an error."""
+    return gr.skip()
+
+
 def bind(ui: dict, fn: Callable, outputs: Iterable[str]) -> dict[str, Any]:
     """`gr.on` keyword arguments calling `fn` by name: its parameters are names in `ui` ("hp" is
     the dict of hyper-parameter controls, read and written as a dict), its result a dict
@@ -117,7 +124,7 @@ def bind(ui: dict, fn: Callable, outputs: Iterable[str]) -> dict[str, Any]:
         for name, value in out.items():
             written.update({ui[name][k]: v for k, v in value.items()} if isinstance(ui[name], dict)
                            else {ui[name]: value})
-        return written
+        return written or nothing_changed()
 
     def arguments(data: Optional[dict], request: Optional[gr.Request]) -> dict[str, Any]:
         return {**read(data or {}), **({"request": request} if wants_request else {})}
@@ -129,7 +136,7 @@ def bind(ui: dict, fn: Callable, outputs: Iterable[str]) -> dict[str, Any]:
                 updated = True
                 yield write(out)
             if not updated:   # a generator that yields nothing would set every output to None
-                yield {}
+                yield nothing_changed()
     else:
         def call(data: Optional[dict] = None, request: Optional[gr.Request] = None) -> dict:
             return write(fn(**arguments(data, request)))
@@ -141,7 +148,7 @@ def bind(ui: dict, fn: Callable, outputs: Iterable[str]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the events' own functions
 # Each reads the page's raw values by name and calls the handler with typed arguments.
 
-ALL_PANELS = ("state", "shown", "banner", "status", "token", "attn_block", "head",
+ALL_PANELS = ("state", "shown", "banner", "status", "token", "attn_block", "head", "lesson_back", "lesson_next",
               *(name for names in H.TAB_PANELS.values() for name in names))
 
 
@@ -220,8 +227,10 @@ def _wire_runs(demo: gr.Blocks, ui: dict) -> None:
     refresh = bind(ui, refresh_event, ("tab", *ALL_PANELS))
     check = dict(fn=at_the_edge(check_weights), inputs=[ui["model"], ui["weights"]], outputs=None,
                  api_name="check_weights", show_progress="minimal")
-    gr.on(triggers, **check, **HIDDEN, **WEIGHTS_QUEUE).success(**run, **HIDDEN, **RUN_QUEUE).then(
-        **refresh, **HIDDEN, **RUN_QUEUE)
+    checked = gr.on(triggers, **check, **HIDDEN, **WEIGHTS_QUEUE)
+    checked.success(**run, **HIDDEN, **RUN_QUEUE).then(**refresh, **HIDDEN, **RUN_QUEUE)
+    # A refused file leaves the upload box (listed there, it looks in use); the message says why.
+    checked.failure(lambda: None, outputs=[ui["weights"]], queue=False, **HIDDEN)
     ui["weights_box"].expand(W.warm_reader, queue=False, **HIDDEN)  # the reader is ready when the file is
     ui["preset"].click(**bind(ui, H.published_preset, ("schedule", "hp")), **HIDDEN).then(
         **run, **HIDDEN, **RUN_QUEUE).then(**refresh, **HIDDEN, **RUN_QUEUE)
@@ -252,7 +261,7 @@ def _wire_views(ui: dict) -> None:
     ui["sweep_file"].change(**bind(ui, H.load_sweep_file, ("sweep_state", "sweep_md", "tradeoff_plot")), **VIEW_QUEUE)
     ui["make_downloads"].click(**bind(ui, H.downloads, ("gif_file", "trace_file")), **HIDDEN, **RUN_QUEUE)
     ui["make_figures"].click(**bind(ui, H.download_figures, ("figures_file",)), **HIDDEN, **RUN_QUEUE)
-    lesson_panels = ("lesson_step", *H.TAB_PANELS["lesson"])
+    lesson_panels = ("lesson_step", "lesson_back", "lesson_next", *H.TAB_PANELS["lesson"])
     ui["lesson_back"].click(**bind(ui, lesson_event(-1), lesson_panels), **VIEW_QUEUE)
     ui["lesson_next"].click(**bind(ui, lesson_event(+1), lesson_panels), **VIEW_QUEUE)
     # Copy link: the page's address and the walk's block from the browser, the link from the server, the clipboard.

@@ -60,7 +60,7 @@ def _clamp(value: Any, low: int, high: int, default: int) -> int:
 @dataclass(frozen=True)
 class View:
     """Where the person is looking: the panels' own controls (1-based blocks and lesson step;
-    token None: the middle of the grid). Bounds come from the run's model (`within`)."""
+    token None: the patch at the centre of the grid). Bounds come from the run's model (`within`)."""
     block: Any = 1
     graph_kind: str = "spatial + semantic"
     token: Any = None
@@ -69,9 +69,9 @@ class View:
     step: Any = 1
 
     def within(self, exp: Exploration) -> "View":
-        n = exp.trace.num_patches
+        n, (gh, gw) = exp.trace.num_patches, exp.trace.grid_size
         return View(block=_clamp(self.block, 1, exp.depth, 1), graph_kind=self.graph_kind,
-                    token=_clamp(self.token, 0, n - 1, n // 2), attn_block=_clamp(self.attn_block, 1, exp.depth, 1),
+                    token=_clamp(self.token, 0, n - 1, (gh // 2) * gw + gw // 2), attn_block=_clamp(self.attn_block, 1, exp.depth, 1),
                     head=_clamp(self.head, 0, exp.num_heads - 1, 0), step=lesson.step_of(self.step))
 
 
@@ -89,7 +89,7 @@ def draw_graph(state: Optional[Exploration], graph_kind: str, token: Any) -> dic
     if state is None:
         return {}
     t = View(token=token).within(state).token
-    return {"graph_plot": graphs.graph(state, graph_kind), "similarity_plot": graphs.similarity(state, t),
+    return {"graph_plot": graphs.graph(state, graph_kind, highlight=t), "similarity_plot": graphs.similarity(state, t),
             "neighbours_md": text.neighbours_markdown(state, graph_kind, t)}
 
 
@@ -137,7 +137,12 @@ def draw_lesson(exp: Exploration, step: int, sweep: Optional[list] = None, measu
     f = lesson.focus(exp)
     plot = lesson.step_figure(exp, step, f, lambda: draw_tradeoff(exp, sweep, costs, measured))
     return {"lesson_md": lesson.step_markdown(exp, step, f, costs), "lesson_plot": plot,
-            "lesson_counter": lesson.counter(step)}
+            "lesson_counter": lesson.counter(step), **lesson_buttons(step)}
+
+
+def lesson_buttons(step: int) -> dict:
+    """Back and Next, each enabled only where it leads somewhere (no Next on the last step)."""
+    return {"lesson_back": gr.Button(interactive=step > 1), "lesson_next": gr.Button(interactive=step < lesson.NUM_STEPS)}
 
 
 def lesson_panels(exp: Exploration, step: int, sweep: Optional[list] = None,
@@ -154,7 +159,7 @@ def move_lesson(state: Optional[Exploration], lesson_step: Any, by: int, sweep_s
     step = lesson.step_of(lesson.step_of(lesson_step) + by)
     if state is None:
         yield {"lesson_step": step, "lesson_counter": lesson.counter(step), "lesson_md": lesson.without_run(step),
-               "lesson_plot": None}
+               "lesson_plot": None, **lesson_buttons(step)}
         return
     for k, panels in enumerate(lesson_panels(state, step, sweep_state, throughput_state)):
         yield {"lesson_step": step, **panels} if k == 0 else panels
@@ -166,14 +171,20 @@ def draw_compare(state: Exploration) -> dict:
             "compare_md": text.compare_markdown(state, K.costs(state, K.all_methods(), count=False))}
 
 
+def top5(classes) -> dict[str, float]:
+    """The top-5 as gr.Label takes it, each class named with its probability to 3 significant digits:
+    the Label's own figure is a whole percent, "0%" for every class of a random network (the page
+    hides it: `layout.CSS`)."""
+    return {f"{t.label} ({100 * t.probability:.3g}%)": t.probability for t in classes}
+
+
 def _prediction(exp: Exploration, costs: Costs, sweep: Optional[list], measured: Optional[list]) -> dict:
     if exp.has_head:
         tag = "" if exp.pretrained else " (random weights)"
         cost = {k: "GMACs counting…" if costs.of(k) is None else f"{costs.of(k):.2f} GMACs" for k in ("full", "gtp")}
-        labels = {"full_label": gr.Label(value={t.label: t.probability for t in exp.run.full_top5}, visible=True,
+        labels = {"full_label": gr.Label(value=top5(exp.run.full_top5), visible=True,
                                          label=f"Full model, {cost['full']}{tag}"),
-                  "gtp_label": gr.Label(value={t.label: t.probability for t in exp.run.gtp_top5}, visible=True,
-                                        label=f"GTP, {cost['gtp']}{tag}")}
+                  "gtp_label": gr.Label(value=top5(exp.run.gtp_top5), visible=True, label=f"GTP, {cost['gtp']}{tag}")}
         labels.update(backbone_md=gr.Markdown("", visible=False), backbone_plot=gr.Plot(value=None, visible=False))
     else:  # a backbone (no classes): its own result, the features of GTP against the full model's
         labels = {"full_label": gr.Label(value=None, visible=False), "gtp_label": gr.Label(value=None, visible=False),
@@ -218,8 +229,8 @@ def run(photo: Optional[str], settings: Settings, view: View = View(), tab: str 
         sweep: Optional[list] = None, measured: Optional[list] = None) -> Iterator[dict]:
     """A new photo or new settings: run the models once, draw the visible tab `tab`, clear the
     others; then count the GMACs the tab shows if they never were and update its panels."""
-    if not photo:  # the photo was cleared: leave everything as it is
-        yield {}
+    if not photo:  # the photo was cleared: the panels keep the last run, the status says why nothing ran
+        yield {"status": text.NO_PHOTO}
         return
     exp = inference.explore_photo(open_photo(photo), settings)
     v = view.within(exp)

@@ -41,12 +41,58 @@ CSS = """
 .gtp-banner-random {background: rgba(224,176,0,0.14); border: 1px solid #e0b000; border-radius: 6px; padding: 6px 10px;}
 .gtp-banner-ok {background: rgba(102,187,106,0.14); border: 1px solid #66bb6a; border-radius: 6px; padding: 6px 10px;}
 #gtp-results .block > .js-plotly-plot {margin-top: 28px;}
+#gtp-full .confidence, #gtp-gtp .confidence {display: none;}
 @media (max-width: 700px) {
   #gtp-main {flex-wrap: wrap;}
   #gtp-results {order: -1; flex-basis: 100%; min-width: 0 !important;}
   #gtp-inputs {flex-basis: 100%; min-width: 0 !important;}
-  #gtp-results table {display: block; overflow-x: auto;}
-  #gtp-results th, #gtp-results td {white-space: nowrap;}
+  #gtp-results table {display: block; overflow-x: auto; font-size: 13px;}
+  #gtp-results th, #gtp-results td {white-space: nowrap; padding: 4px 6px;}
+  #gtp-results th:first-child, #gtp-results td:first-child {position: sticky; left: 0; z-index: 1;
+    background: var(--table-odd-background-fill, var(--background-fill-primary));}
+  #gtp-results .modebar-container {display: none;}
+}
+.gtp-clamped {color: var(--color-accent); font-size: 13px; margin-top: 4px;}
+"""
+# Run in the page once it loads (`build_demo`):
+#  * Enter in a slider's number box runs the setting: Gradio sends a slider's value on release,
+#    which its number box fires on blur (not on Enter), so Enter blurs the box;
+#  * a typed value outside the slider's bounds is set to the nearest bound by Gradio without a
+#    word: a line under the slider says so;
+#  * figures with a narrow layout (`layout.meta.narrow`, e.g. the layer walk's charts under the
+#    photo instead of beside it) get it where their panel is narrower than `app.views.base.NARROW_PX`.
+PAGE_JS = """
+() => {
+  if (window.gtpPage) return [];
+  window.gtpPage = true;
+  const sliderOf = (box) => box instanceof HTMLInputElement && box.type === 'number'
+    ? box.closest('.block')?.querySelector('input[type=range]') : null;
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && sliderOf(e.target)) e.target.blur();
+  }, true);
+  document.addEventListener('blur', (e) => {
+    const range = sliderOf(e.target);
+    if (!range) return;
+    const block = e.target.closest('.block');
+    block.querySelector('.gtp-clamped')?.remove();
+    const v = parseFloat(e.target.value), lo = parseFloat(range.min), hi = parseFloat(range.max);
+    if (isNaN(v) || (v >= lo && v <= hi)) return;
+    const name = (block.querySelector('[data-testid=block-info], label')?.innerText || 'This setting').split(':')[0].trim();
+    const note = document.createElement('div');
+    note.className = 'gtp-clamped';
+    note.textContent = `${name}: ${v} is outside ${lo} to ${hi}; set to ${v < lo ? lo : hi}.`;
+    block.appendChild(note);
+  }, true);
+  setInterval(() => {
+    for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+      const narrow = gd.layout && gd.layout.meta && gd.layout.meta.narrow;
+      const width = gd.getBoundingClientRect().width;
+      if (!narrow || !width || width >= narrow.below || gd._gtpNarrowFor === gd.layout || !window.Plotly) continue;
+      gd._gtpNarrowFor = gd.layout;
+      window.Plotly.relayout(gd, narrow.relayout);
+    }
+  }, 250);
+  return [];
 }
 """
 
@@ -132,7 +178,7 @@ def _inputs_column(ui: dict) -> None:
     ui["model"] = gr.Dropdown([(f"{name}: {about}", name) for name, about in SUPPORTED_MODELS.items()],
                               value=DEFAULT_MODEL, label="Model", elem_id="gtp-model")
     with gr.Accordion("Your own weights", open=False) as ui["weights_box"]:
-        ui["weights"] = gr.File(label="Weights file for the chosen model (.safetensors / .pth)",
+        ui["weights"] = gr.File(label="Weights file for the chosen model (.safetensors / .pth)", elem_id="gtp-weights",
                                 file_types=[".safetensors", ".pth", ".pt", ".bin"], type="filepath")
         gr.Markdown(text.UPLOAD_NOTE + " Or set the environment variable `GTP_WEIGHTS_DIR` to a folder "
                     "holding `<model name>.safetensors` before starting the app.")
@@ -193,7 +239,7 @@ def _graphs_tab(ui: dict) -> None:
         ui["token"] = gr.Number(value=None, precision=0, minimum=0, label="Token of the similarity map",
                                 elem_id="gtp-token")
     with gr.Row():
-        ui["graph_plot"] = _plot("Token graph (hover a token)", "gtp-graph")
+        ui["graph_plot"] = _plot("Token graph (hover a token; the chosen token's edges in green)", "gtp-graph")
         ui["similarity_plot"] = _plot("Semantic similarity", "gtp-similarity")
     ui["neighbours_md"] = gr.Markdown("")
 
@@ -220,12 +266,13 @@ def _compare_tab(ui: dict) -> None:
 
 def _lesson_tab(ui: dict) -> None:
     with gr.Row(equal_height=True):
-        ui["lesson_back"] = gr.Button("Back", size="sm", scale=0, min_width=90, elem_id="gtp-lesson-back")
+        ui["lesson_back"] = gr.Button("Back", size="sm", scale=0, min_width=90, elem_id="gtp-lesson-back",
+                                      interactive=False)   # step 1; each step says where Back and Next lead
         ui["lesson_counter"] = gr.Markdown(lesson.counter(1), elem_id="gtp-lesson-counter")
         ui["lesson_next"] = gr.Button("Next", size="sm", variant="primary", scale=0, min_width=90,
                                       elem_id="gtp-lesson-next")
     ui["lesson_md"] = gr.Markdown(lesson.without_run(1), latex_delimiters=LATEX, elem_id="gtp-lesson-md")
-    ui["lesson_plot"] = _plot("This run, as the lesson's step shows it (the highlighted patch in green)",
+    ui["lesson_plot"] = _plot("This run, as the lesson's step shows it (the text says what is highlighted)",
                               "gtp-lesson-plot")
     with gr.Accordion("The method on one page, and how to read the tabs", open=False):
         gr.Markdown(LEARN_TEXT, latex_delimiters=LATEX)
@@ -272,6 +319,7 @@ def build_demo() -> gr.Blocks:
                             build(ui)
                         ui[f"tab_{tab_id}"] = tab
         wire(demo, ui)
+        demo.load(None, js=PAGE_JS)
     return demo
 
 

@@ -341,6 +341,8 @@ def step_figure(exp: Exploration, step: int, f: Focus, tradeoff: Callable[[], Pl
                 else attention.attention(exp, 0, 0, highlight=t, along="row"))
     if step == 2:
         return attention.attention(exp, b, f.head, highlight=t, along="column")
+    if step == 5 and f.block is not None and propagation_facts(exp, f).get("sent"):
+        return walk.sent(exp, f.block, t)   # the followed patch's own edges, not every token's
     if step in (3, 5):
         return walk.walk(exp, b, highlight=t)
     if step == 4:

@@ -5,6 +5,7 @@ from typing import Optional
 
 from gtp import methods
 
+from ..core.inference import STARTING_NOTE
 from ..core.limits import MAX_UPLOAD_BYTES
 from ..core.models import weights_banner
 from ..core.results import Costs, Exploration, Throughput
@@ -12,6 +13,10 @@ from ..views.graphs import neighbours_of
 
 UPLOAD_NOTE = (f"Uploads up to {MAX_UPLOAD_BYTES // 2**20} MB (room for deit_base weights, ~346 MB); "
                "larger files are refused.")
+
+
+NO_PHOTO = ("**No photo.** Upload one, paste one or pick an example photo to run the models; until then the "
+            "tabs keep showing the last photo's results.")
 
 
 def banner_markdown(exp: Exploration) -> str:
@@ -83,6 +88,8 @@ def metrics_markdown(exp: Exploration, costs: Costs) -> str:
         "",
         f"Latency: {latency_how(exp)}. GMACs: PyTorch FLOP counter / 2.",
     ]
+    if STARTING_NOTE in exp.run.note:
+        lines.append(f"⚠ {STARTING_NOTE}")
     if exp.photo_notes:
         lines.append(f"Input: {'; '.join(exp.photo_notes)}.")
     return "\n".join(lines)
@@ -110,7 +117,7 @@ def neighbours_markdown(exp: Exploration, kind: str, token: int) -> str:
         parts.append(f"Its M = {len(near['semantic'])} most similar tokens (semantic edges): "
                      f"{', '.join(map(str, near['semantic']))}.")
     parts.append("Hover any token of the graph for its neighbours and their cosine similarity; "
-                 "type a token number to centre the similarity map on it.")
+                 "type a token number to draw its edges and centre the similarity map on it.")
     return " ".join(parts)
 
 

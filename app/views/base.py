@@ -74,6 +74,17 @@ def figure(data: list[dict], layout: dict, height: int, title: Optional[str] = N
     return {"data": data, "layout": {**themed, **layout}}
 
 
+NARROW_PX = 560   # a figure narrower than this on the page (a phone, a portrait tablet's column) takes its narrow layout
+
+
+def narrow(fig: Figure, relayout: dict, below: int = NARROW_PX) -> Figure:
+    """Give `fig` a layout for a narrow panel: `relayout` (plotly.relayout's {"path": value}) is
+    applied in the page where the figure is drawn narrower than `below` px (`app.ui.layout.PAGE_JS`);
+    a server cannot know the width a figure will get."""
+    fig["layout"]["meta"] = {**fig["layout"].get("meta", {}), "narrow": {"below": below, "relayout": relayout}}
+    return fig
+
+
 def escape(text: Optional[str]) -> Optional[str]:
     """Plain text for a plotly label: '$' would start LaTeX (MathJax) in plotly.js, '<' a tag, and
     '%{...}' a template field where the label goes into a hover template. plotly.js turns the

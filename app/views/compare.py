@@ -20,7 +20,7 @@ from gtp import methods
 from gtp.facts import left_in, tome_destinations  # noqa: F401 - tome_destinations re-exported
 
 from ..core.results import Exploration
-from .base import Figure, PhotoLike, figure, gtp_destinations, patch_name, photo_axes, photo_of, typed, view
+from .base import Figure, PhotoLike, figure, gtp_destinations, narrow, patch_name, photo_axes, photo_of, typed, view
 
 MAX_LISTED = 6
 
@@ -83,7 +83,16 @@ def compare_figure(photo: PhotoLike, grid: tuple[int, int], removed: Mapping[str
         photo_axes(layout, photo, grid, axis=axis)
     fig = figure(data, layout, height)
     fig["layout"]["margin"]["t"] = 46
-    return fig
+    # narrow (a phone): the panels one under the other, each the panel's width (side by side they are
+    # a thumbnail each beside a full-height colour bar)
+    n, gap = len(names), 0.06
+    stacked = {"height": 300 * n + 60}
+    for k in range(n):
+        axis = "" if k == 0 else str(k + 1)
+        top = 1 - k / n - (gap if k else 0)
+        stacked.update({f"xaxis{axis}.domain": [0, 0.82], f"yaxis{axis}.domain": [1 - (k + 1) / n, top],
+                        f"annotations[{k}].x": 0.41, f"annotations[{k}].y": top})
+    return narrow(fig, stacked)
 
 
 def compare(exp: Exploration) -> PlotData:

@@ -89,6 +89,9 @@ def _stars(pairs: list[tuple[int, int]], grid: tuple[int, int]) -> tuple[list, l
 
 
 def _edge_traces(graph: nx.DiGraph, kind: str, grid: tuple[int, int]) -> list[dict]:
+    """One line trace per edge kind drawn. With both kinds, the semantic edges (well over a thousand
+    crossing the photo) start hidden, a click on their legend entry away: drawn, they hide the photo
+    and the spatial edges; the chosen token's own semantic edges are drawn (`_highlight`)."""
     data = []
     for edge_kind in ("spatial", "semantic"):
         if edge_kind not in kind:
@@ -96,7 +99,10 @@ def _edge_traces(graph: nx.DiGraph, kind: str, grid: tuple[int, int]) -> list[di
         pairs = {(min(i, j), max(i, j)) for i, j, d in graph.edges(data=True)
                  if d["kind"] == edge_kind or (edge_kind == "semantic" and d.get("also_semantic"))}
         x, y = _lines(sorted(pairs), grid) if edge_kind == "spatial" else _stars(sorted(pairs), grid)
-        data.append(dict(type="scatter", x=x, y=y, mode="lines", hoverinfo="skip", name=f"{edge_kind} edges ({len(pairs)})",
+        hidden = edge_kind == "semantic" and "spatial" in kind
+        data.append(dict(type="scatter", x=x, y=y, mode="lines", hoverinfo="skip",
+                         name=f"{edge_kind} edges ({len(pairs)})" + (": click to show" if hidden else ""),
+                         visible="legendonly" if hidden else True, meta={"role": f"{edge_kind}-edges"},
                          line=dict(width=1, color=EDGE_COLOURS[edge_kind])))
     return data
 
@@ -135,7 +141,7 @@ def _highlight(graph: nx.DiGraph, kind: str, token: int, grid: tuple[int, int]) 
     near = neighbours(graph, token)
     ends = sorted({j for edge_kind in ("spatial", "semantic") if edge_kind in kind for j in near[edge_kind]})
     x, y = _stars([(token, j) for j in ends], grid)
-    edges = dict(type="scatter", x=x, y=y, mode="lines", hoverinfo="skip", showlegend=False,
+    edges = dict(type="scatter", x=x, y=y, mode="lines", hoverinfo="skip", showlegend=True,
                  name=f"edges of patch {token}", meta={"role": "highlight-edges", "token": token},
                  line=dict(width=2.5, color=HIGHLIGHT_COLOUR))
     return [edges, patch_mark(token, grid)]

@@ -23,7 +23,7 @@ import gtp
 from gtp.facts import rgba, statuses
 
 from ..core.results import Exploration
-from .base import (GRID_COLOUR, Figure, PhotoLike, Unavailable, centres, edges_of, figure, g4, numpy, patch_mark,
+from .base import (GRID_COLOUR, Figure, PhotoLike, Unavailable, centres, edges_of, figure, g4, narrow, numpy, patch_mark,
                    photo_axes, photo_of, propagated_block, ranks, score_formula, segments, view)
 
 WALK_ELEM_ID = "gtp-walk"
@@ -258,7 +258,12 @@ def layer_walk_figure(photo: PhotoLike, trace: gtp.Trace, image: int = 0, block:
     photo_axes(layout, photo, trace.grid_size)
     fig = figure(data, layout, height)
     fig["layout"]["margin"].update(t=30, b=70)
-    return fig
+    # narrow (a phone): the photo the full width, its caption under it, then the two charts, each the
+    # full width, one under the other (beside the photo they overlap it and pile their ticks up)
+    return narrow(fig, {"height": 940, "xaxis.domain": [0, 1], "yaxis.domain": [0.57, 1], "annotations[1].y": 0.555,
+                        "annotations[1].text": LEGEND.replace("right, per block", "below, per block"),
+                        "xaxis2.domain": [0.2, 1], "yaxis2.domain": [0.34, 0.47], "xaxis3.domain": [0.2, 1],
+                        "yaxis3.domain": [0.09, 0.22], "sliders[0].len": 1, "margin.b": 80})
 
 
 def walk(exp: Exploration, block: int = 0, highlight: Optional[int] = None) -> PlotData:
@@ -266,6 +271,45 @@ def walk(exp: Exploration, block: int = 0, highlight: Optional[int] = None) -> P
     (0-based); `highlight`: a patch id marked in every block."""
     return view(exp, ("walk", block) + (() if highlight is None else (highlight,)),
                 lambda: layer_walk_figure(photo_of(exp), exp.trace, block=block, highlight=highlight))
+
+
+def sent_figure(photo: PhotoLike, trace: gtp.Trace, block: int, token: int, image: int = 0,
+                height: int = 480) -> Figure:
+    """One propagated token's own edges in block `block` (0-based): patch `token` marked, a line to
+    each token that received its features, wider for a larger weight alpha * W, the receivers
+    marked (hover: the weight). The layer walk draws every token's edges at once."""
+    grid = trace.grid_size
+    src, dst, w = edges_of(trace.layers[block], image)
+    mine = src == int(token)
+    dst, w = dst[mine], w[mine]
+    if not len(dst):
+        raise Unavailable(f"patch {int(token)} sent its features to no token in block {block + 1}")
+    share = w / w.max()
+    data = []
+    for d, x, sh in zip(dst.tolist(), w.tolist(), share.tolist()):
+        lx, ly = segments(np.array([int(token)]), np.array([d]), grid)
+        data.append(dict(x=lx, y=ly, mode="lines", hoverinfo="skip", showlegend=False, name=f"to patch {d}",
+                         line=dict(width=1 + 5 * sh, color=f"rgba(255,205,0,{0.4 + 0.55 * sh:.2f})")))
+    x, y = centres(dst, grid)
+    data.append(dict(x=x.tolist(), y=y.tolist(), mode="markers", name="received", meta={"role": "received"},
+                     customdata=[[int(d), d // grid[1], d % grid[1], g4(v)] for d, v in zip(dst.tolist(), w.tolist())],
+                     hovertemplate=("<b>patch %{customdata[0]} (row %{customdata[1]}, col %{customdata[2]})</b><br>"
+                                    f"received α·W = %{{customdata[3]:.4~g}} of patch {int(token)}'s features"
+                                    "<extra></extra>"),
+                     marker=dict(symbol="diamond", size=10, color="rgba(255,205,0,0.95)"), showlegend=False))
+    data.append(patch_mark(int(token), grid))
+    layout = dict(showlegend=False, annotations=[dict(
+        text=f"block {block + 1}: patch {int(token)} sent its features to {len(dst)} tokens (width ∝ α·W)",
+        xref="paper", yref="paper", x=0, y=1.0, xanchor="left", yanchor="bottom", showarrow=False, font=dict(size=12))])
+    photo_axes(layout, photo, grid)
+    fig = figure(data, layout, height)
+    fig["layout"]["margin"].update(t=30)
+    return fig
+
+
+def sent(exp: Exploration, block: int, token: int) -> PlotData:
+    """`sent_figure` of this run (cached)."""
+    return view(exp, ("sent", block, token), lambda: sent_figure(photo_of(exp), exp.trace, block, token))
 
 
 # ----------------------------------------------------------------------------- Play, in the browser
