@@ -13,8 +13,14 @@ model, so equal amounts mean equal token counts and (nearly) equal GMACs:
            the P tokens, which are dropped (propagation="none")
   evit     EViT-style fusion: the same selection; the P tokens become one average token
            (propagation="mean")
+  random   P patch tokens drawn at random (seeded, the same draws on every forward) are dropped
+           per block: GTP's switches selection="random", propagation="none"
+  downsample  the unpatched model on a smaller input whose GMACs come closest to GTP's at P
+           (`gtp.downsample`; no token leaves, every block sees fewer)
+  pitome   PiToMe (NeurIPS 2024), r = P tokens merged per block after an energy score protects
+           the informative ones (`gtp.pitome`)
 
-The pruning and EViT presets use neither sparsification (theta = 1) nor token scale, as those
+The pruning, EViT and random presets use neither sparsification (theta = 1) nor token scale, as those
 methods have neither. Only "gtp" reads the GTP options.
 
 Each method can also run one forward that records, per block, which patches' tokens left and
@@ -31,7 +37,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence, TypeVar, Union
 
 from torch import nn
 
-from . import tome
+from . import downsample, pitome, tome
 from .config import PUBLISHED, GTPConfig
 from .patch import patch as gtp_patch
 from .patch import unpatch as gtp_unpatch
@@ -45,6 +51,8 @@ GTP_OPTIONS = tuple(f.name for f in dataclasses.fields(GTPConfig) if f.name != "
 
 PRUNING = dict(propagation="none", selection="cls_attn_mean", sparsity=1.0, token_scale=False)
 EVIT = dict(propagation="mean", selection="cls_attn_mean", sparsity=1.0, token_scale=False)
+RANDOM = dict(propagation="none", selection="random", sparsity=1.0, token_scale=False)
+RANDOM_SEED = 0
 
 
 class BlockRecord(NamedTuple):
@@ -63,7 +71,7 @@ class How(NamedTuple):
 
 def reset(model: nn.Module) -> nn.Module:
     """Undo any GTP or ToMe patch: the model is the unpatched one again."""
-    return tome.unpatch(gtp_unpatch(model))
+    return downsample.unpatch(tome.unpatch(gtp_unpatch(model)))
 
 
 def records_of_trace(rec: Trace, image: int = 0) -> list[BlockRecord]:
@@ -140,10 +148,11 @@ def _gtp_settings(amount: Amount, **options: Any) -> dict[str, Any]:
     return {"num_prop": amount, **cfg}
 
 
-def _preset(values: dict[str, Any]) -> tuple[Callable[..., nn.Module], Callable[..., dict[str, Any]]]:
-    """(patch, settings) of a preset of GTP's own switches (pruning, EViT)."""
+def _preset(values: dict[str, Any], seed: Optional[int] = None,
+            ) -> tuple[Callable[..., nn.Module], Callable[..., dict[str, Any]]]:
+    """(patch, settings) of a preset of GTP's own switches (pruning, EViT, random)."""
     def patch(model: nn.Module, amount: Amount, record: bool, **options: Any) -> nn.Module:
-        return gtp_patch(model, num_prop=amount, **values)
+        return gtp_patch(model, num_prop=amount, seed=seed, **values)
     return patch, lambda amount, **options: {"num_prop": amount, **values}
 
 
@@ -177,6 +186,20 @@ register(Method(
 register(Method(
     "evit", "EViT", "fuses the P tokens the CLS token attends to least into one average token (GTP's switches)",
     How("fused into the average token"), *_preset(EVIT), recorder=_traced, compared=False))
+register(Method(
+    "random", "Random drop", "drops P patch tokens drawn at random (seeded) per block",
+    How("dropped at random"), *_preset(RANDOM, seed=RANDOM_SEED), recorder=_traced, compared=False))
+register(Method(
+    "downsample", "Downsample", "runs the unpatched model on a smaller image whose GMACs match GTP's at P "
+    "(position embeddings resampled as timm does)", How("kept"),
+    patch=lambda model, amount, record, **options: downsample.patch(model, downsample.matched_grid(model, amount)),
+    settings=lambda amount, **options: {"num_prop": amount}, compared=False))
+register(Method(
+    "pitome", "PiToMe", "merges r = P tokens per block after an energy score protects the informative ones "
+    "(our implementation, gtp.pitome)", How("merged", "into", "the token of "),
+    patch=lambda model, amount, record, **options: pitome.patch(model, r=amount, trace_source=record),
+    settings=lambda amount, **options: {"num_prop": amount, "token_scale": True}, recorder=_tome_traced,
+    compared=False))
 
 
 def get(name: str) -> Method:

@@ -62,7 +62,7 @@ VisionTransformer in place by swapping block classes, like `gtp.patch`.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -161,11 +161,23 @@ def proportional_attention(q: Tensor, k: Tensor, v: Tensor, size: Optional[Tenso
 
 
 # ------------------------------------------------------------------- timm patching
+# (metric [B, n, d], r, num_prefix, block index, depth) -> the block's Matching. ToMe's is
+# `bipartite_soft_matching`; `gtp.pitome` patches the same blocks with its own.
+Matcher = Callable[[Tensor, int, int, int, int], Matching]
+
+
+def tome_matching(metric: Tensor, r: int, num_prefix: int, block: int, depth: int) -> Matching:
+    """ToMe's matching in every block (the same rule at every depth)."""
+    return bipartite_soft_matching(metric, r, num_prefix)
+
+
 class ToMeState:
     """Per-model, per-forward state shared by the patched blocks."""
 
-    def __init__(self, r: list[int], num_prefix: int, prop_attn: bool, trace_source: bool = False):
+    def __init__(self, r: list[int], num_prefix: int, prop_attn: bool, trace_source: bool = False,
+                 matching: Matcher = tome_matching):
         self.r = r                          # tokens merged in each block
+        self.matching = matching            # which tokens merge into which (ToMe, or PiToMe's rule)
         self.num_prefix = num_prefix
         self.prop_attn = prop_attn
         self.size: Optional[Tensor] = None  # [B, n] token sizes; None until the first merge
@@ -236,7 +248,7 @@ def _tome_block_class(block_cls: type) -> type:
             x = timm_vit.add_attention(self, x, y)
             match = None
             if r > 0:
-                match = bipartite_soft_matching(keys.mean(1), r, p0)
+                match = state.matching(keys.mean(1), r, p0, self._tome_index, len(state.r))
                 current = state.size if state.size is not None else x.new_ones(x.shape[:2], dtype=torch.float32)
                 x, state.size = merge_wavg(x, current, match)
             if state.trace_source:
@@ -249,7 +261,7 @@ def _tome_block_class(block_cls: type) -> type:
 
 
 def patch(model: nn.Module, r: Union[int, Sequence[int]] = 8, prop_attn: bool = True,
-          trace_source: bool = False) -> nn.Module:
+          trace_source: bool = False, matching: Matcher = tome_matching) -> nn.Module:
     """Apply ToMe to a timm VisionTransformer in place and return it.
 
     Args:
@@ -259,6 +271,8 @@ def patch(model: nn.Module, r: Union[int, Sequence[int]] = 8, prop_attn: bool = 
             for (`sources_of`), which patches were merged away in each block
             (`merged_ids_of`) and into which token (`merged_into_of`). Off by default: it
             costs time and memory.
+        matching: which tokens merge (`Matcher`); the default is ToMe's bipartite soft
+            matching, `gtp.pitome` passes PiToMe's energy-guided one.
 
     Calling it again reconfigures the model; `gtp.tome.unpatch` restores it.
     """
@@ -272,8 +286,9 @@ def patch(model: nn.Module, r: Union[int, Sequence[int]] = 8, prop_attn: bool = 
     state = getattr(model, "_tome_state", None)
     if state is not None:
         state.r, state.prop_attn, state.trace_source = schedule, bool(prop_attn), bool(trace_source)
+        state.matching = matching
         return model
-    state = ToMeState(schedule, timm_vit.num_prefix(model), bool(prop_attn), bool(trace_source))
+    state = ToMeState(schedule, timm_vit.num_prefix(model), bool(prop_attn), bool(trace_source), matching)
     model._tome_state = state
     timm_vit.swap_block_classes(model, _tome_block_class, state, "tome")
     return model

@@ -45,7 +45,7 @@ def test_every_method_applies_records_and_describes_itself():
             out, blocks = m.run_recorded(model, lambda mod: mod(x), 4)
             added = 12 if m.name == "evit" else 0          # EViT adds one average token per block
             assert [len(b.removed) for b in blocks] == [4] * 12 and blocks[-1].tokens_left == 197 - 48 + added, m.name
-            assert all(isinstance(b, BlockRecord) for b in blocks) and (blocks[0].into is not None) == (m.name == "tome")
+            assert all(isinstance(b, BlockRecord) for b in blocks) and (blocks[0].into is not None) == (m.name in ("tome", "pitome"))
         methods.reset(model)
         assert torch.equal(model(x), ref)
     assert methods.describe("gtp", 8, propagation="none")["alpha"] is None
