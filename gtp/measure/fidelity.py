@@ -109,12 +109,14 @@ def _stats(values: Tensor) -> tuple[float, float]:
 
 def measure(model: nn.Module, x: Tensor, runs: Sequence[tuple[str, str, int, dict]], has_head: bool,
             photos: int, batch: int = 16, progress: bool = True,
-            extra: Optional[Callable[[nn.Module, str, int], dict]] = None) -> list[dict[str, Any]]:
+            extra: Optional[Callable[[nn.Module, str, int], dict]] = None,
+            on_row: Optional[Callable[[list[dict]], None]] = None) -> list[dict[str, Any]]:
     """One record per run (row name, method, P, options) on the views x [V, 3, H, W].
 
     Each record: name, method, num_prop, options, gmacs, cosine_mean, cosine_std, cosine_min,
     views, photos (and agreement / kl_mean / kl_std with a head; grid for downsample; whatever
-    `extra(model, name, P)` adds, e.g. the ablation's landing fractions)."""
+    `extra(model, name, P)` adds, e.g. the ablation's landing fractions). `on_row(rows so far)`
+    is called after each run (the CLI rewrites its JSON then, so a long run keeps what it did)."""
     from tqdm.auto import tqdm
     img_size = tuple(x.shape[-2:])
     with torch.inference_mode():
@@ -139,6 +141,8 @@ def measure(model: nn.Module, x: Tensor, runs: Sequence[tuple[str, str, int, dic
             if extra is not None:
                 row.update(extra(model, name, p))
             rows.append(row)
+            if on_row is not None:
+                on_row(rows)
         methods.reset(model)
     return rows
 
@@ -231,14 +235,16 @@ def main(args: argparse.Namespace) -> int:
     print(f"{loaded.message}\n{args.model}: {x.shape[0]} views of {len(photos)} distinct photos, "
           f"{x.shape[-2]}x{x.shape[-1]} px, {threads} CPU thread(s)" if loaded.device.type == "cpu" else
           f"{args.model}: {x.shape[0]} views of {len(photos)} photos on {loaded.device}", file=sys.stderr)
-    rows = measure(loaded.model, x, runs, loaded.has_head, len(photos), args.batch_size,
-                   progress=not args.no_progress, extra=extra)
-    print(format_table(rows))
     meta = dict(model=args.model, weights=str(args.weights) if args.weights else None, source=loaded.source,
                 views=int(x.shape[0]), photos=[p.name for p in photos], seed=args.seed,
                 img_size=list(x.shape[-2:]))
-    if args.json:
-        args.json.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
+
+    def save(rows: list[dict]) -> None:
+        if args.json:
+            args.json.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
+    rows = measure(loaded.model, x, runs, loaded.has_head, len(photos), args.batch_size,
+                   progress=not args.no_progress, extra=extra, on_row=save)
+    print(format_table(rows))
     if args.csv:
         write_csv(rows, args.csv)
     return 0
