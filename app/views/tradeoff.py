@@ -103,6 +103,37 @@ def _describe(rec: dict) -> str:
     return ", ".join(parts)
 
 
+CURVE_STYLES = {"gtp": "rgb(214,39,40)", "tome": "rgb(31,119,180)", "pruning": "rgb(44,160,44)",
+                "random": "rgb(127,127,127)", "downsample": "rgb(140,86,75)", "pitome": "rgb(148,103,189)"}
+
+
+def _curve_traces(curves: dict) -> list[dict]:
+    """The fidelity bench's curves of this model and weights (`app.core.curves`), on the right axis:
+    top-1 agreement with the full model (%) where it has a head, else the cosine of the features."""
+    from gtp import methods
+    head = curves.get("has_head")
+    key = "agreement" if head else "cosine_mean"
+    groups: dict[str, list[dict]] = {}
+    for row in curves.get("rows", ()):
+        if row.get("method") != "full" and row.get(key) is not None:
+            groups.setdefault(row["method"], []).append(row)
+    n = curves.get("photos")
+    traces = []
+    for method, rows in groups.items():
+        rows = sorted(rows, key=lambda r: r["gmacs"])
+        label = methods.METHODS[method].label if method in methods.METHODS else method
+        scale = 100 if head else 1
+        traces.append(dict(
+            type="scatter", x=[r["gmacs"] for r in rows], y=[scale * r[key] for r in rows], yaxis="y2",
+            mode="lines+markers", name=escape(f"{label} (measured on {n} photos)"),
+            line=dict(color=CURVE_STYLES.get(method, "rgb(90,90,90)"), dash="dash"), meta={"role": "curve"},
+            marker=dict(size=7, symbol="circle-open"), customdata=[[r["num_prop"]] for r in rows],
+            hovertemplate=(f"{escape(label)}, P=%{{customdata[0]}}<br>%{{x:.2f}} GMACs · "
+                           + ("top-1 agreement %{y:.1f} %" if head else "feature cosine %{y:.4f}")
+                           + f"<br>measured on {n} bundled photos<extra></extra>")))
+    return traces
+
+
 def _current_lines(model: str, current: dict, published_gmacs: Iterable[dict]) -> tuple[list, list, list]:
     """(shapes, annotations, legend traces): vertical lines at the measured GMACs of the full and
     the GTP model now, and at the GMACs the paper gives for this model (no accuracy published
@@ -140,7 +171,8 @@ def _throughput_traces(throughput: Sequence[dict]) -> list[dict]:
 
 
 def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None, sweep: Sequence[dict] = (),
-                    throughput: Sequence[dict] = (), other_families: bool = False, height: int = 380) -> Figure:
+                    throughput: Sequence[dict] = (), other_families: bool = False, height: int = 380,
+                    curves: Optional[dict] = None) -> Figure:
     """Top-1 against GMACs for `model` (a timm name).
 
     published: the contents of assets/published_results.json; current: {"full": GMACs,
@@ -148,7 +180,8 @@ def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None,
     (gmacs, top1 or agreement, method, model, ...; an optional "label" is shown as plain
     text); throughput: `measure_throughput` results ({batch_size, full_img_per_s,
     gtp_img_per_s, device}), drawn in a second panel when given; other_families: also draw
-    other models' published curves, labelled with their family.
+    other models' published curves, labelled with their family; curves: this model's measured
+    curves (`app.core.curves`), on the right axis, labelled "measured on N photos".
     """
     records = published_records(published)
     name = family(model)
@@ -163,6 +196,7 @@ def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None,
     shapes, notes, measured = _current_lines(model, current or {}, [r for r in records if r["model"] == model
                                                                     and r.get("top1") is None] if current else [])
     data += measured + _sweep_traces(sweep) + (_throughput_traces(throughput) if throughput else [])
+    data += _curve_traces(curves) if curves else []
     note = ("" if has_curves else
             f"No published trade-off curve for {name}: the paper's curves are "
             f"{', '.join(family(o) for o in others) or 'of other models'}"
@@ -179,7 +213,9 @@ def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None,
         pad = 0.08 * max(max(xs) - min(xs), 0.5)
         layout["xaxis"]["range"] = [min(xs) - pad, max(xs) + pad]
     if any(t.get("yaxis") == "y2" for t in data):
-        layout["yaxis2"] = dict(overlaying="y", side="right", title=dict(text="top-1 agreement (%)"), showgrid=False)
+        right = ("feature cosine to the full model" if curves and not curves.get("has_head")
+                 else "top-1 agreement with the full model (%)")
+        layout["yaxis2"] = dict(overlaying="y", side="right", title=dict(text=right), showgrid=False)
     if throughput:
         layout["xaxis2"] = dict(domain=[0.76, 1], type="log", title=dict(text="batch size"), **axis)
         layout["yaxis3"] = dict(anchor="x2", title=dict(text="images / s (measured)"), rangemode="tozero", **axis)
@@ -203,7 +239,7 @@ def bounded_sweep(records: Sequence[dict]) -> list[dict]:
 
 
 def tradeoff(published: dict, model: str, current: Optional[dict], sweep: Sequence[dict] = (),
-             throughput: Sequence[dict] = ()) -> PlotData:
+             throughput: Sequence[dict] = (), curves: Optional[dict] = None) -> PlotData:
     """The compact trade-off chart beside the prediction: the published curves of `model`'s
     family, its GMACs measured now, the user's sweep and the measured throughput. Where the
     paper has no curve for this model's family (it has DeiT-B's), the other families' curves
@@ -211,4 +247,5 @@ def tradeoff(published: dict, model: str, current: Optional[dict], sweep: Sequen
     own = any(r["model"] == model and r.get("top1") is not None and not str(r.get("method", "none")).startswith("none")
               for r in published_records(published))
     return plot_data(tradeoff_figure(published, model, current=current, sweep=bounded_sweep(sweep),
-                                       throughput=throughput, other_families=not own, height=TRADEOFF_HEIGHT))
+                                       throughput=throughput, other_families=not own, height=TRADEOFF_HEIGHT,
+                                       curves=curves))

@@ -202,6 +202,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads (default: the cores not already busy, at least 1)")
     parser.add_argument("--ablation", action="store_true",
                         help="GTP with one part changed at a time (gtp/measure/ablation.py) instead of --methods")
+    parser.add_argument("--changes", nargs="+", default=None, metavar="ROW",
+                        help="with --ablation: only these rows (names as printed, e.g. graph=spatial tome)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the records here")
     parser.add_argument("--csv", type=Path, default=None, metavar="FILE", help="and/or here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -229,7 +231,8 @@ def main(args: argparse.Namespace) -> int:
     x = x.to(loaded.device)
     if args.ablation:
         from .ablation import ablation_extra, ablation_runs
-        runs, extra = ablation_runs(args.num_prop or [8, 14]), ablation_extra(loaded.model, x)
+        runs = [r for r in ablation_runs(args.num_prop or [8, 14]) if not args.changes or r[0] in args.changes]
+        runs, extra = runs, ablation_extra(loaded.model, x)
     else:
         runs, extra = method_runs(args.methods, args.num_prop or [4, 8, 12, 16]), None
     print(f"{loaded.message}\n{args.model}: {x.shape[0]} views of {len(photos)} distinct photos, "
