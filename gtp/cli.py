@@ -237,6 +237,13 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     sweep.add_arguments(sw)
     sw.set_defaults(func=sweep.main)
 
+    from .measure import fidelity  # the fidelity subcommand
+    fi = sub.add_parser("fidelity", help="how close each method keeps the full model's features, at matched GMACs",
+                        description="Cosine of the final features (and top-1 agreement / KL with a head) to the "
+                                    "unpatched model's, per method and P, on photos (see gtp/measure/fidelity.py).")
+    fidelity.add_arguments(fi)
+    fi.set_defaults(func=fidelity.main)
+
     co = sub.add_parser("cost", help="modelled GPU cost (kernels, syncs, bytes, time) on fake CUDA tensors, no GPU",
                         description="Model one forward per method on a GPU without using one (see "
                                     "gtp/measure/cuda_cost.py and gpu_model.py); every time printed is modelled.")

@@ -8,19 +8,28 @@ model, so equal amounts mean equal token counts and (nearly) equal GMACs:
 
   full     the unpatched model (amount ignored)
   gtp      GTP, `gtp.patch(num_prop=P, **options)` (defaults: the published setting)
+  gtp_dense  the same GTP setting with theta = 1: what GTP does without its sparsification
   tome     ToMe, our implementation (`gtp.tome.patch(r=P)`)
   pruning  GTP's own switches as pure pruning: the CLS token's attention (mean over heads) picks
            the P tokens, which are dropped (propagation="none")
   evit     EViT-style fusion: the same selection; the P tokens become one average token
            (propagation="mean")
+  random   P patch tokens drawn at random (seeded, the same draws on every forward) are dropped
+           per block: GTP's switches selection="random", propagation="none"
+  downsample  the unpatched model on a smaller input whose GMACs come closest to GTP's at P
+           (`gtp.downsample`; no token leaves, every block sees fewer)
+  pitome   PiToMe (NeurIPS 2024), r = P tokens merged per block after an energy score protects
+           the informative ones (`gtp.pitome`)
 
-The pruning and EViT presets use neither sparsification (theta = 1) nor token scale, as those
+The pruning, EViT and random presets use neither sparsification (theta = 1) nor token scale, as those
 methods have neither. Only "gtp" reads the GTP options.
 
 Each method can also run one forward that records, per block, which patches' tokens left and
 how many tokens remain (`Method.run_recorded`, a list of `BlockRecord`): GTP and its presets
-through `gtp.trace`, ToMe through its source tracking. `register(Method(...))` adds a method
-everywhere at once.
+through `gtp.trace`, ToMe and PiToMe through their source tracking. `Method.adds` says what a method
+approximates besides removing tokens (sparsified attention, proportional attention, a resized
+input): the confounds a comparison at equal GMACs must name. `register(Method(...))` adds a
+method everywhere at once.
 """
 from __future__ import annotations
 
@@ -31,7 +40,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence, TypeVar, Union
 
 from torch import nn
 
-from . import adapters, tome
+from . import adapters, downsample, pitome, tome
 from .config import PUBLISHED, GTPConfig
 from .patch import patch as gtp_patch
 from .patch import unpatch as gtp_unpatch
@@ -45,6 +54,8 @@ GTP_OPTIONS = tuple(f.name for f in dataclasses.fields(GTPConfig) if f.name != "
 
 PRUNING = dict(propagation="none", selection="cls_attn_mean", sparsity=1.0, token_scale=False)
 EVIT = dict(propagation="mean", selection="cls_attn_mean", sparsity=1.0, token_scale=False)
+RANDOM = dict(propagation="none", selection="random", sparsity=1.0, token_scale=False)
+RANDOM_SEED = 0
 
 
 class BlockRecord(NamedTuple):
@@ -63,7 +74,7 @@ class How(NamedTuple):
 
 def reset(model: nn.Module) -> nn.Module:
     """Undo any GTP or ToMe patch: the model is the unpatched one again."""
-    return tome.unpatch(gtp_unpatch(model))
+    return downsample.unpatch(tome.unpatch(gtp_unpatch(model)))
 
 
 def records_of_trace(rec: Trace, image: int = 0) -> list[BlockRecord]:
@@ -109,6 +120,9 @@ class Method:
         """Whether the method can run on `model` (a CLS-attention method needs a class token;
         SigLIP's vision tower, for one, has none)."""
         return not self.needs_cls or adapters.num_prefix(model) > 0
+    mapped: bool = True                      # Compare draws its map of where tokens left
+    # What it approximates besides removing tokens (the confounds of a comparison at equal GMACs).
+    adds: str = "nothing else"
 
     def apply(self, model: nn.Module, amount: Amount = PUBLISHED["num_prop"], record: bool = False,
               **options: Any) -> nn.Module:
@@ -146,10 +160,24 @@ def _gtp_settings(amount: Amount, **options: Any) -> dict[str, Any]:
     return {"num_prop": amount, **cfg}
 
 
-def _preset(values: dict[str, Any]) -> tuple[Callable[..., nn.Module], Callable[..., dict[str, Any]]]:
-    """(patch, settings) of a preset of GTP's own switches (pruning, EViT)."""
+def _gtp_dense_settings(amount: Amount, **options: Any) -> dict[str, Any]:
+    return _gtp_settings(amount, **{**options, "sparsity": 1.0})
+
+
+def _downsample_traced(model: nn.Module, forward: Callable[[nn.Module], T], image: int
+                       ) -> tuple[T, list[BlockRecord]]:
+    """No token leaves a downsampled model: every block keeps the smaller grid's tokens."""
+    out = forward(model)
+    rows, cols = downsample.grid_of(model)
+    left = rows * cols + int(model.num_prefix_tokens)
+    return out, [BlockRecord((), left) for _ in model.blocks]
+
+
+def _preset(values: dict[str, Any], seed: Optional[int] = None,
+            ) -> tuple[Callable[..., nn.Module], Callable[..., dict[str, Any]]]:
+    """(patch, settings) of a preset of GTP's own switches (pruning, EViT, random)."""
     def patch(model: nn.Module, amount: Amount, record: bool, **options: Any) -> nn.Module:
-        return gtp_patch(model, num_prop=amount, **values)
+        return gtp_patch(model, num_prop=amount, seed=seed, **values)
     return patch, lambda amount, **options: {"num_prop": amount, **values}
 
 
@@ -171,18 +199,42 @@ register(Method(
     How("propagated", "to"),
     patch=lambda model, amount, record, **options: gtp_patch(
         model, num_prop=amount, **{k: v for k, v in options.items() if k in GTP_OPTIONS}),
-    settings=_gtp_settings, recorder=_traced))
+    settings=_gtp_settings, recorder=_traced,
+    adds="sparsifies attention (theta < 1 zeroes the smallest entries) and scales attention by token size"))
+register(Method(
+    "gtp_dense", "GTP (θ = 1)", "GTP with the hyper-parameters chosen but no sparsification (theta = 1)",
+    How("propagated", "to"),
+    patch=lambda model, amount, record, **options: gtp_patch(
+        model, num_prop=amount, **{**{k: v for k, v in options.items() if k in GTP_OPTIONS}, "sparsity": 1.0}),
+    settings=_gtp_dense_settings, recorder=_traced, mapped=False,
+    adds="scales attention by token size (theta = 1: no sparsification)"))
 register(Method(
     "tome", "ToMe", "merges r = P tokens per block into their most similar partners (our implementation, "
     "gtp.tome)", How("merged", "into", "the token of "),
     patch=lambda model, amount, record, **options: tome.patch(model, r=amount, trace_source=record),
-    settings=lambda amount, **options: {"num_prop": amount, "token_scale": True}, recorder=_tome_traced))
+    settings=lambda amount, **options: {"num_prop": amount, "token_scale": True}, recorder=_tome_traced,
+    adds="proportional attention on the merged tokens' sizes"))
 register(Method(
     "pruning", "Pruning", "drops the P tokens the CLS token attends to least (GTP's own switches)",
     How("dropped"), *_preset(PRUNING), recorder=_traced, needs_cls=True))
 register(Method(
     "evit", "EViT", "fuses the P tokens the CLS token attends to least into one average token (GTP's switches)",
     How("fused into the average token"), *_preset(EVIT), recorder=_traced, compared=False, needs_cls=True))
+register(Method(
+    "random", "Random drop", "drops P patch tokens drawn at random (seeded) per block",
+    How("dropped at random"), *_preset(RANDOM, seed=RANDOM_SEED), recorder=_traced, mapped=False))
+register(Method(
+    "downsample", "Downsample", "runs the unpatched model on a smaller image whose GMACs match GTP's at P "
+    "(position embeddings resampled as timm does)", How("kept"),
+    patch=lambda model, amount, record, **options: downsample.patch(model, downsample.matched_grid(model, amount)),
+    settings=lambda amount, **options: {"num_prop": amount}, recorder=_downsample_traced, mapped=False,
+    adds="resizes the image and resamples the position embeddings; GMACs matched as closely as the grid allows"))
+register(Method(
+    "pitome", "PiToMe", "merges r = P tokens per block after an energy score protects the informative ones "
+    "(our implementation, gtp.pitome)", How("merged", "into", "the token of "),
+    patch=lambda model, amount, record, **options: pitome.patch(model, r=amount, trace_source=record),
+    settings=lambda amount, **options: {"num_prop": amount, "token_scale": True}, recorder=_tome_traced,
+    mapped=False, adds="proportional attention on the merged tokens' sizes"))
 
 
 def get(name: str) -> Method:

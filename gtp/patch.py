@@ -45,6 +45,8 @@ class GTPState:
         self.num_prefix = num_prefix
         self.grid_size = grid_size          # set again by the patch-embed hook on every forward
         self.recorder: Optional[Trace] = None
+        self.seed: Optional[int] = None     # seeds selection="random" afresh on every forward (None: global RNG)
+        self.generator: Optional[torch.Generator] = None
         # Per forward:
         self.size: Optional[Tensor] = None  # [B, n] token sizes
         self.graph: Optional[Tensor] = None  # [B, N0, N0] W over the original patch tokens ([1, N0, N0] if spatial)
@@ -88,6 +90,8 @@ class GTPState:
                 parts = G.GraphParts(adjacency, semantic, similarity)
                 self.graph = G.graph_from_parts(parts, B)
         self.ids = torch.arange(N, device=x.device).expand(B, N)
+        if self.seed is not None:  # the same draws on every forward: a seeded baseline is repeatable
+            self.generator = torch.Generator(device=x.device).manual_seed(self.seed)
         if self.recorder is not None:
             record_start(self.recorder, self.grid_size, p0, cfg, patches, parts)
 
@@ -124,7 +128,7 @@ def _gtp_block_class(block_cls: type) -> type:
             candidates = state.ids
             choice = weights = None
             if num_prop > 0:
-                choice = steps.choose(attended, candidates, p0, cfg.selection, num_prop)
+                choice = steps.choose(attended, candidates, p0, cfg.selection, num_prop, state.generator)
                 x, state.size, state.ids, weights = steps.propagate(
                     x, state.size, state.graph, candidates, choice, p0, cfg.propagation, cfg.alpha, rec is not None)
             if rec is not None:
@@ -137,7 +141,8 @@ def _gtp_block_class(block_cls: type) -> type:
     return GTPBlock
 
 
-def patch(model: nn.Module, config: Optional[GTPConfig] = None, **overrides: Any) -> nn.Module:
+def patch(model: nn.Module, config: Optional[GTPConfig] = None, *, seed: Optional[int] = None,
+          **overrides: Any) -> nn.Module:
     """Apply GTP to a vision transformer in place and return it: a timm VisionTransformer or a
     transformers model of a class `gtp.hf_adapter.SUPPORTED` lists (ViT, DeiT, DINOv2, CLIP, SigLIP).
 
@@ -145,6 +150,10 @@ def patch(model: nn.Module, config: Optional[GTPConfig] = None, **overrides: Any
     overrides: any of its fields by keyword (num_prop, sparsity, ...; gtp/config.py gives
     each one's meaning and valid range), replacing the config's value, e.g.
         gtp.patch(model, num_prop=8, sparsity=0.6)
+
+    seed: with selection="random", draw the scores from a generator seeded with it at the
+    start of every forward (so each forward of the same batch drops the same tokens);
+    None draws from PyTorch's global generator.
 
     Bad values raise ValueError naming the valid range. Calling it again reconfigures
     the model; `gtp.unpatch` restores it.
@@ -156,9 +165,10 @@ def patch(model: nn.Module, config: Optional[GTPConfig] = None, **overrides: Any
                          num_prefix=A.num_prefix(model), **settings_of(config, **overrides))
     state = getattr(model, "_gtp_state", None)
     if state is not None:
-        state.config = config
+        state.config, state.seed, state.generator = config, seed, None
         return model
     state = GTPState(config, A.num_prefix(model), grid, A)
+    state.seed = seed
     model._gtp_state = state
     model._gtp_hook = A.on_grid_change(model, lambda grid: setattr(state, "grid_size", grid))
     A.swap_block_classes(model, _gtp_block_class, state, "gtp")

@@ -112,11 +112,13 @@ class Choice(NamedTuple):
     broadcasting: Optional[Tensor]
 
 
-def choose(attended: G.Attention, ids: Tensor, num_prefix: int, selection: str, num_prop: int) -> Choice:
+def choose(attended: G.Attention, ids: Tensor, num_prefix: int, selection: str, num_prop: int,
+           generator: Optional[torch.Generator] = None) -> Choice:
     """The `num_prop` patch tokens with the lowest score leave (SPEC.md section 3).
 
     attended: the block's attention with what `functional.selection_input(selection)`
-    names; ids: [B, N] original patch ids of the current patch tokens.
+    names; ids: [B, N] original patch ids of the current patch tokens; generator: draws
+    the scores of selection="random" (None: PyTorch's global generator).
     """
     if _triton(attended.out):
         from .kernels import triton_tokens
@@ -127,19 +129,20 @@ def choose(attended: G.Attention, ids: Tensor, num_prefix: int, selection: str, 
         elif attended.cls_row is not None:  # cls_attn: row 0 over the heads, as "img" reduces column sums
             inputs = dict(statistics=(attended.cls_row, attended.cls_row), reduce=reduce, combine="img")
         else:  # cos_sim, random: scored in PyTorch
-            inputs = dict(score=G.selection_scores(attended, num_prefix, selection)[0])
+            inputs = dict(score=G.selection_scores(attended, num_prefix, selection, generator)[0])
 
         def fused() -> Choice:
             chosen = Choice(*triton_tokens.select_tokens(ids, num_prop, num_prefix=num_prefix, **inputs))
             return chosen if factors else chosen._replace(regeneration=None, broadcasting=None)
 
         return _guarded("gtp::select_tokens", ids, fused,
-                        lambda: _choose_torch(attended, ids, num_prefix, selection, num_prop))
-    return _choose_torch(attended, ids, num_prefix, selection, num_prop)
+                        lambda: _choose_torch(attended, ids, num_prefix, selection, num_prop, generator))
+    return _choose_torch(attended, ids, num_prefix, selection, num_prop, generator)
 
 
-def _choose_torch(attended: G.Attention, ids: Tensor, num_prefix: int, selection: str, num_prop: int) -> Choice:
-    score, regeneration, broadcasting = G.selection_scores(attended, num_prefix, selection)
+def _choose_torch(attended: G.Attention, ids: Tensor, num_prefix: int, selection: str, num_prop: int,
+                  generator: Optional[torch.Generator] = None) -> Choice:
+    score, regeneration, broadcasting = G.selection_scores(attended, num_prefix, selection, generator)
     prop, keep = G.split_tokens(score, num_prop)
     return Choice(prop, keep, ids.gather(1, keep), score, regeneration, broadcasting)
 

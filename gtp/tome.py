@@ -64,7 +64,7 @@ from __future__ import annotations
 import functools
 import sys
 from types import ModuleType
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -162,16 +162,27 @@ def proportional_attention(q: Tensor, k: Tensor, v: Tensor, size: Optional[Tenso
     return logits.softmax(dim=-1) @ v
 
 
-# ------------------------------------------------------------------------ patching
+# ------------------------------------------------------------------- patching
+# (metric [B, n, d], r, num_prefix, block index, depth) -> the block's Matching. ToMe's is
+# `bipartite_soft_matching`; `gtp.pitome` patches the same blocks with its own.
+Matcher = Callable[[Tensor, int, int, int, int], Matching]
+
+
+def tome_matching(metric: Tensor, r: int, num_prefix: int, block: int, depth: int) -> Matching:
+    """ToMe's matching in every block (the same rule at every depth)."""
+    return bipartite_soft_matching(metric, r, num_prefix)
+
+
 class ToMeState:
     """Per-model, per-forward state shared by the patched blocks."""
 
     def __init__(self, r: list[int], num_prefix: int, prop_attn: bool, trace_source: bool = False,
-                 adapter: object = None):
+                 adapter: object = None, matching: Matcher = tome_matching):
         # The model family's adapter module, held by name: a module object cannot be deep-copied,
         # and `bench` and `cost` copy patched models.
         self.adapter_name = (adapter or adapters.timm_adapter).__name__
         self.r = r                          # tokens merged in each block
+        self.matching = matching            # which tokens merge into which (ToMe, or PiToMe's rule)
         self.num_prefix = num_prefix
         self.prop_attn = prop_attn
         self.size: Optional[Tensor] = None  # [B, n] token sizes; None until the first merge
@@ -245,7 +256,7 @@ def _tome_block_class(block_cls: type) -> type:
             x = A.add_attention(self, x, y)
             match = None
             if r > 0:
-                match = bipartite_soft_matching(keys.mean(1), r, p0)
+                match = state.matching(keys.mean(1), r, p0, self._tome_index, len(state.r))
                 current = state.size if state.size is not None else x.new_ones(x.shape[:2], dtype=torch.float32)
                 x, state.size = merge_wavg(x, current, match)
             if state.trace_source:
@@ -258,7 +269,7 @@ def _tome_block_class(block_cls: type) -> type:
 
 
 def patch(model: nn.Module, r: Union[int, Sequence[int]] = 8, prop_attn: bool = True,
-          trace_source: bool = False) -> nn.Module:
+          trace_source: bool = False, matching: Matcher = tome_matching) -> nn.Module:
     """Apply ToMe to a vision transformer in place and return it (timm, or transformers: `gtp.adapters`).
 
     Args:
@@ -268,6 +279,8 @@ def patch(model: nn.Module, r: Union[int, Sequence[int]] = 8, prop_attn: bool = 
             for (`sources_of`), which patches were merged away in each block
             (`merged_ids_of`) and into which token (`merged_into_of`). Off by default: it
             costs time and memory.
+        matching: which tokens merge (`Matcher`); the default is ToMe's bipartite soft
+            matching, `gtp.pitome` passes PiToMe's energy-guided one.
 
     Calling it again reconfigures the model; `gtp.tome.unpatch` restores it.
     """
@@ -282,8 +295,9 @@ def patch(model: nn.Module, r: Union[int, Sequence[int]] = 8, prop_attn: bool = 
     state = getattr(model, "_tome_state", None)
     if state is not None:
         state.r, state.prop_attn, state.trace_source = schedule, bool(prop_attn), bool(trace_source)
+        state.matching = matching
         return model
-    state = ToMeState(schedule, A.num_prefix(model), bool(prop_attn), bool(trace_source), A)
+    state = ToMeState(schedule, A.num_prefix(model), bool(prop_attn), bool(trace_source), A, matching)
     model._tome_state = state
     A.swap_block_classes(model, _tome_block_class, state, "tome")
     return model

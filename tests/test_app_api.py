@@ -18,6 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
+from gtp import methods  # noqa: E402
+
 from conftest import DINOV2_FILE  # noqa: E402
 from fidelity_by_hand import fidelity_by_hand  # noqa: E402
 
@@ -79,8 +81,13 @@ def test_compare_endpoint_matches_the_public_api(client):
     from gtp.models import preprocess
     comparison = client.predict(handle_file(CAT), num_prop=4, api_name="/compare")
     assert comparison["budget"] == [4] * 12
-    assert list(comparison["methods"]) == ["gtp", "tome", "pruning"]
-    for method in comparison["methods"].values():
+    assert list(comparison["methods"]) == [m.name for m in methods.compared()]
+    assert "sparsifies" in comparison["methods"]["gtp"]["also_approximates"]
+    assert "resamples the position embeddings" in comparison["methods"]["downsample"]["also_approximates"]
+    for name, method in comparison["methods"].items():
+        if name == "downsample":        # no token leaves: every block keeps the smaller grid's tokens
+            assert len(set(method["tokens_per_block"])) == 1 and method["tokens_per_block"][0] < 197
+            continue
         assert [len(ids) for ids in method["removed"]] == [4] * 12
         assert method["tokens_per_block"] == [197 - 4 * (i + 1) for i in range(12)]
         assert len(method["top5"]) == 5

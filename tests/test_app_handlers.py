@@ -24,6 +24,8 @@ from app.core.settings import make_settings  # noqa: E402
 from app.ui import events, handlers as H  # noqa: E402
 from app.views import graphs as G  # noqa: E402
 from test_app_figures import array as F_array  # noqa: E402
+from gtp import methods  # noqa: E402
+
 from conftest import DINOV2_FILE, figure_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,7 +160,7 @@ def test_downloads_gif_and_trace(ui):
         assert img.format == "GIF" and img.n_frames == 12
     data = json.loads(Path(files["trace_file"]).read_text())
     assert len(data["trace"]["layers"]) == 12 and "gmacs" in data["prediction"]
-    assert set(data["comparison"]["methods"]) == {"gtp", "tome", "pruning"}
+    assert set(data["comparison"]["methods"]) == {m.name for m in methods.compared()}
 
 
 def test_throughput_is_measured_bounded_and_says_how(ui):
@@ -194,12 +196,16 @@ def compared():
     return updates[0]["state"], first["state"], updates
 
 
-def test_compare_three_methods_same_budget_equal_gmacs(compared):
+def test_compare_methods_at_matched_gmacs_naming_their_approximations(compared):
     exp, before, updates = compared
     assert before.comparison is None and exp.key == before.key and exp.run is before.run   # the run, not rerun
     comp = exp.comparison
-    assert [m.method for m in comp.methods] == ["gtp", "tome", "pruning"] and comp.budget == (8,) * 12
+    assert [m.method for m in comp.methods] == ["gtp", "gtp_dense", "tome", "pruning", "random", "downsample",
+                                                "pitome"] and comp.budget == (8,) * 12
     for m in comp.methods:
+        if m.method == "downsample":      # no token leaves: the smaller grid all along
+            assert len(set(m.tokens_per_block)) == 1 and m.tokens_per_block[0] < 197
+            continue
         assert [len(ids) for ids in m.removed] == [8] * 12, m.method   # the budget, block by block
         ids = [i for block in m.removed for i in block]
         assert len(set(ids)) == 96 and all(0 <= i < 196 for i in ids), m.method  # distinct patches
@@ -216,15 +222,18 @@ def test_compare_three_methods_same_budget_equal_gmacs(compared):
     # GTP here is the exploration's own setting: the same top-5 as the prediction panel
     assert comp.method("gtp").top5 == exp.run.gtp_top5 and comp.full_top5 == exp.run.full_top5
     costs = K.costs(exp, K.all_methods(), count=False)  # counted by the compare event
-    gm = {m: costs.of(m) for m in ("gtp", "tome", "pruning")}
+    gm = {m: costs.of(m) for m in ("gtp", "gtp_dense", "tome", "pruning", "random", "pitome")}
     assert all(3.2 < g < 3.6 for g in gm.values()), gm             # DeiT-S at P = 8: about 3.4
     assert (max(gm.values()) - min(gm.values())) / min(gm.values()) < 0.02, gm
+    assert abs(costs.of("downsample") / gm["gtp"] - 1) < 0.05      # the nearest 14 x 14-or-smaller grid
     assert 4.4 < costs.of("full") < 4.8
     md = updates[-1]["compare_md"]
     assert f"{gm['tome']:.3f}" in md and "counting" not in md and "KL" in md
     plot, text = updates[0]["compare_plot"], updates[0]["compare_md"]
     assert is_plot(plot) and [t["meta"]["method"] for t in figure_of(plot)["data"]] == ["gtp", "tome", "pruning"]
-    assert "Same photo, same token budget" in text and "ToMe" in text and "Pruning" in text
+    assert "Same photo, matched GMACs" in text and "ToMe" in text and "Pruning" in text
+    assert "GTP (θ = 1)" in text and "zeroes 40% of attention entries" in text and "PiToMe" in text
+    assert "methods that remove tokens differ by" in md and "Downsample's GMACs are" in md
 
 
 def test_compare_view_tells_per_patch_when_and_how_it_left(compared, monkeypatch):
@@ -239,7 +248,10 @@ def test_compare_view_tells_per_patch_when_and_how_it_left(compared, monkeypatch
     maps = {t["meta"]["method"]: t for t in figure_of(plot)["data"]}
     how = {"gtp": "propagated in block {} to patch", "tome": "merged in block {} into the token of patch",
            "pruning": "dropped in block {}"}
+    assert set(maps) == {"gtp", "tome", "pruning"}               # the other methods: numbers only
     for m in exp.comparison.methods:
+        if m.method not in maps:
+            continue
         z = F_array(maps[m.method]["z"]).ravel()
         text = [t for row in maps[m.method]["text"] for t in row]
         for b, ids in enumerate(m.removed):                      # every block, every patch that left there
@@ -258,6 +270,8 @@ def test_compare_follows_a_per_block_schedule():
     schedule = "0,0,0,0,0,0,20,20,20,20,20,20"
     exp = inference.compared(run(schedule=schedule)[0]["state"])
     for m in exp.comparison.methods:
+        if m.method == "downsample":                            # removes none: a smaller grid all along
+            continue
         assert [len(ids) for ids in m.removed] == [int(p) for p in schedule.split(",")], m.method
         assert m.tokens_per_block[-1] == 197 - 120
     z = F_array(figure_of(H.draw_compare(exp)["compare_plot"])["data"][0]["z"])

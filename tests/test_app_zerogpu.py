@@ -22,7 +22,9 @@ from app.core.photos import open_photo  # noqa: E402
 from app.core.errors import InputError  # noqa: E402
 from app.core.results import CompareJob, RunJob, RunResult, Throughput, ThroughputJob  # noqa: E402
 from app.core.settings import make_settings  # noqa: E402
+from gtp import methods  # noqa: E402
 
+OTHERS = [m.name for m in methods.compared() if m.name != "gtp"]   # what a compare runs beside GTP's own run
 ROOT = Path(__file__).resolve().parent.parent
 CAT = str(ROOT / "assets" / "chelsea.png")
 SETTINGS = make_settings("deit_tiny_patch16_224", num_prop=6)
@@ -52,7 +54,7 @@ def test_run_photo_arguments_and_result_pickle(job):
     again = roundtrip(job)
     assert again.settings == job.settings and torch.equal(again.x, job.x)
     result = inference.run_photo(job)
-    assert isinstance(result, RunResult) and [o.method for o in result.others] == ["tome", "pruning"]
+    assert isinstance(result, RunResult) and [o.method for o in result.others] == OTHERS
     copy = roundtrip(result)
     assert same_run(copy, result) and copy.latency_ms == result.latency_ms and copy.device == result.device
     assert all(t.device.type == "cpu" for t in (copy.trace.layers[0].attn_after, copy.trace.similarity))
@@ -213,7 +215,7 @@ def test_compare_job_and_result_pickle(job):
     cjob = CompareJob(settings=job.settings, x=job.x, budget=job.budget)
     runs = inference.compare_photo(roundtrip(cjob))
     again = roundtrip(runs)
-    assert [r.method for r in runs] == ["tome", "pruning"] and [r.blocks for r in again] == [r.blocks for r in runs]
+    assert [r.method for r in runs] == OTHERS and [r.blocks for r in again] == [r.blocks for r in runs]
     assert all(torch.equal(a.outputs.logits, b.outputs.logits) for a, b in zip(again, runs))
 
 

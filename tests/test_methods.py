@@ -19,7 +19,7 @@ RANDOM = dict(selection="random", propagation="none", sparsity=1.0, token_scale=
 @pytest.fixture
 def registered(monkeypatch):
     """A new method, "random_drop" (P random tokens dropped per block), in the registry for one test."""
-    new = Method("random_drop", "Random drop", "drops P random tokens per block", How("dropped at random"),
+    new = Method("random_drop", "Random test drop", "drops P random tokens per block", How("dropped at random"),
                  patch=lambda model, amount, record, **options: gtp_patch(model, num_prop=amount, **RANDOM),
                  settings=lambda amount, **options: {"num_prop": amount, **RANDOM},
                  recorder=methods.METHODS["pruning"].recorder)
@@ -40,12 +40,12 @@ def test_every_method_applies_records_and_describes_itself():
             assert m.apply(model, 4)(x).shape == ref.shape
             described = m.describe(4)
             assert list(described)[0] == "num_prop" and set(described) == {"num_prop", *methods.GTP_OPTIONS}
-            if m.recorder is None:
+            if m.recorder is None or m.how.verb == "kept":   # downsample: no token leaves
                 continue
             out, blocks = m.run_recorded(model, lambda mod: mod(x), 4)
             added = 12 if m.name == "evit" else 0          # EViT adds one average token per block
             assert [len(b.removed) for b in blocks] == [4] * 12 and blocks[-1].tokens_left == 197 - 48 + added, m.name
-            assert all(isinstance(b, BlockRecord) for b in blocks) and (blocks[0].into is not None) == (m.name == "tome")
+            assert all(isinstance(b, BlockRecord) for b in blocks) and (blocks[0].into is not None) == (m.name in ("tome", "pitome"))
         methods.reset(model)
         assert torch.equal(model(x), ref)
     assert methods.describe("gtp", 8, propagation="none")["alpha"] is None
@@ -77,12 +77,14 @@ def test_a_registered_method_appears_in_the_compare_tab_and_the_api(registered):
     panels = list(H.open_tab("compare", first["state"], first["shown"]))
     exp = panels[0]["state"]
     mine = exp.comparison.method("random_drop")
-    assert [len(ids) for ids in mine.removed] == [3] * 12 and mine.label == "Random drop"
+    assert [len(ids) for ids in mine.removed] == [3] * 12 and mine.label == "Random test drop"
     assert [t["meta"]["method"] for t in figure_of(panels[0]["compare_plot"])["data"]][-1] == "random_drop"
-    assert "| Random drop |" in panels[-1]["compare_md"] and "GMACs of the four differ" in panels[-1]["compare_md"]
+    n = len(methods.compared()) - 1                                   # all remove tokens but downsample
+    assert "| Random test drop |" in panels[-1]["compare_md"]
+    assert f"GMACs of the {H.text._COUNT[n]} methods that remove tokens differ" in panels[-1]["compare_md"]
     assert costs.costs(exp, costs.all_methods()).of("random_drop") == pytest.approx(
         costs.costs(exp, costs.all_methods()).of("pruning"), rel=0.02)          # same tokens left, same cost
     answer = api.compare(CAT, model="deit_tiny_patch16_224", num_prop=3)
-    assert list(answer["methods"]) == ["gtp", "tome", "pruning", "random_drop"]
-    assert answer["methods"]["random_drop"]["label"] == "Random drop" and answer["methods"]["random_drop"]["gmacs"] > 0
+    assert list(answer["methods"]) == [m.name for m in methods.compared()] and list(answer["methods"])[-1] == "random_drop"
+    assert answer["methods"]["random_drop"]["label"] == "Random test drop" and answer["methods"]["random_drop"]["gmacs"] > 0
     assert inference.explore_photo(open_photo(CAT), make_settings("deit_tiny_patch16_224", num_prop=3)) is not None

@@ -225,3 +225,20 @@ warm-up batches of both models and CUDA initialisation."""
 def launch_options() -> dict:
     """Keyword arguments for `demo.launch` that bound sessions and uploads."""
     return dict(max_file_size=MAX_UPLOAD, state_session_capacity=SESSION_CAPACITY)
+
+
+# ----------------------------------------------------------------------------- measured curves
+
+CURVE_METHODS = ("gtp", "tome", "pruning", "random", "downsample", "pitome")
+CURVE_NUM_PROP = (4, 8, 12, 16)
+"""The trade-off chart's measured curves: these methods at these P (matched GMACs at each P)."""
+
+CURVE_VIEWS = 5
+"""Views of the bundled photos the curves are measured on (each photo once, as the model sees it):
+24 forwards of 5 images, about 30 s for DeiT-S on a quiet 2-core CPU, well under a second on a GPU."""
+
+CURVE_FILES_KEPT = 8
+"""Measured-curve files (one per model and weights, ~6 kB each) kept on disk; older ones are deleted."""
+
+GPU_DURATION_CURVES_S = 60
+"""ZeroGPU reservation for one curve measurement (24 batched forwards of 5 images and the GMACs counts)."""

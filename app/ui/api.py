@@ -15,6 +15,7 @@ from ..core.photos import open_photo
 from ..core.results import Costs, Exploration, TopClass
 from ..core.settings import DEFAULT_MODEL, make_settings
 from ..core.settings import PUBLISHED_SETTINGS as P
+from . import text
 
 API_PARAMETERS = ["model", "num_prop", "schedule", "sparsity", "alpha", "num_neighbours", "graph",
                   "selection", "propagation", "token_scale"]
@@ -62,7 +63,7 @@ def comparison_json(exp: Exploration, costs: Costs) -> dict:
         "methods": {m.method: {"method": m.method, "label": m.label, "removed": [list(ids) for ids in m.removed],
                                "tokens_per_block": list(m.tokens_per_block), "cosine": m.cosine,
                                "top5": _top5(m.top5), "agree": m.agree, "kl": m.kl,
-                               "gmacs": costs.of(m.method)}
+                               "gmacs": costs.of(m.method), "also_approximates": text.also(m.method, exp)}
                     for m in comp.methods},
     }
 

@@ -242,6 +242,7 @@ def _wire_runs(demo: gr.Blocks, ui: dict) -> None:
         outputs=[gr.JSON(visible=False, label="comparison")])
     ui["measure"].click(**bind(ui, H.measure, ("throughput_md", "throughput_state", "tradeoff_plot")),
                         **HIDDEN, **RUN_QUEUE)
+    ui["measure_curves"].click(**bind(ui, H.measure_curves, ("curves_md", "tradeoff_plot")), **HIDDEN, **RUN_QUEUE)
     for tab_id in H.TAB_PANELS:   # Compare may run the compared methods: the models' queue
         queue = {**HIDDEN, **RUN_QUEUE} if tab_id == "compare" else VIEW_QUEUE
         ui[f"tab_{tab_id}"].select(**bind(ui, tab_event(tab_id), ("tab", *ALL_PANELS)), **queue)

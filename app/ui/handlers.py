@@ -23,7 +23,7 @@ from typing import Any, Iterator, Optional
 import gradio as gr
 
 from ..core import costs as K
-from ..core import files, inference, limits
+from ..core import curves, files, inference, limits
 from ..core.assets import published_results
 from ..core.caches import BoundedCache
 from ..core.errors import InputError
@@ -124,9 +124,11 @@ def draw_tradeoff(exp: Optional[Exploration], sweep: Optional[list], costs: Opti
     if current is not None and not has_head:   # a backbone: this photo's feature cosine, GTP vs full
         current["cosine"] = exp.run.feature_cosine
     rates = measured_throughput(exp, measured)
-    key = hashlib.sha256(json.dumps([model, has_head, current, sweep or [], rates], sort_keys=True).encode()).hexdigest()
+    measured_curves = curves.load(exp.settings) if exp is not None else None
+    key = hashlib.sha256(json.dumps([model, has_head, current, sweep or [], rates, measured_curves],
+                                    sort_keys=True, default=str).encode()).hexdigest()
     return _TRADEOFF.get_or_make(key, lambda: tradeoff.tradeoff(published_results(), model, current, sweep or (), rates,
-                                                                has_head=has_head))
+                                                                measured_curves, has_head=has_head))
 
 
 def draw_lesson(exp: Exploration, step: int, sweep: Optional[list] = None, measured: Optional[list] = None,
@@ -286,6 +288,17 @@ def measure(state: Optional[Exploration], batch_size: Any, throughput_state: Opt
     faster = [m["batch_size"] for m in kept if m.get("setting") == row["setting"] and m.get("speed_up", 0) >= 1]
     return {"throughput_md": text.throughput_markdown(result, min(faster, default=None)), "throughput_state": kept,
             "tradeoff_plot": draw_tradeoff(state, sweep_state, None, kept)}
+
+
+def measure_curves(state: Optional[Exploration], sweep_state: Optional[list],
+                   throughput_state: Optional[list]) -> dict:
+    """The Measure-curves button: the fidelity curves of this model and weights on the bundled
+    photos (from disk when measured before), drawn in the trade-off chart."""
+    if state is None:
+        raise InputError("Run a photo first: the curves are measured for the current model and weights.")
+    record = curves.curves(state.settings)
+    return {"curves_md": text.curves_markdown(record),
+            "tradeoff_plot": draw_tradeoff(state, sweep_state, None, throughput_state)}
 
 
 def throughput_intro() -> str:

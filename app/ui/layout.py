@@ -219,6 +219,9 @@ def _prediction_tab(ui: dict) -> None:
                 label=f"Batch size (1 to {bounds.max_batch} here)", scale=1), "batch size")
             ui["measure"] = gr.Button("Measure throughput", scale=1, elem_id="gtp-measure")
         ui["throughput_md"] = gr.Markdown(throughput_intro())
+        ui["measure_curves"] = gr.Button("Measure curves on the bundled photos", elem_id="gtp-measure-curves")
+        ui["curves_md"] = gr.Markdown("Each method's feature fidelity against GMACs for this model, measured once "
+                                      "(about half a minute on a CPU) and kept.")
         ui["sweep_file"] = gr.File(label="Your sweep results (JSON or CSV from `python -m gtp sweep`)",
                                    file_types=[".json", ".csv"], type="filepath")
         ui["sweep_md"] = gr.Markdown("")

@@ -125,29 +125,41 @@ def _short(label: str) -> str:  # "lion, king of beasts, Panthera leo" -> "lion"
     return label.split(",")[0]
 
 
+def also(method: str, exp: Exploration) -> str:
+    """What the method approximates besides removing tokens, for this run's setting."""
+    if method == "gtp":
+        theta, scale = exp.settings.config.sparsity, exp.settings.config.token_scale
+        parts = ([f"θ = {theta:g}: zeroes {100 * (1 - theta):.0f}% of attention entries"] if theta < 1 else [])
+        parts += ["token-size attention"] if scale else []
+        return "; ".join(parts) or "nothing else (θ = 1, no token scale)"
+    if method == "gtp_dense":
+        return "θ = 1" + ("; token-size attention" if exp.settings.config.token_scale else "")
+    return methods.get(method).adds
+
+
 def _compare_table(exp: Exploration, costs: Costs) -> list[str]:
     comp = exp.comparison
     tokens_in = exp.trace.layers[0].tokens_in
     full = methods.get("full").label
     if exp.has_head:
-        lines = ["", "| method | GMACs | removed | tokens left | top-1 | agrees | KL | cosine |",
+        lines = ["", "| method | GMACs | tokens left | top-1 | agrees | KL | cosine | also approximates |",
                  "|---|---|---|---|---|---|---|---|",
-                 f"| {full} | {_g(costs.of('full'))} | 0 | {tokens_in} | {_short(comp.full_top5[0].label)} | — | 0 | 1 |"]
+                 f"| {full} | {_g(costs.of('full'))} | {tokens_in} | {_short(comp.full_top5[0].label)} | — | 0 | 1 | — |"]
         for m in comp.methods:
             agree = "✓ yes" if m.agree else "✗ no"
-            lines.append(f"| {m.label} | {_g(costs.of(m.method))} | {m.num_removed} | {m.tokens_per_block[-1]} | "
+            lines.append(f"| {m.label} | {_g(costs.of(m.method))} | {m.tokens_per_block[-1]} | "
                          f"{_short(m.top5[0].label)} ({100 * m.top5[0].probability:.1f}%) | {agree} | "
-                         f"{m.kl:.4f} | {m.cosine:.4f} |")
+                         f"{m.kl:.4f} | {m.cosine:.4f} | {also(m.method, exp)} |")
         return lines + ["", "*agrees*: top-1 equal to the full model's; *KL*: KL(full ‖ method) of the softmax, "
                             "in nats; *cosine*: cosine similarity of the pre-logits features to the full model's."]
     lines = ["", "This checkpoint has no classifier head: only the cosine similarity of the final features "
                  "to the full model's.",
-             "", "| method | GMACs | removed | tokens left | cosine of final features |",
+             "", "| method | GMACs | tokens left | cosine of final features | also approximates |",
              "|---|---|---|---|---|",
-             f"| {full} | {_g(costs.of('full'))} | 0 | {tokens_in} | 1 |"]
+             f"| {full} | {_g(costs.of('full'))} | {tokens_in} | 1 | — |"]
     for m in comp.methods:
-        lines.append(f"| {m.label} | {_g(costs.of(m.method))} | {m.num_removed} | {m.tokens_per_block[-1]} | "
-                     f"{m.cosine:.4f} |")
+        lines.append(f"| {m.label} | {_g(costs.of(m.method))} | {m.tokens_per_block[-1]} | "
+                     f"{m.cosine:.4f} | {also(m.method, exp)} |")
     return lines + [""]
 
 
@@ -156,26 +168,36 @@ def compare_markdown(exp: Exploration, costs: Costs) -> str:
     comp = exp.comparison
     budget = comp.budget
     per_block = f"{budget[0]} per block" if len(set(budget)) == 1 else f"per block {', '.join(map(str, budget))}"
-    lines = [f"**Same photo, same token budget** ({per_block}, {sum(budget)} in all), so the same "
-             f"GMACs; each method against the full `{exp.model_name}`."]
+    lines = [f"**Same photo, matched GMACs**: every method but Downsample removes the same tokens "
+             f"({per_block}, {sum(budget)} in all); Downsample runs the unpatched model on a smaller image "
+             f"costing about what GTP does. Each against the full `{exp.model_name}`. The last column names "
+             "what a method changes besides removing tokens: GTP alone also sparsifies attention, so "
+             "*GTP (θ = 1)* runs the same setting without it, side by side."]
     if not exp.pretrained:
         lines.append("*(Random weights: the classes mean nothing; the numbers are still measured on this network.)*")
     lines += _compare_table(exp, costs)
     for m in comp.methods:
-        if m.num_removed != sum(budget):
+        if methods.get(m.method).how.verb != "kept" and m.num_removed != sum(budget):
             lines.append(f"⚠ {m.label} removed {m.num_removed} tokens, not {sum(budget)}: the budget is more "
-                         f"than it can take here (ToMe merges at most half the patch tokens of a block).\n")
-    gm = [costs.of(m.method) for m in comp.methods]
+                         f"than it can take here (ToMe and PiToMe merge at most half the patch tokens of a block).\n")
+    removing = [m for m in comp.methods if methods.get(m.method).how.verb != "kept"]
+    gm = [costs.of(m.method) for m in removing]
     if all(v is not None for v in gm):
         spread = 100 * (max(gm) - min(gm)) / min(gm)
-        lines.append(f"GMACs of the {_COUNT.get(len(gm), len(gm))} differ by {spread:.2f}% (PyTorch FLOP counter / 2).")
+        lines.append(f"GMACs of the {_COUNT.get(len(gm), len(gm))} methods that remove tokens differ by {spread:.2f}% "
+                     "(PyTorch FLOP counter / 2).")
+        gtp_cost = costs.of("gtp")
+        for m in comp.methods:
+            if m not in removing and costs.of(m.method) is not None and gtp_cost:
+                lines.append(f"{m.label}'s GMACs are {100 * (costs.of(m.method) / gtp_cost - 1):+.1f}% of GTP's: "
+                             f"the nearest patch grid ({m.tokens_per_block[-1]} tokens in every block).")
     lines.append(f"The forwards of the full model and the {len(comp.methods)} methods (batch 1) took "
                  f"{comp.seconds:.2f} s on {exp.run.device}. "
                  + " ".join(f"{m.label} {methods.get(m.method).about}." for m in comp.methods))
     return "\n".join(lines)
 
 
-_COUNT = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+_COUNT = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
 
 
 def throughput_markdown(r: Throughput, faster_at: Optional[int] = None) -> str:
@@ -189,6 +211,16 @@ def throughput_markdown(r: Throughput, faster_at: Optional[int] = None) -> str:
                  + (f"it was at batch size {faster_at} (measured)." if faster_at else
                     "no batch size measured so far beats it: try a larger one."))
     return text
+
+
+def curves_markdown(record: dict) -> str:
+    """What the measured curves are: every point measured on this server, on the bundled photos."""
+    what = "top-1 agreement with the full model" if record.get("has_head") else "cosine of the final features to the full model's"
+    weights = "" if record.get("pretrained") else " (random weights: the curves describe this random network)"
+    return (f"**Measured curves** for `{record['model']}`{weights}: {what} against GMACs, per method at P = 4, 8, 12 "
+            f"and 16 (matched GMACs at each P), on {record['views']} views of {record['photos']} bundled photos; "
+            "dashed, on the right axis, labelled \"measured on N photos\". Measured once per model and weights, "
+            "then read from disk. `python -m gtp fidelity` measures more views.")
 
 
 def throughput_intro(device: str, max_batch: int, budget_s: float) -> str:

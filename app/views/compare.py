@@ -1,5 +1,5 @@
-"""The compared token-reduction methods side by side (`gtp.methods.compared()`: GTP, ToMe and
-pruning): on each method's map every patch is coloured by the block in which its token left,
+"""The compared token-reduction methods side by side (`gtp.methods.compared()` whose `mapped` is
+set: GTP, ToMe and pruning; the other compared methods are in the numbers only): on each method's map every patch is coloured by the block in which its token left,
 and its hover says when and how (propagated to ..., merged into ..., dropped) or that it stayed
 to the end.
 
@@ -103,13 +103,14 @@ def compare(exp: Exploration) -> PlotData:
         raise ValueError("the exploration has no comparison yet: call inference.compared(exp) first")
 
     def make() -> Figure:
-        removed = {m.method: [list(ids) for ids in m.removed] for m in comp.methods}
+        mapped = [m for m in comp.methods if methods.get(m.method).mapped]   # the rest: numbers only
+        removed = {m.method: [list(ids) for ids in m.removed] for m in mapped}
         destinations = {}
-        for m in comp.methods:
+        for m in mapped:
             if m.method == "gtp":
                 destinations["gtp"] = gtp_destinations(exp.trace)
             elif m.merged_into is not None:
                 destinations[m.method] = tome_destinations(m.removed, m.merged_into)
-        labels = {m.method: f"{m.label}<br>{m.num_removed} removed" for m in comp.methods}   # fits a phone's third
+        labels = {m.method: f"{m.label}<br>{m.num_removed} removed" for m in mapped}   # fits a phone's third
         return compare_figure(photo_of(exp), exp.trace.grid_size, removed, destinations, labels)
     return view(exp, ("compare",), make)

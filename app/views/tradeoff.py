@@ -82,6 +82,37 @@ def _describe(rec: dict) -> str:
     return ", ".join(parts)
 
 
+CURVE_STYLES = {"gtp": "rgb(214,39,40)", "tome": "rgb(31,119,180)", "pruning": "rgb(44,160,44)",
+                "random": "rgb(127,127,127)", "downsample": "rgb(140,86,75)", "pitome": "rgb(148,103,189)"}
+
+
+def _curve_traces(curves: dict) -> list[dict]:
+    """The fidelity bench's curves of this model and weights (`app.core.curves`), on the right axis:
+    top-1 agreement with the full model (%) where it has a head, else the cosine of the features."""
+    from gtp import methods
+    head = curves.get("has_head")
+    key = "agreement" if head else "cosine_mean"
+    groups: dict[str, list[dict]] = {}
+    for row in curves.get("rows", ()):
+        if row.get("method") != "full" and row.get(key) is not None:
+            groups.setdefault(row["method"], []).append(row)
+    n = curves.get("photos")
+    traces = []
+    for method, rows in groups.items():
+        rows = sorted(rows, key=lambda r: r["gmacs"])
+        label = methods.METHODS[method].label if method in methods.METHODS else method
+        scale = 100 if head else 1
+        traces.append(dict(
+            type="scatter", x=[r["gmacs"] for r in rows], y=[scale * r[key] for r in rows], yaxis="y2",
+            mode="lines+markers", name=escape(f"{label} (measured on {n} photos)"),
+            line=dict(color=CURVE_STYLES.get(method, "rgb(90,90,90)"), dash="dash"), meta={"role": "curve"},
+            marker=dict(size=7, symbol="circle-open"), customdata=[[r["num_prop"]] for r in rows],
+            hovertemplate=(f"{escape(label)}, P=%{{customdata[0]}}<br>%{{x:.2f}} GMACs · "
+                           + ("top-1 agreement %{y:.1f} %" if head else "feature cosine %{y:.4f}")
+                           + f"<br>measured on {n} bundled photos<extra></extra>")))
+    return traces
+
+
 def _current_lines(model: str, current: dict, published_gmacs: Iterable[dict]) -> tuple[list, list, list]:
     """(shapes, annotations, legend traces): vertical lines at the measured GMACs of the full and
     the GTP model now, and at the GMACs the paper gives for this model (no accuracy published
@@ -141,7 +172,7 @@ def _cosine_traces(model: str, current: dict) -> list[dict]:
 
 def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None, sweep: Sequence[dict] = (),
                     throughput: Sequence[dict] = (), other_families: bool = False, height: int = 380,
-                    has_head: bool = True) -> Figure:
+                    curves: Optional[dict] = None, has_head: bool = True) -> Figure:
     """Top-1 against GMACs for `model` (a timm name); for a backbone (`has_head` False: no
     classes, so no top-1 and nothing published) the feature cosine to the full model instead.
 
@@ -151,7 +182,8 @@ def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None,
     (gmacs, top1 or agreement, method, model, ...; an optional "label" is shown as plain
     text); throughput: `measure_throughput` results ({batch_size, full_img_per_s,
     gtp_img_per_s, device}), drawn in a second panel when given; other_families: also draw
-    other models' published curves, labelled with their family.
+    other models' published curves, labelled with their family; curves: this model's measured
+    curves (`app.core.curves`), on the right axis, labelled "measured on N photos".
     """
     records = published_records(published) if has_head else []   # top-1 curves: of classifiers only
     name = family(model)
@@ -168,6 +200,7 @@ def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None,
     if not has_head and current and current.get("cosine") is not None:
         measured += _cosine_traces(model, current)
     data += measured + _sweep_traces(sweep) + (_throughput_traces(throughput) if throughput else [])
+    data += _curve_traces(curves) if curves else []
     if not has_head:
         note = ("A backbone has no classes. Plotted: the feature cosine of GTP to the full model on this "
                 "photo, at the GMACs measured now.")
@@ -188,7 +221,9 @@ def tradeoff_figure(published: dict, model: str, current: Optional[dict] = None,
         pad = 0.08 * max(max(xs) - min(xs), 0.5)
         layout["xaxis"]["range"] = [min(xs) - pad, max(xs) + pad]
     if any(t.get("yaxis") == "y2" for t in data):
-        layout["yaxis2"] = dict(overlaying="y", side="right", title=dict(text="top-1 agreement (%)"), showgrid=False)
+        right = ("feature cosine to the full model" if curves and not curves.get("has_head")
+                 else "top-1 agreement with the full model (%)")
+        layout["yaxis2"] = dict(overlaying="y", side="right", title=dict(text=right), showgrid=False)
     if throughput:
         layout["xaxis2"] = dict(domain=[0.76, 1], type="log", title=dict(text="batch size"), **axis)
         layout["yaxis3"] = dict(anchor="x2", title=dict(text="images / s (measured)"), rangemode="tozero", **axis)
@@ -213,7 +248,7 @@ def bounded_sweep(records: Sequence[dict]) -> list[dict]:
 
 
 def tradeoff(published: dict, model: str, current: Optional[dict], sweep: Sequence[dict] = (),
-             throughput: Sequence[dict] = (), has_head: bool = True) -> PlotData:
+             throughput: Sequence[dict] = (), curves: Optional[dict] = None, has_head: bool = True) -> PlotData:
     """The compact trade-off chart beside the prediction: the published curves of `model`'s
     family, its GMACs measured now, the user's sweep and the measured throughput. Where the
     paper has no curve for this model's family (it has DeiT-B's), the other families' curves
@@ -223,4 +258,4 @@ def tradeoff(published: dict, model: str, current: Optional[dict], sweep: Sequen
               for r in published_records(published))
     return plot_data(tradeoff_figure(published, model, current=current, sweep=bounded_sweep(sweep),
                                        throughput=throughput, other_families=not own, height=TRADEOFF_HEIGHT,
-                                       has_head=has_head))
+                                       curves=curves, has_head=has_head))

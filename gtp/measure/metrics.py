@@ -1,6 +1,6 @@
 """What a reduced model is compared on, written once: the forward that gives features and
 logits, top-1 agreement, KL divergence, cosine similarity, a device-synchronised timer and
-the device's name. Used by `python -m gtp eval|sweep|predict|bench`, scripts/fidelity.py
+the device's name. Used by `python -m gtp eval|sweep|predict|bench|fidelity`
 and the app.
 
 The comparisons are per image and computed in float64, so sums over many images (the
