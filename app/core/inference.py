@@ -25,7 +25,6 @@ start-up.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import threading
@@ -42,6 +41,7 @@ from gtp.measure.bench import CudaGraphed
 from gtp.measure.metrics import Timer, cosine, device_name, features_and_logits, kl_divergence, top1_agreement
 
 from . import classroom, costs, limits, workers
+from .outputs import compact, final_tokens, outputs_of, top5, with_patches
 from .assets import example_paths
 from .caches import BoundedCache
 from .errors import InputError, file_names_only
@@ -49,75 +49,9 @@ from .models import DEVICE, ZERO_GPU, ModelSlot, get_model, resident
 from .photos import Photo, open_photo
 from .results import (
     CompareJob, Comparison, Exploration, MethodResult, MethodRun, ModelInfo, Outputs, RunJob, RunResult, Throughput,
-    ThroughputJob, TopClass,
+    ThroughputJob,
 )
 from .settings import PUBLISHED_SETTINGS, Settings
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _top5(logits: Optional[torch.Tensor], class_names: Optional[list[str]]) -> Optional[tuple[TopClass, ...]]:
-    if logits is None:
-        return None
-    probs = logits[0].detach().float().softmax(-1)
-    p, idx = probs.topk(min(5, probs.numel()))
-    return tuple(TopClass(int(i), class_names[int(i)] if class_names else f"class {int(i)}", round(float(q), 6))
-                 for q, i in zip(p, idx))
-
-
-def _outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[Outputs, float]:
-    """(the model's outputs on x, moved to the CPU as float32; the seconds the forward took)."""
-    with Timer(x.device) as timer:
-        feats, logits = features_and_logits(model, x)
-    return Outputs(feats.float().cpu(), None if logits is None else logits.float().cpu()), timer.seconds
-
-
-@contextlib.contextmanager
-def _final_tokens(model: torch.nn.Module, keep: bool):
-    """A list that receives the output of `model.norm` (the last tokens, [1, n, C]) in each
-    forward run inside, when `keep` (a hook: no extra forward, nothing copied while timed)."""
-    seen: list[torch.Tensor] = []
-    norm = getattr(model, "norm", None)
-    handle = norm.register_forward_hook(lambda m, i, out: seen.append(out)) if keep and norm is not None else None
-    try:
-        yield seen
-    finally:
-        if handle is not None:
-            handle.remove()
-
-
-def _with_patches(out: Outputs, seen: list[torch.Tensor], num_prefix: int) -> Outputs:
-    """`out` with the patch tokens of the last forward seen by `_final_tokens` ([n, C], float16, CPU)."""
-    if not seen:
-        return out
-    return dataclasses.replace(out, patches=seen[-1][0, num_prefix:].to(torch.float16).cpu())
-
-
-def _to_cpu(value):
-    """A trace (or any part of one) copied to the CPU."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, gtp.Edges):
-        return gtp.Edges(*(t.detach().cpu() for t in value))
-    if isinstance(value, list):
-        return [_to_cpu(v) for v in value]
-    return value
-
-
-def _compact(rec: gtp.Trace) -> gtp.Trace:
-    """A freshly recorded trace made ready to leave the GPU function (before anyone sees it):
-    attention maps in bfloat16 (half the memory of float32 for the largest part; exact zeros
-    stay zero; sparsity statistics were computed by the library in full precision), then
-    everything copied to the CPU. The cast is done on the model's device: a ZeroGPU worker is
-    a forked process, where CPU thread pools (OpenMP) inherited from the parent are unsafe."""
-    for layer in rec.layers:
-        if layer.attn_before is not None:
-            layer.attn_before = layer.attn_before.to(torch.bfloat16)
-            layer.attn_after = layer.attn_after.to(torch.bfloat16)
-    for obj in [rec, *rec.layers]:
-        for name in obj.__dataclass_fields__:
-            setattr(obj, name, _to_cpu(getattr(obj, name)))
-    return rec
 
 
 def _others(slot: ModelSlot, x: torch.Tensor, settings: Settings, budget: tuple[int, ...]) -> tuple[MethodRun, ...]:
@@ -128,7 +62,7 @@ def _others(slot: ModelSlot, x: torch.Tensor, settings: Settings, budget: tuple[
     for method in methods.compared(slot.model):
         if method.name == "gtp":   # the exploration's own GTP run stands for it
             continue
-        (outputs, seconds), blocks = method.run_recorded(slot.model, lambda m: _outputs(m, x), list(budget),
+        (outputs, seconds), blocks = method.run_recorded(slot.model, lambda m: outputs_of(m, x), list(budget),
                                                          **options)
         runs.append(MethodRun(method.name, outputs, tuple(blocks), seconds))
     return tuple(runs)
@@ -157,20 +91,20 @@ def run_photo(job: RunJob, device: torch.device = DEVICE) -> RunResult:
     with slot.lock:
         try:
             model = gtp.patch(slot.model, **job.settings.patch_kwargs())
-            with gtp.trace(model, attention=True) as rec, _final_tokens(model, backbone) as gtp_tokens:
+            with gtp.trace(model, attention=True) as rec, final_tokens(model, backbone) as gtp_tokens:
                 features_and_logits(model, x)               # also warms the GTP path up
-            reduced, gtp_seconds = _outputs(model, x)       # timed without the recording
+            reduced, gtp_seconds = outputs_of(model, x)       # timed without the recording
             gtp.unpatch(slot.model)
-            with _final_tokens(slot.model, backbone) as full_tokens:
-                full, full_seconds = _outputs(slot.model, x)
+            with final_tokens(slot.model, backbone) as full_tokens:
+                full, full_seconds = outputs_of(slot.model, x)
             others = _others(slot, x, job.settings, job.budget) if job.compare else None
         finally:
             methods.reset(slot.model)  # the model rests unpatched
     names = slot.loaded.class_names
-    full, reduced = _with_patches(full, full_tokens, rec.num_prefix), _with_patches(reduced, gtp_tokens, rec.num_prefix)
+    full, reduced = with_patches(full, full_tokens, rec.num_prefix), with_patches(reduced, gtp_tokens, rec.num_prefix)
     return RunResult(
-        trace=_compact(rec), full=full, gtp=reduced, full_top5=_top5(full.logits, names),
-        gtp_top5=_top5(reduced.logits, names), feature_cosine=round(float(cosine(full.features, reduced.features)[0]), 6),
+        trace=compact(rec), full=full, gtp=reduced, full_top5=top5(full.logits, names),
+        gtp_top5=top5(reduced.logits, names), feature_cosine=round(float(cosine(full.features, reduced.features)[0]), 6),
         latency_ms=(round(full_seconds * 1000, 2), round(gtp_seconds * 1000, 2)), device=device_label(x.device),
         num_heads=adapters.num_heads(slot.model), others=others)
 
@@ -245,7 +179,7 @@ def _result(method: str, blocks: tuple, full: Outputs, out: Outputs, class_names
     has_head = full.logits is not None
     return MethodResult(
         method=method, blocks=blocks, cosine=round(float(cosine(full.features, out.features)[0]), 6),
-        top5=_top5(out.logits, class_names) if has_head else None,
+        top5=top5(out.logits, class_names) if has_head else None,
         agree=bool(top1_agreement(full.logits, out.logits)[0]) if has_head else None,
         kl=round(float(kl_divergence(full.logits, out.logits)[0]), 6) if has_head else None)
 
