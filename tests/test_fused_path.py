@@ -76,8 +76,8 @@ class Replay:
         self.blocks += 1
         return got
 
-    def choose(self, attended, ids, num_prefix, selection, num_prop):
-        got = self._choose(attended, ids, num_prefix, selection, num_prop)
+    def choose(self, attended, ids, num_prefix, selection, num_prop, generator=None):
+        got = self._choose(attended, ids, num_prefix, selection, num_prop, generator)
         if selection != "random":  # random draws new noise on each call
             ref = steps._choose_torch(attended, ids, num_prefix, selection, num_prop)
             for a, b in zip(got, ref):

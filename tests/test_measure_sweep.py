@@ -51,7 +51,7 @@ def test_plan_grid_random_and_dedup():
 
 
 def test_methods_table():
-    assert list(METHODS) == ["full", "gtp", "tome", "pruning", "evit"]
+    assert list(METHODS) == ["full", "gtp", "gtp_dense", "tome", "pruning", "evit", "random", "downsample", "pitome"]
     model = random_model("deit_tiny_patch16_224")
     x = torch.randn(1, 3, 224, 224)
     with torch.inference_mode():

@@ -113,12 +113,12 @@ def parse(params: Mapping[str, str], examples: int) -> Link:
                 values["example"] = _whole(raw, name, 1, examples)
             elif name == "model":
                 if raw not in SUPPORTED_MODELS:
-                    raise InputError(f"model must be one of {', '.join(SUPPORTED_MODELS)}; got {shown(raw)}")
+                    raise InputError(f"model {shown(raw)} is not supported; one of {', '.join(SUPPORTED_MODELS)}")
                 values["model"] = raw
             elif name == "tab":
                 tab = TAB_ALIASES.get(raw, raw)
                 if tab not in TAB_PANELS:
-                    raise InputError(f"tab must be one of {', '.join(TAB_PANELS)}; got {shown(raw)}")
+                    raise InputError(f"tab {shown(raw)} is not a tab; one of {', '.join(TAB_PANELS)}")
                 values["tab"] = tab
             elif name == "block":
                 values["block"] = _whole(raw, name, 1, 10_000)       # the model's depth bounds it later

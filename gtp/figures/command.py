@@ -51,7 +51,8 @@ def collect(image_path: str, model_name: str, options: dict, weights: Optional[s
     budget = list(amount) if isinstance(amount, (list, tuple)) else [int(amount)] * len(model.blocks)
     removed = {"gtp": methods.records_of_trace(rec)}
     others = {k: v for k, v in options.items() if k != "num_prop"}
-    for method in methods.compared():
+    mapped = [m for m in methods.compared(model) if m.mapped]   # the methods whose maps Compare draws
+    for method in mapped:
         if method.name != "gtp":
             _, blocks = method.run_recorded(model, lambda m: m(x), budget, **others)
             removed[method.name] = blocks
@@ -61,7 +62,7 @@ def collect(image_path: str, model_name: str, options: dict, weights: Optional[s
         layer.attn_before = layer.attn_before.float().cpu()
         layer.attn_after = layer.attn_after.float().cpu()
     return RunFigures(photo=shown_photo(x, loaded.data_config), trace=rec, model=loaded.name,
-                      removed={m.name: removed[m.name] for m in methods.compared() if m.name in removed},
+                      removed={m.name: removed[m.name] for m in mapped if m.name in removed},
                       gmacs=counted, published=facts.published_results(), pretrained=loaded.pretrained,
                       sweep=tuple(sweep))
 
