@@ -63,8 +63,10 @@ def patch(model: nn.Module, grid: tuple[int, int]) -> nn.Module:
         return (resized(args[0], grid, patch_size), *args[1:])
 
     saved = _set_dynamic(model, True)
+    # On the patch embedding, not on the model: `forward_features` (what the features of
+    # `gtp.measure` and Compare come from) and `forward` both pass through it.
     model._downsample_state = dict(grid=tuple(grid), saved=saved,
-                                   hook=model.register_forward_pre_hook(resize))
+                                   hook=model.patch_embed.register_forward_pre_hook(resize))
     return model
 
 

@@ -10,6 +10,7 @@ page, the GIF and the figures share one legend. No plotting library is imported 
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -184,16 +185,26 @@ def family(model: str) -> str:
     return FAMILIES.get(model, model)
 
 
+def published_tag(citation: str) -> str:
+    """The words a legend entry of a published number carries: "published, Xu et al. 2024"
+    from "Xu et al., GTP-ViT, WACV 2024, arXiv:2311.03035" (its authors and year)."""
+    authors = citation.split(",")[0].strip()
+    year = re.search(r"\b(19|20)\d\d\b", citation)
+    return f"published, {authors} {year.group(0)}" if year else f"published, {authors}"
+
+
 def published_records(published: Mapping) -> list[dict]:
     """Every record of the published JSON that names a model and GMACs, with its source
-    ("published: <citation>"); records are found by their fields, in whatever list they sit."""
+    ("published: <citation>") and its legend tag (`published_tag`); records are found by
+    their fields, in whatever list they sit."""
     source = published.get("citation", CITATION)
     out = []
     for value in published.values():
         if isinstance(value, list):
             for rec in value:
                 if isinstance(rec, dict) and "model" in rec and rec.get("gmacs") is not None:
-                    out.append({**rec, "source": f"published: {rec.get('citation', source)}"})
+                    citation = rec.get("citation", source)
+                    out.append({**rec, "source": f"published: {citation}", "tag": published_tag(citation)})
     return out
 
 

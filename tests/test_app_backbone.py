@@ -48,7 +48,7 @@ def test_backbone_tradeoff_names_what_it_plots():
                       "GTP on this photo: cosine 0.9749 (measured)": ([4.93], [0.9749])}
     # A classifier keeps its published top-1 curves and axis.
     deit = tradeoff.tradeoff_figure(published, "deit_small_patch16_224", {"full": 4.6, "gtp": 3.4})
-    assert deit["layout"]["yaxis"]["title"]["text"] == "ImageNet top-1 (%)" and "(published)" in _texts(deit)
+    assert deit["layout"]["yaxis"]["title"]["text"] == "ImageNet top-1 (%)" and "(published, Xu et al. 2024)" in _texts(deit)
 
 
 def test_random_weights_banner_is_worded_per_model():

@@ -162,7 +162,7 @@ def _upload_and_prediction(page) -> None:
         const gtp = gd.layout.shapes.find(s => s.line && s.line.dash === 'solid');
         const box = gd.getBoundingClientRect(), xa = gd._fullLayout.xaxis;
         const x = box.left + xa._offset + xa.l2p(gtp.x0);
-        return [...gd.querySelectorAll('.annotation')].filter(a => a.textContent.includes('GMACs (published)'))
+        return [...gd.querySelectorAll('.annotation')].filter(a => a.textContent.includes('GMACs (published'))
             .map(a => a.getBoundingClientRect()).filter(r => r.left < x && x < r.right).length;""")
     assert crossed == 0
     shot(page, "1_prediction_tradeoff_hover")

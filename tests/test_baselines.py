@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from gtp import downsample, gmacs, methods, pitome
+from gtp.measure.metrics import features_and_logits
 from gtp.tome import Matching
 
 from conftest import random_model, small_vit
@@ -75,6 +76,14 @@ def test_downsample_is_timms_dynamic_size_model_on_the_resized_image(deit_tiny, 
         assert torch.equal(deit_tiny(image_batch), random_model("deit_tiny_patch16_224")(image_batch))  # restored
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert grid[0] * grid[1] < 196
+    # The features `gtp.measure` reads (forward_features, not forward) see the small image too.
+    methods.apply_method(deit_tiny, "downsample", 8)
+    with torch.inference_mode():
+        feats, logits = features_and_logits(deit_tiny, image_batch)
+        ref_feats = timm_model.forward_head(timm_model.forward_features(small), pre_logits=True)
+    methods.reset(deit_tiny)
+    torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(feats, ref_feats, rtol=1e-5, atol=1e-5)
     # The grid is the closest to GTP's GMACs among its neighbours (each counted, not modelled).
     for h, w in ((grid[0] + 1, grid[1]), (grid[0] - 1, grid[1]), (grid[0], grid[1] + 1), (grid[0], grid[1] - 1)):
         downsample.patch(deit_tiny, (h, w))

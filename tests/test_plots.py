@@ -308,17 +308,17 @@ def test_tradeoff_draws_only_the_selected_models_family():
     fig = tradeoff.tradeoff_figure(PUBLISHED, "deit_small_patch16_224", other_families=True)
     deit_b = [t for t in fig["data"] if (t.get("meta") or {}).get("model") == "deit_base_patch16_224"]
     assert deit_b and all(t["name"].startswith("DeiT-B") for t in deit_b)
-    full_b = [t["name"] for t in deit_b if t["name"].endswith("full model (published)")]
-    assert full_b == ["DeiT-B full model (published)"]      # the family named once, not "DeiT-B · DeiT-B full model"
+    full_b = [t["name"] for t in deit_b if "full model (published" in t["name"]]
+    assert full_b == ["DeiT-B full model (published, Xu et al. 2024)"]   # the family named once, and the source
     # the published GMACs' label sits on the side of its line away from the GTP line just right of it
     for gtp_now, side in ((3.44, "right"), (2.9, "left")):
         fig = tradeoff.tradeoff_figure(PUBLISHED, "deit_small_patch16_224", current={"full": 4.6, "gtp": gtp_now})
-        label = next(a for a in fig["layout"]["annotations"] if "GMACs (published)" in a["text"])
+        label = next(a for a in fig["layout"]["annotations"] if "GMACs (published, Xu et al. 2024)" in a["text"])
         assert label["x"] < gtp_now if side == "right" else label["x"] > gtp_now
         assert label["xanchor"] == side, (gtp_now, label)
     # DeiT-B: the paper's curves, each point with method, GMACs, top-1 and the source
     fig = tradeoff.tradeoff_figure(PUBLISHED, "deit_base_patch16_224")
-    curve = next(t for t in fig["data"] if t.get("name") == "GTP (published)")
+    curve = next(t for t in fig["data"] if t.get("name") == "GTP (published, Xu et al. 2024)")
     expected = sorted((r["gmacs"], r["top1"]) for r in PUBLISHED["tradeoff_deit_base"] if r["method"] == "GTP")
     assert list(zip(curve["x"], curve["y"])) == expected
     assert curve["customdata"][0][2] == "published: Xu et al., GTP-ViT, WACV 2024, arXiv:2311.03035"
@@ -352,3 +352,17 @@ def test_figures_are_transparent_for_both_themes(run, walk):
     photo, rec = run
     for fig in (walk, graphs.graph_figure(photo, rec), tradeoff.tradeoff_figure(PUBLISHED, "deit_base_patch16_224")):
         assert fig["layout"]["paper_bgcolor"] == "rgba(0,0,0,0)" and fig["layout"]["plot_bgcolor"] == "rgba(0,0,0,0)"
+
+
+def test_every_published_legend_entry_names_its_source():
+    """'published, <authors> <year>' from whichever citation a record carries (breakage tried:
+    the tag without the year)."""
+    from gtp.facts import published_records, published_tag
+    assert published_tag("Doe et al., FooNet, CVPR 2021, arXiv:2101.00001") == "published, Doe et al. 2021"
+    own = {"citation": "Roe et al., BarViT, ICCV 2023", "model": "deit_base_patch16_224", "method": "GTP",
+           "gmacs": 15.0, "top1": 81.0}
+    records = published_records({**PUBLISHED, "extra": [own]})
+    assert {r["tag"] for r in records} == {"published, Xu et al. 2024", "published, Roe et al. 2023"}
+    fig = tradeoff.tradeoff_figure(PUBLISHED, "deit_base_patch16_224")
+    names = [t["name"] for t in fig["data"] if (t.get("meta") or {}).get("role") == "published"]
+    assert names and all(n.endswith("(published, Xu et al. 2024)") for n in names), names

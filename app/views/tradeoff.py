@@ -37,7 +37,8 @@ def _published_traces(records: list[dict], model: str, label_family: bool) -> li
         pts = sorted((r for r in mine if r["method"] == method), key=lambda r: r["gmacs"])
         full = method.startswith("none")
         colour, symbol = ("rgb(138,143,152)", "star") if full else STYLES.get(method, ("rgb(127,127,127)", "circle"))
-        label = f"{name} full model (published)" if full else f"{prefix}{method} (published)"
+        tag = pts[0]["tag"]   # "published, <authors> <year>": every published entry names its source
+        label = f"{name} full model ({tag})" if full else f"{prefix}{method} ({tag})"
         traces.append(dict(
             type="scatter", x=[r["gmacs"] for r in pts], y=[r["top1"] for r in pts], mode="markers" if full else "lines+markers",
             name=escape(label), marker=dict(color=colour, symbol=symbol, size=13 if full else 8),
@@ -134,7 +135,7 @@ def _current_lines(model: str, current: dict, published_gmacs: Iterable[dict]) -
         right = any(0 <= v - rec["gmacs"] < 0.5 for v in measured)
         shapes.append(dict(line, x0=rec["gmacs"], x1=rec["gmacs"], line=dict(color="rgb(138,143,152)", dash="dash",
                                                                             width=1)))
-        notes.append(dict(text=escape(f"{name}, P={rec.get('num_prop', '?')}: {rec['gmacs']} GMACs (published)"),
+        notes.append(dict(text=escape(f"{name}, P={rec.get('num_prop', '?')}: {rec['gmacs']} GMACs ({rec['tag']})"),
                           x=rec["gmacs"], xref="x", y=1, yref="y domain", showarrow=False, font=dict(size=10),
                           textangle=-90, xanchor="right" if right else "left", yanchor="top"))
     return shapes, notes, traces

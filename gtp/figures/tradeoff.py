@@ -25,11 +25,11 @@ def _published(ax, records: list[dict], model: str, other: bool, style: S.Style)
         x, y = [r["gmacs"] for r in pts], [r["top1"] for r in pts]
         if facts.is_full(method):
             ax.plot(x, y, ls="none", marker="*", ms=style.marker * 2.2, color=S.rgb(facts.COLOURS["full"]),
-                    label=f"{name} full model (published)")
+                    label=f"{name} full model ({pts[0]['tag']})")
             continue
         colour, marker = facts.METHOD_STYLES.get(method, ((127, 127, 127), "circle"))
         ax.plot(x, y, ls=":" if other else "-", marker=MARKERS.get(marker, "o"), ms=style.marker,
-                color=S.rgb(colour), label=f"{name} {method} (published)" if other else f"{method} (published)")
+                color=S.rgb(colour), label=f"{name} {method} ({pts[0]['tag']})" if other else f"{method} ({pts[0]['tag']})")
 
 
 def draw(run: RunFigures, style: S.Style, choice: Choice = Choice()):
@@ -51,7 +51,7 @@ def draw(run: RunFigures, style: S.Style, choice: Choice = Choice()):
     for rec in records:   # GMACs the paper gives for this model without an accuracy
         if rec["model"] == model and rec.get("top1") is None:
             ax.axvline(rec["gmacs"], color=S.rgb(facts.COLOURS["full"]), ls="--", lw=0.8,
-                       label=f"{name}, P={rec.get('num_prop', '?')}: {rec['gmacs']} GMACs (published)")
+                       label=f"{name}, P={rec.get('num_prop', '?')}: {rec['gmacs']} GMACs ({rec['tag']})")
     groups: dict[tuple, list[dict]] = {}
     for rec in run.sweep:
         if rec.get("gmacs") is not None and rec.get("top1") is not None:
