@@ -82,6 +82,34 @@ def test_the_cli_writes_json_and_csv_on_a_photo_folder(tmp_path, capsys):
     assert (out / "f.csv").read_text().startswith("name,method,num_prop,gmacs")
 
 
+def test_torchrun_two_cpu_processes_give_the_one_process_records(tmp_path, one_thread):
+    """Each process measures its batches of the views; the gathered per-view values give the
+    very records of one process (breakage tried: statistics from this process's views only)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from conftest import ROOT
+    if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
+        pytest.skip("torch.distributed / gloo unavailable")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    args = ["-m", "gtp", "fidelity", "--model", "deit_tiny_patch16_224", "--views", "5", "--batch-size", "2",
+            "--methods", "full", "gtp", "tome", "--num-prop", "8", "--no-progress", "--threads", "1"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert cli.main([*args[2:], "--json", str(tmp_path / "one.json")]) == 0    # one process: this one
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(port), *args,
+                          "--json", str(tmp_path / "two.json")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert a == b and a["meta"]["views"] == 5 and len(a["rows"]) == 3
+    assert a["rows"][1]["cosine_std"] > 0                       # per-view values, not one number
+    assert two.stdout.count("cosine") == 1 and "in each of 2 processes" in two.stderr   # rank 0 alone
+
+
 @pytest.fixture(scope="module")
 def dinov2_rows():
     if not DINOV2_FILE.exists():

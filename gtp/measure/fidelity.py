@@ -13,6 +13,11 @@ photo matplotlib ships) as seeded views: the model's own centre crop of each pho
 random resized crops (40-100% of the area) with random horizontal flips, at least 48 views in
 all; the records say how many distinct photos the views come from. `--ablation` runs GTP with
 one part changed at a time instead (`gtp.measure.ablation`).
+
+Under `torchrun` each process measures its share of the views, cut into the same batches as
+in one process (`gtp.measure.distributed`), and the per-view values are gathered into their
+places before the statistics: the records equal a one-process run's. Rank 0 alone prints and
+writes. The ablation runs in one process (its landing fractions are not gathered).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from torch import Tensor, nn
 
 from .. import downsample, methods
 from ..flops import gmacs
+from .distributed import Dist, close_distributed, gather, init_distributed, shard_batches
 from .metrics import cosine, features_and_logits, kl_divergence, top1_agreement
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -107,41 +113,58 @@ def _stats(values: Tensor) -> tuple[float, float]:
     return float(values.mean()), float(values.std(unbiased=False)) if values.numel() > 1 else 0.0
 
 
+def _in_place(values: Tensor, mine: Sequence[int], views: int, d: Dist) -> Tensor:
+    """Per-view values [len(mine)] of this process, with every other process's, at their
+    views' places: [views] (one process: `values` itself)."""
+    if not d.active:
+        return values
+    out = torch.empty(views, dtype=values.dtype)
+    for where, part in gather((list(mine), values.cpu()), d):
+        out[where] = part
+    return out
+
+
 def measure(model: nn.Module, x: Tensor, runs: Sequence[tuple[str, str, int, dict]], has_head: bool,
             photos: int, batch: int = 16, progress: bool = True,
             extra: Optional[Callable[[nn.Module, str, int], dict]] = None,
-            on_row: Optional[Callable[[list[dict]], None]] = None) -> list[dict[str, Any]]:
-    """One record per run (row name, method, P, options) on the views x [V, 3, H, W].
+            on_row: Optional[Callable[[list[dict]], None]] = None, d: Dist = Dist()) -> list[dict[str, Any]]:
+    """One record per run (row name, method, P, options) on the views x [V, 3, H, W]; under
+    torchrun (`d`) this process runs only its batches of them.
 
     Each record: name, method, num_prop, options, gmacs, cosine_mean, cosine_std, cosine_min,
     views, photos (and agreement / kl_mean / kl_std with a head; grid for downsample; whatever
     `extra(model, name, P)` adds, e.g. the ablation's landing fractions). `on_row(rows so far)`
     is called after each run (the CLI rewrites its JSON then, so a long run keeps what it did)."""
     from tqdm.auto import tqdm
-    img_size = tuple(x.shape[-2:])
+    img_size, views = tuple(x.shape[-2:]), int(x.shape[0])
+    mine = [i for b in shard_batches(views, batch, d.rank, d.world_size) for i in b]
+    x = x[mine] if d.active else x
+
+    def everyone(values: Tensor) -> Tensor:
+        return _in_place(values, mine, views, d)
     with torch.inference_mode():
         methods.reset(model)
         ref_feats, ref_logits = _forward(model, x, has_head, batch)
         rows = []
-        for name, method, p, options in tqdm(runs, desc="fidelity", unit="run", disable=not progress):
+        for name, method, p, options in tqdm(runs, desc="fidelity", unit="run", disable=not progress or not d.is_main):
             methods.apply_method(model, method, p, **options)
             feats, logits = _forward(model, x, has_head, batch)
-            cos = cosine(ref_feats, feats)
+            cos = everyone(cosine(ref_feats, feats))
             mean, std = _stats(cos)
             row = dict(name=name, method=method, num_prop=p if method != "full" else 0, options=options,
                        gmacs=round(gmacs(model, img_size), 6), cosine_mean=round(mean, 6),
                        cosine_std=round(std, 6), cosine_min=round(float(cos.min()), 6),
-                       views=int(x.shape[0]), photos=photos)
+                       views=views, photos=photos)
             if logits is not None:
-                row["agreement"] = round(float(top1_agreement(ref_logits, logits).double().mean()), 6)
-                kl_mean, kl_std = _stats(kl_divergence(ref_logits, logits))
+                row["agreement"] = round(float(everyone(top1_agreement(ref_logits, logits)).double().mean()), 6)
+                kl_mean, kl_std = _stats(everyone(kl_divergence(ref_logits, logits)))
                 row.update(kl_mean=round(kl_mean, 6), kl_std=round(kl_std, 6))
             if downsample.grid_of(model) is not None:
                 row["grid"] = list(downsample.grid_of(model))
             if extra is not None:
                 row.update(extra(model, name, p))
             rows.append(row)
-            if on_row is not None:
+            if on_row is not None and d.is_main:
                 on_row(rows)
         methods.reset(model)
     return rows
@@ -218,12 +241,22 @@ def _threads(asked: Optional[int]) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    d = init_distributed(args.device)
+    try:
+        return _main(args, d)
+    finally:
+        close_distributed(d)
+
+
+def _main(args: argparse.Namespace, d: Dist) -> int:
     from ..models import load_model
     for name in args.methods:
         methods.get(name)  # ValueError naming the choices
+    if args.ablation and d.active:
+        raise ValueError("--ablation runs in one process: run it without torchrun")
     threads = _threads(args.threads)
     torch.set_num_threads(threads)
-    loaded = load_model(args.model, weights=args.weights, device=args.device)
+    loaded = load_model(args.model, weights=args.weights, device=d.device)
     photos = folder_photos(args.data) if args.data else bundled_photos()
     if not photos:
         raise ValueError("no photos: pass --data DIR")
@@ -235,8 +268,12 @@ def main(args: argparse.Namespace) -> int:
         runs, extra = runs, ablation_extra(loaded.model, x)
     else:
         runs, extra = method_runs(args.methods, args.num_prop or [4, 8, 12, 16]), None
+    if not d.is_main:   # rank 0 alone speaks and writes
+        measure(loaded.model, x, runs, loaded.has_head, len(photos), args.batch_size, progress=False, d=d)
+        return 0
     print(f"{loaded.message}\n{args.model}: {x.shape[0]} views of {len(photos)} distinct photos, "
-          f"{x.shape[-2]}x{x.shape[-1]} px, {threads} CPU thread(s)" if loaded.device.type == "cpu" else
+          f"{x.shape[-2]}x{x.shape[-1]} px, {threads} CPU thread(s)"
+          + (f" in each of {d.world_size} processes" if d.active else "") if loaded.device.type == "cpu" else
           f"{args.model}: {x.shape[0]} views of {len(photos)} photos on {loaded.device}", file=sys.stderr)
     meta = dict(model=args.model, weights=str(args.weights) if args.weights else None, source=loaded.source,
                 views=int(x.shape[0]), photos=[p.name for p in photos], seed=args.seed,
@@ -246,7 +283,7 @@ def main(args: argparse.Namespace) -> int:
         if args.json:
             args.json.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
     rows = measure(loaded.model, x, runs, loaded.has_head, len(photos), args.batch_size,
-                   progress=not args.no_progress, extra=extra, on_row=save)
+                   progress=not args.no_progress, extra=extra, on_row=save, d=d)
     print(format_table(rows))
     if args.csv:
         write_csv(rows, args.csv)
