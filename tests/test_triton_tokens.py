@@ -137,10 +137,13 @@ def test_ties_go_to_the_lower_index():
     assert sel.ids.tolist() == [[12, 14], [20, 23]]
     sel = T.select_tokens(ids, 2, score=score)
     assert sel.prop.tolist() == [[1, 3], [1, 2]] and sel.keep.tolist() == [[0, 2, 4, 5], [0, 3, 4, 5]]
+    signed_zeros = torch.tensor([[0.0, 1.0, -0.0, 0.0, -0.0]], device=DEVICE)  # a -0.0 after a 0.0 does not jump it
+    for P, prop in ((1, [0]), (2, [0, 2]), (3, [0, 2, 3])):
+        assert T.select_tokens(ids[:1, :5], P, score=signed_zeros).prop.tolist() == [prop]
 
 
-def test_selection_over_several_tiles_equals_torch():
-    """Up to N = 2500 patch tokens (tiles of 32 ranked x 128 compared) with long runs of ties."""
+def test_selection_of_many_tokens_equals_torch():
+    """Up to N = 2500 patch tokens (one tile of 4096 keys, 32 warps) with long runs of ties."""
     for B, n, p0, selection, P in ((1, 2501, 1, "mixed_attn_max", 1234), (2, 701, 0, "sum_attn_mean", 700),
                                    (2, 701, 5, "img_attn_max", 1)):
         diagonal, column_sums = tied_statistics(B, 4, n, seed=n)
@@ -322,10 +325,10 @@ def build(kernel, pointers, constants, num_warps):
 
 indices = dict(ids_ptr="*i64", prop_ptr="*i64", keep_ptr="*i64", new_ids_ptr="*i64")
 floats = {a: "*fp32" for a in ("diag_ptr", "cols_ptr", "src_ptr", "score_ptr", "regen_ptr", "bcast_ptr")}
-block_i, block_j = T._select_blocks(196)
+block_n = T._select_block(196)
 for from_stats, mean in ((True, False), (True, True), (False, False)):
     build(T._select_kernel, {**indices, **floats, "num_heads_f": "fp32"},
-          dict(FROM_STATS=from_stats, MEAN=mean, COMBINE=0, BLOCK_I=block_i, BLOCK_J=block_j), 8)
+          dict(FROM_STATS=from_stats, MEAN=mean, COMBINE=0, BLOCK_N=block_n), T._select_warps(block_n))
 block_m, block_p, block_c = T._propagate_blocks(768)
 for dtype, ieee in (("bf16", False), ("fp32", True)):
     pointers = dict(x_ptr="*" + dtype, x_out_ptr="*" + dtype, size_ptr="*fp32", w_ptr="*fp32",
