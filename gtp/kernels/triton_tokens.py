@@ -209,8 +209,11 @@ def _propagate_kernel(
 
 
 def _propagate_blocks(C: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_P, BLOCK_C): output rows, propagated tokens and channels per step (tl.dot needs >= 16)."""
-    return 32, 32, min(32, max(16, triton.next_power_of_2(C)))
+    """(BLOCK_M, BLOCK_P, BLOCK_C): output rows, propagated tokens and channels per step (tl.dot needs >= 16).
+    16 propagated tokens a step (P = 8 pads to 16, not 32) and 64 channels (each program gathers its
+    W tile once for twice the channels): at deit_base, batch 256, the launch's derived time falls to
+    its DRAM floor (modelled: 199.5 -> 101.1 us at sm_90) in 120 registers."""
+    return 32, 16, min(64, max(16, triton.next_power_of_2(C)))
 
 
 def _propagate_grid(B: int, rows_out: int, C: int) -> tuple[int, int, int]:
