@@ -10,9 +10,12 @@ H100; sm_120: RTX Pro 6000 Blackwell) with Triton's own compiler and reads what 
   mix        every SASS instruction (`cuobjdump -sass`), in a class (`CLASSES`), attributed to the
              innermost loop that holds it: a loop is a backward branch, nested by address range;
   trips      the `scf.for` loops of the TTGIR (the last IR before LLVM, software pipelining done),
-             in the same order and nesting as the SASS loops (checked: a mismatch is an error, not
-             a guess), their bounds evaluated from the launch's own argument values (and program id
-             where a bound reads it), and `scf.if` guards likewise (a loop under a false guard runs 0 times).
+             each matched to the SASS loops that run it: in order where the nesting is the same,
+             else by the source lines of the loop body's own instructions (ptxas may split a loop
+             into an unrolled copy and a remainder; sm_120's branch back may carry a body line); a
+             loop not found is an error, not a guess (`_map_loops`). Their bounds are evaluated
+             from the launch's own argument values (and program id where a bound reads it), and
+             `scf.if` guards likewise (a loop under a false guard runs 0 times).
 
 So the work of one program is sum(class count of a loop body x the times that body runs): padding,
 masked lanes, recomputed tiles and every non-matmul instruction included, because they are in the
