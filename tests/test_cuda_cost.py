@@ -211,8 +211,8 @@ def test_gtp_on_a_modelled_h100_from_the_compiled_kernels():
     (batch 256: theta 0.6 >= 1.10x and ahead of ToMe, theta 1 >= 1.15x; batch 1 with CUDA graphs
     >= 0.9x; the fused attention of block 0 at batch 256, theta 1, within 1.5x of SDPA) are NOT met by
     today's kernels (the row-tiled ones of branch gpu-kernel). Derived, they give 1.08x (theta 1) and
-    0.84x (theta 0.6, behind ToMe's 1.02x) at batch 256, 0.71x at batch 1 with graphs; at block 0,
-    theta 1, the statistics kernels alone take 1.78x SDPA's time, and the whole op (PyTorch's
+    0.84x (theta 0.6, behind ToMe's 1.02x) at batch 256, 0.74x at batch 1 with graphs (the gap to
+    0.9x: see the comment at its assertion); at block 0, theta 1, the statistics kernels alone take 1.78x SDPA's time, and the whole op (PyTorch's
     attention with the size bias, then the statistics) 2.8x (the old kernel: 0.96x, 0.80x, 0.64x,
     8.2x). Asserted:
     what is true now, a little below, so a regression fails (and no sync; <= 22 kernels per block: the
@@ -233,10 +233,14 @@ def test_gtp_on_a_modelled_h100_from_the_compiled_kernels():
                 "_attention_kernel", "_sum_tiles_kernel"))
             sdpa = next(t / n for op, n, t in full_est.top_ops if op == "flash attention")
             assert fused / sdpa <= 1.9, fused / sdpa
-            assert all(d.registers <= 128 and d.spill_bytes <= 4 for d in est.derived)  # propagate: 4 bytes
+            assert all(d.registers <= 128 and d.spill_bytes == 0 for d in est.derived)
+    # Batch 1, CUDA graphs: 0.74x since the selection sorts one tile per image (0.71x with its N^2
+    # rank loop, 6.0 us a block, now 1.0 us); the 0.9x of the issue is 0.16 away: ten small kernels
+    # per block beyond full's twelve (1.5 us each at least) and GEMMs of fewer than 128 rows (blocks
+    # 8-11), which the model times slower than full's (half the programs: gpu_model's fill rule).
     _, full_1 = speed("full", 1, graphs=True)
     _, gtp_1 = speed("gtp", 1, graphs=True, sparsity=1.0)
-    assert gtp_1 / full_1 >= 0.68
+    assert gtp_1 / full_1 >= 0.72
 
 
 def test_cost_kernels_lines(tmp_path):
@@ -250,7 +254,10 @@ def test_cost_kernels_lines(tmp_path):
     assert {"_attention_kernel", "_radix_kernel", "_select_kernel", "_propagate_kernel"} <= {l.split()[0] for l in lines}
     assert all(re.search(r"registers \d+, spills \d+, shared [\d.]+ KB, blocks per SM \d+, derived [\d.]+ us", line)
                for line in lines)
-    assert any(" sm_120: " in line for line in proc.stdout.splitlines())
+    # every launch derived at both targets (sm_120's loops are read as well as sm_90's)
+    assert "not derived" not in proc.stdout
+    sm120 = {line.split()[0] for line in proc.stdout.splitlines() if " sm_120: registers " in line}
+    assert sm120 == {line.split()[0] for line in lines}
 
 
 def test_untraced_gtp_writes_no_attention_map_on_cuda():

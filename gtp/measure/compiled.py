@@ -10,9 +10,12 @@ H100; sm_120: RTX Pro 6000 Blackwell) with Triton's own compiler and reads what 
   mix        every SASS instruction (`cuobjdump -sass`), in a class (`CLASSES`), attributed to the
              innermost loop that holds it: a loop is a backward branch, nested by address range;
   trips      the `scf.for` loops of the TTGIR (the last IR before LLVM, software pipelining done),
-             in the same order and nesting as the SASS loops (checked: a mismatch is an error, not
-             a guess), their bounds evaluated from the launch's own argument values (and program id
-             where a bound reads it), and `scf.if` guards likewise (a loop under a false guard runs 0 times).
+             each matched to the SASS loops that run it: in order where the nesting is the same,
+             else by the source lines of the loop body's own instructions (ptxas may split a loop
+             into an unrolled copy and a remainder; sm_120's branch back may carry a body line); a
+             loop not found is an error, not a guess (`_map_loops`). Their bounds are evaluated
+             from the launch's own argument values (and program id where a bound reads it), and
+             `scf.if` guards likewise (a loop under a false guard runs 0 times).
 
 So the work of one program is sum(class count of a loop body x the times that body runs): padding,
 masked lanes, recomputed tiles and every non-matmul instruction included, because they are in the
@@ -67,6 +70,7 @@ class Loop:
     step: str
     guards: list[tuple[str, bool]]           # (condition, the value it must have) of enclosing scf.if
     line: int = 0                            # the kernel source line of its `for`
+    lines: list[int] = field(default_factory=list)           # source lines of its body's own ops (TTGIR)
     counts: dict[str, float] = field(default_factory=dict)   # class -> warp instructions in the body
     flops: float = 0.0                       # tensor-core FLOPs per warp per pass over the body
     hmma_flops: float = 0.0                  # the part of them by mma.sync (HMMA)
@@ -248,6 +252,9 @@ def _classify(op: str) -> str:
     return "uniform" if base.startswith("U") else "control"
 
 
+# A branch and its target: `BRA 0x..`, `@P0 BRA 0x..`, and the uniform-predicate form ptxas emits for
+# sm_120 (`BRA.U !UP0, 0x..`); not `BRA.DIV` (a warp's detour when its lanes diverge, not a loop).
+_BACK = re.compile(r"\bBRA(?:\.(?!DIV\b)\w+)*\s+(?:[!@\w]+,\s+)?0x([0-9a-f]+)")
 _FOR = re.compile(r"scf\.for\s+(%[\w.#]+)\s*=\s*(%[\w.#]+)\s+to\s+(%[\w.#]+)\s+step\s+(%[\w.#]+)")
 _IF = re.compile(r"scf\.if\s+(%[\w.#]+)")
 _DEF = re.compile(r"^\s*(%[\w.#]+)(?::\d+)?\s*=\s*(arith\.\w+|tt\.get_program_id|tt\.get_num_programs)\s+(.*)$")
@@ -288,6 +295,10 @@ def _ttgir(ttgir: str) -> tuple[list[Loop], dict[str, list], list[str]]:
                 axis = re.search(r"\b([xyz])\b", rest) if op.startswith("tt.") else None
                 scalars[name] = [op if not predicate else f"{op}.{predicate.group(1)}", *operands] + (
                     [axis.group(1)] if axis else [])
+        inner = next((fr[1] for fr in reversed(frames) if fr[0] == "for"), -1)
+        op_line = _line_of(re.search(r"loc\((#loc\d*)\)", line), locs)
+        if inner >= 0 and op_line and op_line not in loops[inner].lines:
+            loops[inner].lines.append(op_line)
         opens, closes = code.count("{"), code.count("}")
         if code.startswith("}") and "else" in code and frames and frames[-1][0] == "if":
             frames[-1] = ("if", frames[-1][1], False)
@@ -309,28 +320,33 @@ def _ttgir(ttgir: str) -> tuple[list[Loop], dict[str, list], list[str]]:
     return loops, scalars, params
 
 
-def _map_loops(spans: list, sass_parents: list[int], loops: list[Loop], name: str, cc: int) -> list[Optional[int]]:
+def _map_loops(spans: list, sass_parents: list[int], sass_lines: list[Counter], loops: list[Loop],
+               constant: list[bool], name: str, cc: int) -> list[Optional[int]]:
     """For each SASS loop, the TTGIR loop it runs (None: a copy that another SASS loop stands for).
 
-    Same nesting: in order. Otherwise by source line (the `for` line its backward branch carries):
-    ptxas may unroll a loop of runtime trip count into an unrolled copy and a one-iteration
-    remainder; the smallest copy is one iteration, and stands for the loop."""
+    Same nesting: in order. Otherwise by source lines: each SASS loop goes to the TTGIR loop whose
+    body's own ops name the most of its own instructions' lines (ptxas unrolls a loop of runtime
+    trip count into an unrolled copy and a remainder, and its backward branch may carry a line of
+    the body rather than the `for`). Where several SASS loops run one TTGIR loop, the copy with no
+    loop inside it and the fewest instructions, one iteration, stands for it. A TTGIR loop no SASS
+    loop runs was unrolled whole by ptxas (its instructions are counted where they stand), which
+    only a loop of constant bounds can be: any other is an error, not a guess."""
     if [lp.parent for lp in loops] == sass_parents:
         return list(range(len(loops)))
     owner: list[Optional[int]] = [None] * len(spans)
-    for line in {lp.line for lp in loops}:
-        ttgir_ids = [i for i, lp in enumerate(loops) if lp.line == line]
-        sass_ids = [i for i, sp in enumerate(spans) if sp[2] == line]
-        if len(ttgir_ids) == len(sass_ids):
-            owner = [ttgir_ids[sass_ids.index(i)] if i in sass_ids else o for i, o in enumerate(owner)]
-        elif len(ttgir_ids) == 1 and sass_ids:
-            # the copy with no loop inside it and the fewest instructions: one iteration
-            leaves = [i for i in sass_ids if i not in sass_parents] or sass_ids
-            owner[min(leaves, key=lambda i: spans[i][1] - spans[i][0])] = ttgir_ids[0]
-        else:
-            raise ValueError(f"{name} sm_{cc}: {len(sass_ids)} SASS loops but {len(ttgir_ids)} TTGIR loops at "
-                             f"line {line}: their trip counts cannot be mapped")
-    unmapped = [lp.line for i, lp in enumerate(loops) if i not in owner]
+    copies: dict[int, list[int]] = {}
+    for i, counts in enumerate(sass_lines):
+        overlap = [(sum(n for ln, n in counts.items() if ln in lp.lines), lp.line == spans[i][2], j)
+                   for j, lp in enumerate(loops)]
+        best = max(overlap, default=(0, False, -1))
+        if best[0] == 0 and not best[1]:
+            raise ValueError(f"{name} sm_{cc}: the SASS loop at {spans[i][0]:#x} (line {spans[i][2]}) runs no "
+                             f"loop of the TTGIR: its trip count cannot be mapped")
+        copies.setdefault(best[2], []).append(i)
+    for j, ids in copies.items():
+        leaves = [i for i in ids if i not in sass_parents] or ids
+        owner[min(leaves, key=lambda i: spans[i][1] - spans[i][0])] = j
+    unmapped = [lp.line for j, lp in enumerate(loops) if j not in copies and not constant[j]]
     if unmapped:
         raise ValueError(f"{name} sm_{cc}: no SASS loop found for the loops at lines {unmapped}")
     return owner
@@ -344,7 +360,7 @@ def read(cubin: bytes, ttgir: str, name: str, cc: int, num_warps: int, dynamic_s
     sass = _sass(cubin)
     heads: dict[int, tuple[int, int]] = {}   # loop head address -> (its last backward branch, that branch's line)
     for address, text, line in sass:
-        m = re.search(r"\bBRA\s+(?:\S+\s+)?0x([0-9a-f]+)", text)
+        m = _BACK.search(text)
         if m and int(m.group(1), 16) < address:
             head = int(m.group(1), 16)
             if address > heads.get(head, (0, 0))[0]:
@@ -353,12 +369,15 @@ def read(cubin: bytes, ttgir: str, name: str, cc: int, num_warps: int, dynamic_s
     sass_parents = [max((j for j, (h, e, _) in enumerate(spans[:i]) if h <= spans[i][0] and spans[i][1] <= e),
                         default=-1) for i in range(len(spans))]
     loops, scalars, params = _ttgir(ttgir)
-    owner = _map_loops(spans, sass_parents, loops, name, cc)
+    innermost = [max((i for i, (h, e, _) in enumerate(spans) if h <= address <= e), default=-1)
+                 for address, _, _ in sass]
+    sass_lines = [Counter(ln for (_, _, ln), k in zip(sass, innermost) if k == i) for i in range(len(spans))]
+    constant = [all(scalars.get(x, [""])[0] == "const" for x in (lp.lower, lp.upper, lp.step)) for lp in loops]
+    owner = _map_loops(spans, sass_parents, sass_lines, loops, constant, name, cc)
     straight = Loop(-1, "", "", "", "", [])
     spill = 0
-    for address, text, _ in sass:
+    for (address, text, _), inner in zip(sass, innermost):
         op = _opcode(text)
-        inner = max((i for i, (h, e, _) in enumerate(spans) if h <= address <= e), default=-1)
         if inner >= 0 and owner[inner] is None:
             continue  # an unrolled copy of a loop whose one-iteration copy stands for it
         region = loops[owner[inner]] if inner >= 0 else straight
