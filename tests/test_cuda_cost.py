@@ -117,8 +117,9 @@ def test_triton_kernels_are_derived_from_their_compiled_code():
     time follows the launches and trip counts the arguments give (theta < 1 adds the radix passes)."""
     one = cuda_cost.estimate("deit_tiny_patch16_224", "gtp", amount=8, batch=4, sparsity=1.0)
     sparse = cuda_cost.estimate("deit_tiny_patch16_224", "gtp", amount=8, batch=4, sparsity=0.6)
-    assert one.uncosted == [] and {"_attention_kernel", "_select_kernel", "_propagate_kernel"} <= {
+    assert one.uncosted == [] and {"_column_kernel", "_select_kernel", "_propagate_kernel"} <= {
         d.kernel for d in one.derived}
+    assert ("memory-efficient attention", 12) in [(op, n) for op, n, _ in one.top_ops]  # priced as SDPA
     for d in one.derived + sparse.derived:
         assert 0 < d.registers <= 255 and d.blocks_per_sm >= 1 and 0 < d.seconds < 1e-2
     block0 = lambda est: sum(d.seconds for d in est.derived if d.scope == "block 0")  # noqa: E731

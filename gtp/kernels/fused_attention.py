@@ -8,7 +8,9 @@ reaches GPU memory unless the maps are asked for (a trace). Two ops, one per cas
   `triton_attention` (log-sum-exp, three radix passes, zeroing with P @ V);
 - `gtp::attention_statistics` (nothing zeroed, theta = 1): PyTorch's fused attention gives
   the output and each row's log-sum-exp (an aten op of its own, called beside the op), and
-  one Triton pass takes only what the selection reads from q, k and that log-sum-exp.
+  one Triton pass takes only what the selection reads from q, k and that log-sum-exp
+  (`triton_statistics`: the diagonal and the column sums, over key tiles; the CLS row or
+  the maps of a trace: `triton_attention`'s `_attention_kernel` without P @ V).
 
 Each op has a fake (shape-only) implementation, so `torch.compile` keeps a forward in one
 graph and a forward on fake or meta tensors runs, and a launch plan
@@ -74,6 +76,12 @@ def fused_attention_plan(args: tuple, kwargs: dict) -> list[triton_support.Launc
 # -------------------------------------------- theta = 1: PyTorch's attention + the statistics
 def _statistics_launches(q: Tensor, k: Tensor, bias: Optional[Tensor], lse: Tensor, scale: float,
                          statistics: bool, cls_row: bool, keep_maps: bool):
+    if statistics and not (cls_row or keep_maps):  # what an untraced forward asks: one kernel over key tiles
+        from . import triton_statistics
+        launches, (diagonal, column_sums) = triton_statistics.statistics_launches(q, k, bias, lse, scale)
+        B, H, n, _ = q.shape
+        empty = dict(dtype=torch.float32, device=q.device)
+        return launches, (diagonal, column_sums, torch.empty(B, H, 0, **empty), torch.empty(2, B, H, 0, 0, **empty))
     from . import triton_attention
     launches, outputs = triton_attention.attention_launches(q, k, None, bias, scale, 0, statistics, cls_row,
                                                             keep_maps, lse=lse)
