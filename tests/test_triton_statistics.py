@@ -70,3 +70,32 @@ def test_half_inputs_and_timm_views(dtype):
     # (the lse of PyTorch's half attention: float32 rounding of its own order)
     torch.testing.assert_close(ours.statistics[0], amap.diagonal(dim1=-2, dim2=-1), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(ours.statistics[1], amap.sum(-2), atol=1e-5, rtol=1e-4)
+
+
+def test_the_size_bias_is_made_once_in_aligned_rows():
+    """On (fake) CUDA the bias for PyTorch's memory-efficient attention is made by two kernels (a fill
+    and the log written rounded into rows of 16-entry stride) and taken as it is: no pad, no copy."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace != "prim":
+                self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    size = torch.rand(2, 37) + 0.5
+    bias = FA.token_bias(size, torch.bfloat16)
+    assert torch.equal(bias, size.log().bfloat16()) and bias.stride() == (48, 1)
+    with FakeTensorMode():
+        q = torch.empty(2, 37, 3, 4, 16, dtype=torch.bfloat16, device="cuda").permute(2, 0, 3, 1, 4)[0]
+        with Ops() as ops:
+            FA.fused_attention(q, q, q, torch.empty(2, 37, device="cuda"), 0.25, 0, statistics=True)
+    launched = [name for name in ops.names if not any(view in name for view in (
+        "slice", "unsqueeze", "expand", "view", "empty", "transpose", "permute", "unbind"))]
+    assert launched == ["aten.zeros.default", "aten.log.out", "aten._scaled_dot_product_efficient_attention.default",
+                        "gtp.attention_statistics.default"], launched
