@@ -307,7 +307,10 @@ with FakeTensorMode():
     bias, lse = torch.empty(B, n, device="cuda"), torch.empty(B, H, 224, device="cuda")
     sparse = S.PLANS["gtp::fused_attention"]((q, k, v, bias, 0.125, 15000, True, False, False), {})
     full = S.PLANS["gtp::attention_statistics"]((q, k, bias.bfloat16(), lse, 0.125, True, False, False), {})
-for launch in sparse[:2] + sparse[-2:] + full[:1]:
+    wide = torch.empty(256, n, 3, H, d, dtype=torch.bfloat16, device="cuda").permute(2, 0, 3, 1, 4)[0]
+    big = S.PLANS["gtp::fused_attention"]((wide, wide, wide, None, 0.125, 15000, True, False, False), {})
+    assert big[0].num_warps == 2  # the passes' variant for a grid that fills the GPU
+for launch in sparse[:2] + sparse[-2:] + full[:1] + big[:2]:
     for arch in (90, 120):
         compiled = S.compile_launch(launch, arch)
         used = S.resources(compiled)
