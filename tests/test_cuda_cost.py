@@ -157,6 +157,23 @@ def test_modelled_sdpa_matches_the_published_flashattention_2_time():
     assert abs(est.modelled_gpu_s - H100.graph_launch_us * 1e-6 - published) / published < 0.30
 
 
+def test_a_directly_called_attention_kernel_is_priced_as_sdpa():
+    """`gtp.kernels.fused_attention` calls aten's memory-efficient attention itself (for the lse): one
+    attention kernel, FLOPs from torch's counter (its own value head dim), timed as SDPA is; not an
+    elementwise op over its output (what it was, 0.3% of these FLOPs)."""
+    B, H, n, d = 4, 12, 197, 64
+
+    def direct(m, x):
+        q, v = x.new_empty(x.shape, dtype=torch.bfloat16), x.new_empty(B, H, n, 8, dtype=torch.bfloat16)
+        return torch.ops.aten._scaled_dot_product_efficient_attention(q, q, v, None, True, scale=0.125)[0]
+    est = run(direct, shape=(B, H, n, d), dtype="bf16", gpu="h100")
+    (op, launches, seconds), = est.top_ops
+    assert (op, launches) == ("memory-efficient attention", 1)
+    assert est.flops == 2 * B * H * n * n * (d + 8)
+    kernel = Kernel(op, "stem", "attention", torch.bfloat16, est.flops, est.bytes, B * H * 2)
+    assert seconds == pytest.approx(H100.graph_launch_us * 1e-6 + kernel_seconds(kernel, H100))
+
+
 def test_time_model_fill_rule_and_syncs():
     big = Kernel("k", "stem", "vector", torch.float32, 0.0, 1e9, H100.sms)
     half = big._replace(programs=H100.sms // 2)
@@ -212,12 +229,12 @@ def test_gtp_on_a_modelled_h100_from_the_compiled_kernels():
     (batch 256: theta 0.6 >= 1.10x and ahead of ToMe, theta 1 >= 1.15x; batch 1 with CUDA graphs
     >= 0.9x; the fused attention of block 0 at batch 256, theta 1, within 1.5x of SDPA) are NOT all
     met. Derived now: 1.12x (theta 1; 1.15x wanted) and 0.87x (theta 0.6, behind ToMe's 1.02x) at
-    batch 256, 0.70x / 0.68x at batch 1 with graphs. At block 0, theta 1, the statistics kernel
-    (`_column_kernel`) takes 0.57x SDPA's time, and the whole op (PyTorch's memory-efficient
-    attention with the size bias, priced as SDPA, then the statistics) about 1.6x (before: 1.78x and
-    2.8x, with that attention priced as an elementwise op). Asserted: what is true now, a little
-    below (1.10x, 0.85x, 0.68x; the statistics kernel <= 0.65x SDPA), so a regression fails; no
-    sync; <= 22 kernels per block (20.6 at theta 1, 21.6 at theta 0.6)."""
+    batch 256, 0.73x / 0.68x at batch 1 with graphs. At block 0, theta 1, the statistics kernel
+    (`_column_kernel`) takes 0.57x SDPA's time, and the whole op (the size bias, PyTorch's
+    memory-efficient attention priced as SDPA, the statistics) 1.61x (before: 1.78x and 2.8x, with
+    that attention priced as an elementwise op). Asserted: what is true now, a little below (1.10x,
+    0.85x, 0.70x; the statistics kernel <= 0.65x SDPA), so a regression fails; no sync; <= 22
+    kernels per block (18.6 at theta 1, 21.6 at theta 0.6)."""
     def speed(method, batch, graphs=False, **options):
         est = cuda_cost.estimate("deit_base_patch16_224", method, amount=8, batch=batch, dtype="bf16",
                                  cuda_graphs=graphs, **options)
@@ -235,7 +252,7 @@ def test_gtp_on_a_modelled_h100_from_the_compiled_kernels():
             assert all(d.registers <= 128 and d.spill_bytes <= 4 for d in est.derived)  # propagate: 4 bytes
     _, full_1 = speed("full", 1, graphs=True)
     _, gtp_1 = speed("gtp", 1, graphs=True, sparsity=1.0)
-    assert gtp_1 / full_1 >= 0.68
+    assert gtp_1 / full_1 >= 0.70
 
 
 def test_cost_kernels_lines(tmp_path):
