@@ -26,7 +26,8 @@ def self_check(args) -> dict:
     return dict(checks=out, lines=lines)
 
 
-FUSED = ("_lse_kernel", "_radix_kernel", "_attention_kernel", "_sum_tiles_kernel")  # the fused op's kernels
+FUSED = ("_lse_kernel", "_radix_kernel", "_attention_kernel", "_sum_tiles_kernel", "_column_kernel",
+         "fmha_cutlass")  # the fused op's kernels (theta = 1: PyTorch's memory-efficient attention too)
 
 
 def _cuda_ms(prof, name_part: str) -> float:

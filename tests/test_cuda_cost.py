@@ -117,8 +117,9 @@ def test_triton_kernels_are_derived_from_their_compiled_code():
     time follows the launches and trip counts the arguments give (theta < 1 adds the radix passes)."""
     one = cuda_cost.estimate("deit_tiny_patch16_224", "gtp", amount=8, batch=4, sparsity=1.0)
     sparse = cuda_cost.estimate("deit_tiny_patch16_224", "gtp", amount=8, batch=4, sparsity=0.6)
-    assert one.uncosted == [] and {"_attention_kernel", "_select_kernel", "_propagate_kernel"} <= {
+    assert one.uncosted == [] and {"_column_kernel", "_select_kernel", "_propagate_kernel"} <= {
         d.kernel for d in one.derived}
+    assert ("memory-efficient attention", 12) in [(op, n) for op, n, _ in one.top_ops]  # priced as SDPA
     for d in one.derived + sparse.derived:
         assert 0 < d.registers <= 255 and d.blocks_per_sm >= 1 and 0 < d.seconds < 1e-2
     block0 = lambda est: sum(d.seconds for d in est.derived if d.scope == "block 0")  # noqa: E731
@@ -154,6 +155,23 @@ def test_modelled_sdpa_matches_the_published_flashattention_2_time():
     assert [op for op, _, _ in est.top_ops] == ["flash attention"]
     published = 4 * B * H * n * n * d / 282e12
     assert abs(est.modelled_gpu_s - H100.graph_launch_us * 1e-6 - published) / published < 0.30
+
+
+def test_a_directly_called_attention_kernel_is_priced_as_sdpa():
+    """`gtp.kernels.fused_attention` calls aten's memory-efficient attention itself (for the lse): one
+    attention kernel, FLOPs from torch's counter (its own value head dim), timed as SDPA is; not an
+    elementwise op over its output (what it was, 0.3% of these FLOPs)."""
+    B, H, n, d = 4, 12, 197, 64
+
+    def direct(m, x):
+        q, v = x.new_empty(x.shape, dtype=torch.bfloat16), x.new_empty(B, H, n, 8, dtype=torch.bfloat16)
+        return torch.ops.aten._scaled_dot_product_efficient_attention(q, q, v, None, True, scale=0.125)[0]
+    est = run(direct, shape=(B, H, n, d), dtype="bf16", gpu="h100")
+    (op, launches, seconds), = est.top_ops
+    assert (op, launches) == ("memory-efficient attention", 1)
+    assert est.flops == 2 * B * H * n * n * (d + 8)
+    kernel = Kernel(op, "stem", "attention", torch.bfloat16, est.flops, est.bytes, B * H * 2)
+    assert seconds == pytest.approx(H100.graph_launch_us * 1e-6 + kernel_seconds(kernel, H100))
 
 
 def test_time_model_fill_rule_and_syncs():
@@ -209,38 +227,36 @@ def test_cost_command_bad_input_exits_2(argv, message, capsys):
 def test_gtp_on_a_modelled_h100_from_the_compiled_kernels():
     """deit_base, bf16, P = 8, H100, Triton kernels costed from their sm_90 code. The issue's targets
     (batch 256: theta 0.6 >= 1.10x and ahead of ToMe, theta 1 >= 1.15x; batch 1 with CUDA graphs
-    >= 0.9x; the fused attention of block 0 at batch 256, theta 1, within 1.5x of SDPA) are NOT met by
-    today's kernels (the row-tiled ones of branch gpu-kernel). Derived, they give 1.08x (theta 1) and
-    0.84x (theta 0.6, behind ToMe's 1.02x) at batch 256, 0.74x at batch 1 with graphs (the gap to
-    0.9x: see the comment at its assertion); at block 0, theta 1, the statistics kernels alone take 1.78x SDPA's time, and the whole op (PyTorch's
-    attention with the size bias, then the statistics) 2.8x (the old kernel: 0.96x, 0.80x, 0.64x,
-    8.2x). Asserted:
-    what is true now, a little below, so a regression fails (and no sync; <= 22 kernels per block: the
-    row-tiled kernels launch several passes per block, 21.6 per block today at either theta, where
-    the one-program-per-head kernel launched 15.6)."""
+    >= 0.9x; the fused attention of block 0 at batch 256, theta 1, within 1.5x of SDPA) are NOT all
+    met. Derived now: 1.17x at theta 1 (met) and 0.90x at theta 0.6 (behind ToMe's 1.02x) at batch
+    256; 0.76x / 0.70x at batch 1 with graphs. At block 0, theta 1, the statistics kernel
+    (`_column_kernel`) takes 0.57x SDPA's time and the whole op (the size bias, PyTorch's
+    memory-efficient attention priced as SDPA, the statistics) 1.61x (before: 1.78x and 2.8x, with
+    that attention priced as an elementwise op). Asserted: theta 1 at its target, the rest what is
+    true now, a little below (0.88x, 0.74x; the statistics kernel <= 0.65x SDPA), so a regression
+    fails; no sync; no spill; <= 22 kernels per block (18.6 at theta 1, 21.6 at theta 0.6)."""
     def speed(method, batch, graphs=False, **options):
         est = cuda_cost.estimate("deit_base_patch16_224", method, amount=8, batch=batch, dtype="bf16",
                                  cuda_graphs=graphs, **options)
         return est, batch / est.modelled_s
 
     full_est, full = speed("full", 256)
-    for sparsity, floor in ((1.0, 1.05), (0.6, 0.80)):
+    for sparsity, floor in ((1.0, 1.15), (0.6, 0.88)):
         est, img_s = speed("gtp", 256, sparsity=sparsity)
         assert est.syncs == [] and est.kernels_per_block <= 22 and est.uncosted == []
         assert img_s / full >= floor, (sparsity, img_s / full)
         if sparsity == 1.0:
-            fused = sum(d.seconds for d in est.derived if d.scope == "block 0" and d.kernel in (
-                "_attention_kernel", "_sum_tiles_kernel"))
+            statistics = sum(d.seconds for d in est.derived if d.scope == "block 0" and d.kernel == "_column_kernel")
             sdpa = next(t / n for op, n, t in full_est.top_ops if op == "flash attention")
-            assert fused / sdpa <= 1.9, fused / sdpa
+            assert 0 < statistics / sdpa <= 0.65, statistics / sdpa
             assert all(d.registers <= 128 and d.spill_bytes == 0 for d in est.derived)
-    # Batch 1, CUDA graphs: 0.74x since the selection sorts one tile per image (0.71x with its N^2
-    # rank loop, 6.0 us a block, now 1.0 us); the 0.9x of the issue is 0.16 away: ten small kernels
-    # per block beyond full's twelve (1.5 us each at least) and GEMMs of fewer than 128 rows (blocks
-    # 8-11), which the model times slower than full's (half the programs: gpu_model's fill rule).
+    # Batch 1, CUDA graphs: the selection sorts one tile per image (0.71x with its N^2 rank loop,
+    # 6.0 us a block, now 1.0 us); the 0.9x of the issue is still far: ten small kernels per block
+    # beyond full's twelve (1.5 us each at least) and GEMMs of fewer than 128 rows (blocks 8-11),
+    # which the model times slower than full's (half the programs: gpu_model's fill rule).
     _, full_1 = speed("full", 1, graphs=True)
     _, gtp_1 = speed("gtp", 1, graphs=True, sparsity=1.0)
-    assert gtp_1 / full_1 >= 0.72
+    assert gtp_1 / full_1 >= 0.74
 
 
 def test_cost_kernels_lines(tmp_path):

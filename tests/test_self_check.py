@@ -58,6 +58,22 @@ def test_a_wrong_attention_kernel_is_caught_and_switched_off(fresh, monkeypatch)
     assert "fused_attention off: mismatch" in triton_support.status_line()
 
 
+def test_a_wrong_theta_one_statistics_kernel_is_caught(fresh, monkeypatch):
+    """theta = 1 untraced runs another kernel (`triton_statistics`): the check covers it too."""
+    from gtp.kernels import triton_statistics
+    launches = triton_statistics.statistics_launches
+
+    def wrong(q, k, bias, lse, scale):  # logits 1% too large
+        return launches(q, k, bias, lse, scale * 1.01)
+    monkeypatch.setattr(triton_statistics, "statistics_launches", wrong)
+    q, k, v, size = qkv()
+    with pytest.warns(RuntimeWarning, match=r"fused gtp::fused_attention is off .*at theta = 1"):
+        got = steps.attend(q, k, v, size, 1.0, 0.3, "statistics")
+    ref = G.attention(q, k, v, size, 1.0, 0.3, statistics=True)
+    assert torch.equal(got.statistics[1], ref.statistics[1])  # the PyTorch path
+    assert triton_support.op_off("gtp::fused_attention").startswith("mismatch")
+
+
 def test_a_selection_that_cannot_launch_is_switched_off_alone(fresh, monkeypatch):
     from gtp.kernels import triton_tokens
 

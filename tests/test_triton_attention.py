@@ -277,6 +277,23 @@ def test_the_plan_is_what_runs(num_zero, monkeypatch):
     assert all(launch.grid == (tiles, 2 * 3) for launch in seen[0][:-1])  # row tiles x (image, head)
 
 
+@pytest.mark.parametrize("batch", [1, 256])
+def test_every_pass_tiles_rows_as_the_final_pass(batch):
+    """On a GPU the passes may take other key steps and warps than the final pass (2 warps at a large
+    batch), never other row tiles: each logit is then the same MMA sequence, so p has the same bits in
+    the passes that find the threshold and in the pass that zeroes (and a key step is a multiple of the
+    row tile, which the diagonal's key tile assumes)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        q = torch.empty(batch, 197, 3, 12, 64, dtype=torch.bfloat16, device="cuda").permute(2, 0, 3, 1, 4)[0]
+        plan = triton_support.PLANS["gtp::fused_attention"]((q, q, q, None, 0.125, 15000, True, False, False), {})
+    final = plan[4]
+    assert [x.kernel.__name__ for x in plan[:5]] == ["_lse_kernel"] + ["_radix_kernel"] * 3 + ["_attention_kernel"]
+    assert all(x.args["BLOCK_M"] == final.args["BLOCK_M"] and x.grid == final.grid for x in plan[:4])
+    assert all(x.args["BLOCK_N"] % x.args["BLOCK_M"] == 0 for x in plan[:5])
+    assert {x.num_warps for x in plan[:4]} == ({2} if batch == 256 else {final.num_warps})
+
+
 # Compiles the plans' kernels for a Hopper GPU (sm_90) and the RTX Pro 6000 Blackwell (sm_120) down to
 # cubins with Triton's own ptxas: no GPU needed. The interpreter runs Python, so it accepts code the real
 # compiler rejects; this catches that, and reads what ptxas gave each kernel.
@@ -290,7 +307,10 @@ with FakeTensorMode():
     bias, lse = torch.empty(B, n, device="cuda"), torch.empty(B, H, 224, device="cuda")
     sparse = S.PLANS["gtp::fused_attention"]((q, k, v, bias, 0.125, 15000, True, False, False), {})
     full = S.PLANS["gtp::attention_statistics"]((q, k, bias.bfloat16(), lse, 0.125, True, False, False), {})
-for launch in sparse[:2] + sparse[-2:] + full[:1]:
+    wide = torch.empty(256, n, 3, H, d, dtype=torch.bfloat16, device="cuda").permute(2, 0, 3, 1, 4)[0]
+    big = S.PLANS["gtp::fused_attention"]((wide, wide, wide, None, 0.125, 15000, True, False, False), {})
+    assert big[0].num_warps == 2  # the passes' variant for a grid that fills the GPU
+for launch in sparse[:2] + sparse[-2:] + full[:1] + big[:2]:
     for arch in (90, 120):
         compiled = S.compile_launch(launch, arch)
         used = S.resources(compiled)

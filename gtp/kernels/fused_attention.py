@@ -8,7 +8,9 @@ reaches GPU memory unless the maps are asked for (a trace). Two ops, one per cas
   `triton_attention` (log-sum-exp, three radix passes, zeroing with P @ V);
 - `gtp::attention_statistics` (nothing zeroed, theta = 1): PyTorch's fused attention gives
   the output and each row's log-sum-exp (an aten op of its own, called beside the op), and
-  one Triton pass takes only what the selection reads from q, k and that log-sum-exp.
+  one Triton pass takes only what the selection reads from q, k and that log-sum-exp
+  (`triton_statistics`: the diagonal and the column sums, over key tiles; the CLS row or
+  the maps of a trace: `triton_attention`'s `_attention_kernel` without P @ V).
 
 Each op has a fake (shape-only) implementation, so `torch.compile` keeps a forward in one
 graph and a forward on fake or meta tensors runs, and a launch plan
@@ -74,6 +76,12 @@ def fused_attention_plan(args: tuple, kwargs: dict) -> list[triton_support.Launc
 # -------------------------------------------- theta = 1: PyTorch's attention + the statistics
 def _statistics_launches(q: Tensor, k: Tensor, bias: Optional[Tensor], lse: Tensor, scale: float,
                          statistics: bool, cls_row: bool, keep_maps: bool):
+    if statistics and not (cls_row or keep_maps):  # what an untraced forward asks: one kernel over key tiles
+        from . import triton_statistics
+        launches, (diagonal, column_sums) = triton_statistics.statistics_launches(q, k, bias, lse, scale)
+        B, H, n, _ = q.shape
+        empty = dict(dtype=torch.float32, device=q.device)
+        return launches, (diagonal, column_sums, torch.empty(B, H, 0, **empty), torch.empty(2, B, H, 0, 0, **empty))
     from . import triton_attention
     launches, outputs = triton_attention.attention_launches(q, k, None, bias, scale, 0, statistics, cls_row,
                                                             keep_maps, lse=lse)
@@ -109,6 +117,17 @@ def attention_statistics_plan(args: tuple, kwargs: dict) -> list[triton_support.
     return _statistics_launches(**triton_support.bind(_run_statistics, args, kwargs))[0]
 
 
+def token_bias(size: Tensor, dtype: torch.dtype, log: bool = True) -> Tensor:
+    """log s_j (or `size` itself, `log=False`) in `dtype`: [B, n], a view of rows padded with zeros to 16
+    entries (the memory-efficient attention's alignment for a bias, so it is taken as it is). Two
+    kernels: the fill, and the log writing its float32 result rounded into the rows."""
+    B, n = size.shape
+    rows = torch.zeros(B, -(-n // 16) * 16, dtype=dtype, device=size.device)[:, :n]
+    if log:
+        return torch.log(size.float(), out=rows)
+    return rows.copy_(size)
+
+
 def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], scale: float
                        ) -> tuple[Tensor, Tensor]:
     """softmax(scale q k^T + bias_j) v and each row's log-sum-exp, from PyTorch's fused attention.
@@ -123,9 +142,9 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], 
     mask = None
     if q.device.type != "cpu":
         if bias is not None:
-            padded = bias.new_zeros(B, 1, 1, -(-n // 16) * 16)
-            padded[..., :n] = bias[:, None, None, :]
-            mask = padded[..., :n].expand(B, H, n, n)
+            if bias.stride(-1) != 1 or bias.stride(0) % 16 or bias.storage_offset() % 16:  # not `token_bias`'s rows
+                bias = token_bias(bias, bias.dtype, log=False)
+            mask = bias[:, None, None, :].expand(B, H, n, n)
         out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, mask, True, scale=scale)[:2]
         return out, lse
     if bias is not None:
@@ -180,15 +199,15 @@ def fused_attention(
         raise ValueError(f"size must be [B, n] = {[B, n]}; got {list(size.shape)}")
     if not 0 <= num_zero <= n * n:
         raise ValueError(f"num_zero must be in [0, n^2 = {n * n}]; got {num_zero}")
-    bias = None if size is None else size.float().log()  # log s_j, once per call (not per tile)
     if num_zero == 0:
-        bias = None if bias is None else bias.to(q.dtype)
+        bias = None if size is None else token_bias(size, q.dtype)  # log s_j as PyTorch's attention takes it
         out, lse = attention_with_lse(q, k, v, bias, float(scale))
         if not (statistics or cls_row or keep_maps):
             return FusedAttention(out, None, None, None, None)
         diagonal, column_sums, cls, maps = attention_statistics_op(
             q, k, bias, lse, float(scale), statistics, cls_row, keep_maps)
     else:
+        bias = None if size is None else size.float().log()  # log s_j, once per call (not per tile)
         out, diagonal, column_sums, cls, maps = fused_attention_op(
             q, k, v, bias, float(scale), int(num_zero), statistics, cls_row, keep_maps)
     dense, sparse = maps.unbind(0)

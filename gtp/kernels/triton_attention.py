@@ -264,6 +264,20 @@ def blocks(device: torch.device, dtype: torch.dtype, d: int, keep_maps: bool = F
     return (16 if keep_maps else 32), (32 if dtype == torch.float32 else 64), block_d, 4, 2
 
 
+def _sweep(device: torch.device, dtype: torch.dtype, keep_maps: bool, programs: int, block_n: int,
+           num_warps: int) -> tuple[int, int]:
+    """(BLOCK_N, num_warps) of the log-sum-exp and radix passes. For untraced half inputs on a GPU with
+    programs to fill every SM several times over (>= 2048: an H100 has 132, an RTX Pro 6000 188), 32 keys
+    per step and 2 warps: more blocks per SM, and the four passes' modelled time (deit_base block 0 at
+    batch 256, from their sm_90 code) falls from 0.94 to 0.80 ms, within 96 registers at sm_90 and
+    sm_120. With fewer programs (batch 1) 2 warps would leave issue slots idle: as the final pass.
+    Every pass keeps the final pass's 32-row tiles: the same 16-row MMA instructions over d give each
+    logit, so p has the same bits in every pass (what the threshold is compared with)."""
+    if device.type == "cuda" and dtype != torch.float32 and not keep_maps and programs >= 2048:
+        return 32, 2
+    return block_n, num_warps
+
+
 def _stages(kernel: str, dtype: torch.dtype, output: bool, statistics: bool, keep_maps: bool, stages: int) -> int:
     """One stage for the variants where a second one costs registers (read from ptxas for sm_90
     and sm_120 by `scripts/kernel_resources.py`, not timed): the float32 log-sum-exp pass (its
@@ -322,13 +336,15 @@ def attention_launches(q: Tensor, k: Tensor, v: Optional[Tensor], bias: Optional
                   BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d)
     grid = (num_tiles, B * H)
     launches = []
+    sweep_n, sweep_warps = _sweep(q.device, q.dtype, keep_maps, num_tiles * B * H, block_n, num_warps)
     if v is not None:
-        launches.append(Launch(_lse_kernel, grid, dict(common, HIST=hist, CLEAR_HIST=zeroing, BINS=BINS),
-                               num_warps, _stages("lse", q.dtype, True, statistics, keep_maps, num_stages)))
+        launches.append(Launch(_lse_kernel, grid, dict(common, HIST=hist, CLEAR_HIST=zeroing, BINS=BINS, BLOCK_N=sweep_n),
+                               sweep_warps, _stages("lse", q.dtype, True, statistics, keep_maps, num_stages)))
     for r in range(PASSES if zeroing else 0):
         launches.append(Launch(_radix_kernel, grid, dict(common, HIST=hist, DIAG=diagonal, num_zero=int(num_zero),
                                                          PASS=r, TAKE_DIAGONAL=statistics and r == 0, BINS=BINS,
-                                                         RADIX_BITS=RADIX_BITS), num_warps, num_stages))
+                                                         RADIX_BITS=RADIX_BITS, BLOCK_N=sweep_n),
+                               sweep_warps, num_stages))
     values, output = (v, out) if v is not None else (q, q)  # without an output, q stands in (never read)
     launches.append(Launch(_attention_kernel, grid, dict(
         common, V=values, HIST=hist, OUT=output, DIAG=diagonal, COLSUM=parts, CLS=cls, MAPS=maps, map_size=B * H * side * side,

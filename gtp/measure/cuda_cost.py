@@ -17,6 +17,7 @@ CUDA backend would run them) and turns it into kernels:
   SDPA       `scaled_dot_product_attention` is one FlashAttention kernel (bf16 / fp16, no mask, on
              GPUs that have it) or one memory-efficient kernel (fp32 or a mask; plus one kernel
              padding a mask whose last dim is not a multiple of 16); FLOPs from torch's counter;
+             a backend's kernel called directly (`_scaled_dot_product_efficient_attention`) too;
   custom     "gtp::" ops: the launches `triton_support.PLANS` says the op makes, compiled for the GPU and
              timed from their code (`compiled`, `kernel_time`): no kernel states its own cost.
              Any other custom op: one kernel moving its tensors.
@@ -51,6 +52,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .bench import DTYPES
+from .fake_autocast import cuda_autocast
 from .gpu_model import GPU, GPUS, Kernel, launch_seconds, modelled_seconds
 
 aten = torch.ops.aten
@@ -70,6 +72,8 @@ _WRITES_ONLY = {aten.zeros_like, aten.ones_like, aten.full_like, aten.new_zeros,
                 aten.fill_, aten.zero_, aten.copy_, aten.normal_, aten.uniform_, aten.random_}  # 1st arg not read
 _SYNC_OPS = {aten._local_scalar_dense, aten.item, aten.nonzero, aten.masked_select, aten.unique_dim,
              aten._unique2, aten.unique_consecutive, aten.bincount}
+_SDPA_KERNELS = {aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_flash_attention,
+                 aten._scaled_dot_product_cudnn_attention}  # [B, H, n, d] in, (out, lse, ...) out
 _SYNC_OVERLOADS = {aten.repeat_interleave.Tensor, aten.repeat_interleave.self_Tensor}
 
 
@@ -149,7 +153,7 @@ class CostLog(TorchDispatchMode):
     # ------------------------------------------------------------------ dispatch
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is aten.scaled_dot_product_attention.default:
+        if func is aten.scaled_dot_product_attention.default or func._overloadpacket in _SDPA_KERNELS:
             return self._attention(func, args, kwargs)
         if func.namespace == "aten" and torch._C._dispatch_has_kernel_for_dispatch_key(
                 func.name(), "CompositeImplicitAutograd"):
@@ -218,24 +222,33 @@ class CostLog(TorchDispatchMode):
         self.pending = []
 
     def _attention(self, func, args, kwargs):
+        """SDPA (`aten.scaled_dot_product_attention`), or a backend's kernel called directly (as
+        `gtp.kernels.fused_attention` calls the memory-efficient one for its lse; once priced as an
+        elementwise op, too cheap): one attention kernel, FLOPs from torch's counter."""
         q, k, v = args[:3]
-        mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+        direct = func is not aten.scaled_dot_product_attention.default
+        mask = _argument(func, args, kwargs, "attn_bias" if direct else "attn_mask", None)
         recording, self.recording = self.recording, False  # what it decomposes into is not the CUDA kernel
         try:
             out = func(*args, **kwargs)
             # the fused kernels write [B, n, H, d] memory, returned as a [B, H, n, d] view (this
             # copy stands for their layout: it is not a kernel of its own)
-            out = out.transpose(1, 2).contiguous().transpose(1, 2)
+            out = out if direct else out.transpose(1, 2).contiguous().transpose(1, 2)
         finally:
             self.recording = recording
         if not self.recording:
             return out
-        flash = self.gpu.flash and mask is None and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
-        if mask is not None and mask.shape[-1] % 16:  # the memory-efficient kernel wants an aligned mask
-            self._add("aten::pad (attention mask)", "vector", 0.0, 2 * touched_bytes(mask), 1)
-        nbytes = sum(touched_bytes(t) for t in (q, k, v, out)) + (touched_bytes(mask) if mask is not None else 0)
+        if direct:
+            flash, written = "flash" in func._opname, [t for t in out[:2] if isinstance(t, torch.Tensor)]
+            flops = flop_counter.flop_registry[func._overloadpacket](*args, **kwargs, out_val=out)
+        else:
+            flash, written = (self.gpu.flash and mask is None and q.dtype in (torch.float16, torch.bfloat16)
+                              and q.shape[-1] <= 256), [out]
+            flops = flop_counter.sdpa_flop_count(q.shape, k.shape, v.shape)
+            if mask is not None and mask.shape[-1] % 16:  # the memory-efficient kernel wants an aligned mask
+                self._add("aten::pad (attention mask)", "vector", 0.0, 2 * touched_bytes(mask), 1)
+        nbytes = sum(map(touched_bytes, (q, k, v, *written))) + (touched_bytes(mask) if mask is not None else 0)
         programs = q.shape[0] * q.shape[1] * math.ceil(q.shape[2] / TILE)
-        flops = flop_counter.sdpa_flop_count(q.shape, k.shape, v.shape)
         self._add("flash attention" if flash else "memory-efficient attention", "attention", flops, nbytes, programs,
                   dtype=q.dtype)
         return out
@@ -311,26 +324,6 @@ class Estimate:
     def capturable(self) -> bool:
         """Whether a CUDA graph can capture the forward (no host sync)."""
         return not self.syncs
-
-
-@contextlib.contextmanager
-def cuda_autocast(dtype: torch.dtype) -> Iterator[None]:
-    """`torch.autocast("cuda", dtype)` without a GPU (the context manager refuses there; this sets the
-    same state its __enter__ and __exit__ set). float32: no autocast."""
-    if dtype == torch.float32:
-        yield
-        return
-    before = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
-    torch.set_autocast_enabled("cuda", True)
-    torch.set_autocast_dtype("cuda", dtype)
-    torch.autocast_increment_nesting()
-    try:
-        yield
-    finally:
-        if torch.autocast_decrement_nesting() == 0:
-            torch.clear_autocast_cache()
-        torch.set_autocast_enabled("cuda", before[0])
-        torch.set_autocast_dtype("cuda", before[1])
 
 
 def input_size(model: nn.Module) -> tuple[int, int]:

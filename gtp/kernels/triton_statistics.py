@@ -1,0 +1,113 @@
+"""What GTP's selection reads when nothing is zeroed (theta = 1), in one Triton kernel over key tiles.
+
+With theta = 1, PyTorch's fused attention gives the output and each row's log-sum-exp lse_i
+(`fused_attention.attention_with_lse`). The selection reads two things of the map
+p_ij = exp(scale q_i . k_j + b_j - lse_i) (b_j = log s_j, SPEC.md sections 2-3):
+
+  the column sums  sum_i p_ij = exp(b_j) * sum_i exp2(c q_i . k_j - lse_i log2 e),  c = scale log2 e;
+  the diagonal     p_jj = exp(scale q_j . k_j + b_j - lse_j): an O(d) dot per token.
+
+`_column_kernel` runs one program per (tile of keys j, image x head). Its keys are the rows of
+its tile, so a column sum is a row sum of the tile: it loops over the queries i, adds
+exp2(c s + u_i) (u_i = -lse_i log2 e, and -inf past the last query, so padding adds 0 with no
+mask per score) into a register accumulator, and reduces it once at the end; the key bias is a
+factor outside the sum. Per score that is one MMA share, one FMA, one exp2 and one add: no row
+maximum, no comparison, no partial sums written and summed again. The diagonal is taken before
+the loop from the tile's own q and k rows (not from the map: no select per score).
+
+Importing this module imports Triton: `gtp.kernels.fused_attention` does so lazily.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .triton_attention import _dot, dot_kind
+from .triton_support import Launch
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _column_kernel(Q, K, BIAS, LSE, DIAG, COLSUM,
+                   sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d, sb_b, sb_n, sl_b, sl_h, sl_n,
+                   H, n, d, scale,
+                   HAS_BIAS: tl.constexpr, DOT: tl.constexpr, EVEN_D: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """DIAG[head, j] = p_jj and COLSUM[head, j] = sum_i p_ij for the keys j of this program's tile."""
+    head = tl.program_id(1).to(tl.int64)
+    b, h = head // H, head % H
+    offs_j = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    key_ok = offs_j < n
+    d_ok = offs_d < d
+    if EVEN_D:  # every lane of a row is in range: no mask per element, so the loads vectorise
+        d_ok = offs_d < BLOCK_D
+    tile_ok = key_ok[:, None] & d_ok[None, :]
+    keys = tl.load(K + b * sk_b + h * sk_h + offs_j[:, None] * sk_n + offs_d[None, :] * sk_d, mask=tile_ok, other=0.0)
+    bias = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(BIAS + b * sb_b + offs_j * sb_n, mask=key_ok, other=0.0).to(tl.float32)
+    lse_base = LSE + b * sl_b + h * sl_h
+    # the diagonal: the same tile's query rows, one float32 dot per row
+    own = tl.load(Q + b * sq_b + h * sq_h + offs_j[:, None] * sq_n + offs_d[None, :] * sq_d, mask=tile_ok, other=0.0)
+    own_dot = tl.sum(own.to(tl.float32) * keys.to(tl.float32), 1)
+    lse_own = tl.load(lse_base + offs_j * sl_n, mask=key_ok, other=0.0)
+    diagonal = tl.exp(own_dot * scale + bias - lse_own)
+    # the column sums: a row sum of exp2(c k_j . q_i + u_i) over the queries i
+    c = scale * 1.4426950408889634
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for start in range(0, n, BLOCK_N):
+        offs_i = start + tl.arange(0, BLOCK_N)
+        query_ok = offs_i < n
+        queries = tl.load(Q + b * sq_b + h * sq_h + offs_i[None, :] * sq_n + offs_d[:, None] * sq_d,
+                          mask=query_ok[None, :] & d_ok[:, None], other=0.0)
+        u = tl.load(lse_base + offs_i * sl_n, mask=query_ok, other=float("inf")) * -1.4426950408889634
+        s = _dot(keys, queries, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), DOT)
+        acc += tl.exp2(tl.fma(s, c, u[None, :]))
+    column_sums = tl.sum(acc, 1) * tl.exp(bias)
+    tl.store(DIAG + head * n + offs_j, diagonal, mask=key_ok)
+    tl.store(COLSUM + head * n + offs_j, column_sums, mask=key_ok)
+
+
+def blocks(device: torch.device, dtype: torch.dtype, d: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M keys per program, BLOCK_N queries per step, BLOCK_D, num_warps, num_stages).
+
+    On a GPU, chosen by compiling the variants for sm_90 and sm_120 and costing them with
+    `gtp.measure` (modelled, not timed; deit_base, batch 256): for half inputs 128 keys per
+    program read each query tile once for 128 keys (64 keys: 1.5x the modelled time, 32: 2.3x)
+    and 32 queries per step pad a 197-token map to 256 x 224 (64: 256 x 256); 4 warps, two
+    stages, within 128 registers at sm_90 and sm_120. float32 (exact FMA products) spills at
+    64 keys: 32 x 32. Under the interpreter 32 x 32 (a 50-token map spans two ragged tiles).
+    """
+    block_d = max(16, triton.next_power_of_2(d))
+    if device.type != "cuda" or dtype == torch.float32:
+        return 32, 32, block_d, 4, (2 if device.type == "cuda" else 1)
+    return 128, 32, block_d, 4, 2
+
+
+def statistics_launches(q: Tensor, k: Tensor, bias: Optional[Tensor], lse: Tensor, scale: float
+                        ) -> tuple[list[Launch], tuple[Tensor, Tensor]]:
+    """The launch taking the diagonal and the column sums of softmax(scale q k^T + bias_j) given each
+    row's lse, and the tensors it writes.
+
+    q, k: [B, H, n, d], any strides; bias: [B, n] (log s_j, any float dtype) or None;
+    lse: [B, H, >= n] float32 (row i at [..., i]). Returns ([launch], (diagonal, column
+    sums) [B, H, n] float32)."""
+    B, H, n, d = q.shape
+    block_m, block_n, block_d, num_warps, num_stages = blocks(q.device, q.dtype, d)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    diagonal, column_sums = torch.empty(B, H, n, **f32), torch.empty(B, H, n, **f32)
+    args = dict(Q=q, K=k, BIAS=bias if bias is not None else lse, LSE=lse, DIAG=diagonal, COLSUM=column_sums,
+                **{f"sq_{a}": s for a, s in zip("bhnd", q.stride())},
+                **{f"sk_{a}": s for a, s in zip("bhnd", k.stride())},
+                **{f"sb_{a}": s for a, s in zip("bn", bias.stride() if bias is not None else (0, 0))},
+                **{f"sl_{a}": s for a, s in zip("bhn", lse.stride())},
+                H=H, n=n, d=d, scale=float(scale), HAS_BIAS=bias is not None, DOT=dot_kind(q.dtype, q.device),
+                EVEN_D=d == block_d, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d)
+    launch = Launch(_column_kernel, (triton.cdiv(n, block_m), B * H), args, num_warps, num_stages)
+    return [launch], (diagonal, column_sums)
