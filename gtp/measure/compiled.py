@@ -19,8 +19,9 @@ H100; sm_120: RTX Pro 6000 Blackwell) with Triton's own compiler and reads what 
 
 So the work of one program is sum(class count of a loop body x the times that body runs): padding,
 masked lanes, recomputed tiles and every non-matmul instruction included, because they are in the
-code. `gtp.measure.kernel_time` evaluates the trip counts and `gpu_model.derived_seconds` gives a time. Compiles are cached in this
-process per (kernel, specialisation, target); Triton's own disk cache makes a second process fast.
+code. `gtp.measure.kernel_time` evaluates the trip counts and `gpu_model.derived_seconds` gives a time.
+Compiles are cached in this process per (kernel, specialisation, target) and each cubin is read once
+(launches differing only in unspecialised values share it); Triton's disk cache speeds a second process.
 Under `TRITON_INTERPRET=1` (the tests on a CPU) the kernels in this process are interpreted, so the
 compile runs in a subprocess without it (`python -m gtp.measure.compiled`, JSON in and out).
 """
@@ -48,12 +49,10 @@ _OPCODES = {
     "int": ("IADD3", "IADD", "IMAD", "LOP3", "LOP", "SHF", "SHL", "SHR", "LEA", "ISETP", "FSETP", "FMNMX", "IMNMX",
             "VIMNMX", "FSEL", "SEL", "PRMT", "IABS", "POPC", "FLO", "BREV", "PLOP3", "P2R", "R2P", "VOTE", "MOV",
             "FCHK", "IDP", "HSETP2", "HMNMX2", "ISCADD", "VABSDIFF", "LOP32I", "IADD32I", "FADD32I", "FMUL32I"),
-    "mufu": ("MUFU",),
+    "mufu": ("MUFU",), "shuffle": ("SHFL",), "local": ("LDL", "STL"),
     "convert": ("F2F", "F2FP", "I2F", "F2I", "I2FP", "F2IP", "FRND", "I2I"),
-    "shuffle": ("SHFL",),
     "global": ("LDG", "STG", "LDGSTS", "RED", "ATOM", "ATOMG", "REDG", "UTMALDG", "UTMASTG", "UBLKCP"),
     "shared": ("LDS", "STS", "LDSM", "STSM", "ATOMS", "REDS"),
-    "local": ("LDL", "STL"),
     "barrier": ("BAR", "SYNCS", "WARPGROUP", "MEMBAR", "ARRIVES", "DEPBAR", "WARPSYNC", "ERRBAR", "CCTL"),
     "tensor": ("HGMMA", "HMMA", "IMMA", "QGMMA", "IGMMA", "OMMA", "QMMA"),
 }
@@ -149,19 +148,14 @@ def _compile_here(spec: dict) -> Compiled:
     source = ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs)
     options = dict(num_warps=spec["num_warps"], num_stages=spec["num_stages"], **spec["options"])
     compiled = triton.compile(source, target=GPUTarget("cuda", spec["cc"], 32), options=options)
-    cubin, ttgir = compiled.asm["cubin"], compiled.asm["ttgir"]
-    # Launches that differ only in values Triton does not specialise on (a token count, a batch)
-    # share one cubin: it is read once (reading runs cuobjdump and nvdisasm, ~0.4 s).
-    key = (hashlib.sha256(cubin).hexdigest(), hashlib.sha256(ttgir.encode()).hexdigest(), spec["name"],
-           spec["cc"], spec["num_warps"], compiled.metadata.shared)
-    if key not in _READ:
-        _READ[key] = read(cubin, ttgir, spec["name"], spec["cc"], spec["num_warps"], compiled.metadata.shared)
+    args = (compiled.asm["cubin"], compiled.asm["ttgir"], spec["name"], spec["cc"], spec["num_warps"],
+            compiled.metadata.shared)
+    key = hashlib.sha256(repr(args).encode()).hexdigest()
+    _READ[key] = _READ.get(key) or read(*args)   # one read per cubin (see the module docstring)
     return copy.deepcopy(_READ[key])
 
 
-_READ: dict[tuple, "Compiled"] = {}
-
-
+_READ: dict[str, Compiled] = {}
 _CACHE: dict[str, Compiled] = {}
 
 
@@ -195,11 +189,8 @@ def _compile_elsewhere(specs: list[dict]) -> list[Compiled]:
 
 
 def _from_json(c: dict) -> Compiled:
-    c["straight"] = Loop(**c["straight"])
-    c["loops"] = [Loop(**loop) for loop in c["loops"]]
-    for loop in [c["straight"], *c["loops"]]:
-        loop.guards = [tuple(g) for g in loop.guards]
-    return Compiled(**c)
+    loops = [Loop(**{**loop, "guards": [tuple(g) for g in loop["guards"]]}) for loop in [c["straight"], *c["loops"]]]
+    return Compiled(**{**c, "straight": loops[0], "loops": loops[1:]})
 
 
 # ------------------------------------------------------------------ reading the cubin and the TTGIR
