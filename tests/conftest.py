@@ -19,6 +19,9 @@ if not torch.cuda.is_available():
     # Read when a function is jitted, Triton's own library (tl.sum, tl.cumsum) included, so it is set
     # before Triton is imported: `import torch` does not import it, but timm (through torch._dynamo) does.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest.ini runs two workers side by side: each gets its share of the cores, not all of them.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 import timm  # noqa: E402
 from PIL import Image  # noqa: E402
