@@ -37,6 +37,15 @@ def random_model(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
     return timm.create_model(name, pretrained=False, **kwargs).eval()
 
 
+def attention_inputs(B: int, H: int, n: int, d: int, dtype=torch.float32, token_scale: bool = True, seed: int = 0,
+                     device: str = "cpu"):
+    """Seeded q, k, v [B, H, n, d] and token sizes [B, n] (or None) for the attention kernels' tests."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, n, d, generator=g).to(device, dtype) for _ in range(3))
+    size = (1 + 3 * torch.rand(B, n, generator=g)).round().to(device) if token_scale else None
+    return q, k, v, size
+
+
 def small_vit(**kwargs) -> torch.nn.Module:
     """A 4-block ViT on 64 x 64 images (64 patch tokens), seeded: any timm prefix layout by keyword."""
     from timm.models.vision_transformer import VisionTransformer

@@ -7,6 +7,8 @@ slow, so maps stay small; n = 50 spans several ragged 32 x 32 tiles there, and o
 """
 from __future__ import annotations
 
+import functools
+
 import os
 import subprocess
 import sys
@@ -20,19 +22,14 @@ from gtp import functional as G  # noqa: E402
 from gtp import kernels  # noqa: E402
 from gtp.kernels import fused_attention as FA  # noqa: E402
 from gtp.kernels import torch_select, triton_support  # noqa: E402
-from conftest import ROOT  # noqa: E402
+from conftest import ROOT, attention_inputs  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and not triton_support.interpreting():
     pytest.skip("no CUDA and TRITON_INTERPRET is not set", allow_module_level=True)
 
 
-def inputs(B: int, H: int, n: int, d: int, dtype=torch.float32, token_scale: bool = True, seed: int = 0):
-    """q, k, v [B, H, n, d] and token sizes [B, n] (or None), on DEVICE."""
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, H, n, d, generator=g).to(DEVICE, dtype) for _ in range(3))
-    size = (1 + 3 * torch.rand(B, n, generator=g)).round().to(DEVICE) if token_scale else None
-    return q, k, v, size
+inputs = functools.partial(attention_inputs, device=DEVICE)   # q, k, v and sizes on DEVICE
 
 
 def zeroed_like_torch(dense, num_zero: int):

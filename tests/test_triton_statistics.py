@@ -6,6 +6,8 @@ dot: the same map as the PyTorch path up to float32 rounding, and the same token
 """
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -14,17 +16,14 @@ pytest.importorskip("triton")
 from gtp import functional as G  # noqa: E402
 from gtp.kernels import fused_attention as FA  # noqa: E402
 from gtp.kernels import triton_support  # noqa: E402
+from conftest import attention_inputs  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and not triton_support.interpreting():
     pytest.skip("no CUDA and TRITON_INTERPRET is not set", allow_module_level=True)
 
 
-def inputs(B: int, H: int, n: int, d: int, dtype=torch.float32, token_scale: bool = True, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, H, n, d, generator=g).to(DEVICE, dtype) for _ in range(3))
-    size = (1 + 3 * torch.rand(B, n, generator=g)).round().to(DEVICE) if token_scale else None
-    return q, k, v, size
+inputs = functools.partial(attention_inputs, device=DEVICE)   # q, k, v and sizes on DEVICE
 
 
 def lowest(statistics, num_prop: int) -> torch.Tensor:
