@@ -118,11 +118,14 @@ def attention_statistics_plan(args: tuple, kwargs: dict) -> list[triton_support.
 
 
 def token_bias(size: Tensor, dtype: torch.dtype, log: bool = True) -> Tensor:
-    """log s_j (or `size` itself, `log=False`) in `dtype`: [B, n], a view of rows padded with zeros to 16
-    entries (the memory-efficient attention's alignment for a bias, so it is taken as it is). Two
-    kernels: the fill, and the log writing its float32 result rounded into the rows."""
+    """log s_j (or `size` itself, `log=False`) in `dtype`: [B, n], a view of rows padded to 16 entries
+    (the memory-efficient attention's alignment for a bias, so it is taken as it is). One kernel:
+    the log writing its float32 result rounded into the rows. The padding is left unwritten: no
+    reader touches it (PyTorch's memory-efficient kernel loads the bias tile through a predicated
+    iterator bounded by the key count and adds it only for keys < n; the Triton kernels load it
+    masked), so filling it was a launch per block for nothing."""
     B, n = size.shape
-    rows = torch.zeros(B, -(-n // 16) * 16, dtype=dtype, device=size.device)[:, :n]
+    rows = size.new_empty(B, -(-n // 16) * 16, dtype=dtype)[:, :n]
     if log:
         return torch.log(size.float(), out=rows)
     return rows.copy_(size)

@@ -53,10 +53,9 @@ from torch.utils._pytree import tree_flatten
 
 from .bench import DTYPES
 from .fake_autocast import cuda_autocast
-from .gpu_model import GPU, GPUS, Kernel, launch_seconds, modelled_seconds
+from .gpu_model import GPU, GPUS, TILE, GemmShape, Kernel, gemm_programs, launch_seconds, modelled_seconds
 
 aten = torch.ops.aten
-TILE = 128             # GEMM output tile edge (rows and columns per program)
 ELEMENTS_PER_PROGRAM = 1024
 SELECT_PASSES = 4      # radix sort / select passes over their input
 FLOPS_PER_ELEMENT = {"exp": 4, "log": 4, "gelu": 8, "softmax": 5, "_softmax": 5, "_log_softmax": 5,
@@ -89,12 +88,15 @@ def touched_bytes(t: torch.Tensor) -> int:
     return min(t.numel(), span) * t.element_size()
 
 
-def _gemm_programs(func, out: torch.Tensor) -> int:
-    if func in (aten.bmm, aten.baddbmm):
-        batch, rows, cols = out.shape
-    else:
-        batch, rows, cols = 1, out.shape[0], out.shape[-1]
-    return batch * math.ceil(rows / TILE) * math.ceil(cols / TILE)
+def _gemm_shape(packet, args, out: torch.Tensor, nbytes: float) -> GemmShape:
+    """A GEMM's (or a convolution's implicit GEMM's) output and operand bytes (`gpu_model.GemmShape`)."""
+    if packet is aten.convolution:  # rows: output pixels; A: the input, B: weight and bias
+        a, b = touched_bytes(args[0]), sum(touched_bytes(t) for t in args[1:3] if isinstance(t, torch.Tensor))
+        return GemmShape(1, out.numel() // out.shape[1], out.shape[1], a, b, nbytes - a - b)
+    first = 1 if packet in (aten.addmm, aten.baddbmm) else 0
+    a, b = touched_bytes(args[first]), touched_bytes(args[first + 1])
+    batch, rows, cols = out.shape if packet in (aten.bmm, aten.baddbmm) else (1, out.shape[0], out.shape[-1])
+    return GemmShape(batch, rows, cols, a, b, nbytes - a - b)
 
 
 def _argument(func, args, kwargs, name: str, default: Any) -> Any:
@@ -192,9 +194,9 @@ class CostLog(TorchDispatchMode):
             self._custom(name, func, args, kwargs, nbytes, largest)
         elif packet in _GEMMS or packet is aten.convolution:
             flops = flop_counter.flop_registry[packet](*args, **kwargs, out_val=out)
-            programs = (_gemm_programs(packet, out) if packet in _GEMMS  # a convolution: an implicit GEMM
-                        else math.ceil(out.numel() / out.shape[1] / TILE) * math.ceil(out.shape[1] / TILE))
-            self._add(str(func), "gemm", flops, nbytes, programs, dtype=args[1].dtype)
+            shape = _gemm_shape(packet, args, out, nbytes)
+            self._add(str(func), "gemm", flops, nbytes, gemm_programs(shape.batch, shape.rows, shape.cols),
+                      dtype=args[1].dtype, gemm=shape)
         else:
             flops = FLOPS_PER_ELEMENT.get(func._opname, 1) * max([t.numel() for t in outs] or [0])
             if packet in _ONE_PROGRAM_PER_SLICE and args[0].dim() > 0:
@@ -254,9 +256,9 @@ class CostLog(TorchDispatchMode):
         return out
 
     def _add(self, op: str, kind: str, flops: float, nbytes: float, programs: int, launches: int = 1,
-             dtype: Optional[torch.dtype] = None) -> None:
+             dtype: Optional[torch.dtype] = None, gemm: Optional[GemmShape] = None) -> None:
         self.events.append(Kernel(op, self.scope, kind, dtype or self.dtype, float(flops), float(nbytes),
-                                  max(1, int(programs)), launches))
+                                  max(1, int(programs)), launches, gemm=gemm))
 
     # ------------------------------------------------------------------ scopes
     @contextlib.contextmanager

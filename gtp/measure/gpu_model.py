@@ -14,6 +14,13 @@ Every time it gives is MODELLED, never measured. A kernel occupies the GPU for
             output tile of a GEMM (per batch entry), one per 128 queries per head of attention, one per
             slice of kthvalue / median / sort (PyTorch gives each slice one block), one per 1024
             elements of the largest tensor of any other kernel; custom ops say their own.
+  GEMMs     a GEMM with fewer rows (or columns) can always run as a bigger one, padded with zeros,
+            so its time is the least of the rule above over itself and the bigger GEMMs of the same
+            K (`padded_gemms`): it never rises as M or N falls. The fill rule alone broke this: at
+            batch 1, deit_base's qkv GEMM of 125 token rows (one row of 18 tiles) was timed 1.7x
+            slower than the 197-row one (two rows, 36 tiles: the weight's bytes spread over twice
+            the SMs), and fc2 of 125 rows (6 tiles) 1.8x slower. Large GEMMs fill the GPU and are
+            unchanged (the calibration below moved by < 0.4%, the head's small GEMM).
 
 Eager, the host also spends `eager_launch_us` per kernel (HOST_VIEW_US per op that launches nothing).
 Launches are asynchronous, so between two host syncs a forward takes max(host time, GPU time), and
@@ -30,7 +37,7 @@ low, mostly in memory-bound kernels, so it is 0.9 (what large copies reach on th
 Calibration against published throughput (`tests/test_cuda_cost.py` keeps what must hold):
   timm results/benchmark-infer-amp-nchw-pt240-cu124-rtx4090.csv (AMP fp16, batch 1024; pt291-cu128
   in brackets): deit_tiny 17,674 (18,550), deit_small 7,688 (8,206), deit_base 2,848 (2,989) img/s.
-  Modelled (full, fp16, batch 1024, rtx4090): 16,755, 6,528, 2,223 img/s: 0.90-0.95, 0.80-0.85,
+  Modelled (full, fp16, batch 1024, rtx4090): 16,815, 6,542, 2,226 img/s: 0.91-0.95, 0.80-0.85,
   0.74-0.78 of published. The model is conservative where GEMMs dominate (a 4090 boosts above
   its spec clock; cuBLAS reaches more than 0.7 of spec on these shapes).
   ToMe's README (facebookresearch/ToMe, timm off the shelf on a V100, `tome.utils.benchmark`, whose
@@ -78,6 +85,18 @@ ATTENTION = 0.5         # fused attention: about half the GEMM rate at ViT's sho
 HOST_VIEW_US = 1.0      # eager host time of an op that launches nothing
 SYNC_US = 10.0          # a host sync's round trip, once the GPU has drained
 GRAPH_REPLAY_US = 10.0  # host time to replay one captured forward
+TILE = 128              # GEMM output tile edge (rows and columns per program)
+
+
+class GemmShape(NamedTuple):
+    """A GEMM's output [batch, rows, cols] and the bytes of its operands: `a` scales with the rows
+    (rows x K), `b` with the columns (K x cols, a bias), `c` with both (the output)."""
+    batch: int
+    rows: int
+    cols: int
+    a: float
+    b: float
+    c: float
 
 
 class Kernel(NamedTuple):
@@ -91,10 +110,41 @@ class Kernel(NamedTuple):
     programs: int     # thread blocks of the (largest) launch
     launches: int = 1
     seconds: Optional[float] = None   # "derived" (Triton) kernels: the time derived from their compiled code
+    gemm: Optional[GemmShape] = None  # GEMMs and convolutions (implicit GEMMs): their shape, see `gemm_seconds`
+
+
+def gemm_programs(batch: int, rows: int, cols: int) -> int:
+    """Thread blocks of a GEMM: one per TILE x TILE output tile, per batch entry."""
+    return batch * math.ceil(rows / TILE) * math.ceil(cols / TILE)
+
+
+def padded_gemms(k: Kernel, sms: int) -> list[tuple[float, float, int]]:
+    """(FLOPs, bytes, programs) of `k` and of the bigger GEMMs it can run as (the same K, rows and
+    columns padded with zeros, computed and moved like any others). For each count of row and column
+    tiles, only the fewest rows and columns that need it (more only add work at the same fill), up
+    to the first count whose tiles fill the SMs (beyond, work grows at full fill: never faster)."""
+    g = k.gemm
+    rows0, cols0 = math.ceil(g.rows / TILE), math.ceil(g.cols / TILE)
+    out = []
+    for r in range(rows0, max(rows0, math.ceil(sms / (g.batch * cols0))) + 1):
+        for c in range(cols0, max(cols0, math.ceil(sms / (g.batch * r))) + 1):
+            rows = g.rows if r == rows0 else (r - 1) * TILE + 1
+            cols = g.cols if c == cols0 else (c - 1) * TILE + 1
+            x, y = rows / g.rows, cols / g.cols
+            out.append((k.flops * x * y, g.a * x + g.b * y + g.c * x * y, gemm_programs(g.batch, rows, cols)))
+    return out
+
+
+def work_seconds(flops: float, nbytes: float, programs: int, peak_tflops: float, gpu: GPU) -> float:
+    """The busier of compute and memory, each at the share `fill` = min(1, programs / SMs) of the GPU."""
+    fill = min(1.0, programs / gpu.sms)
+    return max(flops / (peak_tflops * 1e12 * gpu.achievable_flops * fill),
+               nbytes / (gpu.bandwidth_gbs * 1e9 * gpu.achievable_bandwidth * fill))
 
 
 def kernel_seconds(k: Kernel, gpu: GPU, tf32: bool = False) -> float:
-    """Modelled GPU time of one kernel's work, the per-launch floor not included."""
+    """Modelled GPU time of one kernel's work, the per-launch floor not included. A GEMM takes the
+    least time of itself and of the padded GEMMs it can run as (`padded_gemms`)."""
     if k.seconds is not None:
         return k.seconds
     if k.kind == "vector":
@@ -105,9 +155,9 @@ def kernel_seconds(k: Kernel, gpu: GPU, tf32: bool = False) -> float:
         peak = gpu.tf32_tflops if tf32 and k.dtype == torch.float32 else gpu.fp32_tflops
     if k.kind in ("attention", "custom"):
         peak *= ATTENTION
-    fill = min(1.0, k.programs / gpu.sms)
-    return max(k.flops / (peak * 1e12 * gpu.achievable_flops * fill),
-               k.bytes / (gpu.bandwidth_gbs * 1e9 * gpu.achievable_bandwidth * fill))
+    if k.gemm is not None:
+        return min(work_seconds(f, b, p, peak, gpu) for f, b, p in padded_gemms(k, gpu.sms))
+    return work_seconds(k.flops, k.bytes, k.programs, peak, gpu)
 
 
 def launch_seconds(k: Kernel, gpu: GPU, tf32: bool = False) -> float:
