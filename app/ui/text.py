@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from gtp import methods
+from gtp.measure.crossover import crossover_sentence
 
 from ..core.inference import STARTING_NOTE
 from ..core.limits import MAX_UPLOAD_BYTES
@@ -210,6 +211,7 @@ def throughput_markdown(r: Throughput, faster_at: Optional[int] = None) -> str:
         text += (f" **GTP is not faster than the full model at batch size {r.batch_size} here**; "
                  + (f"it was at batch size {faster_at} (measured)." if faster_at else
                     "no batch size measured so far beats it: try a larger one."))
+        text += f"\n\n{crossover_sentence()}" if crossover_sentence() else ""
     return text
 
 
@@ -224,6 +226,7 @@ def curves_markdown(record: dict) -> str:
 
 
 def throughput_intro(device: str, max_batch: int, budget_s: float) -> str:
+    modelled = crossover_sentence()
     return (f"Throughput is measured on this server ({device}) when you press the button: batch sizes up "
             f"to {max_batch}, and as many timed batches as fit in {budget_s:g} s, so no one holds the "
-            "model for long.")
+            "model for long." + (f"\n\n{modelled}" if modelled else ""))
