@@ -30,16 +30,17 @@ def test_where_gtp_loses_the_app_says_at_which_batch_size_it_is_modelled_to_win(
     modelled, beside the measured loss and on the intro; read from the shipped record
     (`python -m gtp.measure.crossover`), with the first batch of a run of wins, not a lucky one."""
     from gtp.measure import crossover
-    record = {"model": "deit", "gpu": "H100 SXM", "dtype": "bf16", "num_prop": 8, "rows": [
-        dict(sparsity=s, batch=b, modelled_speedup_vs_full=x) for s, b, x in (
-            (1.0, 1, 0.8), (1.0, 2, 1.01), (1.0, 4, 0.97), (1.0, 8, 1.05), (1.0, 16, 1.1),
-            (0.6, 1, 0.7), (0.6, 2, 0.8), (0.6, 4, 0.9), (0.6, 8, 0.95), (0.6, 16, 0.99))]}
-    assert crossover.first_faster(record) == {1.0: 8, 0.6: None}
+    rows = [dict(sparsity=s, batch=b, modelled_speedup_vs_full=x) for s, b, x in (
+        (1.0, 1, 0.8), (1.0, 2, 1.01), (1.0, 4, 0.97), (1.0, 8, 1.05), (1.0, 16, 1.1),
+        (0.6, 1, 0.7), (0.6, 2, 0.8), (0.6, 4, 0.9), (0.6, 8, 0.95), (0.6, 16, 0.99))]
+    assert crossover.first_faster(rows) == {1.0: 8, 0.6: None}
+    record = {"model": "deit", "dtype": "bf16", "num_prop": 8,
+              "gpus": [{"kind": "h100", "gpu": "H100 SXM", "rows": rows}]}
     said = crossover.crossover_sentence(record)
-    assert said.startswith("**Modelled, not measured**") and "θ=1: ×0.80 at batch 1, faster from batch size 8" in said
-    assert "θ=0.6: ×0.70 at batch 1, not faster at any batch size up to 16" in said
+    assert said.startswith("**Modelled, not measured**") and "θ=1 ×0.80 at batch 1, faster from batch size 8" in said
+    assert "θ=0.6 ×0.70 at batch 1, not faster up to batch size 16" in said and "H100 SXM" in said
     shipped = crossover.crossover_sentence()
-    assert "Modelled, not measured" in shipped and "faster from batch size" in shipped
+    assert "Modelled, not measured" in shipped and "RTX Pro 6000 Blackwell (ZeroGPU's card)" in shipped
     lost = Throughput("deit", "NVIDIA H100", 1, 5, 1000.0, 800.0, 2.0, mode="CUDA graphs")
     assert shipped in text.throughput_markdown(lost) and shipped in text.throughput_intro("CUDA", 256, 20)
     assert shipped not in text.throughput_markdown(Throughput("deit", "NVIDIA H100", 64, 5, 1000.0, 1300.0, 2.0))
