@@ -53,7 +53,7 @@ from torch.utils._pytree import tree_flatten
 
 from .bench import DTYPES
 from .fake_autocast import cuda_autocast
-from .gpu_model import GPU, GPUS, TILE, GemmShape, Kernel, gemm_programs, launch_seconds, modelled_seconds
+from .gpu_model import GPU, GPUS, GemmShape, Kernel, gemm_programs, launch_seconds, modelled_seconds
 
 aten = torch.ops.aten
 ELEMENTS_PER_PROGRAM = 1024
@@ -250,9 +250,10 @@ class CostLog(TorchDispatchMode):
             if mask is not None and mask.shape[-1] % 16:  # the memory-efficient kernel wants an aligned mask
                 self._add("aten::pad (attention mask)", "vector", 0.0, 2 * touched_bytes(mask), 1)
         nbytes = sum(map(touched_bytes, (q, k, v, *written))) + (touched_bytes(mask) if mask is not None else 0)
-        programs = q.shape[0] * q.shape[1] * math.ceil(q.shape[2] / TILE)
-        self._add("flash attention" if flash else "memory-efficient attention", "attention", flops, nbytes, programs,
-                  dtype=q.dtype)
+        rows = sum(map(touched_bytes, (q, *written)))  # what grows with the queries (fewer: `padded_gemms`)
+        shape = GemmShape(q.shape[0] * q.shape[1], q.shape[2], 1, rows, nbytes - rows, 0.0, tiled_cols=False)
+        self._add("flash attention" if flash else "memory-efficient attention", "attention", flops, nbytes,
+                  gemm_programs(shape.batch, shape.rows, 1), dtype=q.dtype, gemm=shape)
         return out
 
     def _add(self, op: str, kind: str, flops: float, nbytes: float, programs: int, launches: int = 1,

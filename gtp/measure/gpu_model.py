@@ -19,8 +19,11 @@ Every time it gives is MODELLED, never measured. A kernel occupies the GPU for
             K (`padded_gemms`): it never rises as M or N falls. The fill rule alone broke this: at
             batch 1, deit_base's qkv GEMM of 125 token rows (one row of 18 tiles) was timed 1.7x
             slower than the 197-row one (two rows, 36 tiles: the weight's bytes spread over twice
-            the SMs), and fc2 of 125 rows (6 tiles) 1.8x slower. Large GEMMs fill the GPU and are
-            unchanged (the calibration below moved by < 0.4%, the head's small GEMM).
+            the SMs), and fc2 of 125 rows (6 tiles) 1.8x slower. Fused attention likewise over its
+            queries (128 tokens were timed 1.5x slower than 129). Large GEMMs fill the GPU and are
+            unchanged (the calibration below moved by < 0.4%, the head's small GEMM). Where the fill
+            rule rewards more programs, the padded shape that fills the SMs is the cheapest: it
+            stands for the smaller tiles or split-K a library picks there, extra traffic uncharged.
 
 Eager, the host also spends `eager_launch_us` per kernel (HOST_VIEW_US per op that launches nothing).
 Launches are asynchronous, so between two host syncs a forward takes max(host time, GPU time), and
@@ -90,13 +93,16 @@ TILE = 128              # GEMM output tile edge (rows and columns per program)
 
 class GemmShape(NamedTuple):
     """A GEMM's output [batch, rows, cols] and the bytes of its operands: `a` scales with the rows
-    (rows x K), `b` with the columns (K x cols, a bias), `c` with both (the output)."""
+    (rows x K), `b` with the columns (K x cols, a bias), `c` with both (the output). Fused attention
+    is one too, per image x head: its rows are the queries (tiled as a GEMM's), `a` q and the output,
+    `b` k, v and a bias, its one column not tiled (`tiled_cols` False: the head dim is not split)."""
     batch: int
     rows: int
     cols: int
     a: float
     b: float
     c: float
+    tiled_cols: bool = True
 
 
 class Kernel(NamedTuple):
@@ -114,7 +120,8 @@ class Kernel(NamedTuple):
 
 
 def gemm_programs(batch: int, rows: int, cols: int) -> int:
-    """Thread blocks of a GEMM: one per TILE x TILE output tile, per batch entry."""
+    """Thread blocks of a GEMM: one per TILE x TILE output tile, per batch entry (attention: per TILE
+    queries of an image x head)."""
     return batch * math.ceil(rows / TILE) * math.ceil(cols / TILE)
 
 
@@ -127,7 +134,7 @@ def padded_gemms(k: Kernel, sms: int) -> list[tuple[float, float, int]]:
     rows0, cols0 = math.ceil(g.rows / TILE), math.ceil(g.cols / TILE)
     out = []
     for r in range(rows0, max(rows0, math.ceil(sms / (g.batch * cols0))) + 1):
-        for c in range(cols0, max(cols0, math.ceil(sms / (g.batch * r))) + 1):
+        for c in range(cols0, max(cols0, math.ceil(sms / (g.batch * r)) if g.tiled_cols else cols0) + 1):
             rows = g.rows if r == rows0 else (r - 1) * TILE + 1
             cols = g.cols if c == cols0 else (c - 1) * TILE + 1
             x, y = rows / g.rows, cols / g.cols
@@ -155,7 +162,7 @@ def kernel_seconds(k: Kernel, gpu: GPU, tf32: bool = False) -> float:
         peak = gpu.tf32_tflops if tf32 and k.dtype == torch.float32 else gpu.fp32_tflops
     if k.kind in ("attention", "custom"):
         peak *= ATTENTION
-    if k.gemm is not None:
+    if k.gemm is not None:  # GEMMs, convolutions and fused attention
         return min(work_seconds(f, b, p, peak, gpu) for f, b, p in padded_gemms(k, gpu.sms))
     return work_seconds(k.flops, k.bytes, k.programs, peak, gpu)
 
