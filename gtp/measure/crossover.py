@@ -68,10 +68,10 @@ def crossover_sentence(record: Optional[dict] = None) -> str:
         largest, smallest = max(r["batch"] for r in rows), min(r["batch"] for r in rows)
         for sparsity, batch in first_faster(rows).items():
             first = next(r["modelled_speedup_vs_full"] for r in rows if r["sparsity"] == sparsity and r["batch"] == smallest)
-            parts.append(f"θ={sparsity:g} ×{first:.2f} at batch {smallest}, "
+            parts.append(f"θ={sparsity:g} ×{first:.2f} at batch {smallest} and "
                          + (f"faster from batch size {batch}" if batch else f"not faster up to batch size {largest}"))
         card = " (ZeroGPU's card)" if entry["kind"] == "rtxpro6000" else ""
-        said.append(f"on the {entry['gpu']}{card} {', '.join(parts)}")
+        said.append(f"on the {entry['gpu']}{card}: {', '.join(parts)}")
     return (f"**Modelled, not measured** (`python -m gtp cost`, {record['model']}, {record['dtype']}, P = "
             f"{record['num_prop']}, CUDA graphs, no GPU used), GTP against the full model: {'; '.join(said)}. "
             "At small batches a GPU is far from full, so removing tokens saves little, while GTP's own small "
