@@ -16,7 +16,7 @@ from typing import Optional
 FILE = Path(__file__).resolve().parents[2] / "assets" / "modelled_crossover.json"
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 COMMAND = ("python -m gtp cost --methods full gtp --batch-size 1 2 4 8 16 32 64 128 256 --dtype bf16 "
-           "--sparsity 1 0.6 --cuda-graphs --device-kind GPU")
+           "--sparsity 1 0.6 --cuda-graphs --device-kind h100")   # and again with rtxpro6000
 
 
 def model_crossover(model: str = "deit_base_patch16_224", sparsities: tuple[float, ...] = (1.0, 0.6),
