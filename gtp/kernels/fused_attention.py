@@ -207,7 +207,7 @@ def fused_attention(
         diagonal, column_sums, cls, maps = attention_statistics_op(
             q, k, bias, lse, float(scale), statistics, cls_row, keep_maps)
     else:
-        bias = None if size is None else size.float().log()  # log s_j, once per call (not per tile)
+        bias = None if size is None else size.float().log2()  # log2 s_j (the kernels work in base 2), once per call
         out, diagonal, column_sums, cls, maps = fused_attention_op(
             q, k, v, bias, float(scale), int(num_zero), statistics, cls_row, keep_maps)
     dense, sparse = maps.unbind(0)
