@@ -39,14 +39,17 @@ def blocks(device: torch.device, dtype: torch.dtype, d: int, keep_maps: bool = F
 
 def _sweep(device: torch.device, dtype: torch.dtype, keep_maps: bool, programs: int, block_n: int,
            num_warps: int) -> tuple[int, int]:
-    """(BLOCK_N, num_warps) of the log-sum-exp and radix passes. For untraced half inputs on a GPU with
-    programs to fill every SM several times over (>= 2048: an H100 has 132, an RTX Pro 6000 188), 32 keys
-    per step and 2 warps: more blocks per SM, within 128 registers at sm_90 and sm_120 (the final pass
-    at 2 warps would save a fifth of its modelled time but needs 134 registers at sm_120). With fewer
-    programs (batch 1) 2 warps would leave issue slots idle: as the final pass.
-    Every pass keeps the final pass's 32-row tiles: the same 16-row MMA instructions over d give each
-    logit, so p has the same bits in every pass (what the threshold is compared with)."""
-    if device.type == "cuda" and dtype != torch.float32 and not keep_maps and programs >= 2048:
+    """(BLOCK_N, num_warps) of the log-sum-exp and radix passes (where `_wide` does not apply). For
+    untraced half inputs on a GPU with programs to fill every SM several times over (>= 2048: an H100
+    has 132, an RTX Pro 6000 188), 32 keys per step and 2 warps: more blocks per SM, within 128
+    registers at sm_90 and sm_120. With fewer programs (batch 1) 2 warps would leave issue slots idle:
+    as the final pass. float32 inputs take 16 keys per step (their exact products are FMAs over d in
+    order, the same per logit whatever the keys per step). Every pass keeps the final pass's row tiles:
+    the same 16-row MMA instructions over d give each logit, so p has the same bits in every pass
+    (what the threshold is compared with)."""
+    if device.type == "cuda" and dtype == torch.float32:   # exact FMA products: 16 keys keep them within 128
+        return 16, num_warps                               # registers (32: 168 in radix pass 0, 136 in the lse)
+    if device.type == "cuda" and not keep_maps and programs >= 2048:
         return 32, 2
     return block_n, num_warps
 
@@ -72,13 +75,12 @@ WIDE = (128, 16, 8, 16, 4)   # BLOCK_M; the final pass's BLOCK_N and warps; the 
 def _stages(kernel: str, dtype: torch.dtype, output: bool, statistics: bool, keep_maps: bool, stages: int) -> int:
     """One stage for the variants where a second one costs registers (read from ptxas for sm_90
     and sm_120 by `scripts/kernel_resources.py`, not timed): the float32 log-sum-exp pass (its
-    FMA products hold their operands in registers), the float32 CLS-row pass without an output,
-    and the traced zeroing pass with an output for half inputs (two map stores per tile)."""
+    FMA products hold their operands in registers), the traced zeroing pass with an output for half inputs (two map stores per tile), and the float32
+    passes without an output (CLS row, statistics, maps)."""
     half = dtype != torch.float32
     if kernel == "lse" and not half:
         return 1
-    if kernel == "attention" and ((half and output and keep_maps) or
-                                  (not half and not output and not statistics and not keep_maps)):
+    if kernel == "attention" and ((half and output and keep_maps) or (not half and not output)):
         return 1
     return stages
 
@@ -124,11 +126,13 @@ def attention_launches(q: Tensor, k: Tensor, v: Optional[Tensor], bias: Optional
     launches = []
     pad = num_tiles * block_m * triton.cdiv(n, sweep_n) * sweep_n - n * n   # padded entries the passes count
     if v is not None:
-        launches.append(Launch(_lse_kernel, grid, dict(common, HIST=hist, CLEAR_HIST=zeroing, BINS=BINS, BLOCK_N=sweep_n),
+        launches.append(Launch(_lse_kernel, grid, dict(common, HIST=hist, CLEAR_HIST=zeroing, BINS=BINS, BLOCK_N=sweep_n,
+                                                       SPREAD_SUM=q.dtype != torch.float32),
                                sweep_warps, _stages("lse", q.dtype, True, statistics, keep_maps, num_stages)))
     for r in range(PASSES if zeroing else 0):
         launches.append(Launch(_radix_kernel, grid, dict(common, HIST=hist, DIAG=diagonal, num_zero=int(num_zero), pad=pad,
                                                          PASS=r, TAKE_DIAGONAL=statistics and r == 0, BINS=BINS,
+                                                         SPLIT=q.dtype != torch.float32,
                                                          ASM=q.device.type == "cuda",
                                                          RADIX_BITS=RADIX_BITS, BLOCK_N=sweep_n),
                                sweep_warps, num_stages))

@@ -137,23 +137,34 @@ def _threshold(HIST, head, num_zero, pad, PASS: tl.constexpr, BINS: tl.constexpr
 def _lse_kernel(Q, K, BIAS, LSE, HIST,
                 sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d, sb_b, sb_n, sl_b, sl_h, sl_n,
                 H, n, d, scale2,
-                HAS_BIAS: tl.constexpr, CLEAR_HIST: tl.constexpr, DOT: tl.constexpr,
+                HAS_BIAS: tl.constexpr, CLEAR_HIST: tl.constexpr, DOT: tl.constexpr, SPREAD_SUM: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BINS: tl.constexpr):
     """The log-sum-exp in base 2 of each row of this program's row tile (and, from row tile 0, the head's
-    histograms cleared for the radix passes). Online max; each row's sum stays spread over its tile (one
-    FFMA per score) and is reduced once after the loop, not with shuffles every key tile; no mask per score."""
+    histograms cleared for the radix passes). Online max; with SPREAD_SUM (half inputs) each row's sum stays
+    spread over its tile (one FFMA per score) and is reduced once after the loop, not with shuffles every
+    key tile (float32 inputs reduce per tile: the spread sum would need 130 registers at sm_120)."""
     head = tl.program_id(1).to(tl.int64)
     b, h = head // H, head % H
     q, offs_m, row_ok = _queries(Q, sq_b, sq_h, sq_n, sq_d, b, h, n, d, BLOCK_M, BLOCK_D)
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    sums = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)   # summed over keys once, after the loop
-    for start_n in range(0, n, BLOCK_N):
-        logits, _offs = _logits(q, K, sk_b, sk_h, sk_n, sk_d, BIAS, sb_b, sb_n, b, h, start_n, n, d, scale2,
-                                HAS_BIAS, True, DOT, BLOCK_N, BLOCK_D)
-        new_max = tl.maximum(row_max, tl.max(logits, 1))
-        sums = sums * tl.exp2(row_max - new_max)[:, None] + tl.exp2(logits - new_max[:, None])
-        row_max = new_max
-    tl.store(LSE + b * sl_b + h * sl_h + offs_m * sl_n, row_max + tl.log2(tl.sum(sums, 1)), mask=row_ok)
+    if SPREAD_SUM:
+        sums = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)   # reduced once, after the loop
+        for start_n in range(0, n, BLOCK_N):
+            logits, _offs = _logits(q, K, sk_b, sk_h, sk_n, sk_d, BIAS, sb_b, sb_n, b, h, start_n, n, d, scale2,
+                                    HAS_BIAS, True, DOT, BLOCK_N, BLOCK_D)
+            new_max = tl.maximum(row_max, tl.max(logits, 1))
+            sums = sums * tl.exp2(row_max - new_max)[:, None] + tl.exp2(logits - new_max[:, None])
+            row_max = new_max
+        row_sum = tl.sum(sums, 1)
+    else:   # float32 inputs: their FMA products already hold many registers
+        row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for start_n in range(0, n, BLOCK_N):
+            logits, _offs = _logits(q, K, sk_b, sk_h, sk_n, sk_d, BIAS, sb_b, sb_n, b, h, start_n, n, d, scale2,
+                                    HAS_BIAS, True, DOT, BLOCK_N, BLOCK_D)
+            new_max = tl.maximum(row_max, tl.max(logits, 1))
+            row_sum = row_sum * tl.exp2(row_max - new_max) + tl.sum(tl.exp2(logits - new_max[:, None]), 1)
+            row_max = new_max
+    tl.store(LSE + b * sl_b + h * sl_h + offs_m * sl_n, row_max + tl.log2(row_sum), mask=row_ok)
     if CLEAR_HIST:
         if tl.program_id(0) == 0:
             for r in tl.static_range(PASS_COUNT):
@@ -202,8 +213,8 @@ def _add_one(address, key, wanted, MASKED: tl.constexpr, ASM: tl.constexpr):
 def _radix_kernel(Q, K, BIAS, LSE, HIST, DIAG,
                   sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d, sb_b, sb_n, sl_b, sl_h, sl_n,
                   H, n, d, scale2, num_zero, pad,
-                  PASS: tl.constexpr, TAKE_DIAGONAL: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
-                  ASM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  PASS: tl.constexpr, TAKE_DIAGONAL: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                  DOT: tl.constexpr, ASM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                   BINS: tl.constexpr, RADIX_BITS: tl.constexpr):
     """Radix pass PASS: count this row tile's entries sharing the prefix, by their next RADIX_BITS bits
     (and with TAKE_DIAGONAL, store the map's diagonal before zeroing: `_attention_kernel` zeroes it).
@@ -214,7 +225,7 @@ def _radix_kernel(Q, K, BIAS, LSE, HIST, DIAG,
     q, offs_m, row_ok = _queries(Q, sq_b, sq_h, sq_n, sq_d, b, h, n, d, BLOCK_M, BLOCK_D)
     lse = _row_lse(LSE, sl_b, sl_h, sl_n, b, h, offs_m, row_ok, True)
     hist = HIST + (head * PASS_COUNT + PASS) * BINS
-    if TAKE_DIAGONAL:   # the key tiles holding the diagonal in a loop of their own, so no other tile pays for it
+    if TAKE_DIAGONAL and SPLIT:   # the key tiles holding the diagonal in a loop of their own: no other tile pays
         lo = tl.program_id(0) * BLOCK_M // BLOCK_N * BLOCK_N
         hi = tl.minimum((tl.program_id(0) * BLOCK_M + BLOCK_M + BLOCK_N - 1) // BLOCK_N,
                         (n + BLOCK_N - 1) // BLOCK_N) * BLOCK_N   # no key tile past the last key's
@@ -230,10 +241,16 @@ def _radix_kernel(Q, K, BIAS, LSE, HIST, DIAG,
         for start_n in range(hi, n, BLOCK_N):
             _count(q, K, sk_b, sk_h, sk_n, sk_d, BIAS, sb_b, sb_n, b, h, start_n, n, d, scale2, lse, hist, prefix,
                    PASS, HAS_BIAS, DOT, BLOCK_N, BLOCK_D, BINS, RADIX_BITS, ASM)
-    else:
+    else:   # one loop (float32: three copies of its body would need 168 registers)
+        diagonal = tl.zeros([BLOCK_M], dtype=tl.float32)
         for start_n in range(0, n, BLOCK_N):
-            _count(q, K, sk_b, sk_h, sk_n, sk_d, BIAS, sb_b, sb_n, b, h, start_n, n, d, scale2, lse, hist, prefix,
-                   PASS, HAS_BIAS, DOT, BLOCK_N, BLOCK_D, BINS, RADIX_BITS, ASM)
+            p, offs_n = _count(q, K, sk_b, sk_h, sk_n, sk_d, BIAS, sb_b, sb_n, b, h, start_n, n, d, scale2, lse, hist,
+                               prefix, PASS, HAS_BIAS, DOT, BLOCK_N, BLOCK_D, BINS, RADIX_BITS, ASM)
+            if TAKE_DIAGONAL:
+                if (start_n < tl.program_id(0) * BLOCK_M + BLOCK_M) & (start_n + BLOCK_N > tl.program_id(0) * BLOCK_M):
+                    diagonal += tl.sum(tl.where(offs_m[:, None] == offs_n[None, :], p, 0.0), 1)
+        if TAKE_DIAGONAL:
+            tl.store(DIAG + head * n + offs_m, diagonal, mask=row_ok)
 
 
 @triton.jit
