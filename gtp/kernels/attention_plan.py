@@ -55,7 +55,8 @@ def _sweep(device: torch.device, dtype: torch.dtype, keep_maps: bool, programs: 
 
 
 def _wide(device: torch.device, dtype: torch.dtype, keep_maps: bool, output: bool, heads: int, n: int) -> bool:
-    """Whether an untraced zeroing call on half inputs has programs enough (>= 2048) for the `WIDE` plan.
+    """Whether an untraced zeroing call on half inputs has programs enough (>= 2048) for the `WIDE` plan
+    (`output`: it zeroes, multiplies P.V and reads no CLS row, whose final pass spills 8 bytes at sm_120).
 
     On sm_90 a 128-row tile of 4 warps (one warpgroup) takes its logits from wgmma (HGMMA.64x16x16),
     whose operands come from shared memory: no ldmatrix of q and k per key tile, the traffic that bound
@@ -100,7 +101,7 @@ def attention_launches(q: Tensor, k: Tensor, v: Optional[Tensor], bias: Optional
     B, H, n, d = q.shape
     block_m, block_n, block_d, num_warps, num_stages = blocks(q.device, q.dtype, d, keep_maps)
     sweep_n, sweep_warps = _sweep(q.device, q.dtype, keep_maps, triton.cdiv(n, block_m) * B * H, block_n, num_warps)
-    if _wide(q.device, q.dtype, keep_maps, v is not None and num_zero > 0, B * H, n):
+    if _wide(q.device, q.dtype, keep_maps, v is not None and num_zero > 0 and not cls_row, B * H, n):
         block_m, block_n, num_warps, sweep_n, sweep_warps = WIDE
     num_tiles = triton.cdiv(n, block_m)
     f32 = dict(dtype=torch.float32, device=q.device)
