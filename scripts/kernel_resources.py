@@ -43,10 +43,12 @@ def variants(B: int = 2, H: int = 12, n: int = 197, d: int = 64):
                 lse = torch.empty(B, H, 224, **cuda)
                 yield (f"theta=1 {reads} {name}",
                        S.PLANS["gtp::attention_statistics"]((q, k, bias.to(dtype), lse, 0.125, *flags), {}))
-        # a grid that fills the GPU (batch 256): the passes step 32 keys with 2 warps
+        # a grid that fills the GPU (batch 256): 128-row tiles (`attention_plan._wide`; not with a CLS row)
         q, k, v = torch.empty(256, n, 3, H, d, dtype=torch.bfloat16, **cuda).permute(2, 0, 3, 1, 4).unbind(0)
-        yield ("theta<1 statistics bf16 b256", S.PLANS["gtp::fused_attention"](
-            (q, k, v, torch.empty(256, n, **cuda), 0.125, 15000, True, False, False), {}))
+        for reads in ("statistics", "cls_row", "statistics cls_row"):
+            yield (f"theta<1 {reads} bf16 b256", S.PLANS["gtp::fused_attention"](
+                (q, k, v, torch.empty(256, n, **cuda), 0.125, 15000, "statistics" in reads, "cls_row" in reads,
+                 False), {}))
         for mean in (False, True):
             diag = torch.empty(B, H, n, **cuda)
             ids = torch.empty(B, n - 1, dtype=torch.int64, **cuda)

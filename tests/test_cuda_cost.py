@@ -263,21 +263,23 @@ def test_gtp_on_a_modelled_h100_from_the_compiled_kernels():
     """deit_base, bf16, P = 8, H100, Triton kernels costed from their sm_90 code. The issue's targets
     (batch 256: theta 0.6 >= 1.10x and ahead of ToMe, theta 1 >= 1.15x; batch 1 with CUDA graphs
     >= 0.9x; the fused attention of block 0 at batch 256, theta 1, within 1.5x of SDPA) are NOT all
-    met. Derived now: 1.17x at theta 1 (met) and 0.90x at theta 0.6 (behind ToMe's 1.02x) at batch
-    256; 0.81x / 0.70x at batch 1 with graphs (GTP first beats full at batch 16, theta 1; theta 0.6
-    at no batch size up to 256). At block 0, theta 1, the statistics kernel
-    (`_column_kernel`) takes 0.57x SDPA's time and the whole op (the size bias, PyTorch's
+    met. Derived now: 1.17x at theta 1 (met) and 0.99x at theta 0.6 (behind ToMe's 1.02x; 0.90x
+    before the passes' 128-row wgmma tiles, base-2 softmax and PTX `red` counts: block 0's five
+    passes 1.07 -> 0.58 ms) at batch 256; 0.81x / 0.70x at batch 1 with graphs (GTP first beats full
+    at batch 16, theta 1; theta 0.6 at no batch size up to 256). At block 0, theta 1, the statistics
+    kernel (`_column_kernel`) takes 0.57x SDPA's time and the whole op (the size bias, PyTorch's
     memory-efficient attention priced as SDPA, the statistics) 1.61x (before: 1.78x and 2.8x, with
     that attention priced as an elementwise op). Asserted: theta 1 at its target, the rest what is
-    true now, a little below (0.88x, 0.79x; the statistics kernel <= 0.65x SDPA), so a regression
-    fails; no sync; no spill; <= 22 kernels per block (17.6 at theta 1, 21.6 at theta 0.6)."""
+    true now, a little below (0.985x: 0.992x now, 0.977x with 32-row tiles; 0.79x; the statistics
+    kernel <= 0.65x SDPA), so a regression fails; no sync; no spill; <= 22 kernels per block (17.6
+    at theta 1, 21.6 at theta 0.6)."""
     def speed(method, batch, graphs=False, **options):
         est = cuda_cost.estimate("deit_base_patch16_224", method, amount=8, batch=batch, dtype="bf16",
                                  cuda_graphs=graphs, **options)
         return est, batch / est.modelled_s
 
     full_est, full = speed("full", 256)
-    for sparsity, floor in ((1.0, 1.15), (0.6, 0.88)):
+    for sparsity, floor in ((1.0, 1.15), (0.6, 0.985)):
         est, img_s = speed("gtp", 256, sparsity=sparsity)
         assert est.syncs == [] and est.kernels_per_block <= 22 and est.uncosted == []
         assert img_s / full >= floor, (sparsity, img_s / full)

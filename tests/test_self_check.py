@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gtp import functional as G
-from gtp import steps
+from gtp import self_check, steps
 from gtp.kernels import triton_support
 
 pytestmark = pytest.mark.skipif(not triton_support.interpreting(), reason="the interpreted kernels need "
@@ -90,3 +90,18 @@ def test_a_selection_that_cannot_launch_is_switched_off_alone(fresh, monkeypatch
     assert torch.equal(choice.prop, prop) and torch.equal(choice.keep, keep)
     assert triton_support.STATUS["gtp::fused_attention"] == "checked"  # the other op stays on
     assert triton_support.op_off("gtp::select_tokens").startswith("build or launch failure")
+
+
+def test_the_large_batch_plan_is_checked(monkeypatch):
+    """On a GPU the check also runs the plan of large batches (`attention_plan._wide`); here the interpreter
+    runs it on 4 image x head pairs: right, it passes; zeroing 40 more entries per head, it is caught."""
+    from gtp.kernels import attention_plan, fused_attention as FA
+    monkeypatch.setattr(attention_plan, "_wide", lambda *args: True)
+    device = torch.device("cpu")
+    assert self_check.check_large_batch_attention(device, pairs=4) is None
+    launches = FA._fused_launches
+
+    def wrong(q, k, v, bias, scale, num_zero, *rest):
+        return launches(q, k, v, bias, scale, num_zero + 40, *rest)
+    monkeypatch.setattr(FA, "_fused_launches", wrong)
+    assert self_check.check_large_batch_attention(device, pairs=4).startswith("mismatch: the diagonal")

@@ -41,8 +41,8 @@ def _check_runs(q: Tensor, name: str) -> None:
 # ------------------------------------------------------------------ theta < 1: all in Triton
 def _fused_launches(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], scale: float, num_zero: int,
                     statistics: bool, cls_row: bool, keep_maps: bool):
-    from . import triton_attention  # imports Triton, so only when a kernel is planned
-    return triton_attention.attention_launches(q, k, v, bias, scale, num_zero, statistics, cls_row, keep_maps)
+    from . import attention_plan  # imports Triton, so only when a kernel is planned
+    return attention_plan.attention_launches(q, k, v, bias, scale, num_zero, statistics, cls_row, keep_maps)
 
 
 def _run_fused(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], scale: float, num_zero: int,
@@ -82,8 +82,8 @@ def _statistics_launches(q: Tensor, k: Tensor, bias: Optional[Tensor], lse: Tens
         B, H, n, _ = q.shape
         empty = dict(dtype=torch.float32, device=q.device)
         return launches, (diagonal, column_sums, torch.empty(B, H, 0, **empty), torch.empty(2, B, H, 0, 0, **empty))
-    from . import triton_attention
-    launches, outputs = triton_attention.attention_launches(q, k, None, bias, scale, 0, statistics, cls_row,
+    from . import attention_plan
+    launches, outputs = attention_plan.attention_launches(q, k, None, bias, scale, 0, statistics, cls_row,
                                                             keep_maps, lse=lse)
     return launches, outputs[1:]
 
@@ -210,7 +210,7 @@ def fused_attention(
         diagonal, column_sums, cls, maps = attention_statistics_op(
             q, k, bias, lse, float(scale), statistics, cls_row, keep_maps)
     else:
-        bias = None if size is None else size.float().log()  # log s_j, once per call (not per tile)
+        bias = None if size is None else size.float().log2()  # log2 s_j (the kernels work in base 2), once per call
         out, diagonal, column_sums, cls, maps = fused_attention_op(
             q, k, v, bias, float(scale), int(num_zero), statistics, cls_row, keep_maps)
     dense, sparse = maps.unbind(0)
