@@ -33,9 +33,14 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _step(acc, keys, q_ptrs, l_ptrs, offs_i, n, d_ok, c, DOT: tl.constexpr, MASKED: tl.constexpr):
-    """acc + exp2(c k_j . q_i + u_i) for one step of queries i (u_i = -lse_i log2 e). Only the
-    last, partial step is MASKED: its missing queries get u = -inf, so they add exp2(-inf) = 0."""
+def _step(acc, keys, Qh, Lh, offs_i, offs_d, sq_n, sq_d, sl_n, n, d_ok, c, DOT: tl.constexpr,
+          MASKED: tl.constexpr):
+    """acc + exp2(c k_j . q_i + u_i) for one step of queries i (u_i = -lse_i log2 e; Qh, Lh: the
+    head's first query and lse). Only the last, partial step is MASKED: its missing queries get
+    u = -inf, so they add exp2(-inf) = 0. (The pointers are made here, from the offsets: a tile
+    of pointers kept across the loop holds 2 registers per element.)"""
+    q_ptrs = Qh + offs_i[None, :] * sq_n + offs_d[:, None] * sq_d
+    l_ptrs = Lh + offs_i * sl_n
     if MASKED:
         query_ok = offs_i < n
         queries = tl.load(q_ptrs, mask=query_ok[None, :] & d_ok[:, None], other=0.0)
@@ -51,7 +56,7 @@ def _step(acc, keys, q_ptrs, l_ptrs, offs_i, n, d_ok, c, DOT: tl.constexpr, MASK
 def _column_kernel(Q, K, BIAS, LSE, DIAG, COLSUM,
                    sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d, sb_b, sb_n, sl_b, sl_h, sl_n,
                    H, n, d, scale,
-                   HAS_BIAS: tl.constexpr, DOT: tl.constexpr, EVEN_D: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, DOT: tl.constexpr, EVEN_D: tl.constexpr, SPLIT: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """DIAG[head, j] = p_jj and COLSUM[head, j] = sum_i p_ij for the keys j of this program's tile."""
     head = tl.program_id(1).to(tl.int64)
@@ -80,14 +85,15 @@ def _column_kernel(Q, K, BIAS, LSE, DIAG, COLSUM,
     # first (no mask), then the partial one
     c = scale * 1.4426950408889634
     offs_i = tl.arange(0, BLOCK_N)
-    q_ptrs = Q + b * sq_b + h * sq_h + offs_i[None, :] * sq_n + offs_d[:, None] * sq_d
-    l_ptrs = lse_base + offs_i * sl_n
+    Qh = Q + b * sq_b + h * sq_h
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     full = n - n % BLOCK_N
+    if not SPLIT:  # float32 on a GPU: every step masked, one dot in the code (two: 255 registers, spills)
+        full = 0
     for start in range(0, full, BLOCK_N):
-        acc = _step(acc, keys, q_ptrs + start * sq_n, l_ptrs + start * sl_n, offs_i, n, d_ok, c, DOT, False)
-    if full < n:
-        acc = _step(acc, keys, q_ptrs + full * sq_n, l_ptrs + full * sl_n, full + offs_i, n, d_ok, c, DOT, True)
+        acc = _step(acc, keys, Qh, lse_base, start + offs_i, offs_d, sq_n, sq_d, sl_n, n, d_ok, c, DOT, False)
+    for start in range(full, n, BLOCK_N):
+        acc = _step(acc, keys, Qh, lse_base, start + offs_i, offs_d, sq_n, sq_d, sl_n, n, d_ok, c, DOT, True)
     column_sums = tl.sum(acc, 1) * tl.exp(bias)
     tl.store(DIAG + head * n + offs_j, diagonal, mask=key_ok)
     tl.store(COLSUM + head * n + offs_j, column_sums, mask=key_ok)
@@ -132,6 +138,7 @@ def statistics_launches(q: Tensor, k: Tensor, bias: Optional[Tensor], lse: Tenso
                 **{f"sb_{a}": s for a, s in zip("bn", bias.stride() if bias is not None else (0, 0))},
                 **{f"sl_{a}": s for a, s in zip("bhn", lse.stride())},
                 H=H, n=n, d=d, scale=float(scale), HAS_BIAS=bias is not None, DOT=dot_kind(q.dtype, q.device),
-                EVEN_D=d == block_d, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d)
+                EVEN_D=d == block_d, SPLIT=q.dtype != torch.float32 or q.device.type != "cuda",
+                BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d)
     launch = Launch(_column_kernel, (triton.cdiv(n, block_m), B * H), args, num_warps, num_stages)
     return [launch], (diagonal, column_sums)
