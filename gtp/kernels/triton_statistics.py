@@ -9,11 +9,20 @@ p_ij = exp(scale q_i . k_j + b_j - lse_i) (b_j = log s_j, SPEC.md sections 2-3):
 
 `_column_kernel` runs one program per (tile of keys j, image x head). Its keys are the rows of
 its tile, so a column sum is a row sum of the tile: it loops over the queries i, adds
-exp2(c s + u_i) (u_i = -lse_i log2 e, and -inf past the last query, so padding adds 0 with no
-mask per score) into a register accumulator, and reduces it once at the end; the key bias is a
-factor outside the sum. Per score that is one MMA share, one FMA, one exp2 and one add: no row
-maximum, no comparison, no partial sums written and summed again. The diagonal is taken before
-the loop from the tile's own q and k rows (not from the map: no select per score).
+exp2(c s + u_i) (u_i = -lse_i log2 e) into a register accumulator, and reduces it once at the end;
+the key bias is a factor outside the sum. Per score that is one MMA share, one FMA, one exp2 and
+one add: no row maximum, no comparison, no partial sums written and summed again. The full steps
+of queries are loaded with no mask; only the last, partial one is masked (its missing queries get
+u = -inf and add 0); rows past the last key re-read the last key (never stored), so the tile's
+loads need no mask either. The diagonal is taken before the loop from the tile's own q and k rows
+(not from the map: no select per score).
+
+Modelled (deit_base, bf16, batch 256, block 0, sm_90): a step is 86 instructions a warp (its 32
+keys x 16 queries: per lane 16 exp2, 16 FMA, 16 adds; 8 for the wgmma; the rest the step's loads
+and the loop), 5.4 a score per lane (a mask on every step, 32 queries a step: 213 for twice the
+scores, 6.7). Its code alone would take 50 us; it takes 53.9 us, the time to read q and k once
+from DRAM (0.52x SDPA, which reads q, k, v and writes its output once): a second pass over q and k
+cannot take less.
 
 Importing this module imports Triton: `gtp.kernels.fused_attention` does so lazily.
 """
