@@ -115,18 +115,19 @@ def blocks(device: torch.device, dtype: torch.dtype, d: int, programs: int
 
     On a GPU, chosen by compiling the variants for sm_90 and sm_120 and costing them with
     `gtp.measure` (modelled, not timed; deit_base, bf16): for half inputs 128 keys per program
-    read each query tile once for 128 keys (64 keys: 1.25x the modelled time at batch 256), 16
-    queries per step pad a 197-token map to 256 x 208 (32: 256 x 224, and 164 registers at
-    sm_120), one stage (two: 1.2x the time at sm_90, the copies into shared memory waited on
-    anyway); 4 warps, within 128 registers at sm_90 and sm_120. Where 128-key tiles would give
-    fewer than 256 programs (batch 1: 24), 64 keys double them (batch 1: 0.7 us against 1.0).
-    float32 (exact FMA products) spills at 64 keys: 32 x 32. Under the interpreter 32 x 32 (a
+    read each query tile once for 128 keys (64 keys: 1.3x its code's time at batch 256), 16
+    queries per step pad a 197-token map to 256 x 208 (32: 256 x 224, and 128 registers at
+    sm_120, the limit), one stage (two: 1.2x the time at sm_90, the copies into shared memory waited on
+    anyway); 4 warps, within 128 registers at sm_90 and sm_120. Where twice the programs of 128-key
+    tiles still leave an H100's SMs one each, 64 keys halve a program's work (batch 1: 0.7 us
+    against 1.1, batch 2 likewise; batch 4, 96 programs: 1.4 us against 1.1, so 128 there).
+    float32 (exact FMA products) spills at 64 keys: 32 x 32, every step masked (`SPLIT`). Under the interpreter 32 x 32 (a
     50-token map spans two ragged tiles).
     """
     block_d = max(16, triton.next_power_of_2(d))
     if device.type != "cuda" or dtype == torch.float32:
         return 32, 32, block_d, 4, (2 if device.type == "cuda" else 1)
-    return (128 if programs >= 256 else 64), 16, block_d, 4, 1
+    return (64 if 2 * programs <= 132 else 128), 16, block_d, 4, 1  # 132: the H100's SMs
 
 
 def statistics_launches(q: Tensor, k: Tensor, bias: Optional[Tensor], lse: Tensor, scale: float
