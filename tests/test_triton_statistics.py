@@ -33,10 +33,11 @@ def lowest(statistics, num_prop: int) -> torch.Tensor:
     return score.argsort(dim=1, stable=True)[:, :num_prop].sort(dim=1).values
 
 
-@pytest.mark.parametrize("n, d, token_scale", [(17, 8, True), (50, 20, False), (260, 16, True)])
+@pytest.mark.parametrize("n, d, token_scale", [(17, 8, True), (50, 20, False), (64, 16, True), (260, 16, True)])
 def test_statistics_of_the_map_and_the_same_tokens(n, d, token_scale):
     """The column kernel's diagonal and column sums are those of softmax(scale q k^T + log s) (the
-    PyTorch path's float32 map); 260 tokens: more keys than a 224-pixel grid, many ragged tiles."""
+    PyTorch path's float32 map); 17: a partial query step only; 50: a full step and a partial one;
+    64: full steps only; 260: more keys than a 224-pixel grid, many ragged tiles."""
     B, H = (2, 3) if n < 256 else (1, 2)
     q, k, v, size = inputs(B, H, n, d, token_scale=token_scale, seed=n)
     seen = []
