@@ -27,6 +27,8 @@ playwright_api = pytest.importorskip("playwright.sync_api")   # the whole module
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from app.views.base import RUN_TAG_CHARS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 PHOTO = ROOT / "assets" / "coffee.png"
 MODEL_TIMEOUT_MS = 240_000   # a cold model load plus a run on a busy 2-core machine
@@ -107,9 +109,11 @@ def visible_block(page, with_step: bool = False):
 
 
 def explored(size: tuple[int, int]):
-    """The app's run of the photo of this size (from the server's run cache: this process)."""
+    """The app's run of the photo of this size in the published setting (from the server's run
+    cache: this process, where other test files' runs of the same photo may be too)."""
     from app.core.inference import runs
-    return next(e for e in runs() if tuple(e.photo_size) == size)
+    from app.core.settings import make_settings
+    return next(e for e in runs() if tuple(e.photo_size) == size and e.settings == make_settings())
 
 
 def shot(page, name: str) -> None:
@@ -174,9 +178,14 @@ def _layer_walk(page) -> None:
     open_tab(page, "Layer walk")
     wait_for_plot(page, "gtp-walk")
     page.wait_for_selector(f"{WALK} .slider-container", timeout=VIEW_TIMEOUT_MS)
+    run = explored((600, 400))
+    page.wait_for_function(  # the walk of this run, not one drawn before it
+        "(tag) => { const gd = document.querySelector('#gtp-walk .js-plotly-plot');"
+        " return gd && gd.layout.meta && gd.layout.meta.run === tag; }",
+        arg=run.key[:RUN_TAG_CHARS], timeout=VIEW_TIMEOUT_MS)
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
-    rec = explored((600, 400)).trace
+    rec = run.trace
     layer, gw = rec.layers[0], rec.grid_size[1]
     pid = layer.propagated[0, 0].item()
     score = layer.score[0, layer.candidates[0].tolist().index(pid)].item()
