@@ -211,7 +211,8 @@ def throughput_markdown(r: Throughput, faster_at: Optional[int] = None) -> str:
         text += (f" **GTP is not faster than the full model at batch size {r.batch_size} here**; "
                  + (f"it was at batch size {faster_at} (measured)." if faster_at else
                     "no batch size measured so far beats it: try a larger one."))
-        text += f"\n\n{crossover_sentence()}" if crossover_sentence() else ""
+        modelled = crossover_sentence()
+        text += f"\n\n{modelled}" if modelled else ""
     return text
 
 
